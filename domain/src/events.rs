@@ -1,0 +1,436 @@
+//! The event catalogue. Every fact in the ledger is an [`Event`]: common metadata plus one
+//! [`Payload`]. Field names match the Avro schemas in `schemas/avro/` one to one.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::time::Micros;
+
+/// Which ledger topic a payload belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stream {
+    /// `ota.device-events`, keyed by device id.
+    DeviceEvents,
+    /// `ota.rollout-events`, keyed by rollout id.
+    RolloutEvents,
+    /// `ota.device-commands`, keyed by device id.
+    DeviceCommands,
+}
+
+/// Metadata every event carries. The schema fingerprint travels in the encoding itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventMeta {
+    #[serde(with = "crate::serde_uuid")]
+    pub event_id: Uuid,
+    /// When the fact happened, by the clock of whoever observed it.
+    pub occurred_at: Micros,
+    /// When otaledger recorded it.
+    pub recorded_at: Micros,
+    pub trace_id: String,
+}
+
+/// One event of the ledger.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub meta: EventMeta,
+    pub payload: Payload,
+}
+
+impl Event {
+    #[must_use]
+    pub fn event_type(&self) -> EventType {
+        self.payload.event_type()
+    }
+
+    /// The Kafka key: the device id or the rollout id the event belongs to.
+    #[must_use]
+    pub fn key(&self) -> &str {
+        self.payload.key()
+    }
+}
+
+// ---- device events -------------------------------------------------------------------------
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceRegistered {
+    pub device_id: String,
+    pub model: String,
+    pub site: String,
+    pub tags: Vec<String>,
+    pub firmware_version: String,
+    pub gateway_id: Option<String>,
+    pub hardware_rev: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Health {
+    pub uptime_s: i64,
+    pub cpu_pct: f32,
+    pub mem_pct: f32,
+    pub temperature_c: f32,
+    pub error_count: i32,
+    /// Added in `Heartbeat` v2; data written with v1 reads as `None`.
+    pub signal_dbm: Option<i32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub device_id: String,
+    pub firmware_version: String,
+    pub gateway_id: Option<String>,
+    pub health: Health,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum InstallPhase {
+    Downloading,
+    Installing,
+    Rebooting,
+    Verifying,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstallProgress {
+    pub device_id: String,
+    pub rollout_id: Option<String>,
+    #[serde(with = "crate::serde_uuid::option")]
+    pub command_id: Option<Uuid>,
+    pub phase: InstallPhase,
+    pub percent: i32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum InstallOutcome {
+    Succeeded,
+    Failed,
+    Rejected,
+    RolledBack,
+    Cancelled,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstallResult {
+    pub device_id: String,
+    pub rollout_id: Option<String>,
+    #[serde(with = "crate::serde_uuid::option")]
+    pub command_id: Option<Uuid>,
+    pub outcome: InstallOutcome,
+    /// The version the device runs after the attempt.
+    pub firmware_version: String,
+    pub error_code: Option<String>,
+    pub message: Option<String>,
+}
+
+// ---- rollout events ------------------------------------------------------------------------
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Release {
+    pub version: String,
+    pub artifact_uri: String,
+    pub sha256: String,
+    pub size_bytes: i64,
+    pub signature: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TargetSelector {
+    pub models: Vec<String>,
+    pub sites: Vec<String>,
+    pub tags: Vec<String>,
+    pub current_versions: Vec<String>,
+    pub device_ids: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RollbackPolicy {
+    None,
+    OnAbort,
+    OnFailure,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MaintenanceWindow {
+    /// Minutes after midnight UTC when the window opens.
+    pub start_minute: i32,
+    pub duration_minutes: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Strategy {
+    /// Cumulative share of the targeted devices reached by the end of each wave, in percent;
+    /// the first wave is the canary.
+    pub waves_pct: Vec<f64>,
+    pub success_threshold_pct: f64,
+    pub failure_threshold_pct: f64,
+    pub min_devices_for_verdict: i32,
+    pub device_timeout_s: i64,
+    pub max_retries: i32,
+    pub retry_backoff_s: i64,
+    pub max_in_flight: i32,
+    pub health_gate_window_s: i64,
+    pub scheduled_start: Option<Micros>,
+    pub maintenance_window: Option<MaintenanceWindow>,
+    pub rollback_policy: RollbackPolicy,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpdateRequested {
+    pub rollout_id: String,
+    pub requested_by: String,
+    pub release: Release,
+    pub selector: TargetSelector,
+    pub strategy: Strategy,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OperatorRequest {
+    pub rollout_id: String,
+    pub requested_by: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WaveStarted {
+    pub rollout_id: String,
+    pub wave: i32,
+    /// A wave's device list is split into chunks so that a wave of any size fits Kafka's
+    /// message size limit.
+    pub chunk: i32,
+    pub chunks: i32,
+    pub device_ids: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum CommandKind {
+    Update,
+    Rollback,
+    Cancel,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceCommanded {
+    pub rollout_id: String,
+    pub device_id: String,
+    #[serde(with = "crate::serde_uuid")]
+    pub command_id: Uuid,
+    pub kind: CommandKind,
+    pub attempt: i32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DeviceRolloutState {
+    Targeted,
+    Commanded,
+    Downloading,
+    Installing,
+    Verifying,
+    Succeeded,
+    Failed,
+    Rejected,
+    TimedOut,
+    RolledBack,
+    Cancelled,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceOutcome {
+    pub rollout_id: String,
+    pub device_id: String,
+    #[serde(with = "crate::serde_uuid::option")]
+    pub command_id: Option<Uuid>,
+    pub state: DeviceRolloutState,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceTimedOut {
+    pub rollout_id: String,
+    pub device_id: String,
+    #[serde(with = "crate::serde_uuid")]
+    pub command_id: Uuid,
+    pub attempt: i32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateCounts {
+    pub targeted: i64,
+    pub in_flight: i64,
+    pub succeeded: i64,
+    pub failed: i64,
+    pub timed_out: i64,
+    pub rejected: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Verdict {
+    Continue,
+    NextWave,
+    Pause,
+    Abort,
+    Complete,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ThresholdEvaluated {
+    pub rollout_id: String,
+    pub wave: i32,
+    pub counts: StateCounts,
+    pub success_threshold_pct: f64,
+    pub failure_threshold_pct: f64,
+    pub min_devices_for_verdict: i32,
+    /// The rule that fired, in words an operator reads.
+    pub rule: String,
+    pub verdict: Verdict,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RolloutState {
+    Requested,
+    Scheduled,
+    Running,
+    Paused,
+    Completed,
+    Aborted,
+    RolledBack,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutStateChanged {
+    pub rollout_id: String,
+    pub from: RolloutState,
+    pub to: RolloutState,
+    pub reason: String,
+}
+
+// ---- device commands -----------------------------------------------------------------------
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpdateCommand {
+    #[serde(with = "crate::serde_uuid")]
+    pub command_id: Uuid,
+    pub device_id: String,
+    pub rollout_id: String,
+    pub gateway_id: Option<String>,
+    pub release: Release,
+    pub deadline: Micros,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RollbackCommand {
+    #[serde(with = "crate::serde_uuid")]
+    pub command_id: Uuid,
+    pub device_id: String,
+    pub rollout_id: String,
+    pub gateway_id: Option<String>,
+    pub target_version: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CancelCommand {
+    #[serde(with = "crate::serde_uuid")]
+    pub command_id: Uuid,
+    pub device_id: String,
+    pub rollout_id: String,
+    pub gateway_id: Option<String>,
+    pub reason: String,
+}
+
+// ---- the catalogue -------------------------------------------------------------------------
+
+macro_rules! catalogue {
+    ($( $variant:ident($ty:ty) => $name:literal, $stream:ident, $key:ident; )*) => {
+        /// The payload of an event: one variant per event type.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum Payload {
+            $( $variant($ty), )*
+        }
+
+        /// The event types, as named in headers, schemas and queries.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum EventType {
+            $( $variant, )*
+        }
+
+        impl EventType {
+            pub const ALL: &'static [EventType] = &[ $( EventType::$variant, )* ];
+
+            /// The name used in the `event-type` header and as the Avro record name.
+            #[must_use]
+            pub fn name(self) -> &'static str {
+                match self { $( EventType::$variant => $name, )* }
+            }
+
+            #[must_use]
+            pub fn from_name(name: &str) -> Option<Self> {
+                match name { $( $name => Some(EventType::$variant), )* _ => None }
+            }
+
+            #[must_use]
+            pub fn stream(self) -> Stream {
+                match self { $( EventType::$variant => Stream::$stream, )* }
+            }
+        }
+
+        impl Payload {
+            #[must_use]
+            pub fn event_type(&self) -> EventType {
+                match self { $( Payload::$variant(_) => EventType::$variant, )* }
+            }
+
+            #[must_use]
+            pub fn key(&self) -> &str {
+                match self { $( Payload::$variant(p) => &p.$key, )* }
+            }
+        }
+    };
+}
+
+catalogue! {
+    DeviceRegistered(DeviceRegistered) => "DeviceRegistered", DeviceEvents, device_id;
+    Heartbeat(Heartbeat) => "Heartbeat", DeviceEvents, device_id;
+    InstallProgress(InstallProgress) => "InstallProgress", DeviceEvents, device_id;
+    InstallResult(InstallResult) => "InstallResult", DeviceEvents, device_id;
+    UpdateRequested(UpdateRequested) => "UpdateRequested", RolloutEvents, rollout_id;
+    PauseRequested(OperatorRequest) => "PauseRequested", RolloutEvents, rollout_id;
+    ResumeRequested(OperatorRequest) => "ResumeRequested", RolloutEvents, rollout_id;
+    AbortRequested(OperatorRequest) => "AbortRequested", RolloutEvents, rollout_id;
+    WaveStarted(WaveStarted) => "WaveStarted", RolloutEvents, rollout_id;
+    DeviceCommanded(DeviceCommanded) => "DeviceCommanded", RolloutEvents, rollout_id;
+    DeviceOutcome(DeviceOutcome) => "DeviceOutcome", RolloutEvents, rollout_id;
+    DeviceTimedOut(DeviceTimedOut) => "DeviceTimedOut", RolloutEvents, rollout_id;
+    ThresholdEvaluated(ThresholdEvaluated) => "ThresholdEvaluated", RolloutEvents, rollout_id;
+    RolloutStateChanged(RolloutStateChanged) => "RolloutStateChanged", RolloutEvents, rollout_id;
+    UpdateCommand(UpdateCommand) => "UpdateCommand", DeviceCommands, device_id;
+    RollbackCommand(RollbackCommand) => "RollbackCommand", DeviceCommands, device_id;
+    CancelCommand(CancelCommand) => "CancelCommand", DeviceCommands, device_id;
+}
+
+impl std::fmt::Display for EventType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_streams_are_assigned() {
+        for t in EventType::ALL {
+            assert_eq!(EventType::from_name(t.name()), Some(*t));
+        }
+        assert_eq!(EventType::ALL.len(), 17);
+        assert_eq!(EventType::Heartbeat.stream(), Stream::DeviceEvents);
+        assert_eq!(EventType::ThresholdEvaluated.stream(), Stream::RolloutEvents);
+        assert_eq!(EventType::CancelCommand.stream(), Stream::DeviceCommands);
+        assert_eq!(EventType::from_name("Nope"), None);
+    }
+}
