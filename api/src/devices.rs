@@ -1,0 +1,101 @@
+//! Fleet queries: devices, one device, the fleet summary.
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use otaledger_projections::fleet::{self, DeviceFilter, Page, Status, Summary, MAX_PAGE};
+use serde::Deserialize;
+
+use crate::{ApiError, AppState};
+
+pub(crate) fn routes(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/devices", get(list))
+        .route("/v1/devices/{id}", get(one))
+        .route("/v1/fleet/summary", get(summary))
+        .with_state(state)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    firmware: Option<String>,
+    model: Option<String>,
+    site: Option<String>,
+    tag: Option<String>,
+    status: Option<String>,
+    cursor: Option<String>,
+    limit: Option<String>,
+}
+
+fn filter_from(q: ListQuery) -> Result<DeviceFilter, ApiError> {
+    let status = match q.status.as_deref() {
+        None => None,
+        Some("online") => Some(Status::Online),
+        Some("offline") => Some(Status::Offline),
+        Some(other) => {
+            return Err(ApiError::bad_request("invalid_parameter", format!("status must be online or offline, not {other:?}")))
+        }
+    };
+    let limit = match q.limit.as_deref() {
+        None => 100,
+        Some(l) => match l.parse::<i64>() {
+            Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
+            _ => {
+                return Err(ApiError::bad_request(
+                    "invalid_parameter",
+                    format!("limit must be a whole number from 1 to {MAX_PAGE}, not {l:?}"),
+                ))
+            }
+        },
+    };
+    let non_empty = |name: &str, v: Option<String>| match v {
+        Some(s) if s.is_empty() || s.len() > 256 => {
+            Err(ApiError::bad_request("invalid_parameter", format!("{name} must be 1 to 256 characters")))
+        }
+        v => Ok(v),
+    };
+    Ok(DeviceFilter {
+        firmware: non_empty("firmware", q.firmware)?,
+        model: non_empty("model", q.model)?,
+        site: non_empty("site", q.site)?,
+        tag: non_empty("tag", q.tag)?,
+        status,
+        after: non_empty("cursor", q.cursor)?,
+        limit,
+    })
+}
+
+async fn list(
+    State(s): State<AppState>,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Page>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request("invalid_parameter", e.body_text()))?;
+    let filter = filter_from(q)?;
+    let page = fleet::list_devices(&s.pool, &filter, s.offline_after).await.map_err(|e| match e {
+        otaledger_projections::Error::InvalidQuery(reason) => ApiError::bad_request("invalid_parameter", reason),
+        e => ApiError::unavailable(&e),
+    })?;
+    Ok(Json(page))
+}
+
+async fn one(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<fleet::Device>, ApiError> {
+    check_device_id(&id)?;
+    fleet::get_device(&s.pool, &id, s.offline_after)
+        .await
+        .map_err(|e| ApiError::unavailable(&e))?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no device {id:?}")))
+}
+
+fn check_device_id(id: &str) -> Result<(), ApiError> {
+    if id.is_empty() || id.len() > 128 {
+        return Err(ApiError::bad_request("invalid_parameter", "device id must be 1 to 128 characters"));
+    }
+    Ok(())
+}
+
+async fn summary(State(s): State<AppState>) -> Result<Json<Summary>, ApiError> {
+    fleet::summary(&s.pool, s.offline_after).await.map(Json).map_err(|e| ApiError::unavailable(&e))
+}

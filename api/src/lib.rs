@@ -1,0 +1,76 @@
+//! The HTTP API: `fn app(state) -> Router`, so tests drive it with `oneshot` and binaries serve
+//! it. Errors are JSON `{ "error", "reason" }` and never expose internals.
+
+mod devices;
+mod ops;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::Router;
+use otaledger_producers::config::KafkaConfig;
+use otaledger_producers::kafka::EventProducer;
+use otaledger_producers::metrics::REGISTRY;
+use rdkafka::consumer::BaseConsumer;
+use sqlx::PgPool;
+
+pub use otaledger_producers::ingest::{ApiError, ErrorBody};
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub producer: EventProducer,
+    /// A metadata client for `/readyz`.
+    pub kafka_probe: Arc<BaseConsumer>,
+    pub kafka: KafkaConfig,
+    pub offline_after: Duration,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").field("kafka", &self.kafka).finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    pub fn new(pool: PgPool, producer: EventProducer, kafka: KafkaConfig, offline_after: Duration) -> Result<Self, String> {
+        let probe: BaseConsumer = otaledger_producers::kafka::client_config(&kafka)
+            .create()
+            .map_err(|e| format!("creating Kafka probe: {e}"))?;
+        Ok(AppState { pool, producer, kafka_probe: Arc::new(probe), kafka, offline_after })
+    }
+}
+
+/// The whole API.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .merge(devices::routes(state.clone()))
+        .merge(ops::routes(state.clone()))
+        .merge(otaledger_producers::ingest::router(state.producer.clone()))
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .layer(middleware::from_fn(track))
+}
+
+/// Counts requests and their latency by route and status.
+async fn track(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = req.method().to_string();
+    let started = Instant::now();
+    let response = next.run(req).await;
+    let status = response.status().as_u16().to_string();
+    REGISTRY
+        .counter("otaledger_http_requests_total", "HTTP requests by route, method and status",
+            &[("route", &route), ("method", &method), ("status", &status)])
+        .inc();
+    REGISTRY
+        .histogram("otaledger_http_request_seconds", "HTTP request latency by route", &[("route", &route)])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}

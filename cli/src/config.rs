@@ -1,0 +1,173 @@
+//! Configuration: a TOML file, then `OTALEDGER_*` environment variables over it.
+
+use std::path::Path;
+use std::time::Duration;
+
+use otaledger_producers::amqp_bridge::AmqpConfig;
+use otaledger_producers::config::KafkaConfig;
+use otaledger_producers::mqtt_bridge::MqttConfig;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    pub url: String,
+    /// The PostgreSQL schema of the projections and their offsets.
+    pub schema: String,
+    pub max_connections: u32,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: "postgres://postgres@127.0.0.1:5432/postgres".into(),
+            schema: "otaledger".into(),
+            max_connections: 16,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    pub listen: String,
+    /// A device is offline when nothing was recorded from it for this long.
+    pub offline_after_s: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { listen: "127.0.0.1:8080".into(), offline_after_s: 300 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProjectorConfig {
+    pub batch_max: usize,
+    pub batch_wait_ms: u64,
+    /// How often ownership is rechecked: the failover time after an instance dies.
+    pub rebalance_ms: u64,
+    /// Unique per instance; host name and process id when empty.
+    pub member: String,
+}
+
+impl Default for ProjectorConfig {
+    fn default() -> Self {
+        ProjectorConfig { batch_max: 5000, batch_wait_ms: 20, rebalance_ms: 2000, member: String::new() }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub database: DatabaseConfig,
+    pub mqtt: MqttConfig,
+    pub amqp: AmqpConfig,
+    pub http: HttpConfig,
+    pub projector: ProjectorConfig,
+}
+
+/// The environment variables that override the file, and what they set.
+pub const ENV_OVERRIDES: &[(&str, &str)] = &[
+    ("OTALEDGER_KAFKA_BROKERS", "kafka.brokers"),
+    ("OTALEDGER_TOPIC_PREFIX", "kafka.topic_prefix"),
+    ("OTALEDGER_KAFKA_PARTITIONS", "kafka.partitions"),
+    ("OTALEDGER_DATABASE_URL", "database.url"),
+    ("OTALEDGER_DB_SCHEMA", "database.schema"),
+    ("OTALEDGER_MQTT_HOST", "mqtt.host"),
+    ("OTALEDGER_MQTT_PORT", "mqtt.port"),
+    ("OTALEDGER_MQTT_CLIENT_ID", "mqtt.client_id"),
+    ("OTALEDGER_MQTT_TOPIC_ROOT", "mqtt.topic_root"),
+    ("OTALEDGER_AMQP_URL", "amqp.url"),
+    ("OTALEDGER_AMQP_QUEUE", "amqp.reports_queue"),
+    ("OTALEDGER_HTTP_LISTEN", "http.listen"),
+    ("OTALEDGER_PROJECTOR_MEMBER", "projector.member"),
+    ("OTALEDGER_REBALANCE_MS", "projector.rebalance_ms"),
+];
+
+impl Config {
+    /// Reads the file (if given) and applies environment overrides.
+    pub fn load(path: Option<&Path>) -> Result<Self, String> {
+        let mut cfg: Config = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| format!("reading {}: {e}", p.display()))?;
+                toml::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))?
+            }
+            None => Config::default(),
+        };
+        cfg.apply_env(|k| std::env::var(k).ok())?;
+        Ok(cfg)
+    }
+
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), String> {
+        for (var, _) in ENV_OVERRIDES {
+            let Some(v) = get(var) else { continue };
+            let num = |what: &str| format!("{var}={v:?} is not a valid {what}");
+            match *var {
+                "OTALEDGER_KAFKA_BROKERS" => self.kafka.brokers = v,
+                "OTALEDGER_TOPIC_PREFIX" => self.kafka.topic_prefix = v,
+                "OTALEDGER_KAFKA_PARTITIONS" => self.kafka.partitions = v.parse().map_err(|_| num("number"))?,
+                "OTALEDGER_DATABASE_URL" => self.database.url = v,
+                "OTALEDGER_DB_SCHEMA" => self.database.schema = v,
+                "OTALEDGER_MQTT_HOST" => self.mqtt.host = v,
+                "OTALEDGER_MQTT_PORT" => self.mqtt.port = v.parse().map_err(|_| num("port"))?,
+                "OTALEDGER_MQTT_CLIENT_ID" => self.mqtt.client_id = v,
+                "OTALEDGER_MQTT_TOPIC_ROOT" => self.mqtt.topic_root = v,
+                "OTALEDGER_AMQP_URL" => self.amqp.url = v,
+                "OTALEDGER_AMQP_QUEUE" => self.amqp.reports_queue = v,
+                "OTALEDGER_HTTP_LISTEN" => self.http.listen = v,
+                "OTALEDGER_PROJECTOR_MEMBER" => self.projector.member = v,
+                "OTALEDGER_REBALANCE_MS" => self.projector.rebalance_ms = v.parse().map_err(|_| num("number"))?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    #[must_use]
+    pub fn offline_after(&self) -> Duration {
+        Duration::from_secs(self.http.offline_after_s)
+    }
+
+    #[must_use]
+    pub fn member(&self) -> String {
+        if !self.projector.member.is_empty() {
+            return self.projector.member.clone();
+        }
+        let host = std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_owned())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "host".into());
+        format!("{host}-{}", std::process::id())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_environment() {
+        let mut cfg: Config = toml::from_str(
+            "[kafka]\nbrokers = \"k:9092\"\ntopic_prefix = \"a.\"\n[database]\nschema = \"fleet\"\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.kafka.brokers, "k:9092");
+        assert_eq!(cfg.mqtt.port, 1883);
+        cfg.apply_env(|k| match k {
+            "OTALEDGER_TOPIC_PREFIX" => Some("b.".into()),
+            "OTALEDGER_MQTT_PORT" => Some("1884".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(cfg.kafka.topic_prefix, "b.");
+        assert_eq!(cfg.database.schema, "fleet");
+        assert_eq!(cfg.mqtt.port, 1884);
+        let bad = cfg.apply_env(|k| (k == "OTALEDGER_MQTT_PORT").then(|| "x".into()));
+        assert!(bad.unwrap_err().contains("OTALEDGER_MQTT_PORT"));
+        assert!(toml::from_str::<Config>("[kafka]\nbrokerz = 1\n").is_err(), "unknown keys are errors");
+    }
+}

@@ -1,0 +1,4 @@
+//! The pieces behind the `otaledger` command: configuration and the components it runs.
+
+pub mod components;
+pub mod config;

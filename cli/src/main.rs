@@ -1,0 +1,176 @@
+//! `otaledger`: the event-sourced OTA update ledger's one command.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use otaledger_cli::components::{self, Component};
+use otaledger_cli::config::{Config, ENV_OVERRIDES};
+use otaledger_producers::shutdown::Shutdown;
+use otaledger_producers::simulator::{self, SimConfig};
+
+#[derive(Debug, Parser)]
+#[command(name = "otaledger", version, about = "Event-sourced over-the-air update ledger for IoT fleets",
+    long_about = "Event-sourced over-the-air update ledger for IoT fleets.\n\n\
+        Kafka holds the ledger of record (ota.device-events, ota.rollout-events, ota.device-commands, \
+        ota.dead-letters); bridges append device facts from MQTT, AMQP and HTTP; projectors fold them \
+        into PostgreSQL; the HTTP API answers fleet queries.",
+    after_help = env_help())]
+struct Cli {
+    /// TOML configuration file (see otaledger.example.toml); environment variables override it.
+    #[arg(long, short, global = true, env = "OTALEDGER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log format: human-readable text or one JSON object per line.
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+fn env_help() -> String {
+    let mut s = String::from("Environment overrides:\n");
+    for (var, key) in ENV_OVERRIDES {
+        s.push_str(&format!("  {var:<28} {key}\n"));
+    }
+    s.push_str("  RUST_LOG                     log filter, e.g. info or otaledger_consumers=debug");
+    s
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the whole stack in one process: API, projector, MQTT and AMQP bridges (and, with
+    /// --simulate, a simulated fleet). Creates topics and tables first. Stops on SIGTERM/Ctrl-C.
+    Up {
+        /// Also run the fleet simulator.
+        #[arg(long)]
+        simulate: bool,
+        #[command(flatten)]
+        sim: SimArgs,
+    },
+    /// Run one component alone (scale out by running more: partitions are shared among them).
+    Run {
+        #[arg(value_enum)]
+        component: Component,
+    },
+    /// Simulate a fleet: devices over MQTT, a share behind gateways reporting over AMQP.
+    Simulate {
+        #[command(flatten)]
+        sim: SimArgs,
+    },
+    /// Create the ledger topics, the database schema and its tables if missing.
+    Init,
+}
+
+#[derive(Debug, Args)]
+struct SimArgs {
+    /// Number of simulated devices.
+    #[arg(long, default_value_t = 1000)]
+    devices: usize,
+    /// Heartbeats per second across the whole fleet.
+    #[arg(long, default_value_t = 500.0)]
+    rate: f64,
+    /// Share of devices behind edge gateways (0 to 1).
+    #[arg(long, default_value_t = 0.2)]
+    gateway_share: f64,
+    /// Number of edge gateways.
+    #[arg(long, default_value_t = 10)]
+    gateways: usize,
+    /// Stop after this many heartbeats per device (default: run until stopped).
+    #[arg(long)]
+    rounds: Option<u64>,
+    /// Prefix of device and gateway ids.
+    #[arg(long, default_value = "")]
+    id_prefix: String,
+    /// Seed of the fleet's models, sites, tags and versions.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// MQTT connections the devices are multiplexed over.
+    #[arg(long, default_value_t = 8)]
+    mqtt_connections: usize,
+}
+
+impl SimArgs {
+    fn to_config(&self, cfg: &Config) -> SimConfig {
+        SimConfig {
+            devices: self.devices,
+            rate: self.rate,
+            gateway_share: self.gateway_share,
+            gateways: self.gateways,
+            id_prefix: self.id_prefix.clone(),
+            seed: self.seed,
+            rounds: self.rounds,
+            mqtt_connections: self.mqtt_connections,
+            mqtt: cfg.mqtt.clone(),
+            amqp: cfg.amqp.clone(),
+        }
+    }
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn,lapin=warn,sqlx=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli.log_format);
+    let cfg = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("otaledger: configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let shutdown = Shutdown::new();
+    shutdown.trigger_on_signals();
+    let result: Result<(), components::BoxError> = async {
+        match cli.command {
+            Command::Init => components::prepare(&cfg).await,
+            Command::Run { component } => {
+                components::prepare(&cfg).await?;
+                components::run(component, cfg, shutdown.signal()).await
+            }
+            Command::Up { simulate, sim } => {
+                components::prepare(&cfg).await?;
+                tracing::info!(api = %format!("http://{}", cfg.http.listen), "otaledger is starting; \
+                    try GET /v1/fleet/summary, /v1/devices, /metrics, /openapi.json");
+                let stack = components::supervise(Component::ALL.to_vec(), cfg.clone(), &shutdown);
+                if simulate {
+                    let sim_cfg = sim.to_config(&cfg);
+                    let signal = shutdown.signal();
+                    tokio::spawn(async move {
+                        if let Err(e) = simulator::run(sim_cfg, signal).await {
+                            tracing::error!(error = %e, "simulator failed");
+                        }
+                    });
+                }
+                stack.await;
+                Ok(())
+            }
+            Command::Simulate { sim } => {
+                let stats = simulator::run(sim.to_config(&cfg), shutdown.signal()).await?;
+                println!(
+                    "sent {} MQTT messages and {} gateway batches ({} reports)",
+                    stats.mqtt_messages, stats.gateway_batches, stats.gateway_reports
+                );
+                Ok(())
+            }
+        }
+    }
+    .await;
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "otaledger failed");
+            eprintln!("otaledger: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

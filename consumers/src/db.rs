@@ -1,0 +1,51 @@
+//! PostgreSQL pools scoped to one schema, so tests, shadow rebuilds and tenants never collide.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgConnection, PgPool};
+
+use crate::{DbContext, Error, Result};
+
+/// Checks a schema name: lowercase letters, digits and `_`, starting with a letter.
+pub fn validate_schema(schema: &str) -> Result<()> {
+    let ok = schema.len() <= 63
+        && schema.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+        && schema.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Other(format!("invalid schema name {schema:?}: use [a-z][a-z0-9_]*")))
+    }
+}
+
+/// Connection options whose `search_path` is `schema`.
+pub fn options(url: &str, schema: &str) -> Result<PgConnectOptions> {
+    validate_schema(schema)?;
+    Ok(PgConnectOptions::from_str(url)
+        .db("parsing database url")?
+        .options([("search_path", schema)]))
+}
+
+/// Creates the schema if needed and returns a pool whose connections use it.
+pub async fn pool(url: &str, schema: &str, max_connections: u32) -> Result<PgPool> {
+    let opts = options(url, schema)?;
+    let mut conn = PgConnection::connect_with(&opts).await.db("connecting")?;
+    sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+        .execute(&mut conn)
+        .await
+        .db("creating schema")?;
+    conn.close().await.db("closing")?;
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(opts)
+        .await
+        .db("opening pool")
+}
+
+/// A connection of its own (advisory locks live as long as it does).
+pub async fn connection(url: &str, schema: &str) -> Result<PgConnection> {
+    PgConnection::connect_with(&options(url, schema)?).await.db("connecting")
+}

@@ -1,0 +1,245 @@
+//! The batch loop: read owned partitions, decode, dead-letter what cannot be decoded, apply a
+//! batch to PostgreSQL and store the next offsets in the same transaction.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use otaledger_domain::device_view::Position;
+use otaledger_domain::Event;
+use otaledger_producers::config::KafkaConfig;
+use otaledger_producers::dead_letters::{dead_letter, Origin, Rejection};
+use otaledger_producers::kafka::{client_config, wait_for_topic, EventProducer};
+use otaledger_producers::metrics::REGISTRY;
+use otaledger_producers::shutdown::ShutdownSignal;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use sqlx::{PgConnection, PgPool};
+
+use crate::ownership::Ownership;
+use crate::{db, DbContext, Error, Result};
+
+/// A decoded event and where it sits in its topic.
+#[derive(Debug, Clone)]
+pub struct Positioned {
+    pub position: Position,
+    pub event: Event,
+}
+
+/// What a consumer does with a batch, inside the transaction that also stores its offsets.
+pub trait Projection: Send {
+    fn apply<'a>(&'a mut self, tx: &'a mut PgConnection, events: &'a [Positioned]) -> BoxFuture<'a, Result<()>>;
+}
+
+/// A boxed, sendable future (naming the type sidesteps rustc's higher-ranked `Send` inference
+/// limits around sqlx executors).
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// Names the consumer in `consumer_offsets` and in metrics, e.g. `projector`.
+    pub consumer: String,
+    pub topic: String,
+    pub database_url: String,
+    pub schema: String,
+    /// Unique per process: host name and pid by default.
+    pub member: String,
+    pub batch_max: usize,
+    pub batch_wait: Duration,
+    pub rebalance_every: Duration,
+    pub kafka: KafkaConfig,
+}
+
+/// Runs a [`Projection`] over the partitions this instance owns.
+#[derive(Debug)]
+pub struct Runner<P> {
+    cfg: RunnerConfig,
+    projection: P,
+    producer: EventProducer,
+    pool: PgPool,
+}
+
+struct Raw {
+    partition: i32,
+    offset: i64,
+    key: Vec<u8>,
+    payload: Vec<u8>,
+}
+
+impl<P: Projection> Runner<P> {
+    #[must_use]
+    pub fn new(cfg: RunnerConfig, projection: P, producer: EventProducer, pool: PgPool) -> Self {
+        Runner { cfg, projection, producer, pool }
+    }
+
+    /// Consumes until shutdown. Stopping between batches loses nothing: offsets and rows were
+    /// committed together.
+    pub async fn run(mut self, mut shutdown: ShutdownSignal) -> Result<()> {
+        let cfg = self.cfg.clone();
+        let partitions = wait_for_topic(&cfg.kafka, &cfg.topic, Duration::from_secs(60)).await?;
+        let lock_conn = db::connection(&cfg.database_url, &cfg.schema).await?;
+        let mut ownership =
+            Ownership::join(self.pool.clone(), lock_conn, &cfg.schema, &cfg.consumer, &cfg.topic, &cfg.member, partitions)
+                .await?;
+        let consumer: StreamConsumer = client_config(&cfg.kafka)
+            .set("group.id", format!("otaledger-{}", cfg.consumer))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("queued.min.messages", "200000")
+            .set("fetch.wait.max.ms", "50")
+            .create()
+            .map_err(|source| Error::Kafka { context: "creating consumer".into(), source })?;
+        let applied = REGISTRY.counter(
+            "otaledger_consumer_events_total",
+            "Events applied by a ledger consumer",
+            &[("consumer", &cfg.consumer)],
+        );
+        let batch_seconds = REGISTRY.histogram(
+            "otaledger_consumer_batch_seconds",
+            "Time to apply one batch and commit it with its offsets",
+            &[("consumer", &cfg.consumer)],
+        );
+        let owned_gauge = REGISTRY.gauge(
+            "otaledger_consumer_owned_partitions",
+            "Partitions this instance owns",
+            &[("consumer", &cfg.consumer)],
+        );
+        tracing::info!(consumer = %cfg.consumer, topic = %cfg.topic, member = %cfg.member, partitions, "consumer starting");
+        let mut next_rebalance = tokio::time::Instant::now();
+        loop {
+            if shutdown.is_triggered() {
+                break;
+            }
+            if tokio::time::Instant::now() >= next_rebalance {
+                if ownership.rebalance().await? {
+                    assign(&consumer, &cfg.topic, &ownership)?;
+                }
+                owned_gauge.set(i64::try_from(ownership.owned().len()).unwrap_or(0));
+                next_rebalance = tokio::time::Instant::now() + cfg.rebalance_every;
+            }
+            let batch = tokio::select! {
+                () = shutdown.wait() => break,
+                b = collect(&consumer, &cfg, next_rebalance) => b?,
+            };
+            let started = Instant::now();
+            let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+            let mut events = Vec::with_capacity(batch.len());
+            let mut dead = Vec::new();
+            for raw in batch {
+                let Some(owned) = ownership.owned().get(&raw.partition) else { continue };
+                let expected = next.get(&raw.partition).copied().unwrap_or(owned.next_offset);
+                if raw.offset < expected {
+                    continue; // already applied: a redelivery after reassignment
+                }
+                next.insert(raw.partition, raw.offset + 1);
+                match otaledger_schemas::decode(&raw.payload) {
+                    Ok(d) => events.push(Positioned {
+                        position: Position { partition: raw.partition, offset: raw.offset },
+                        event: d.event,
+                    }),
+                    Err(e) => {
+                        let origin = Origin {
+                            source: "kafka",
+                            channel: &cfg.topic,
+                            partition: Some(raw.partition),
+                            offset: Some(raw.offset),
+                        };
+                        let rejection = Rejection::new("undecodable", e.to_string());
+                        dead.push(dead_letter(&self.producer, &origin, &raw.key, &raw.payload, &rejection).await?);
+                    }
+                }
+            }
+            if next.is_empty() {
+                continue;
+            }
+            // Dead letters must be safe in Kafka before the offsets that skip them are stored.
+            for d in dead {
+                d.acked().await?;
+            }
+            let mut tx = self.pool.begin().await.db("beginning batch")?;
+            self.projection.apply(&mut tx, &events).await?;
+            if !ownership.store_offsets(&mut tx, &next).await? {
+                tx.rollback().await.db("rolling back fenced batch")?;
+                tracing::warn!(consumer = %cfg.consumer, "fenced by a newer owner; giving up partitions");
+                ownership.release_all().await?;
+                next_rebalance = tokio::time::Instant::now();
+                continue;
+            }
+            tx.commit().await.db("committing batch")?;
+            for (p, n) in next {
+                if let Some(o) = ownership.owned_mut().get_mut(&p) {
+                    o.next_offset = n;
+                }
+            }
+            applied.add(events.len() as u64);
+            batch_seconds.observe(started.elapsed().as_secs_f64());
+        }
+        ownership.release_all().await?;
+        tracing::info!(consumer = %cfg.consumer, "consumer stopped");
+        Ok(())
+    }
+}
+
+fn assign(consumer: &StreamConsumer, topic: &str, ownership: &Ownership) -> Result<()> {
+    let mut tpl = TopicPartitionList::new();
+    for (p, o) in ownership.owned() {
+        let offset = if o.next_offset > 0 { Offset::Offset(o.next_offset) } else { Offset::Beginning };
+        tpl.add_partition_offset(topic, *p, offset)
+            .map_err(|source| Error::Kafka { context: "building assignment".into(), source })?;
+    }
+    consumer.assign(&tpl).map_err(|source| Error::Kafka { context: "assigning partitions".into(), source })
+}
+
+/// Waits for a first record (until the next rebalance is due), then gathers more for up to
+/// `batch_wait` or `batch_max` records.
+async fn collect(consumer: &StreamConsumer, cfg: &RunnerConfig, until: tokio::time::Instant) -> Result<Vec<Raw>> {
+    let mut batch = Vec::new();
+    let first = tokio::time::timeout_at(until, consumer.recv()).await;
+    let Ok(first) = first else { return Ok(batch) };
+    push(&mut batch, first)?;
+    let deadline = tokio::time::Instant::now() + cfg.batch_wait;
+    while batch.len() < cfg.batch_max {
+        match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            Ok(m) => push(&mut batch, m)?,
+            Err(_) => break,
+        }
+    }
+    Ok(batch)
+}
+
+fn push(
+    batch: &mut Vec<Raw>,
+    m: std::result::Result<rdkafka::message::BorrowedMessage<'_>, rdkafka::error::KafkaError>,
+) -> Result<()> {
+    match m {
+        Ok(m) => {
+            batch.push(Raw {
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().map(<[u8]>::to_vec).unwrap_or_default(),
+                payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            });
+            Ok(())
+        }
+        Err(e) => {
+            // Transient fetch errors (broker restart, leader change) are retried by librdkafka.
+            tracing::warn!(error = %e, "kafka fetch error");
+            Ok(())
+        }
+    }
+}
+
+/// The offsets a consumer committed, by partition.
+pub async fn committed_offsets(pool: &PgPool, consumer: &str, topic: &str) -> Result<BTreeMap<i32, i64>> {
+    let rows: Vec<(i32, i64)> = sqlx::query_as(
+        "SELECT partition, next_offset FROM consumer_offsets WHERE consumer = $1 AND topic = $2",
+    )
+    .bind(consumer)
+    .bind(topic)
+    .fetch_all(pool)
+    .await
+    .db("reading offsets")?;
+    Ok(rows.into_iter().collect())
+}

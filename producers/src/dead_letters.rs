@@ -1,0 +1,66 @@
+//! `ota.dead-letters`: what could not be decoded or applied, kept byte for byte with headers
+//! naming where it came from and why, so nothing is lost and the pipeline never stops.
+
+use rdkafka::message::{Header, OwnedHeaders};
+
+use crate::kafka::{EventProducer, Pending};
+use crate::metrics;
+use crate::Result;
+
+/// Where a rejected message came from.
+#[derive(Debug, Clone)]
+pub struct Origin<'a> {
+    /// `mqtt`, `amqp`, `http` or `kafka`.
+    pub source: &'static str,
+    /// MQTT topic, AMQP queue, HTTP path or Kafka topic.
+    pub channel: &'a str,
+    pub partition: Option<i32>,
+    pub offset: Option<i64>,
+}
+
+/// Why it was rejected: a short stable reason for metrics and a human-readable detail.
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    pub reason: &'static str,
+    pub detail: String,
+}
+
+impl Rejection {
+    pub fn new(reason: &'static str, detail: impl Into<String>) -> Self {
+        Rejection { reason, detail: detail.into() }
+    }
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.reason, self.detail)
+    }
+}
+
+/// Enqueues a rejected message on the dead-letter topic and counts it.
+pub async fn dead_letter(
+    producer: &EventProducer,
+    origin: &Origin<'_>,
+    key: &[u8],
+    payload: &[u8],
+    rejection: &Rejection,
+) -> Result<Pending> {
+    let partition = origin.partition.map(|p| p.to_string());
+    let offset = origin.offset.map(|o| o.to_string());
+    let mut headers = OwnedHeaders::new_with_capacity(6)
+        .insert(Header { key: "dlq-source", value: Some(origin.source) })
+        .insert(Header { key: "dlq-channel", value: Some(origin.channel) })
+        .insert(Header { key: "dlq-reason", value: Some(rejection.reason) })
+        .insert(Header { key: "dlq-error", value: Some(rejection.detail.as_str()) });
+    if let Some(p) = &partition {
+        headers = headers.insert(Header { key: "dlq-partition", value: Some(p.as_str()) });
+    }
+    if let Some(o) = &offset {
+        headers = headers.insert(Header { key: "dlq-offset", value: Some(o.as_str()) });
+    }
+    tracing::warn!(source = origin.source, channel = origin.channel, reason = rejection.reason,
+        detail = %rejection.detail, "dead-lettered");
+    metrics::dead_lettered(origin.source, rejection.reason);
+    let topic = producer.topics().dead_letters.clone();
+    producer.send_raw(&topic, key, payload, headers).await
+}

@@ -1,0 +1,350 @@
+//! The JSON that devices and gateways send, checked and turned into ledger events.
+//!
+//! Unknown fields are ignored so that newer firmware can add fields without being rejected;
+//! a known field of the wrong type, a missing required field, an out-of-range value, an
+//! oversized payload or a device id that does not match the channel is a [`Rejection`].
+
+use otaledger_domain::events::{
+    DeviceRegistered, Health, Heartbeat, InstallOutcome, InstallPhase, InstallProgress, InstallResult,
+};
+use otaledger_domain::ids::{new_event_id, validate_device_id};
+use otaledger_domain::time::{now_micros, Micros};
+use otaledger_domain::{Event, EventMeta, Payload};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use uuid::Uuid;
+
+use crate::dead_letters::Rejection;
+
+/// The largest device message accepted.
+pub const MAX_DEVICE_PAYLOAD: usize = 64 * 1024;
+/// The largest gateway batch accepted.
+pub const MAX_GATEWAY_PAYLOAD: usize = 8 * 1024 * 1024;
+
+/// What a device message reports, from the last level of its MQTT topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageKind {
+    Register,
+    Heartbeat,
+    Install,
+}
+
+impl MessageKind {
+    #[must_use]
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "register" => Some(MessageKind::Register),
+            "heartbeat" => Some(MessageKind::Heartbeat),
+            "install" => Some(MessageKind::Install),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct RegisterJson {
+    device_id: Option<String>,
+    model: String,
+    site: String,
+    #[serde(default)]
+    tags: Vec<String>,
+    firmware_version: String,
+    gateway_id: Option<String>,
+    hardware_rev: Option<String>,
+    occurred_at_ms: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct HeartbeatJson {
+    device_id: Option<String>,
+    firmware_version: String,
+    gateway_id: Option<String>,
+    uptime_s: i64,
+    cpu_pct: f32,
+    mem_pct: f32,
+    temperature_c: f32,
+    #[serde(default)]
+    error_count: i32,
+    signal_dbm: Option<i32>,
+    occurred_at_ms: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum InstallKindJson {
+    Progress,
+    Result,
+}
+
+#[derive(Debug, Deserialize)]
+struct InstallJson {
+    device_id: Option<String>,
+    kind: InstallKindJson,
+    rollout_id: Option<String>,
+    command_id: Option<Uuid>,
+    phase: Option<InstallPhase>,
+    percent: Option<i32>,
+    outcome: Option<InstallOutcome>,
+    firmware_version: Option<String>,
+    error_code: Option<String>,
+    message: Option<String>,
+    occurred_at_ms: Option<i64>,
+}
+
+fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Rejection> {
+    serde_json::from_slice(body).map_err(|e| {
+        let reason = if e.is_syntax() || e.is_eof() { "invalid_json" } else { "invalid_field" };
+        Rejection::new(reason, e.to_string())
+    })
+}
+
+fn parse_value<T: DeserializeOwned>(value: &serde_json::Value) -> Result<T, Rejection> {
+    T::deserialize(value).map_err(|e| Rejection::new("invalid_field", e.to_string()))
+}
+
+fn check_id(channel_id: &str, body_id: Option<&String>) -> Result<(), Rejection> {
+    validate_device_id(channel_id).map_err(|e| Rejection::new("invalid_device_id", e.to_string()))?;
+    match body_id {
+        Some(id) if id != channel_id => Err(Rejection::new(
+            "device_id_mismatch",
+            format!("body names device {id:?} but the message came for {channel_id:?}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn check_text(field: &str, value: &str) -> Result<(), Rejection> {
+    if value.trim().is_empty() || value.len() > 256 {
+        return Err(Rejection::new("invalid_field", format!("{field} must be 1 to 256 characters")));
+    }
+    Ok(())
+}
+
+fn check_pct(field: &str, value: f32) -> Result<(), Rejection> {
+    if !(0.0..=100.0).contains(&value) {
+        return Err(Rejection::new("invalid_field", format!("{field} must be between 0 and 100, got {value}")));
+    }
+    Ok(())
+}
+
+fn occurred(ms: Option<i64>, recorded: Micros) -> Result<Micros, Rejection> {
+    match ms {
+        None => Ok(recorded),
+        Some(ms) if ms > 0 => ms
+            .checked_mul(1000)
+            .ok_or_else(|| Rejection::new("invalid_field", "occurred_at_ms is out of range")),
+        Some(ms) => Err(Rejection::new("invalid_field", format!("occurred_at_ms must be positive, got {ms}"))),
+    }
+}
+
+fn event(occurred_at_ms: Option<i64>, trace_id: &str, payload: Payload) -> Result<Event, Rejection> {
+    let recorded_at = now_micros();
+    Ok(Event {
+        meta: EventMeta {
+            event_id: new_event_id(),
+            occurred_at: occurred(occurred_at_ms, recorded_at)?,
+            recorded_at,
+            trace_id: trace_id.to_owned(),
+        },
+        payload,
+    })
+}
+
+/// Checks a device message and turns it into an event.
+pub fn parse_device_message(kind: MessageKind, device_id: &str, body: &[u8], trace_id: &str) -> Result<Event, Rejection> {
+    if body.len() > MAX_DEVICE_PAYLOAD {
+        return Err(Rejection::new(
+            "payload_too_large",
+            format!("{} bytes, the limit is {MAX_DEVICE_PAYLOAD}", body.len()),
+        ));
+    }
+    let value: serde_json::Value = parse_json(body)?;
+    device_message_from_value(kind, device_id, &value, trace_id)
+}
+
+/// As [`parse_device_message`], for a report already parsed as JSON (gateway batches).
+pub fn device_message_from_value(
+    kind: MessageKind,
+    device_id: &str,
+    value: &serde_json::Value,
+    trace_id: &str,
+) -> Result<Event, Rejection> {
+    if !value.is_object() {
+        return Err(Rejection::new("invalid_json", "the message must be a JSON object"));
+    }
+    match kind {
+        MessageKind::Register => {
+            let r: RegisterJson = parse_value(value)?;
+            check_id(device_id, r.device_id.as_ref())?;
+            check_text("model", &r.model)?;
+            check_text("site", &r.site)?;
+            check_text("firmware_version", &r.firmware_version)?;
+            for t in &r.tags {
+                check_text("tags[]", t)?;
+            }
+            if let Some(g) = &r.gateway_id {
+                validate_device_id(g).map_err(|e| Rejection::new("invalid_field", format!("gateway_id: {e}")))?;
+            }
+            event(
+                r.occurred_at_ms,
+                trace_id,
+                Payload::DeviceRegistered(DeviceRegistered {
+                    device_id: device_id.to_owned(),
+                    model: r.model,
+                    site: r.site,
+                    tags: r.tags,
+                    firmware_version: r.firmware_version,
+                    gateway_id: r.gateway_id,
+                    hardware_rev: r.hardware_rev,
+                }),
+            )
+        }
+        MessageKind::Heartbeat => {
+            let h: HeartbeatJson = parse_value(value)?;
+            check_id(device_id, h.device_id.as_ref())?;
+            check_text("firmware_version", &h.firmware_version)?;
+            check_pct("cpu_pct", h.cpu_pct)?;
+            check_pct("mem_pct", h.mem_pct)?;
+            if h.uptime_s < 0 {
+                return Err(Rejection::new("invalid_field", "uptime_s must not be negative"));
+            }
+            if !h.temperature_c.is_finite() {
+                return Err(Rejection::new("invalid_field", "temperature_c must be a number"));
+            }
+            event(
+                h.occurred_at_ms,
+                trace_id,
+                Payload::Heartbeat(Heartbeat {
+                    device_id: device_id.to_owned(),
+                    firmware_version: h.firmware_version,
+                    gateway_id: h.gateway_id,
+                    health: Health {
+                        uptime_s: h.uptime_s,
+                        cpu_pct: h.cpu_pct,
+                        mem_pct: h.mem_pct,
+                        temperature_c: h.temperature_c,
+                        error_count: h.error_count,
+                        signal_dbm: h.signal_dbm,
+                    },
+                }),
+            )
+        }
+        MessageKind::Install => {
+            let i: InstallJson = parse_value(value)?;
+            check_id(device_id, i.device_id.as_ref())?;
+            let payload = match i.kind {
+                InstallKindJson::Progress => {
+                    let phase = i.phase.ok_or_else(|| Rejection::new("invalid_field", "progress needs phase"))?;
+                    let percent = i.percent.unwrap_or(0);
+                    if !(0..=100).contains(&percent) {
+                        return Err(Rejection::new("invalid_field", "percent must be between 0 and 100"));
+                    }
+                    Payload::InstallProgress(InstallProgress {
+                        device_id: device_id.to_owned(),
+                        rollout_id: i.rollout_id,
+                        command_id: i.command_id,
+                        phase,
+                        percent,
+                    })
+                }
+                InstallKindJson::Result => {
+                    let outcome = i.outcome.ok_or_else(|| Rejection::new("invalid_field", "result needs outcome"))?;
+                    let firmware_version = i
+                        .firmware_version
+                        .ok_or_else(|| Rejection::new("invalid_field", "result needs firmware_version"))?;
+                    check_text("firmware_version", &firmware_version)?;
+                    Payload::InstallResult(InstallResult {
+                        device_id: device_id.to_owned(),
+                        rollout_id: i.rollout_id,
+                        command_id: i.command_id,
+                        outcome,
+                        firmware_version,
+                        error_code: i.error_code,
+                        message: i.message,
+                    })
+                }
+            };
+            event(i.occurred_at_ms, trace_id, payload)
+        }
+    }
+}
+
+/// A batch of device reports an edge gateway publishes over AMQP.
+#[derive(Debug, Deserialize)]
+pub struct GatewayBatch {
+    pub gateway_id: String,
+    pub reports: Vec<GatewayReport>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct GatewayReport {
+    pub device_id: String,
+    /// `register`, `heartbeat` or `install`.
+    pub kind: String,
+    pub data: serde_json::Value,
+}
+
+/// Parses a gateway batch envelope; each report is then checked on its own.
+pub fn parse_gateway_batch(body: &[u8]) -> Result<GatewayBatch, Rejection> {
+    if body.len() > MAX_GATEWAY_PAYLOAD {
+        return Err(Rejection::new(
+            "payload_too_large",
+            format!("{} bytes, the limit is {MAX_GATEWAY_PAYLOAD}", body.len()),
+        ));
+    }
+    let batch: GatewayBatch = parse_json(body)?;
+    validate_device_id(&batch.gateway_id)
+        .map_err(|e| Rejection::new("invalid_field", format!("gateway_id: {e}")))?;
+    Ok(batch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hb(body: &str) -> Result<Event, Rejection> {
+        parse_device_message(MessageKind::Heartbeat, "dev-1", body.as_bytes(), "trace")
+    }
+
+    #[test]
+    fn a_good_heartbeat_becomes_an_event() {
+        let e = hb(r#"{"firmware_version":"1.2.3","uptime_s":5,"cpu_pct":1.5,"mem_pct":2,"temperature_c":30,"extra":"ignored"}"#).unwrap();
+        let Payload::Heartbeat(h) = e.payload else { panic!() };
+        assert_eq!(h.device_id, "dev-1");
+        assert_eq!(h.health.signal_dbm, None);
+        assert_eq!(e.meta.occurred_at, e.meta.recorded_at);
+    }
+
+    #[test]
+    fn bad_heartbeats_are_rejected_with_a_reason() {
+        let cases = [
+            ("{not json", "invalid_json"),
+            ("[1,2]", "invalid_json"),
+            (r#"{"firmware_version":"1","uptime_s":"five","cpu_pct":1,"mem_pct":2,"temperature_c":3}"#, "invalid_field"),
+            (r#"{"firmware_version":"1","cpu_pct":1,"mem_pct":2,"temperature_c":3}"#, "invalid_field"),
+            (r#"{"firmware_version":"1","uptime_s":1,"cpu_pct":101,"mem_pct":2,"temperature_c":3}"#, "invalid_field"),
+            (r#"{"device_id":"other","firmware_version":"1","uptime_s":1,"cpu_pct":1,"mem_pct":2,"temperature_c":3}"#, "device_id_mismatch"),
+        ];
+        for (body, reason) in cases {
+            assert_eq!(hb(body).unwrap_err().reason, reason, "{body}");
+        }
+        let big = format!(r#"{{"pad":"{}"}}"#, "x".repeat(MAX_DEVICE_PAYLOAD));
+        assert_eq!(hb(&big).unwrap_err().reason, "payload_too_large");
+        let bad_id = parse_device_message(MessageKind::Heartbeat, "a#b", b"{}", "t").unwrap_err();
+        assert_eq!(bad_id.reason, "invalid_device_id");
+    }
+
+    #[test]
+    fn install_results_need_an_outcome() {
+        let ok = parse_device_message(
+            MessageKind::Install,
+            "d",
+            br#"{"kind":"result","outcome":"SUCCEEDED","firmware_version":"2.0.0","rollout_id":"r"}"#,
+            "t",
+        )
+        .unwrap();
+        assert!(matches!(ok.payload, Payload::InstallResult(ref r) if r.outcome == InstallOutcome::Succeeded));
+        let bad = parse_device_message(MessageKind::Install, "d", br#"{"kind":"result"}"#, "t").unwrap_err();
+        assert_eq!(bad.reason, "invalid_field");
+    }
+}

@@ -1,0 +1,134 @@
+//! HTTP ingest: `POST /v1/devices/{id}/heartbeats` (and `/registrations`, `/install-reports`)
+//! answers 202 only after Kafka acknowledged the event; bad input gets a 4xx JSON reason and a
+//! dead letter.
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use otaledger_domain::ids::new_trace_id;
+use serde::Serialize;
+
+use crate::dead_letters::{dead_letter, Origin};
+use crate::device_json::{parse_device_message, MessageKind, MAX_DEVICE_PAYLOAD};
+use crate::kafka::EventProducer;
+use crate::metrics;
+
+/// The JSON error body every otaledger endpoint answers with.
+#[derive(Debug, Serialize)]
+pub struct ErrorBody {
+    pub error: &'static str,
+    pub reason: String,
+}
+
+/// An HTTP error: a status and a reason that never exposes internals.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub error: &'static str,
+    pub reason: String,
+}
+
+impl ApiError {
+    pub fn bad_request(error: &'static str, reason: impl Into<String>) -> Self {
+        ApiError { status: StatusCode::BAD_REQUEST, error, reason: reason.into() }
+    }
+
+    pub fn not_found(reason: impl Into<String>) -> Self {
+        ApiError { status: StatusCode::NOT_FOUND, error: "not_found", reason: reason.into() }
+    }
+
+    /// Logs the cause and answers 503 without naming it.
+    pub fn unavailable(cause: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "request failed on a backing service");
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            error: "unavailable",
+            reason: "a backing service is unavailable; retry later".into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(ErrorBody { error: self.error, reason: self.reason })).into_response()
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Accepted {
+    event_id: String,
+    partition: i32,
+    offset: i64,
+}
+
+/// The ingest routes, with their state applied.
+pub fn router(producer: EventProducer) -> Router {
+    Router::new()
+        .route("/v1/devices/{id}/heartbeats", post(heartbeat))
+        .route("/v1/devices/{id}/registrations", post(registration))
+        .route("/v1/devices/{id}/install-reports", post(install_report))
+        // Oversized bodies reach the handler so they are dead-lettered and answered 413 too.
+        .layer(DefaultBodyLimit::max(MAX_DEVICE_PAYLOAD * 4))
+        .with_state(producer)
+}
+
+async fn heartbeat(s: State<EventProducer>, id: Path<String>, h: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    ingest(MessageKind::Heartbeat, "heartbeats", s, id, &h, body).await
+}
+
+async fn registration(s: State<EventProducer>, id: Path<String>, h: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    ingest(MessageKind::Register, "registrations", s, id, &h, body).await
+}
+
+async fn install_report(s: State<EventProducer>, id: Path<String>, h: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    ingest(MessageKind::Install, "install-reports", s, id, &h, body).await
+}
+
+/// A W3C `traceparent` carries the caller's trace id; otherwise a new one starts here.
+fn trace_id(headers: &HeaderMap) -> String {
+    headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split('-').nth(1))
+        .filter(|t| t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map_or_else(new_trace_id, str::to_ascii_lowercase)
+}
+
+async fn ingest(
+    kind: MessageKind,
+    what: &str,
+    State(producer): State<EventProducer>,
+    Path(device_id): Path<String>,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    match parse_device_message(kind, &device_id, &body, &trace_id(headers)) {
+        Ok(event) => {
+            let delivered = producer.append(&event).await.map_err(|e| ApiError::unavailable(&e))?;
+            metrics::ingested("http").inc();
+            let accepted = Accepted {
+                event_id: event.meta.event_id.to_string(),
+                partition: delivered.partition,
+                offset: delivered.offset,
+            };
+            Ok((StatusCode::ACCEPTED, Json(accepted)).into_response())
+        }
+        Err(rejection) => {
+            let channel = format!("/v1/devices/{device_id}/{what}");
+            let origin = Origin { source: "http", channel: &channel, partition: None, offset: None };
+            let pending = dead_letter(&producer, &origin, device_id.as_bytes(), &body, &rejection)
+                .await
+                .map_err(|e| ApiError::unavailable(&e))?;
+            pending.acked().await.map_err(|e| ApiError::unavailable(&e))?;
+            let status = if rejection.reason == "payload_too_large" {
+                StatusCode::PAYLOAD_TOO_LARGE
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            Err(ApiError { status, error: rejection.reason, reason: rejection.detail })
+        }
+    }
+}

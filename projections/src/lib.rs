@@ -1,0 +1,29 @@
+//! Read models in PostgreSQL, folded from the ledger: the fleet view (one row per device) and
+//! device counts by firmware, model and site. [`projector::FleetProjector`] writes them;
+//! [`fleet`] reads them for the API.
+
+pub mod fleet;
+pub mod migrations;
+pub mod projector;
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("postgres: {context}: {source}")]
+    Db { context: &'static str, source: sqlx::Error },
+    #[error("invalid query: {0}")]
+    InvalidQuery(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+pub(crate) trait DbContext<T> {
+    fn db(self, context: &'static str) -> Result<T>;
+}
+
+impl<T> DbContext<T> for std::result::Result<T, sqlx::Error> {
+    fn db(self, context: &'static str) -> Result<T> {
+        self.map_err(|source| Error::Db { context, source })
+    }
+}

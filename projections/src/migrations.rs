@@ -1,0 +1,45 @@
+//! Schema migrations, compiled in and applied in order, once, under a lock.
+
+use sqlx::PgPool;
+
+use crate::{DbContext, Result};
+
+/// Every migration, in order. Never edit or remove one that has shipped.
+const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "fleet", include_str!("../migrations/0001_fleet.sql"))];
+
+/// Applies the migrations missing from the pool's schema (its `search_path`).
+pub async fn migrate(pool: &PgPool) -> Result<()> {
+    let mut tx = pool.begin().await.db("beginning migration")?;
+    // Serialise concurrent starters of the same schema.
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext(current_schema()))")
+        .execute(&mut *tx)
+        .await
+        .db("locking for migration")?;
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+            version int PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())",
+    )
+    .execute(&mut *tx)
+    .await
+    .db("creating schema_migrations")?;
+    let applied: Vec<i32> = sqlx::query_scalar("SELECT version FROM schema_migrations")
+        .fetch_all(&mut *tx)
+        .await
+        .db("reading schema_migrations")?;
+    for (version, name, sql) in MIGRATIONS {
+        if applied.contains(version) {
+            continue;
+        }
+        tracing::info!(version, name, "applying migration");
+        // A plain &str runs unprepared, so one migration may hold several statements.
+        sqlx::Executor::execute(&mut *tx, *sql).await.db("applying migration")?;
+        sqlx::query("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)")
+            .bind(version)
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .db("recording migration")?;
+    }
+    tx.commit().await.db("committing migration")?;
+    Ok(())
+}

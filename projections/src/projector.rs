@@ -1,0 +1,269 @@
+//! The fleet projector: folds each batch per device into one patch (coalescing a device's
+//! repeated heartbeats), merges all patches with one statement and adjusts the per-dimension
+//! counts, inside the transaction that also stores the consumed offsets.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Utc};
+use otaledger_consumers::{BoxFuture, Positioned, Projection};
+use otaledger_domain::device_view::DeviceView;
+use sqlx::PgConnection;
+
+use crate::DbContext;
+
+/// Projects `ota.device-events` into `devices` and `fleet_counts`.
+#[derive(Debug, Default)]
+pub struct FleetProjector;
+
+/// Dimensions counted in `fleet_counts`; `total` counts every device under the value `all`.
+pub const DIMENSIONS: [&str; 3] = ["firmware", "model", "site"];
+pub const UNKNOWN: &str = "unknown";
+
+pub(crate) fn ts(micros: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(micros).unwrap_or_default()
+}
+
+/// Folds a batch into one patch per device, in batch order.
+#[must_use]
+pub fn fold_batch(events: &[Positioned]) -> BTreeMap<String, DeviceView> {
+    let mut patches: BTreeMap<String, DeviceView> = BTreeMap::new();
+    for p in events {
+        if !DeviceView::is_relevant(&p.event) {
+            continue;
+        }
+        let key = p.event.key();
+        let prev = patches.remove(key);
+        if let Some(v) = DeviceView::apply(prev, &p.event, p.position) {
+            patches.insert(key.to_owned(), v);
+        }
+    }
+    patches
+}
+
+const MERGE: &str = r"
+WITH input AS (
+    SELECT * FROM UNNEST(
+        $1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+        $8::timestamptz[], $9::timestamptz[], $10::timestamptz[],
+        $11::bigint[], $12::real[], $13::real[], $14::real[], $15::int[], $16::int[],
+        $17::bigint[], $18::int[], $19::bigint[])
+    AS t(device_id, model, site, tags_json, gateway_id, hardware_rev, firmware_version,
+         first_seen_at, last_seen_at, last_heartbeat_at,
+         uptime_s, cpu_pct, mem_pct, temperature_c, error_count, signal_dbm,
+         events, last_partition, last_offset)
+), old AS (
+    -- The statement's snapshot shows the rows as they were before `up` changed them. No
+    -- FOR UPDATE: it would skip the rows `up` modifies in this same statement.
+    SELECT d.device_id, d.firmware_version, d.model, d.site
+    FROM devices d JOIN input i USING (device_id)
+), up AS (
+    INSERT INTO devices AS d (device_id, model, site, tags, gateway_id, hardware_rev, firmware_version,
+        first_seen_at, last_seen_at, last_heartbeat_at,
+        uptime_s, cpu_pct, mem_pct, temperature_c, error_count, signal_dbm,
+        events, last_partition, last_offset)
+    SELECT device_id, model, site,
+        CASE WHEN tags_json IS NULL THEN NULL
+             ELSE ARRAY(SELECT jsonb_array_elements_text(tags_json::jsonb)) END,
+        gateway_id, hardware_rev, firmware_version,
+        first_seen_at, last_seen_at, last_heartbeat_at,
+        uptime_s, cpu_pct, mem_pct, temperature_c, error_count, signal_dbm,
+        events, last_partition, last_offset
+    FROM input
+    ON CONFLICT (device_id) DO UPDATE SET
+        model = COALESCE(EXCLUDED.model, d.model),
+        site = COALESCE(EXCLUDED.site, d.site),
+        tags = COALESCE(EXCLUDED.tags, d.tags),
+        gateway_id = COALESCE(EXCLUDED.gateway_id, d.gateway_id),
+        hardware_rev = COALESCE(EXCLUDED.hardware_rev, d.hardware_rev),
+        firmware_version = COALESCE(EXCLUDED.firmware_version, d.firmware_version),
+        first_seen_at = LEAST(d.first_seen_at, EXCLUDED.first_seen_at),
+        last_seen_at = GREATEST(d.last_seen_at, EXCLUDED.last_seen_at),
+        last_heartbeat_at = GREATEST(d.last_heartbeat_at, EXCLUDED.last_heartbeat_at),
+        uptime_s = CASE WHEN EXCLUDED.last_heartbeat_at IS NULL THEN d.uptime_s ELSE EXCLUDED.uptime_s END,
+        cpu_pct = CASE WHEN EXCLUDED.last_heartbeat_at IS NULL THEN d.cpu_pct ELSE EXCLUDED.cpu_pct END,
+        mem_pct = CASE WHEN EXCLUDED.last_heartbeat_at IS NULL THEN d.mem_pct ELSE EXCLUDED.mem_pct END,
+        temperature_c = CASE WHEN EXCLUDED.last_heartbeat_at IS NULL THEN d.temperature_c ELSE EXCLUDED.temperature_c END,
+        error_count = CASE WHEN EXCLUDED.last_heartbeat_at IS NULL THEN d.error_count ELSE EXCLUDED.error_count END,
+        signal_dbm = CASE WHEN EXCLUDED.last_heartbeat_at IS NULL THEN d.signal_dbm ELSE EXCLUDED.signal_dbm END,
+        events = d.events + EXCLUDED.events,
+        last_partition = EXCLUDED.last_partition,
+        last_offset = EXCLUDED.last_offset
+    WHERE d.last_partition <> EXCLUDED.last_partition OR d.last_offset < EXCLUDED.last_offset
+    RETURNING d.device_id, d.firmware_version, d.model, d.site
+)
+SELECT up.device_id, old.device_id IS NOT NULL AS existed,
+       old.firmware_version, old.model, old.site,
+       up.firmware_version, up.model, up.site
+FROM up LEFT JOIN old USING (device_id)";
+
+type MergedRow = (
+    String,
+    bool,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+/// Merges patches into `devices` and adjusts `fleet_counts`.
+pub async fn merge_patches(tx: &mut PgConnection, patches: BTreeMap<String, DeviceView>) -> crate::Result<()> {
+    if patches.is_empty() {
+        return Ok(());
+    }
+    let n = patches.len();
+    let mut c = Columns::with_capacity(n);
+    for (_, v) in patches {
+        c.push(v);
+    }
+    let rows: Vec<MergedRow> = sqlx::query_as(MERGE)
+        .bind(c.device_id)
+        .bind(c.model)
+        .bind(c.site)
+        .bind(c.tags_json)
+        .bind(c.gateway_id)
+        .bind(c.hardware_rev)
+        .bind(c.firmware_version)
+        .bind(c.first_seen_at)
+        .bind(c.last_seen_at)
+        .bind(c.last_heartbeat_at)
+        .bind(c.uptime_s)
+        .bind(c.cpu_pct)
+        .bind(c.mem_pct)
+        .bind(c.temperature_c)
+        .bind(c.error_count)
+        .bind(c.signal_dbm)
+        .bind(c.events)
+        .bind(c.last_partition)
+        .bind(c.last_offset)
+        .fetch_all(&mut *tx)
+        .await
+        .db("merging device patches")?;
+
+    let mut deltas: HashMap<(&'static str, String), i64> = HashMap::new();
+    let label = |v: Option<String>| v.unwrap_or_else(|| UNKNOWN.to_owned());
+    for (_, existed, old_fw, old_model, old_site, fw, model, site) in rows {
+        if !existed {
+            *deltas.entry(("total", "all".to_owned())).or_default() += 1;
+        }
+        for (dim, old, new) in [(DIMENSIONS[0], old_fw, fw), (DIMENSIONS[1], old_model, model), (DIMENSIONS[2], old_site, site)] {
+            let new = label(new);
+            if existed {
+                let old = label(old);
+                if old == new {
+                    continue;
+                }
+                *deltas.entry((dim, old)).or_default() -= 1;
+            }
+            *deltas.entry((dim, new)).or_default() += 1;
+        }
+    }
+    deltas.retain(|_, d| *d != 0);
+    if deltas.is_empty() {
+        return Ok(());
+    }
+    // Sorted, so that concurrent projector instances lock counter rows in the same order.
+    let mut sorted: Vec<_> = deltas.into_iter().collect();
+    sorted.sort();
+    let (keys, amounts): (Vec<_>, Vec<i64>) = sorted.into_iter().unzip();
+    let (dims, values): (Vec<&str>, Vec<String>) = keys.into_iter().unzip();
+    sqlx::query(
+        "INSERT INTO fleet_counts (dimension, value, devices)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[])
+         ON CONFLICT (dimension, value) DO UPDATE SET devices = fleet_counts.devices + EXCLUDED.devices",
+    )
+    .bind(dims)
+    .bind(values)
+    .bind(amounts)
+    .execute(&mut *tx)
+    .await
+    .db("adjusting fleet counts")?;
+    Ok(())
+}
+
+#[derive(Default)]
+struct Columns {
+    device_id: Vec<String>,
+    model: Vec<Option<String>>,
+    site: Vec<Option<String>>,
+    tags_json: Vec<Option<String>>,
+    gateway_id: Vec<Option<String>>,
+    hardware_rev: Vec<Option<String>>,
+    firmware_version: Vec<Option<String>>,
+    first_seen_at: Vec<DateTime<Utc>>,
+    last_seen_at: Vec<DateTime<Utc>>,
+    last_heartbeat_at: Vec<Option<DateTime<Utc>>>,
+    uptime_s: Vec<Option<i64>>,
+    cpu_pct: Vec<Option<f32>>,
+    mem_pct: Vec<Option<f32>>,
+    temperature_c: Vec<Option<f32>>,
+    error_count: Vec<Option<i32>>,
+    signal_dbm: Vec<Option<i32>>,
+    events: Vec<i64>,
+    last_partition: Vec<i32>,
+    last_offset: Vec<i64>,
+}
+
+impl Columns {
+    fn with_capacity(n: usize) -> Self {
+        Columns {
+            device_id: Vec::with_capacity(n),
+            model: Vec::with_capacity(n),
+            site: Vec::with_capacity(n),
+            tags_json: Vec::with_capacity(n),
+            gateway_id: Vec::with_capacity(n),
+            hardware_rev: Vec::with_capacity(n),
+            firmware_version: Vec::with_capacity(n),
+            first_seen_at: Vec::with_capacity(n),
+            last_seen_at: Vec::with_capacity(n),
+            last_heartbeat_at: Vec::with_capacity(n),
+            uptime_s: Vec::with_capacity(n),
+            cpu_pct: Vec::with_capacity(n),
+            mem_pct: Vec::with_capacity(n),
+            temperature_c: Vec::with_capacity(n),
+            error_count: Vec::with_capacity(n),
+            signal_dbm: Vec::with_capacity(n),
+            events: Vec::with_capacity(n),
+            last_partition: Vec::with_capacity(n),
+            last_offset: Vec::with_capacity(n),
+        }
+    }
+
+    fn push(&mut self, v: DeviceView) {
+        let h = v.health.as_ref();
+        self.uptime_s.push(h.map(|h| h.uptime_s));
+        self.cpu_pct.push(h.map(|h| h.cpu_pct));
+        self.mem_pct.push(h.map(|h| h.mem_pct));
+        self.temperature_c.push(h.map(|h| h.temperature_c));
+        self.error_count.push(h.map(|h| h.error_count));
+        self.signal_dbm.push(h.and_then(|h| h.signal_dbm));
+        self.tags_json.push(v.tags.map(|t| serde_json::Value::from(t).to_string()));
+        self.device_id.push(v.device_id);
+        self.model.push(v.model);
+        self.site.push(v.site);
+        self.gateway_id.push(v.gateway_id);
+        self.hardware_rev.push(v.hardware_rev);
+        self.firmware_version.push(v.firmware_version);
+        self.first_seen_at.push(ts(v.first_seen_at));
+        self.last_seen_at.push(ts(v.last_seen_at));
+        self.last_heartbeat_at.push(v.last_heartbeat_at.map(ts));
+        self.events.push(v.events);
+        self.last_partition.push(v.last_position.partition);
+        self.last_offset.push(v.last_position.offset);
+    }
+}
+
+impl Projection for FleetProjector {
+    fn apply<'a>(
+        &'a mut self,
+        tx: &'a mut PgConnection,
+        events: &'a [Positioned],
+    ) -> BoxFuture<'a, otaledger_consumers::Result<()>> {
+        Box::pin(async move {
+            merge_patches(tx, fold_batch(events))
+                .await
+                .map_err(|e| otaledger_consumers::Error::Other(e.to_string()))
+        })
+    }
+}

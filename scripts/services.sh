@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Makes sure every service otaledger needs answers on loopback: PostgreSQL, RabbitMQ and
+# Mosquitto (installed with apt-get and started when down) and the Kafka-API broker tansu
+# (installed with cargo and started when down). Safe to run again: it only acts on what is missing.
+set -euo pipefail
+
+STATE_DIR="${OTALEDGER_STATE_DIR:-$HOME/.cache/otaledger}"
+KAFKA_PORT="${OTALEDGER_KAFKA_PORT:-9092}"
+TANSU_STORAGE="${OTALEDGER_TANSU_STORAGE:-memory://tansu/}"
+mkdir -p "$STATE_DIR"
+
+log() { printf '[services] %s\n' "$*" >&2; }
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+wait_port() {
+  local port=$1 name=$2 tries=${3:-120}
+  for _ in $(seq "$tries"); do port_open "$port" && return 0; sleep 0.5; done
+  log "$name did not open port $port"; return 1
+}
+apt_updated=0
+apt_install() {
+  if [ "$apt_updated" = 0 ]; then apt-get update -qq >&2 || true; apt_updated=1; fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2
+}
+
+# PostgreSQL
+if ! port_open 5432; then
+  if ! ls /etc/postgresql/*/main >/dev/null 2>&1; then log "installing PostgreSQL"; apt_install postgresql; fi
+  log "starting PostgreSQL"
+  ver=$(ls /etc/postgresql | sort -V | tail -1)
+  pg_ctlcluster --skip-systemctl-redirect "$ver" main start || true
+  wait_port 5432 PostgreSQL
+fi
+
+# RabbitMQ
+if ! port_open 5672; then
+  command -v rabbitmq-server >/dev/null || { log "installing RabbitMQ"; apt_install rabbitmq-server; }
+  log "starting RabbitMQ"
+  rabbitmq-server -detached || true
+  wait_port 5672 RabbitMQ 240
+fi
+
+# Mosquitto
+if ! port_open 1883; then
+  command -v mosquitto >/dev/null || { log "installing Mosquitto"; apt_install mosquitto; }
+  log "starting Mosquitto"
+  mosquitto -d -c /etc/mosquitto/mosquitto.conf || mosquitto -d -p 1883
+  wait_port 1883 Mosquitto
+fi
+
+# tansu (Kafka API)
+if ! port_open "$KAFKA_PORT"; then
+  if ! command -v tansu >/dev/null && [ ! -x "$HOME/.cargo/bin/tansu" ]; then
+    log "installing tansu with cargo (about 10 minutes, once per machine)"
+    cargo install tansu --locked --features dynostore,postgres,libsql >&2
+  fi
+  TANSU=$(command -v tansu || echo "$HOME/.cargo/bin/tansu")
+  log "starting tansu on 127.0.0.1:$KAFKA_PORT ($TANSU_STORAGE)"
+  (cd "$STATE_DIR" && nohup "$TANSU" broker \
+      --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+      --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+      --storage-engine "$TANSU_STORAGE" >"$STATE_DIR/tansu.log" 2>&1 &
+   echo $! >"$STATE_DIR/tansu.pid")
+  wait_port "$KAFKA_PORT" tansu
+fi
+log "PostgreSQL :5432, RabbitMQ :5672, Mosquitto :1883 and Kafka :$KAFKA_PORT are up"

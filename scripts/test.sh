@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The whole test suite against real services: checks (and starts) PostgreSQL, RabbitMQ,
+# Mosquitto and tansu on loopback, builds the otaledger binary the process tests start, then runs
+# every test of the workspace.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/otaledger/target}"
+bash scripts/services.sh
+export OTALEDGER_TEST_KAFKA="${OTALEDGER_TEST_KAFKA:-127.0.0.1:${OTALEDGER_KAFKA_PORT:-9092}}"
+export OTALEDGER_TEST_DATABASE_URL="${OTALEDGER_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+export OTALEDGER_TEST_AMQP_URL="${OTALEDGER_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
+export OTALEDGER_TEST_MQTT="${OTALEDGER_TEST_MQTT:-127.0.0.1:1883}"
+cargo build --locked -p otaledger-cli
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --locked --workspace --no-fail-fast "$@"
+else
+  cargo test --locked --workspace --no-fail-fast "$@"
+fi

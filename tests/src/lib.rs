@@ -1,0 +1,267 @@
+//! Harness for the end-to-end tests: service endpoints from the environment, a private
+//! namespace per test (topic prefix, PostgreSQL schema, MQTT topic root, AMQP queue), helpers to
+//! run components in-process or as `otaledger` processes, and to read topics back.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use otaledger_cli::config::Config;
+use otaledger_domain::device_view::{DeviceView, Position};
+use otaledger_domain::Event;
+use otaledger_producers::config::KafkaConfig;
+use otaledger_producers::shutdown::Shutdown;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+
+/// Service endpoints, from `OTALEDGER_TEST_*` variables.
+#[derive(Debug, Clone)]
+pub struct Services {
+    pub kafka: String,
+    pub database_url: String,
+    pub amqp_url: String,
+    pub mqtt_host: String,
+    pub mqtt_port: u16,
+}
+
+fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+impl Services {
+    /// Reads the endpoints; every variable must be set (scripts/test.sh sets them to the
+    /// loopback services it checked or started).
+    ///
+    /// # Panics
+    /// When a variable is missing, naming it.
+    #[must_use]
+    pub fn from_env() -> Self {
+        let need = |n: &str| {
+            var(n).unwrap_or_else(|| {
+                panic!("{n} is not set: run the tests with scripts/test.sh, or export OTALEDGER_TEST_KAFKA, OTALEDGER_TEST_DATABASE_URL, OTALEDGER_TEST_AMQP_URL and OTALEDGER_TEST_MQTT (host:port)")
+            })
+        };
+        let mqtt = need("OTALEDGER_TEST_MQTT");
+        let (mqtt_host, mqtt_port) = mqtt.rsplit_once(':').unwrap_or((&mqtt, "1883"));
+        Services {
+            kafka: need("OTALEDGER_TEST_KAFKA"),
+            database_url: need("OTALEDGER_TEST_DATABASE_URL"),
+            amqp_url: need("OTALEDGER_TEST_AMQP_URL"),
+            mqtt_host: mqtt_host.to_owned(),
+            mqtt_port: mqtt_port.parse().unwrap_or(1883),
+        }
+    }
+}
+
+/// A unique lowercase name for one test run.
+#[must_use]
+pub fn unique(test: &str) -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("t_{test}_{}", &id[..10])
+}
+
+/// A configuration whose topics, schema, MQTT root and AMQP queue belong to this test alone.
+#[must_use]
+pub fn config(services: &Services, name: &str) -> Config {
+    let mut cfg = Config::default();
+    cfg.kafka = KafkaConfig { brokers: services.kafka.clone(), topic_prefix: format!("{name}."), partitions: 4, replication_factor: 1 };
+    cfg.database.url = services.database_url.clone();
+    cfg.database.schema = name.to_owned();
+    cfg.database.max_connections = 4;
+    cfg.mqtt.host = services.mqtt_host.clone();
+    cfg.mqtt.port = services.mqtt_port;
+    cfg.mqtt.topic_root = format!("{name}/devices");
+    cfg.amqp.url = services.amqp_url.clone();
+    cfg.amqp.reports_queue = format!("{name}.reports");
+    cfg.http.listen = "127.0.0.1:0".into();
+    cfg.projector.rebalance_ms = 500;
+    cfg.projector.batch_wait_ms = 10;
+    cfg
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Components running in this process until the returned [`Shutdown`] is triggered.
+pub fn spawn_components(cfg: &Config, components: &[otaledger_cli::components::Component]) -> (Shutdown, Vec<tokio::task::JoinHandle<()>>) {
+    let shutdown = Shutdown::new();
+    let handles = components
+        .iter()
+        .map(|&c| {
+            let cfg = cfg.clone();
+            let signal = shutdown.signal();
+            tokio::spawn(async move {
+                if let Err(e) = otaledger_cli::components::run(c, cfg, signal).await {
+                    panic!("{} failed: {e}", c.name());
+                }
+            })
+        })
+        .collect();
+    (shutdown, handles)
+}
+
+/// The `otaledger` binary next to the test executable (scripts/test.sh builds it first), or
+/// `OTALEDGER_BIN`.
+///
+/// # Panics
+/// When the binary is missing.
+#[must_use]
+pub fn binary() -> PathBuf {
+    if let Some(p) = var("OTALEDGER_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target directory");
+    let bin = dir.join("otaledger");
+    assert!(bin.exists(), "{} is missing: run `cargo build -p otaledger-cli` first (scripts/test.sh does)", bin.display());
+    bin
+}
+
+/// Starts `otaledger run <component>` with the test's configuration in its environment.
+///
+/// # Panics
+/// When the process cannot start.
+#[must_use]
+pub fn spawn_process(cfg: &Config, component: &str, member: &str, log: &std::path::Path) -> Child {
+    let log = std::fs::File::create(log).expect("log file");
+    Command::new(binary())
+        .args(["run", component])
+        .env("OTALEDGER_KAFKA_BROKERS", &cfg.kafka.brokers)
+        .env("OTALEDGER_TOPIC_PREFIX", &cfg.kafka.topic_prefix)
+        .env("OTALEDGER_KAFKA_PARTITIONS", cfg.kafka.partitions.to_string())
+        .env("OTALEDGER_DATABASE_URL", &cfg.database.url)
+        .env("OTALEDGER_DB_SCHEMA", &cfg.database.schema)
+        .env("OTALEDGER_PROJECTOR_MEMBER", member)
+        .env("OTALEDGER_REBALANCE_MS", cfg.projector.rebalance_ms.to_string())
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("starting otaledger")
+}
+
+/// One record read back from a topic.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Vec<u8>,
+    pub payload: Vec<u8>,
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Reads a whole topic, from the beginning to the high watermarks at the time of the call.
+///
+/// # Panics
+/// On Kafka errors.
+pub async fn read_topic(kafka: &KafkaConfig, topic: &str) -> Vec<Record> {
+    let kafka = kafka.clone();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = otaledger_producers::kafka::client_config(&kafka)
+            .set("group.id", "otaledger-tests-reader")
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        let md = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10)).expect("metadata");
+        let partitions: Vec<i32> = md.topics()[0].partitions().iter().map(|p| p.id()).collect();
+        let mut tpl = TopicPartitionList::new();
+        let mut remaining = BTreeMap::new();
+        for p in &partitions {
+            let (low, high) = consumer.fetch_watermarks(&topic, *p, Duration::from_secs(10)).expect("watermarks");
+            if high > low {
+                remaining.insert(*p, high);
+            }
+            tpl.add_partition_offset(&topic, *p, Offset::Beginning).expect("tpl");
+        }
+        consumer.assign(&tpl).expect("assign");
+        let mut out = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while !remaining.is_empty() {
+            assert!(std::time::Instant::now() < deadline, "reading {topic} timed out; left {remaining:?}");
+            let Some(m) = consumer.poll(Duration::from_millis(500)) else { continue };
+            let m = m.expect("message");
+            let headers = m
+                .headers()
+                .map(|hs| {
+                    hs.iter()
+                        .map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push(Record {
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().map(<[u8]>::to_vec).unwrap_or_default(),
+                payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                headers,
+            });
+            if let Some(high) = remaining.get(&m.partition()) {
+                if m.offset() + 1 >= *high {
+                    remaining.remove(&m.partition());
+                }
+            }
+        }
+        out
+    })
+    .await
+    .expect("reader task")
+}
+
+/// Decodes records as events, with their positions.
+///
+/// # Panics
+/// When a record does not decode.
+#[must_use]
+pub fn decode_all(records: &[Record]) -> Vec<(Position, Event)> {
+    records
+        .iter()
+        .map(|r| {
+            let d = otaledger_schemas::decode(&r.payload).expect("decodable event");
+            (Position { partition: r.partition, offset: r.offset }, d.event)
+        })
+        .collect()
+}
+
+/// The reference fleet view: a plain fold of the whole topic, in partition order.
+#[must_use]
+pub fn fold_topic(records: &[Record]) -> BTreeMap<String, DeviceView> {
+    let mut events = decode_all(records);
+    events.sort_by_key(|(p, _)| *p);
+    let mut views: BTreeMap<String, DeviceView> = BTreeMap::new();
+    for (pos, e) in events {
+        if !DeviceView::is_relevant(&e) {
+            continue;
+        }
+        let key = e.key().to_owned();
+        let prev = views.remove(&key);
+        if let Some(v) = DeviceView::apply(prev, &e, pos) {
+            views.insert(key, v);
+        }
+    }
+    views
+}
+
+/// Drops a test's schema (best effort; a failed test keeps its schema for inspection).
+pub async fn drop_schema(services: &Services, schema: &str) {
+    if let Ok(pool) = sqlx::PgPool::connect(&services.database_url).await {
+        let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).execute(&pool).await;
+        pool.close().await;
+    }
+}
