@@ -108,6 +108,11 @@ pub async fn run(cfg: MqttConfig, producer: EventProducer, mut shutdown: Shutdow
     let received = REGISTRY.counter("otaledger_mqtt_messages_total", "MQTT messages received by the bridge", &[]);
     let ingested = metrics::ingested("mqtt");
     let subscription = cfg.subscription();
+    let subscribed = REGISTRY.gauge(
+        "otaledger_mqtt_bridge_subscribed",
+        "1 while the MQTT bridge holds its subscription",
+        &[("client_id", &cfg.bridge_client_id())],
+    );
     tracing::info!(%subscription, host = %cfg.host, port = cfg.port, "MQTT bridge starting");
     let mut failure: Option<Error> = None;
     loop {
@@ -123,6 +128,7 @@ pub async fn run(cfg: MqttConfig, producer: EventProducer, mut shutdown: Shutdow
                     break;
                 }
             }
+            Ok(MqttEvent::Incoming(Packet::SubAck(_))) => subscribed.set(1),
             Ok(MqttEvent::Incoming(Packet::Publish(publish))) => {
                 received.inc();
                 match handle(&cfg, &producer, &publish).await {
@@ -143,11 +149,13 @@ pub async fn run(cfg: MqttConfig, producer: EventProducer, mut shutdown: Shutdow
             }
             Ok(_) => {}
             Err(e) => {
+                subscribed.set(0);
                 tracing::warn!(error = %e, "MQTT connection error; reconnecting");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
     }
+    subscribed.set(0);
     drop(tx);
     let acked = acker.await.map_err(|e| Error::Other(format!("acker: {e}")))?;
     // Let the event loop send the remaining PUBACKs, then leave the session cleanly.

@@ -265,3 +265,38 @@ pub async fn drop_schema(services: &Services, schema: &str) {
         pool.close().await;
     }
 }
+
+/// The high watermark of every partition of a topic.
+///
+/// # Panics
+/// On Kafka errors.
+pub async fn end_offsets(kafka: &KafkaConfig, topic: &str) -> BTreeMap<i32, i64> {
+    let kafka = kafka.clone();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = otaledger_producers::kafka::client_config(&kafka).create().expect("consumer");
+        let md = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10)).expect("metadata");
+        md.topics()[0]
+            .partitions()
+            .iter()
+            .map(|p| (p.id(), consumer.fetch_watermarks(&topic, p.id(), Duration::from_secs(10)).expect("watermarks").1))
+            .collect()
+    })
+    .await
+    .expect("watermark task")
+}
+
+/// Waits until the MQTT bridge of `cfg` holds its subscription (messages published before
+/// that would have no session to wait in).
+pub async fn mqtt_bridge_subscribed(cfg: &Config) {
+    let gauge = otaledger_producers::metrics::REGISTRY.gauge(
+        "otaledger_mqtt_bridge_subscribed",
+        "1 while the MQTT bridge holds its subscription",
+        &[("client_id", &cfg.mqtt.bridge_client_id())],
+    );
+    eventually(Duration::from_secs(30), "the MQTT bridge subscription", || {
+        let g = gauge.clone();
+        async move { (g.get() == 1).then_some(()) }
+    })
+    .await;
+}
