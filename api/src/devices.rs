@@ -35,7 +35,10 @@ fn filter_from(q: ListQuery) -> Result<DeviceFilter, ApiError> {
         Some("online") => Some(Status::Online),
         Some("offline") => Some(Status::Offline),
         Some(other) => {
-            return Err(ApiError::bad_request("invalid_parameter", format!("status must be online or offline, not {other:?}")))
+            return Err(ApiError::bad_request(
+                "invalid_parameter",
+                format!("status must be online or offline, not {other:?}"),
+            ))
         }
     };
     let limit = match q.limit.as_deref() {
@@ -51,9 +54,10 @@ fn filter_from(q: ListQuery) -> Result<DeviceFilter, ApiError> {
         },
     };
     let non_empty = |name: &str, v: Option<String>| match v {
-        Some(s) if s.is_empty() || s.len() > 256 => {
-            Err(ApiError::bad_request("invalid_parameter", format!("{name} must be 1 to 256 characters")))
-        }
+        Some(s) if s.is_empty() || s.len() > 256 => Err(ApiError::bad_request(
+            "invalid_parameter",
+            format!("{name} must be 1 to 256 characters"),
+        )),
         v => Ok(v),
     };
     Ok(DeviceFilter {
@@ -73,14 +77,21 @@ async fn list(
 ) -> Result<Json<Page>, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::bad_request("invalid_parameter", e.body_text()))?;
     let filter = filter_from(q)?;
-    let page = fleet::list_devices(&s.pool, &filter, s.offline_after).await.map_err(|e| match e {
-        otaledger_projections::Error::InvalidQuery(reason) => ApiError::bad_request("invalid_parameter", reason),
-        e => ApiError::unavailable(&e),
-    })?;
+    let page = fleet::list_devices(&s.pool, &filter, s.offline_after)
+        .await
+        .map_err(|e| match e {
+            otaledger_projections::Error::InvalidQuery(reason) => {
+                ApiError::bad_request("invalid_parameter", reason)
+            }
+            e => ApiError::unavailable(&e),
+        })?;
     Ok(Json(page))
 }
 
-async fn one(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<fleet::Device>, ApiError> {
+async fn one(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<fleet::Device>, ApiError> {
     check_device_id(&id)?;
     fleet::get_device(&s.pool, &id, s.offline_after)
         .await
@@ -91,11 +102,17 @@ async fn one(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<f
 
 fn check_device_id(id: &str) -> Result<(), ApiError> {
     if id.is_empty() || id.len() > 128 {
-        return Err(ApiError::bad_request("invalid_parameter", "device id must be 1 to 128 characters"));
+        return Err(ApiError::bad_request(
+            "invalid_parameter",
+            "device id must be 1 to 128 characters",
+        ));
     }
     Ok(())
 }
 
 async fn summary(State(s): State<AppState>) -> Result<Json<Summary>, ApiError> {
-    fleet::summary(&s.pool, s.offline_after).await.map(Json).map_err(|e| ApiError::unavailable(&e))
+    fleet::summary(&s.pool, s.offline_after)
+        .await
+        .map(Json)
+        .map_err(|e| ApiError::unavailable(&e))
 }

@@ -32,16 +32,29 @@ pub struct AppState {
 
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppState").field("kafka", &self.kafka).finish_non_exhaustive()
+        f.debug_struct("AppState")
+            .field("kafka", &self.kafka)
+            .finish_non_exhaustive()
     }
 }
 
 impl AppState {
-    pub fn new(pool: PgPool, producer: EventProducer, kafka: KafkaConfig, offline_after: Duration) -> Result<Self, String> {
+    pub fn new(
+        pool: PgPool,
+        producer: EventProducer,
+        kafka: KafkaConfig,
+        offline_after: Duration,
+    ) -> Result<Self, String> {
         let probe: BaseConsumer = otaledger_producers::kafka::client_config(&kafka)
             .create()
             .map_err(|e| format!("creating Kafka probe: {e}"))?;
-        Ok(AppState { pool, producer, kafka_probe: Arc::new(probe), kafka, offline_after })
+        Ok(AppState {
+            pool,
+            producer,
+            kafka_probe: Arc::new(probe),
+            kafka,
+            offline_after,
+        })
     }
 }
 
@@ -49,8 +62,8 @@ impl AppState {
 pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(devices::routes(state.clone()))
-        .merge(ops::routes(state.clone()))
         .merge(otaledger_producers::ingest::router(state.producer.clone()))
+        .merge(ops::routes(state))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(middleware::from_fn(track))
 }
@@ -66,11 +79,18 @@ async fn track(req: Request, next: Next) -> Response {
     let response = next.run(req).await;
     let status = response.status().as_u16().to_string();
     REGISTRY
-        .counter("otaledger_http_requests_total", "HTTP requests by route, method and status",
-            &[("route", &route), ("method", &method), ("status", &status)])
+        .counter(
+            "otaledger_http_requests_total",
+            "HTTP requests by route, method and status",
+            &[("route", &route), ("method", &method), ("status", &status)],
+        )
         .inc();
     REGISTRY
-        .histogram("otaledger_http_request_seconds", "HTTP request latency by route", &[("route", &route)])
+        .histogram(
+            "otaledger_http_request_seconds",
+            "HTTP request latency by route",
+            &[("route", &route)],
+        )
         .observe(started.elapsed().as_secs_f64());
     response
 }

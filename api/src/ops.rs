@@ -20,12 +20,20 @@ pub(crate) fn routes(state: AppState) -> Router {
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
+        .route(
+            "/openapi.json",
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
+        )
         .with_state(state)
 }
 
 async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
-    let db = match tokio::time::timeout(Duration::from_secs(2), sqlx::query("SELECT 1").execute(&s.pool)).await {
+    let db = match tokio::time::timeout(
+        Duration::from_secs(2),
+        sqlx::query("SELECT 1").execute(&s.pool),
+    )
+    .await
+    {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("timed out".to_owned()),
@@ -48,10 +56,20 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
         tracing::warn!(?db, ?kafka, "not ready");
     }
     let word = |r: &Result<(), String>| if r.is_ok() { "ok" } else { "unavailable" };
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(json!({"ready": ready, "checks": {"postgres": word(&db), "kafka": word(&kafka)}})))
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({"ready": ready, "checks": {"postgres": word(&db), "kafka": word(&kafka)}})),
+    )
 }
 
 async fn metrics() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], REGISTRY.render())
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        REGISTRY.render(),
+    )
 }

@@ -24,7 +24,12 @@ pub enum Component {
 }
 
 impl Component {
-    pub const ALL: [Component; 4] = [Component::Api, Component::Projector, Component::MqttBridge, Component::AmqpBridge];
+    pub const ALL: [Component; 4] = [
+        Component::Api,
+        Component::Projector,
+        Component::MqttBridge,
+        Component::AmqpBridge,
+    ];
 
     #[must_use]
     pub fn name(self) -> &'static str {
@@ -47,24 +52,41 @@ pub async fn prepare(cfg: &Config) -> Result<(), BoxError> {
 }
 
 /// Runs one component until shutdown.
-pub async fn run(component: Component, cfg: Config, shutdown: ShutdownSignal) -> Result<(), BoxError> {
+pub async fn run(
+    component: Component,
+    cfg: Config,
+    shutdown: ShutdownSignal,
+) -> Result<(), BoxError> {
     let producer = EventProducer::new(&cfg.kafka)?;
     let result = match component {
         Component::Api => run_api(&cfg, producer.clone(), shutdown).await,
         Component::Projector => run_projector(&cfg, producer.clone(), shutdown).await,
         Component::MqttBridge => {
-            otaledger_producers::mqtt_bridge::run(cfg.mqtt.clone(), producer.clone(), shutdown).await.map_err(Into::into)
+            otaledger_producers::mqtt_bridge::run(cfg.mqtt.clone(), producer.clone(), shutdown)
+                .await
+                .map_err(Into::into)
         }
         Component::AmqpBridge => {
-            otaledger_producers::amqp_bridge::run(cfg.amqp.clone(), producer.clone(), shutdown).await.map_err(Into::into)
+            otaledger_producers::amqp_bridge::run(cfg.amqp.clone(), producer.clone(), shutdown)
+                .await
+                .map_err(Into::into)
         }
     };
     let _ = producer.flush(Duration::from_secs(10));
     result
 }
 
-async fn run_projector(cfg: &Config, producer: EventProducer, shutdown: ShutdownSignal) -> Result<(), BoxError> {
-    let pool = otaledger_consumers::db::pool(&cfg.database.url, &cfg.database.schema, cfg.database.max_connections).await?;
+async fn run_projector(
+    cfg: &Config,
+    producer: EventProducer,
+    shutdown: ShutdownSignal,
+) -> Result<(), BoxError> {
+    let pool = otaledger_consumers::db::pool(
+        &cfg.database.url,
+        &cfg.database.schema,
+        cfg.database.max_connections,
+    )
+    .await?;
     otaledger_projections::migrations::migrate(&pool).await?;
     let runner_cfg = RunnerConfig {
         consumer: "projector".into(),
@@ -77,14 +99,26 @@ async fn run_projector(cfg: &Config, producer: EventProducer, shutdown: Shutdown
         rebalance_every: Duration::from_millis(cfg.projector.rebalance_ms),
         kafka: cfg.kafka.clone(),
     };
-    Runner::new(runner_cfg, FleetProjector, producer, pool).run(shutdown).await?;
+    Runner::new(runner_cfg, FleetProjector, producer, pool)
+        .run(shutdown)
+        .await?;
     Ok(())
 }
 
-async fn run_api(cfg: &Config, producer: EventProducer, mut shutdown: ShutdownSignal) -> Result<(), BoxError> {
-    let pool = otaledger_consumers::db::pool(&cfg.database.url, &cfg.database.schema, cfg.database.max_connections).await?;
+async fn run_api(
+    cfg: &Config,
+    producer: EventProducer,
+    mut shutdown: ShutdownSignal,
+) -> Result<(), BoxError> {
+    let pool = otaledger_consumers::db::pool(
+        &cfg.database.url,
+        &cfg.database.schema,
+        cfg.database.max_connections,
+    )
+    .await?;
     otaledger_projections::migrations::migrate(&pool).await?;
-    let state = otaledger_api::AppState::new(pool, producer, cfg.kafka.clone(), cfg.offline_after())?;
+    let state =
+        otaledger_api::AppState::new(pool, producer, cfg.kafka.clone(), cfg.offline_after())?;
     let listener = tokio::net::TcpListener::bind(&cfg.http.listen).await?;
     tracing::info!(listen = %listener.local_addr()?, "API listening");
     axum::serve(listener, otaledger_api::app(state))
@@ -123,4 +157,3 @@ pub async fn supervise(components: Vec<Component>, cfg: Config, shutdown: &Shutd
         let _ = t.await;
     }
 }
-

@@ -37,7 +37,10 @@ pub struct HttpConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: "127.0.0.1:8080".into(), offline_after_s: 300 }
+        HttpConfig {
+            listen: "127.0.0.1:8080".into(),
+            offline_after_s: 300,
+        }
     }
 }
 
@@ -54,7 +57,12 @@ pub struct ProjectorConfig {
 
 impl Default for ProjectorConfig {
     fn default() -> Self {
-        ProjectorConfig { batch_max: 5000, batch_wait_ms: 20, rebalance_ms: 2000, member: String::new() }
+        ProjectorConfig {
+            batch_max: 5000,
+            batch_wait_ms: 20,
+            rebalance_ms: 2000,
+            member: String::new(),
+        }
     }
 }
 
@@ -92,7 +100,8 @@ impl Config {
     pub fn load(path: Option<&Path>) -> Result<Self, String> {
         let mut cfg: Config = match path {
             Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|e| format!("reading {}: {e}", p.display()))?;
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| format!("reading {}: {e}", p.display()))?;
                 toml::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))?
             }
             None => Config::default(),
@@ -108,7 +117,9 @@ impl Config {
             match *var {
                 "OTALEDGER_KAFKA_BROKERS" => self.kafka.brokers = v,
                 "OTALEDGER_TOPIC_PREFIX" => self.kafka.topic_prefix = v,
-                "OTALEDGER_KAFKA_PARTITIONS" => self.kafka.partitions = v.parse().map_err(|_| num("number"))?,
+                "OTALEDGER_KAFKA_PARTITIONS" => {
+                    self.kafka.partitions = v.parse().map_err(|_| num("number"))?;
+                }
                 "OTALEDGER_DATABASE_URL" => self.database.url = v,
                 "OTALEDGER_DB_SCHEMA" => self.database.schema = v,
                 "OTALEDGER_MQTT_HOST" => self.mqtt.host = v,
@@ -119,7 +130,9 @@ impl Config {
                 "OTALEDGER_AMQP_QUEUE" => self.amqp.reports_queue = v,
                 "OTALEDGER_HTTP_LISTEN" => self.http.listen = v,
                 "OTALEDGER_PROJECTOR_MEMBER" => self.projector.member = v,
-                "OTALEDGER_REBALANCE_MS" => self.projector.rebalance_ms = v.parse().map_err(|_| num("number"))?,
+                "OTALEDGER_REBALANCE_MS" => {
+                    self.projector.rebalance_ms = v.parse().map_err(|_| num("number"))?;
+                }
                 _ => {}
             }
         }
@@ -168,6 +181,9 @@ mod tests {
         assert_eq!(cfg.mqtt.port, 1884);
         let bad = cfg.apply_env(|k| (k == "OTALEDGER_MQTT_PORT").then(|| "x".into()));
         assert!(bad.unwrap_err().contains("OTALEDGER_MQTT_PORT"));
-        assert!(toml::from_str::<Config>("[kafka]\nbrokerz = 1\n").is_err(), "unknown keys are errors");
+        assert!(
+            toml::from_str::<Config>("[kafka]\nbrokerz = 1\n").is_err(),
+            "unknown keys are errors"
+        );
     }
 }

@@ -11,12 +11,19 @@ use crate::{DbContext, Error, Result};
 /// Checks a schema name: lowercase letters, digits and `_`, starting with a letter.
 pub fn validate_schema(schema: &str) -> Result<()> {
     let ok = schema.len() <= 63
-        && schema.chars().next().is_some_and(|c| c.is_ascii_lowercase())
-        && schema.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        && schema
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase())
+        && schema
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
     if ok {
         Ok(())
     } else {
-        Err(Error::Other(format!("invalid schema name {schema:?}: use [a-z][a-z0-9_]*")))
+        Err(Error::Other(format!(
+            "invalid schema name {schema:?}: use [a-z][a-z0-9_]*"
+        )))
     }
 }
 
@@ -47,5 +54,7 @@ pub async fn pool(url: &str, schema: &str, max_connections: u32) -> Result<PgPoo
 
 /// A connection of its own (advisory locks live as long as it does).
 pub async fn connection(url: &str, schema: &str) -> Result<PgConnection> {
-    PgConnection::connect_with(&options(url, schema)?).await.db("connecting")
+    PgConnection::connect_with(&options(url, schema)?)
+        .await
+        .db("connecting")
 }

@@ -13,9 +13,15 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum Error {
     #[error("postgres: {context}: {source}")]
-    Db { context: String, source: sqlx::Error },
+    Db {
+        context: String,
+        source: sqlx::Error,
+    },
     #[error("kafka: {context}: {source}")]
-    Kafka { context: String, source: rdkafka::error::KafkaError },
+    Kafka {
+        context: String,
+        source: rdkafka::error::KafkaError,
+    },
     #[error(transparent)]
     Producer(#[from] otaledger_producers::Error),
     #[error("lost ownership of {topic}[{partition}] to another instance")]
@@ -32,7 +38,10 @@ pub(crate) trait DbContext<T> {
 
 impl<T> DbContext<T> for std::result::Result<T, sqlx::Error> {
     fn db(self, context: &str) -> Result<T> {
-        self.map_err(|source| Error::Db { context: context.to_owned(), source })
+        self.map_err(|source| Error::Db {
+            context: context.to_owned(),
+            source,
+        })
     }
 }
 

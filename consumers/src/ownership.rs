@@ -40,7 +40,13 @@ pub struct Owned {
 #[must_use]
 pub fn lock_key(schema: &str, consumer: &str, topic: &str) -> i32 {
     let mut h: u32 = 0x811c_9dc5;
-    for b in schema.bytes().chain([0]).chain(consumer.bytes()).chain([0]).chain(topic.bytes()) {
+    for b in schema
+        .bytes()
+        .chain([0])
+        .chain(consumer.bytes())
+        .chain([0])
+        .chain(topic.bytes())
+    {
         h ^= u32::from(b);
         h = h.wrapping_mul(0x0100_0193);
     }
@@ -70,7 +76,10 @@ impl Ownership {
         member: &str,
         partitions: i32,
     ) -> Result<Self> {
-        sqlx::query(OFFSETS_DDL).execute(&pool).await.db("creating consumer_offsets")?;
+        sqlx::query(OFFSETS_DDL)
+            .execute(&pool)
+            .await
+            .db("creating consumer_offsets")?;
         let key = lock_key(schema, consumer, topic);
         sqlx::query("SELECT pg_advisory_lock_shared($1, $2)")
             .bind(key)
@@ -118,7 +127,8 @@ impl Ownership {
     /// Returns whether the owned set changed.
     pub async fn rebalance(&mut self) -> Result<bool> {
         let members = self.live_members().await?.max(1);
-        let share = i32::try_from((i64::from(self.partitions) + members - 1) / members).unwrap_or(self.partitions);
+        let share = i32::try_from((i64::from(self.partitions) + members - 1) / members)
+            .unwrap_or(self.partitions);
         let mut changed = false;
         while i32::try_from(self.owned.len()).unwrap_or(i32::MAX) > share {
             if let Some((&p, _)) = self.owned.iter().next_back() {
@@ -197,12 +207,18 @@ impl Ownership {
 
     /// Stores the next offsets of the given partitions inside the caller's transaction, if and
     /// only if this member still holds each partition's epoch. Returns false when fenced.
-    pub async fn store_offsets(&self, tx: &mut PgConnection, next: &BTreeMap<i32, i64>) -> Result<bool> {
+    pub async fn store_offsets(
+        &self,
+        tx: &mut PgConnection,
+        next: &BTreeMap<i32, i64>,
+    ) -> Result<bool> {
         let mut parts = Vec::with_capacity(next.len());
         let mut offsets = Vec::with_capacity(next.len());
         let mut epochs = Vec::with_capacity(next.len());
         for (p, o) in next {
-            let Some(owned) = self.owned.get(p) else { return Ok(false) };
+            let Some(owned) = self.owned.get(p) else {
+                return Ok(false);
+            };
             parts.push(*p);
             offsets.push(*o);
             epochs.push(owned.epoch);

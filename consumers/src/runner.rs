@@ -29,7 +29,11 @@ pub struct Positioned {
 
 /// What a consumer does with a batch, inside the transaction that also stores its offsets.
 pub trait Projection: Send {
-    fn apply<'a>(&'a mut self, tx: &'a mut PgConnection, events: &'a [Positioned]) -> BoxFuture<'a, Result<()>>;
+    fn apply<'a>(
+        &'a mut self,
+        tx: &'a mut PgConnection,
+        events: &'a [Positioned],
+    ) -> BoxFuture<'a, Result<()>>;
 }
 
 /// A boxed, sendable future (naming the type sidesteps rustc's higher-ranked `Send` inference
@@ -70,7 +74,12 @@ struct Raw {
 impl<P: Projection> Runner<P> {
     #[must_use]
     pub fn new(cfg: RunnerConfig, projection: P, producer: EventProducer, pool: PgPool) -> Self {
-        Runner { cfg, projection, producer, pool }
+        Runner {
+            cfg,
+            projection,
+            producer,
+            pool,
+        }
     }
 
     /// Consumes until shutdown. Stopping between batches loses nothing: offsets and rows were
@@ -79,9 +88,16 @@ impl<P: Projection> Runner<P> {
         let cfg = self.cfg.clone();
         let partitions = wait_for_topic(&cfg.kafka, &cfg.topic, Duration::from_secs(60)).await?;
         let lock_conn = db::connection(&cfg.database_url, &cfg.schema).await?;
-        let mut ownership =
-            Ownership::join(self.pool.clone(), lock_conn, &cfg.schema, &cfg.consumer, &cfg.topic, &cfg.member, partitions)
-                .await?;
+        let mut ownership = Ownership::join(
+            self.pool.clone(),
+            lock_conn,
+            &cfg.schema,
+            &cfg.consumer,
+            &cfg.topic,
+            &cfg.member,
+            partitions,
+        )
+        .await?;
         let consumer: StreamConsumer = client_config(&cfg.kafka)
             .set("group.id", format!("otaledger-{}", cfg.consumer))
             .set("enable.auto.commit", "false")
@@ -90,7 +106,10 @@ impl<P: Projection> Runner<P> {
             .set("queued.min.messages", "200000")
             .set("fetch.wait.max.ms", "50")
             .create()
-            .map_err(|source| Error::Kafka { context: "creating consumer".into(), source })?;
+            .map_err(|source| Error::Kafka {
+                context: "creating consumer".into(),
+                source,
+            })?;
         let applied = REGISTRY.counter(
             "otaledger_consumer_events_total",
             "Events applied by a ledger consumer",
@@ -128,15 +147,23 @@ impl<P: Projection> Runner<P> {
             let mut events = Vec::with_capacity(batch.len());
             let mut dead = Vec::new();
             for raw in batch {
-                let Some(owned) = ownership.owned().get(&raw.partition) else { continue };
-                let expected = next.get(&raw.partition).copied().unwrap_or(owned.next_offset);
+                let Some(owned) = ownership.owned().get(&raw.partition) else {
+                    continue;
+                };
+                let expected = next
+                    .get(&raw.partition)
+                    .copied()
+                    .unwrap_or(owned.next_offset);
                 if raw.offset < expected {
                     continue; // already applied: a redelivery after reassignment
                 }
                 next.insert(raw.partition, raw.offset + 1);
                 match otaledger_schemas::decode(&raw.payload) {
                     Ok(d) => events.push(Positioned {
-                        position: Position { partition: raw.partition, offset: raw.offset },
+                        position: Position {
+                            partition: raw.partition,
+                            offset: raw.offset,
+                        },
                         event: d.event,
                     }),
                     Err(e) => {
@@ -147,7 +174,16 @@ impl<P: Projection> Runner<P> {
                             offset: Some(raw.offset),
                         };
                         let rejection = Rejection::new("undecodable", e.to_string());
-                        dead.push(dead_letter(&self.producer, &origin, &raw.key, &raw.payload, &rejection).await?);
+                        dead.push(
+                            dead_letter(
+                                &self.producer,
+                                &origin,
+                                &raw.key,
+                                &raw.payload,
+                                &rejection,
+                            )
+                            .await?,
+                        );
                     }
                 }
             }
@@ -185,16 +221,30 @@ impl<P: Projection> Runner<P> {
 fn assign(consumer: &StreamConsumer, topic: &str, ownership: &Ownership) -> Result<()> {
     let mut tpl = TopicPartitionList::new();
     for (p, o) in ownership.owned() {
-        let offset = if o.next_offset > 0 { Offset::Offset(o.next_offset) } else { Offset::Beginning };
+        let offset = if o.next_offset > 0 {
+            Offset::Offset(o.next_offset)
+        } else {
+            Offset::Beginning
+        };
         tpl.add_partition_offset(topic, *p, offset)
-            .map_err(|source| Error::Kafka { context: "building assignment".into(), source })?;
+            .map_err(|source| Error::Kafka {
+                context: "building assignment".into(),
+                source,
+            })?;
     }
-    consumer.assign(&tpl).map_err(|source| Error::Kafka { context: "assigning partitions".into(), source })
+    consumer.assign(&tpl).map_err(|source| Error::Kafka {
+        context: "assigning partitions".into(),
+        source,
+    })
 }
 
 /// Waits for a first record (until the next rebalance is due), then gathers more for up to
 /// `batch_wait` or `batch_max` records.
-async fn collect(consumer: &StreamConsumer, cfg: &RunnerConfig, until: tokio::time::Instant) -> Result<Vec<Raw>> {
+async fn collect(
+    consumer: &StreamConsumer,
+    cfg: &RunnerConfig,
+    until: tokio::time::Instant,
+) -> Result<Vec<Raw>> {
     let mut batch = Vec::new();
     let first = tokio::time::timeout_at(until, consumer.recv()).await;
     let Ok(first) = first else { return Ok(batch) };
@@ -232,7 +282,11 @@ fn push(
 }
 
 /// The offsets a consumer committed, by partition.
-pub async fn committed_offsets(pool: &PgPool, consumer: &str, topic: &str) -> Result<BTreeMap<i32, i64>> {
+pub async fn committed_offsets(
+    pool: &PgPool,
+    consumer: &str,
+    topic: &str,
+) -> Result<BTreeMap<i32, i64>> {
     let rows: Vec<(i32, i64)> = sqlx::query_as(
         "SELECT partition, next_offset FROM consumer_offsets WHERE consumer = $1 AND topic = $2",
     )

@@ -198,7 +198,14 @@ mod tests {
 
     fn fold(events: &[Event], from: usize) -> Option<DeviceView> {
         events.iter().enumerate().fold(None, |v, (i, e)| {
-            DeviceView::apply(v, e, Position { partition: 0, offset: (from + i) as i64 })
+            DeviceView::apply(
+                v,
+                e,
+                Position {
+                    partition: 0,
+                    offset: (from + i) as i64,
+                },
+            )
         })
     }
 

@@ -429,7 +429,10 @@ mod tests {
         }
         assert_eq!(EventType::ALL.len(), 17);
         assert_eq!(EventType::Heartbeat.stream(), Stream::DeviceEvents);
-        assert_eq!(EventType::ThresholdEvaluated.stream(), Stream::RolloutEvents);
+        assert_eq!(
+            EventType::ThresholdEvaluated.stream(),
+            Stream::RolloutEvents
+        );
         assert_eq!(EventType::CancelCommand.stream(), Stream::DeviceCommands);
         assert_eq!(EventType::from_name("Nope"), None);
     }

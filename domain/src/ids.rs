@@ -76,6 +76,9 @@ mod tests {
         assert_eq!(a, derived_event_id(&["rollout-1", "wave", "0"]));
         assert_ne!(a, derived_event_id(&["rollout-1", "wave", "1"]));
         // The separator keeps ("ab","c") apart from ("a","bc").
-        assert_ne!(derived_event_id(&["ab", "c"]), derived_event_id(&["a", "bc"]));
+        assert_ne!(
+            derived_event_id(&["ab", "c"]),
+            derived_event_id(&["a", "bc"])
+        );
     }
 }

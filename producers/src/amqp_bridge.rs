@@ -3,7 +3,9 @@
 
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, QueueDeclareOptions,
+};
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
 use otaledger_domain::ids::new_trace_id;
@@ -41,13 +43,19 @@ impl Default for AmqpConfig {
 
 /// Connects to RabbitMQ.
 pub async fn connect(cfg: &AmqpConfig) -> Result<Connection> {
-    Connection::connect(&cfg.url, ConnectionProperties::default()).await.amqp("connecting")
+    Connection::connect(&cfg.url, ConnectionProperties::default())
+        .await
+        .amqp("connecting")
 }
 
 /// Declares the durable reports queue (idempotent).
 pub async fn declare_reports_queue(channel: &lapin::Channel, cfg: &AmqpConfig) -> Result<()> {
     channel
-        .queue_declare(cfg.reports_queue.as_str().into(), QueueDeclareOptions::durable(), FieldTable::default())
+        .queue_declare(
+            cfg.reports_queue.as_str().into(),
+            QueueDeclareOptions::durable(),
+            FieldTable::default(),
+        )
         .await
         .amqp("declaring reports queue")?;
     Ok(())
@@ -59,11 +67,18 @@ struct InFlight {
 }
 
 /// Runs the bridge until shutdown.
-pub async fn run(cfg: AmqpConfig, producer: EventProducer, mut shutdown: ShutdownSignal) -> Result<()> {
+pub async fn run(
+    cfg: AmqpConfig,
+    producer: EventProducer,
+    mut shutdown: ShutdownSignal,
+) -> Result<()> {
     let conn = connect(&cfg).await?;
     let channel = conn.create_channel().await.amqp("opening channel")?;
     declare_reports_queue(&channel, &cfg).await?;
-    channel.basic_qos(cfg.prefetch, BasicQosOptions::default()).await.amqp("setting prefetch")?;
+    channel
+        .basic_qos(cfg.prefetch, BasicQosOptions::default())
+        .await
+        .amqp("setting prefetch")?;
     let mut consumer = channel
         .basic_consume(
             cfg.reports_queue.as_str().into(),
@@ -76,7 +91,11 @@ pub async fn run(cfg: AmqpConfig, producer: EventProducer, mut shutdown: Shutdow
     tracing::info!(queue = %cfg.reports_queue, "AMQP bridge consuming");
     let (tx, rx) = mpsc::channel::<InFlight>(usize::from(cfg.prefetch).max(1));
     let acker = tokio::spawn(ack_when_in_kafka(rx));
-    let batches = REGISTRY.counter("otaledger_amqp_batches_total", "Gateway report batches received", &[]);
+    let batches = REGISTRY.counter(
+        "otaledger_amqp_batches_total",
+        "Gateway report batches received",
+        &[],
+    );
     let mut failure = None;
     loop {
         let next = tokio::select! {
@@ -86,7 +105,10 @@ pub async fn run(cfg: AmqpConfig, producer: EventProducer, mut shutdown: Shutdow
         let delivery = match next {
             Some(Ok(d)) => d,
             Some(Err(e)) => {
-                failure = Some(Error::Amqp { context: "receiving".into(), source: e });
+                failure = Some(Error::Amqp {
+                    context: "receiving".into(),
+                    source: e,
+                });
                 break;
             }
             None => {
@@ -98,7 +120,12 @@ pub async fn run(cfg: AmqpConfig, producer: EventProducer, mut shutdown: Shutdow
         let pending = match handle(&cfg, &producer, &delivery).await {
             Ok(p) => p,
             Err(e) => {
-                let _ = delivery.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await;
+                let _ = delivery
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..BasicNackOptions::default()
+                    })
+                    .await;
                 failure = Some(e);
                 break;
             }
@@ -109,7 +136,9 @@ pub async fn run(cfg: AmqpConfig, producer: EventProducer, mut shutdown: Shutdow
         }
     }
     drop(tx);
-    let acked = acker.await.map_err(|e| Error::Other(format!("acker: {e}")))?;
+    let acked = acker
+        .await
+        .map_err(|e| Error::Other(format!("acker: {e}")))?;
     let _ = channel.close(200, "bridge stopping".into()).await;
     let _ = conn.close(200, "bridge stopping".into()).await;
     match failure.or(acked.err()) {
@@ -121,12 +150,23 @@ pub async fn run(cfg: AmqpConfig, producer: EventProducer, mut shutdown: Shutdow
     }
 }
 
-async fn handle(cfg: &AmqpConfig, producer: &EventProducer, delivery: &Delivery) -> Result<Vec<Pending>> {
-    let origin = Origin { source: "amqp", channel: &cfg.reports_queue, partition: None, offset: None };
+async fn handle(
+    cfg: &AmqpConfig,
+    producer: &EventProducer,
+    delivery: &Delivery,
+) -> Result<Vec<Pending>> {
+    let origin = Origin {
+        source: "amqp",
+        channel: &cfg.reports_queue,
+        partition: None,
+        offset: None,
+    };
     let batch = match parse_gateway_batch(&delivery.data) {
         Ok(b) => b,
         Err(rejection) => {
-            return Ok(vec![dead_letter(producer, &origin, b"", &delivery.data, &rejection).await?]);
+            return Ok(vec![
+                dead_letter(producer, &origin, b"", &delivery.data, &rejection).await?,
+            ]);
         }
     };
     let ingested = metrics::ingested("amqp");
@@ -134,14 +174,24 @@ async fn handle(cfg: &AmqpConfig, producer: &EventProducer, delivery: &Delivery)
     let mut pending = Vec::with_capacity(batch.reports.len());
     for report in batch.reports {
         let parsed = match MessageKind::from_name(&report.kind) {
-            None => Err((Rejection::new("unknown_kind", format!("unknown report kind {:?}", report.kind)), None)),
+            None => Err((
+                Rejection::new(
+                    "unknown_kind",
+                    format!("unknown report kind {:?}", report.kind),
+                ),
+                None,
+            )),
             Some(kind) => {
                 let mut data = report.data;
                 // Reports from a gateway name it unless they say otherwise.
-                if let (MessageKind::Heartbeat | MessageKind::Register, Some(obj)) = (kind, data.as_object_mut()) {
-                    obj.entry("gateway_id").or_insert_with(|| batch.gateway_id.clone().into());
+                if let (MessageKind::Heartbeat | MessageKind::Register, Some(obj)) =
+                    (kind, data.as_object_mut())
+                {
+                    obj.entry("gateway_id")
+                        .or_insert_with(|| batch.gateway_id.clone().into());
                 }
-                device_message_from_value(kind, &report.device_id, &data, &trace_id).map_err(|r| (r, Some(data)))
+                device_message_from_value(kind, &report.device_id, &data, &trace_id)
+                    .map_err(|r| (r, Some(data)))
             }
         };
         match parsed {
@@ -157,7 +207,16 @@ async fn handle(cfg: &AmqpConfig, producer: &EventProducer, delivery: &Delivery)
                     "data": data,
                 })
                 .to_string();
-                pending.push(dead_letter(producer, &origin, report.device_id.as_bytes(), raw.as_bytes(), &rejection).await?);
+                pending.push(
+                    dead_letter(
+                        producer,
+                        &origin,
+                        report.device_id.as_bytes(),
+                        raw.as_bytes(),
+                        &rejection,
+                    )
+                    .await?,
+                );
             }
         }
     }
@@ -168,11 +227,19 @@ async fn ack_when_in_kafka(mut rx: mpsc::Receiver<InFlight>) -> Result<()> {
     while let Some(InFlight { pending, delivery }) = rx.recv().await {
         for p in pending {
             if let Err(e) = p.acked().await {
-                let _ = delivery.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await;
+                let _ = delivery
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..BasicNackOptions::default()
+                    })
+                    .await;
                 return Err(e);
             }
         }
-        delivery.ack(BasicAckOptions::default()).await.amqp("acknowledging delivery")?;
+        delivery
+            .ack(BasicAckOptions::default())
+            .await
+            .amqp("acknowledging delivery")?;
     }
     Ok(())
 }
@@ -183,9 +250,14 @@ pub async fn publish_batch(channel: &lapin::Channel, cfg: &AmqpConfig, body: &[u
         .basic_publish(
             "".into(),
             cfg.reports_queue.as_str().into(),
-            lapin::options::BasicPublishOptions { mandatory: true, ..Default::default() },
+            lapin::options::BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
             body,
-            lapin::BasicProperties::default().with_delivery_mode(2).with_content_type("application/json".into()),
+            lapin::BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_content_type("application/json".into()),
         )
         .await
         .amqp("publishing report batch")?

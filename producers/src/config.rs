@@ -63,6 +63,11 @@ impl Topics {
 
     #[must_use]
     pub fn all(&self) -> [&str; 4] {
-        [&self.device_events, &self.rollout_events, &self.device_commands, &self.dead_letters]
+        [
+            &self.device_events,
+            &self.rollout_events,
+            &self.device_commands,
+            &self.dead_letters,
+        ]
     }
 }

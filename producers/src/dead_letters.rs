@@ -27,7 +27,10 @@ pub struct Rejection {
 
 impl Rejection {
     pub fn new(reason: &'static str, detail: impl Into<String>) -> Self {
-        Rejection { reason, detail: detail.into() }
+        Rejection {
+            reason,
+            detail: detail.into(),
+        }
     }
 }
 
@@ -48,15 +51,33 @@ pub async fn dead_letter(
     let partition = origin.partition.map(|p| p.to_string());
     let offset = origin.offset.map(|o| o.to_string());
     let mut headers = OwnedHeaders::new_with_capacity(6)
-        .insert(Header { key: "dlq-source", value: Some(origin.source) })
-        .insert(Header { key: "dlq-channel", value: Some(origin.channel) })
-        .insert(Header { key: "dlq-reason", value: Some(rejection.reason) })
-        .insert(Header { key: "dlq-error", value: Some(rejection.detail.as_str()) });
+        .insert(Header {
+            key: "dlq-source",
+            value: Some(origin.source),
+        })
+        .insert(Header {
+            key: "dlq-channel",
+            value: Some(origin.channel),
+        })
+        .insert(Header {
+            key: "dlq-reason",
+            value: Some(rejection.reason),
+        })
+        .insert(Header {
+            key: "dlq-error",
+            value: Some(rejection.detail.as_str()),
+        });
     if let Some(p) = &partition {
-        headers = headers.insert(Header { key: "dlq-partition", value: Some(p.as_str()) });
+        headers = headers.insert(Header {
+            key: "dlq-partition",
+            value: Some(p.as_str()),
+        });
     }
     if let Some(o) = &offset {
-        headers = headers.insert(Header { key: "dlq-offset", value: Some(o.as_str()) });
+        headers = headers.insert(Header {
+            key: "dlq-offset",
+            value: Some(o.as_str()),
+        });
     }
     tracing::warn!(source = origin.source, channel = origin.channel, reason = rejection.reason,
         detail = %rejection.detail, "dead-lettered");

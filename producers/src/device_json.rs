@@ -5,7 +5,8 @@
 //! oversized payload or a device id that does not match the channel is a [`Rejection`].
 
 use otaledger_domain::events::{
-    DeviceRegistered, Health, Heartbeat, InstallOutcome, InstallPhase, InstallProgress, InstallResult,
+    DeviceRegistered, Health, Heartbeat, InstallOutcome, InstallPhase, InstallProgress,
+    InstallResult,
 };
 use otaledger_domain::ids::{new_event_id, validate_device_id};
 use otaledger_domain::time::{now_micros, Micros};
@@ -93,7 +94,11 @@ struct InstallJson {
 
 fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Rejection> {
     serde_json::from_slice(body).map_err(|e| {
-        let reason = if e.is_syntax() || e.is_eof() { "invalid_json" } else { "invalid_field" };
+        let reason = if e.is_syntax() || e.is_eof() {
+            "invalid_json"
+        } else {
+            "invalid_field"
+        };
         Rejection::new(reason, e.to_string())
     })
 }
@@ -103,7 +108,6 @@ fn parse_value<T: DeserializeOwned>(value: &serde_json::Value) -> Result<T, Reje
 }
 
 fn check_id(channel_id: &str, body_id: Option<&String>) -> Result<(), Rejection> {
-    validate_device_id(channel_id).map_err(|e| Rejection::new("invalid_device_id", e.to_string()))?;
     match body_id {
         Some(id) if id != channel_id => Err(Rejection::new(
             "device_id_mismatch",
@@ -115,14 +119,20 @@ fn check_id(channel_id: &str, body_id: Option<&String>) -> Result<(), Rejection>
 
 fn check_text(field: &str, value: &str) -> Result<(), Rejection> {
     if value.trim().is_empty() || value.len() > 256 {
-        return Err(Rejection::new("invalid_field", format!("{field} must be 1 to 256 characters")));
+        return Err(Rejection::new(
+            "invalid_field",
+            format!("{field} must be 1 to 256 characters"),
+        ));
     }
     Ok(())
 }
 
 fn check_pct(field: &str, value: f32) -> Result<(), Rejection> {
     if !(0.0..=100.0).contains(&value) {
-        return Err(Rejection::new("invalid_field", format!("{field} must be between 0 and 100, got {value}")));
+        return Err(Rejection::new(
+            "invalid_field",
+            format!("{field} must be between 0 and 100, got {value}"),
+        ));
     }
     Ok(())
 }
@@ -133,11 +143,18 @@ fn occurred(ms: Option<i64>, recorded: Micros) -> Result<Micros, Rejection> {
         Some(ms) if ms > 0 => ms
             .checked_mul(1000)
             .ok_or_else(|| Rejection::new("invalid_field", "occurred_at_ms is out of range")),
-        Some(ms) => Err(Rejection::new("invalid_field", format!("occurred_at_ms must be positive, got {ms}"))),
+        Some(ms) => Err(Rejection::new(
+            "invalid_field",
+            format!("occurred_at_ms must be positive, got {ms}"),
+        )),
     }
 }
 
-fn event(occurred_at_ms: Option<i64>, trace_id: &str, payload: Payload) -> Result<Event, Rejection> {
+fn event(
+    occurred_at_ms: Option<i64>,
+    trace_id: &str,
+    payload: Payload,
+) -> Result<Event, Rejection> {
     let recorded_at = now_micros();
     Ok(Event {
         meta: EventMeta {
@@ -151,7 +168,12 @@ fn event(occurred_at_ms: Option<i64>, trace_id: &str, payload: Payload) -> Resul
 }
 
 /// Checks a device message and turns it into an event.
-pub fn parse_device_message(kind: MessageKind, device_id: &str, body: &[u8], trace_id: &str) -> Result<Event, Rejection> {
+pub fn parse_device_message(
+    kind: MessageKind,
+    device_id: &str,
+    body: &[u8],
+    trace_id: &str,
+) -> Result<Event, Rejection> {
     if body.len() > MAX_DEVICE_PAYLOAD {
         return Err(Rejection::new(
             "payload_too_large",
@@ -169,8 +191,14 @@ pub fn device_message_from_value(
     value: &serde_json::Value,
     trace_id: &str,
 ) -> Result<Event, Rejection> {
+    // The channel's id is checked first: a bad id is the clearest reason, whatever the body.
+    validate_device_id(device_id)
+        .map_err(|e| Rejection::new("invalid_device_id", e.to_string()))?;
     if !value.is_object() {
-        return Err(Rejection::new("invalid_json", "the message must be a JSON object"));
+        return Err(Rejection::new(
+            "invalid_json",
+            "the message must be a JSON object",
+        ));
     }
     match kind {
         MessageKind::Register => {
@@ -183,7 +211,8 @@ pub fn device_message_from_value(
                 check_text("tags[]", t)?;
             }
             if let Some(g) = &r.gateway_id {
-                validate_device_id(g).map_err(|e| Rejection::new("invalid_field", format!("gateway_id: {e}")))?;
+                validate_device_id(g)
+                    .map_err(|e| Rejection::new("invalid_field", format!("gateway_id: {e}")))?;
             }
             event(
                 r.occurred_at_ms,
@@ -206,10 +235,16 @@ pub fn device_message_from_value(
             check_pct("cpu_pct", h.cpu_pct)?;
             check_pct("mem_pct", h.mem_pct)?;
             if h.uptime_s < 0 {
-                return Err(Rejection::new("invalid_field", "uptime_s must not be negative"));
+                return Err(Rejection::new(
+                    "invalid_field",
+                    "uptime_s must not be negative",
+                ));
             }
             if !h.temperature_c.is_finite() {
-                return Err(Rejection::new("invalid_field", "temperature_c must be a number"));
+                return Err(Rejection::new(
+                    "invalid_field",
+                    "temperature_c must be a number",
+                ));
             }
             event(
                 h.occurred_at_ms,
@@ -234,10 +269,15 @@ pub fn device_message_from_value(
             check_id(device_id, i.device_id.as_ref())?;
             let payload = match i.kind {
                 InstallKindJson::Progress => {
-                    let phase = i.phase.ok_or_else(|| Rejection::new("invalid_field", "progress needs phase"))?;
+                    let phase = i
+                        .phase
+                        .ok_or_else(|| Rejection::new("invalid_field", "progress needs phase"))?;
                     let percent = i.percent.unwrap_or(0);
                     if !(0..=100).contains(&percent) {
-                        return Err(Rejection::new("invalid_field", "percent must be between 0 and 100"));
+                        return Err(Rejection::new(
+                            "invalid_field",
+                            "percent must be between 0 and 100",
+                        ));
                     }
                     Payload::InstallProgress(InstallProgress {
                         device_id: device_id.to_owned(),
@@ -248,10 +288,12 @@ pub fn device_message_from_value(
                     })
                 }
                 InstallKindJson::Result => {
-                    let outcome = i.outcome.ok_or_else(|| Rejection::new("invalid_field", "result needs outcome"))?;
-                    let firmware_version = i
-                        .firmware_version
-                        .ok_or_else(|| Rejection::new("invalid_field", "result needs firmware_version"))?;
+                    let outcome = i
+                        .outcome
+                        .ok_or_else(|| Rejection::new("invalid_field", "result needs outcome"))?;
+                    let firmware_version = i.firmware_version.ok_or_else(|| {
+                        Rejection::new("invalid_field", "result needs firmware_version")
+                    })?;
                     check_text("firmware_version", &firmware_version)?;
                     Payload::InstallResult(InstallResult {
                         device_id: device_id.to_owned(),
@@ -309,7 +351,9 @@ mod tests {
     #[test]
     fn a_good_heartbeat_becomes_an_event() {
         let e = hb(r#"{"firmware_version":"1.2.3","uptime_s":5,"cpu_pct":1.5,"mem_pct":2,"temperature_c":30,"extra":"ignored"}"#).unwrap();
-        let Payload::Heartbeat(h) = e.payload else { panic!() };
+        let Payload::Heartbeat(h) = e.payload else {
+            panic!()
+        };
         assert_eq!(h.device_id, "dev-1");
         assert_eq!(h.health.signal_dbm, None);
         assert_eq!(e.meta.occurred_at, e.meta.recorded_at);
@@ -320,10 +364,22 @@ mod tests {
         let cases = [
             ("{not json", "invalid_json"),
             ("[1,2]", "invalid_json"),
-            (r#"{"firmware_version":"1","uptime_s":"five","cpu_pct":1,"mem_pct":2,"temperature_c":3}"#, "invalid_field"),
-            (r#"{"firmware_version":"1","cpu_pct":1,"mem_pct":2,"temperature_c":3}"#, "invalid_field"),
-            (r#"{"firmware_version":"1","uptime_s":1,"cpu_pct":101,"mem_pct":2,"temperature_c":3}"#, "invalid_field"),
-            (r#"{"device_id":"other","firmware_version":"1","uptime_s":1,"cpu_pct":1,"mem_pct":2,"temperature_c":3}"#, "device_id_mismatch"),
+            (
+                r#"{"firmware_version":"1","uptime_s":"five","cpu_pct":1,"mem_pct":2,"temperature_c":3}"#,
+                "invalid_field",
+            ),
+            (
+                r#"{"firmware_version":"1","cpu_pct":1,"mem_pct":2,"temperature_c":3}"#,
+                "invalid_field",
+            ),
+            (
+                r#"{"firmware_version":"1","uptime_s":1,"cpu_pct":101,"mem_pct":2,"temperature_c":3}"#,
+                "invalid_field",
+            ),
+            (
+                r#"{"device_id":"other","firmware_version":"1","uptime_s":1,"cpu_pct":1,"mem_pct":2,"temperature_c":3}"#,
+                "device_id_mismatch",
+            ),
         ];
         for (body, reason) in cases {
             assert_eq!(hb(body).unwrap_err().reason, reason, "{body}");
@@ -343,8 +399,11 @@ mod tests {
             "t",
         )
         .unwrap();
-        assert!(matches!(ok.payload, Payload::InstallResult(ref r) if r.outcome == InstallOutcome::Succeeded));
-        let bad = parse_device_message(MessageKind::Install, "d", br#"{"kind":"result"}"#, "t").unwrap_err();
+        assert!(
+            matches!(ok.payload, Payload::InstallResult(ref r) if r.outcome == InstallOutcome::Succeeded)
+        );
+        let bad = parse_device_message(MessageKind::Install, "d", br#"{"kind":"result"}"#, "t")
+            .unwrap_err();
         assert_eq!(bad.reason, "invalid_field");
     }
 }

@@ -33,11 +33,19 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn bad_request(error: &'static str, reason: impl Into<String>) -> Self {
-        ApiError { status: StatusCode::BAD_REQUEST, error, reason: reason.into() }
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            error,
+            reason: reason.into(),
+        }
     }
 
     pub fn not_found(reason: impl Into<String>) -> Self {
-        ApiError { status: StatusCode::NOT_FOUND, error: "not_found", reason: reason.into() }
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            error: "not_found",
+            reason: reason.into(),
+        }
     }
 
     /// Logs the cause and answers 503 without naming it.
@@ -53,7 +61,14 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(ErrorBody { error: self.error, reason: self.reason })).into_response()
+        (
+            self.status,
+            Json(ErrorBody {
+                error: self.error,
+                reason: self.reason,
+            }),
+        )
+            .into_response()
     }
 }
 
@@ -75,15 +90,30 @@ pub fn router(producer: EventProducer) -> Router {
         .with_state(producer)
 }
 
-async fn heartbeat(s: State<EventProducer>, id: Path<String>, h: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+async fn heartbeat(
+    s: State<EventProducer>,
+    id: Path<String>,
+    h: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     ingest(MessageKind::Heartbeat, "heartbeats", s, id, &h, body).await
 }
 
-async fn registration(s: State<EventProducer>, id: Path<String>, h: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+async fn registration(
+    s: State<EventProducer>,
+    id: Path<String>,
+    h: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     ingest(MessageKind::Register, "registrations", s, id, &h, body).await
 }
 
-async fn install_report(s: State<EventProducer>, id: Path<String>, h: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+async fn install_report(
+    s: State<EventProducer>,
+    id: Path<String>,
+    h: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     ingest(MessageKind::Install, "install-reports", s, id, &h, body).await
 }
 
@@ -107,7 +137,10 @@ async fn ingest(
 ) -> Result<Response, ApiError> {
     match parse_device_message(kind, &device_id, &body, &trace_id(headers)) {
         Ok(event) => {
-            let delivered = producer.append(&event).await.map_err(|e| ApiError::unavailable(&e))?;
+            let delivered = producer
+                .append(&event)
+                .await
+                .map_err(|e| ApiError::unavailable(&e))?;
             metrics::ingested("http").inc();
             let accepted = Accepted {
                 event_id: event.meta.event_id.to_string(),
@@ -118,17 +151,29 @@ async fn ingest(
         }
         Err(rejection) => {
             let channel = format!("/v1/devices/{device_id}/{what}");
-            let origin = Origin { source: "http", channel: &channel, partition: None, offset: None };
+            let origin = Origin {
+                source: "http",
+                channel: &channel,
+                partition: None,
+                offset: None,
+            };
             let pending = dead_letter(&producer, &origin, device_id.as_bytes(), &body, &rejection)
                 .await
                 .map_err(|e| ApiError::unavailable(&e))?;
-            pending.acked().await.map_err(|e| ApiError::unavailable(&e))?;
+            pending
+                .acked()
+                .await
+                .map_err(|e| ApiError::unavailable(&e))?;
             let status = if rejection.reason == "payload_too_large" {
                 StatusCode::PAYLOAD_TOO_LARGE
             } else {
                 StatusCode::BAD_REQUEST
             };
-            Err(ApiError { status, error: rejection.reason, reason: rejection.detail })
+            Err(ApiError {
+                status,
+                error: rejection.reason,
+                reason: rejection.detail,
+            })
         }
     }
 }

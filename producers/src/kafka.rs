@@ -36,7 +36,10 @@ impl Pending {
     /// Waits until the broker acknowledged the record (acks=all).
     pub async fn acked(self) -> Result<Delivered> {
         match self.0.await {
-            Ok(Ok(d)) => Ok(Delivered { partition: d.partition, offset: d.offset }),
+            Ok(Ok(d)) => Ok(Delivered {
+                partition: d.partition,
+                offset: d.offset,
+            }),
             Ok(Err((e, _))) => Err(e).kafka("delivering record"),
             Err(_) => Err(Error::Other("producer dropped before delivery".into())),
         }
@@ -62,7 +65,9 @@ pub struct EventProducer {
 
 impl std::fmt::Debug for EventProducer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EventProducer").field("topics", &self.topics).finish_non_exhaustive()
+        f.debug_struct("EventProducer")
+            .field("topics", &self.topics)
+            .finish_non_exhaustive()
     }
 }
 
@@ -78,7 +83,10 @@ impl EventProducer {
             .set("message.timeout.ms", "60000")
             .create()
             .kafka("creating producer")?;
-        Ok(EventProducer { producer, topics: cfg.topics() })
+        Ok(EventProducer {
+            producer,
+            topics: cfg.topics(),
+        })
     }
 
     #[must_use]
@@ -93,18 +101,43 @@ impl EventProducer {
         let fingerprint = format!("{:016x}", otaledger_schemas::fingerprint_of(&bytes)?);
         let event_id = event.meta.event_id.hyphenated().to_string();
         let headers = OwnedHeaders::new_with_capacity(5)
-            .insert(Header { key: "event-type", value: Some(event.event_type().name()) })
-            .insert(Header { key: "event-id", value: Some(event_id.as_str()) })
-            .insert(Header { key: "schema-fingerprint", value: Some(fingerprint.as_str()) })
-            .insert(Header { key: "trace-id", value: Some(event.meta.trace_id.as_str()) })
-            .insert(Header { key: "content-type", value: Some("application/vnd.apache.avro+binary") });
+            .insert(Header {
+                key: "event-type",
+                value: Some(event.event_type().name()),
+            })
+            .insert(Header {
+                key: "event-id",
+                value: Some(event_id.as_str()),
+            })
+            .insert(Header {
+                key: "schema-fingerprint",
+                value: Some(fingerprint.as_str()),
+            })
+            .insert(Header {
+                key: "trace-id",
+                value: Some(event.meta.trace_id.as_str()),
+            })
+            .insert(Header {
+                key: "content-type",
+                value: Some("application/vnd.apache.avro+binary"),
+            });
         let topic = self.topics.for_stream(event.event_type().stream());
-        self.send_raw(topic, event.key().as_bytes(), &bytes, headers).await
+        self.send_raw(topic, event.key().as_bytes(), &bytes, headers)
+            .await
     }
 
     /// Enqueues a raw record, waiting while librdkafka's queue is full.
-    pub async fn send_raw(&self, topic: &str, key: &[u8], payload: &[u8], headers: OwnedHeaders) -> Result<Pending> {
-        let mut record = FutureRecord::to(topic).key(key).payload(payload).headers(headers);
+    pub async fn send_raw(
+        &self,
+        topic: &str,
+        key: &[u8],
+        payload: &[u8],
+        headers: OwnedHeaders,
+    ) -> Result<Pending> {
+        let mut record = FutureRecord::to(topic)
+            .key(key)
+            .payload(payload)
+            .headers(headers);
         loop {
             match self.producer.send_result(record) {
                 Ok(future) => return Ok(Pending(future)),
@@ -137,24 +170,34 @@ impl EventProducer {
 
     /// Waits for everything in flight.
     pub fn flush(&self, timeout: Duration) -> Result<()> {
-        self.producer.flush(Timeout::After(timeout)).kafka("flushing producer")
+        self.producer
+            .flush(Timeout::After(timeout))
+            .kafka("flushing producer")
     }
 }
 
 /// Creates the ledger topics that do not exist yet (unlimited retention).
 pub async fn ensure_topics(cfg: &KafkaConfig) -> Result<()> {
-    let admin: AdminClient<DefaultClientContext> = client_config(cfg).create().kafka("creating admin client")?;
+    let admin: AdminClient<DefaultClientContext> =
+        client_config(cfg).create().kafka("creating admin client")?;
     let topics = cfg.topics();
     let new: Vec<NewTopic<'_>> = topics
         .all()
         .iter()
         .map(|t| {
-            NewTopic::new(t, cfg.partitions, TopicReplication::Fixed(cfg.replication_factor))
-                .set("retention.ms", "-1")
+            NewTopic::new(
+                t,
+                cfg.partitions,
+                TopicReplication::Fixed(cfg.replication_factor),
+            )
+            .set("retention.ms", "-1")
         })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let results = admin.create_topics(&new, &opts).await.kafka("creating topics")?;
+    let results = admin
+        .create_topics(&new, &opts)
+        .await
+        .kafka("creating topics")?;
     for r in results {
         match r {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
@@ -174,8 +217,11 @@ pub async fn ensure_topics(cfg: &KafkaConfig) -> Result<()> {
 
 /// The partition count of a topic, waiting until its metadata is visible.
 pub async fn wait_for_topic(cfg: &KafkaConfig, topic: &str, timeout: Duration) -> Result<i32> {
-    let consumer: std::sync::Arc<BaseConsumer> =
-        std::sync::Arc::new(client_config(cfg).create().kafka("creating metadata client")?);
+    let consumer: std::sync::Arc<BaseConsumer> = std::sync::Arc::new(
+        client_config(cfg)
+            .create()
+            .kafka("creating metadata client")?,
+    );
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let topic_owned = topic.to_owned();
@@ -199,7 +245,9 @@ pub async fn wait_for_topic(cfg: &KafkaConfig, topic: &str, timeout: Duration) -
             return i32::try_from(n).map_err(|_| Error::Other("too many partitions".into()));
         }
         if tokio::time::Instant::now() > deadline {
-            return Err(Error::Other(format!("topic {topic} did not appear within {timeout:?}")));
+            return Err(Error::Other(format!(
+                "topic {topic} did not appear within {timeout:?}"
+            )));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

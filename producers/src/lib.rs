@@ -17,13 +17,19 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum Error {
     #[error("kafka: {context}: {source}")]
-    Kafka { context: String, source: rdkafka::error::KafkaError },
+    Kafka {
+        context: String,
+        source: rdkafka::error::KafkaError,
+    },
     #[error("encoding {0}")]
     Encode(#[from] otaledger_schemas::Error),
     #[error("mqtt: {context}: {reason}")]
     Mqtt { context: String, reason: String },
     #[error("amqp: {context}: {source}")]
-    Amqp { context: String, source: lapin::Error },
+    Amqp {
+        context: String,
+        source: lapin::Error,
+    },
     #[error("{0}")]
     Other(String),
 }
@@ -37,7 +43,10 @@ pub(crate) trait KafkaContext<T> {
 
 impl<T> KafkaContext<T> for std::result::Result<T, rdkafka::error::KafkaError> {
     fn kafka(self, context: impl Into<String>) -> Result<T> {
-        self.map_err(|source| Error::Kafka { context: context.into(), source })
+        self.map_err(|source| Error::Kafka {
+            context: context.into(),
+            source,
+        })
     }
 }
 
@@ -47,6 +56,9 @@ pub(crate) trait AmqpContext<T> {
 
 impl<T> AmqpContext<T> for std::result::Result<T, lapin::Error> {
     fn amqp(self, context: impl Into<String>) -> Result<T> {
-        self.map_err(|source| Error::Amqp { context: context.into(), source })
+        self.map_err(|source| Error::Amqp {
+            context: context.into(),
+            source,
+        })
     }
 }

@@ -6,7 +6,6 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
-
 #[derive(Debug, Clone, Default)]
 pub struct Counter(Arc<AtomicU64>);
 
@@ -37,7 +36,9 @@ impl Gauge {
 }
 
 /// Seconds buckets from 100 µs to 10 s.
-const BUCKETS: [f64; 12] = [0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 10.0];
+const BUCKETS: [f64; 12] = [
+    0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 10.0,
+];
 
 #[derive(Debug, Default)]
 struct HistogramInner {
@@ -59,7 +60,9 @@ impl Histogram {
         }
         self.0.count.fetch_add(1, Ordering::Relaxed);
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        self.0.sum_micros.fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
+        self.0
+            .sum_micros
+            .fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
     }
 }
 
@@ -91,7 +94,10 @@ fn label_key(labels: &[(&'static str, &str)]) -> String {
         if i > 0 {
             out.push(',');
         }
-        let escaped = v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+        let escaped = v
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n");
         let _ = write!(out, "{k}=\"{escaped}\"");
     }
     out
@@ -107,7 +113,11 @@ impl Registry {
         make: impl FnOnce() -> Metric,
     ) -> Option<Metric> {
         let mut families = self.families.lock().unwrap_or_else(PoisonError::into_inner);
-        let family = families.entry(name).or_insert_with(|| Family { help, kind, ..Family::default() });
+        let family = families.entry(name).or_insert_with(|| Family {
+            help,
+            kind,
+            ..Family::default()
+        });
         let metric = family.series.entry(label_key(labels)).or_insert_with(make);
         Some(match metric {
             Metric::Counter(c) => Metric::Counter(c.clone()),
@@ -117,22 +127,43 @@ impl Registry {
     }
 
     /// The counter `name{labels}`, created on first use.
-    pub fn counter(&self, name: &'static str, help: &'static str, labels: &[(&'static str, &str)]) -> Counter {
-        match self.get_or_insert(name, help, "counter", labels, || Metric::Counter(Counter::default())) {
+    pub fn counter(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        labels: &[(&'static str, &str)],
+    ) -> Counter {
+        match self.get_or_insert(name, help, "counter", labels, || {
+            Metric::Counter(Counter::default())
+        }) {
             Some(Metric::Counter(c)) => c,
             _ => Counter::default(),
         }
     }
 
-    pub fn gauge(&self, name: &'static str, help: &'static str, labels: &[(&'static str, &str)]) -> Gauge {
-        match self.get_or_insert(name, help, "gauge", labels, || Metric::Gauge(Gauge::default())) {
+    pub fn gauge(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        labels: &[(&'static str, &str)],
+    ) -> Gauge {
+        match self.get_or_insert(name, help, "gauge", labels, || {
+            Metric::Gauge(Gauge::default())
+        }) {
             Some(Metric::Gauge(g)) => g,
             _ => Gauge::default(),
         }
     }
 
-    pub fn histogram(&self, name: &'static str, help: &'static str, labels: &[(&'static str, &str)]) -> Histogram {
-        match self.get_or_insert(name, help, "histogram", labels, || Metric::Histogram(Histogram::default())) {
+    pub fn histogram(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        labels: &[(&'static str, &str)],
+    ) -> Histogram {
+        match self.get_or_insert(name, help, "histogram", labels, || {
+            Metric::Histogram(Histogram::default())
+        }) {
             Some(Metric::Histogram(h)) => h,
             _ => Histogram::default(),
         }
@@ -165,7 +196,11 @@ impl Registry {
                     Metric::Histogram(h) => {
                         for (i, le) in BUCKETS.iter().enumerate() {
                             let n = h.0.buckets[i].load(Ordering::Relaxed);
-                            let _ = writeln!(out, "{name}_bucket{} {n}", braces(&format!("le=\"{le}\"")));
+                            let _ = writeln!(
+                                out,
+                                "{name}_bucket{} {n}",
+                                braces(&format!("le=\"{le}\""))
+                            );
                         }
                         let count = h.0.count.load(Ordering::Relaxed);
                         let _ = writeln!(out, "{name}_bucket{} {count}", braces("le=\"+Inf\""));
@@ -215,8 +250,14 @@ mod tests {
         let text = r.render();
         assert!(text.contains("# TYPE x_total counter"), "{text}");
         assert!(text.contains("x_total{source=\"mq\\\"tt\"} 4"), "{text}");
-        assert!(text.contains("lat_seconds_bucket{le=\"0.0025\"} 0"), "{text}");
-        assert!(text.contains("lat_seconds_bucket{le=\"0.005\"} 1"), "{text}");
+        assert!(
+            text.contains("lat_seconds_bucket{le=\"0.0025\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lat_seconds_bucket{le=\"0.005\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("lat_seconds_count 1"), "{text}");
     }
 }

@@ -71,7 +71,13 @@ impl MqttConfig {
         let root: String = self
             .topic_root
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         format!("otaledger-bridge-{root}")
     }
@@ -85,7 +91,9 @@ impl MqttConfig {
 
     /// Splits `{root}/{device}/{kind}` into device id and kind.
     fn route<'a>(&self, topic: &'a str) -> Option<(&'a str, &'a str)> {
-        let rest = topic.strip_prefix(self.topic_root.as_str())?.strip_prefix('/')?;
+        let rest = topic
+            .strip_prefix(self.topic_root.as_str())?
+            .strip_prefix('/')?;
         let (device, kind) = rest.split_once('/')?;
         (!kind.contains('/')).then_some((device, kind))
     }
@@ -97,7 +105,11 @@ struct InFlight {
 }
 
 /// Runs the bridge until shutdown.
-pub async fn run(cfg: MqttConfig, producer: EventProducer, mut shutdown: ShutdownSignal) -> Result<()> {
+pub async fn run(
+    cfg: MqttConfig,
+    producer: EventProducer,
+    mut shutdown: ShutdownSignal,
+) -> Result<()> {
     let mut opts = cfg.options(&cfg.bridge_client_id());
     opts.set_clean_session(false);
     opts.set_manual_acks(true);
@@ -105,7 +117,11 @@ pub async fn run(cfg: MqttConfig, producer: EventProducer, mut shutdown: Shutdow
     let (client, mut eventloop) = AsyncClient::new(opts, 10_000);
     let (tx, rx) = mpsc::channel::<InFlight>(20_000);
     let acker = tokio::spawn(ack_in_order(client.clone(), rx));
-    let received = REGISTRY.counter("otaledger_mqtt_messages_total", "MQTT messages received by the bridge", &[]);
+    let received = REGISTRY.counter(
+        "otaledger_mqtt_messages_total",
+        "MQTT messages received by the bridge",
+        &[],
+    );
     let ingested = metrics::ingested("mqtt");
     let subscription = cfg.subscription();
     let subscribed = REGISTRY.gauge(
@@ -124,7 +140,10 @@ pub async fn run(cfg: MqttConfig, producer: EventProducer, mut shutdown: Shutdow
             Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
                 tracing::info!("MQTT bridge connected; subscribing");
                 if let Err(e) = client.subscribe(&subscription, QoS::AtLeastOnce).await {
-                    failure = Some(Error::Mqtt { context: "subscribing".into(), reason: e.to_string() });
+                    failure = Some(Error::Mqtt {
+                        context: "subscribing".into(),
+                        reason: e.to_string(),
+                    });
                     break;
                 }
             }
@@ -157,7 +176,9 @@ pub async fn run(cfg: MqttConfig, producer: EventProducer, mut shutdown: Shutdow
     }
     subscribed.set(0);
     drop(tx);
-    let acked = acker.await.map_err(|e| Error::Other(format!("acker: {e}")))?;
+    let acked = acker
+        .await
+        .map_err(|e| Error::Other(format!("acker: {e}")))?;
     // Let the event loop send the remaining PUBACKs, then leave the session cleanly.
     let _ = client.disconnect().await;
     drain(&mut eventloop).await;
@@ -172,26 +193,60 @@ async fn drain(eventloop: &mut EventLoop) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while tokio::time::Instant::now() < deadline {
         match tokio::time::timeout(Duration::from_millis(500), eventloop.poll()).await {
-            Ok(Ok(MqttEvent::Outgoing(rumqttc::Outgoing::Disconnect))) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(MqttEvent::Outgoing(rumqttc::Outgoing::Disconnect))) | Ok(Err(_)) | Err(_) => {
+                break
+            }
             Ok(Ok(_)) => {}
         }
     }
 }
 
 /// Turns one publish into a pending Kafka write: the event, or its dead letter.
-async fn handle(cfg: &MqttConfig, producer: &EventProducer, publish: &Publish) -> Result<(Pending, bool)> {
+async fn handle(
+    cfg: &MqttConfig,
+    producer: &EventProducer,
+    publish: &Publish,
+) -> Result<(Pending, bool)> {
     let parsed = match cfg.route(&publish.topic) {
-        None => Err(("", Rejection::new("unknown_topic", format!("topic {} is not {{root}}/{{device}}/{{kind}}", publish.topic)))),
+        None => Err((
+            "",
+            Rejection::new(
+                "unknown_topic",
+                format!(
+                    "topic {} is not {{root}}/{{device}}/{{kind}}",
+                    publish.topic
+                ),
+            ),
+        )),
         Some((device, kind)) => match MessageKind::from_name(kind) {
-            None => Err((device, Rejection::new("unknown_topic", format!("unknown message kind {kind:?}")))),
-            Some(kind) => parse_device_message(kind, device, &publish.payload, &new_trace_id()).map_err(|r| (device, r)),
+            None => Err((
+                device,
+                Rejection::new("unknown_topic", format!("unknown message kind {kind:?}")),
+            )),
+            Some(kind) => parse_device_message(kind, device, &publish.payload, &new_trace_id())
+                .map_err(|r| (device, r)),
         },
     };
     match parsed {
         Ok(event) => Ok((producer.enqueue(&event).await?, true)),
         Err((device, rejection)) => {
-            let origin = Origin { source: "mqtt", channel: &publish.topic, partition: None, offset: None };
-            Ok((dead_letter(producer, &origin, device.as_bytes(), &publish.payload, &rejection).await?, false))
+            let origin = Origin {
+                source: "mqtt",
+                channel: &publish.topic,
+                partition: None,
+                offset: None,
+            };
+            Ok((
+                dead_letter(
+                    producer,
+                    &origin,
+                    device.as_bytes(),
+                    &publish.payload,
+                    &rejection,
+                )
+                .await?,
+                false,
+            ))
         }
     }
 }
@@ -201,10 +256,10 @@ async fn ack_in_order(client: AsyncClient, mut rx: mpsc::Receiver<InFlight>) -> 
         // Not acknowledging leaves the message with the broker, which redelivers it to the
         // persistent session after a reconnect.
         pending.acked().await?;
-        client
-            .ack(&publish)
-            .await
-            .map_err(|e| Error::Mqtt { context: "acknowledging".into(), reason: e.to_string() })?;
+        client.ack(&publish).await.map_err(|e| Error::Mqtt {
+            context: "acknowledging".into(),
+            reason: e.to_string(),
+        })?;
     }
     Ok(())
 }
@@ -215,8 +270,14 @@ mod tests {
 
     #[test]
     fn topics_route_to_device_and_kind() {
-        let cfg = MqttConfig { topic_root: "t1/devices".into(), ..MqttConfig::default() };
-        assert_eq!(cfg.route("t1/devices/d-1/heartbeat"), Some(("d-1", "heartbeat")));
+        let cfg = MqttConfig {
+            topic_root: "t1/devices".into(),
+            ..MqttConfig::default()
+        };
+        assert_eq!(
+            cfg.route("t1/devices/d-1/heartbeat"),
+            Some(("d-1", "heartbeat"))
+        );
         assert_eq!(cfg.route("t1/devices/d-1/a/b"), None);
         assert_eq!(cfg.route("other/d-1/heartbeat"), None);
         assert_eq!(cfg.subscription(), "t1/devices/+/+");

@@ -17,7 +17,9 @@ pub struct ShutdownSignal {
 impl Shutdown {
     #[must_use]
     pub fn new() -> Self {
-        Shutdown { tx: watch::channel(false).0 }
+        Shutdown {
+            tx: watch::channel(false).0,
+        }
     }
 
     pub fn trigger(&self) {
@@ -26,7 +28,9 @@ impl Shutdown {
 
     #[must_use]
     pub fn signal(&self) -> ShutdownSignal {
-        ShutdownSignal { rx: self.tx.subscribe() }
+        ShutdownSignal {
+            rx: self.tx.subscribe(),
+        }
     }
 
     /// Triggers on SIGTERM or Ctrl-C.
@@ -37,7 +41,8 @@ impl Shutdown {
             #[cfg(unix)]
             {
                 let mut term =
-                    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    {
                         Ok(t) => t,
                         Err(e) => {
                             tracing::warn!(error = %e, "cannot listen for SIGTERM");

@@ -28,8 +28,18 @@ const MODELS: &[(&str, &[&str])] = &[
     ("press-p500", &["1.14.2", "1.15.0", "1.15.1"]),
     ("conveyor-c7", &["7.0.0", "7.0.3"]),
 ];
-const SITES: &[&str] = &["berlin-01", "munich-02", "vienna-01", "zurich-03", "lyon-01", "milan-02", "oslo-01"];
-const TAGS: &[&str] = &["prod", "eu", "indoor", "outdoor", "critical", "beta", "retrofit"];
+const SITES: &[&str] = &[
+    "berlin-01",
+    "munich-02",
+    "vienna-01",
+    "zurich-03",
+    "lyon-01",
+    "milan-02",
+    "oslo-01",
+];
+const TAGS: &[&str] = &[
+    "prod", "eu", "indoor", "outdoor", "critical", "beta", "retrofit",
+];
 
 /// One simulated device.
 #[derive(Debug, Clone, Serialize)]
@@ -96,8 +106,11 @@ pub fn fleet(cfg: &SimConfig) -> Vec<SimDevice> {
         .map(|i| {
             let (model, versions) = MODELS[i % MODELS.len()];
             let site = SITES.choose(&mut rng).copied().unwrap_or("unknown");
-            let mut tags: Vec<String> =
-                TAGS.iter().filter(|_| rng.random_bool(0.3)).map(|t| (*t).to_owned()).collect();
+            let mut tags: Vec<String> = TAGS
+                .iter()
+                .filter(|_| rng.random_bool(0.3))
+                .map(|t| (*t).to_owned())
+                .collect();
             if tags.is_empty() {
                 tags.push("prod".into());
             }
@@ -107,8 +120,13 @@ pub fn fleet(cfg: &SimConfig) -> Vec<SimDevice> {
                 model: model.to_owned(),
                 site: site.to_owned(),
                 tags,
-                firmware_version: versions.choose(&mut rng).copied().unwrap_or("1.0.0").to_owned(),
-                gateway_id: behind_gateway.then(|| format!("{}gw-{:03}", cfg.id_prefix, rng.random_range(0..gateways))),
+                firmware_version: versions
+                    .choose(&mut rng)
+                    .copied()
+                    .unwrap_or("1.0.0")
+                    .to_owned(),
+                gateway_id: behind_gateway
+                    .then(|| format!("{}gw-{:03}", cfg.id_prefix, rng.random_range(0..gateways))),
                 hardware_rev: format!("rev-{}", rng.random_range(1..4)),
             }
         })
@@ -168,7 +186,11 @@ async fn mqtt_links(cfg: &SimConfig) -> Vec<MqttLink> {
                 }
             }
         });
-        links.push(MqttLink { client, acked, sent: 0 });
+        links.push(MqttLink {
+            client,
+            acked,
+            sent: 0,
+        });
     }
     links
 }
@@ -198,9 +220,25 @@ pub async fn run(cfg: SimConfig, mut shutdown: ShutdownSignal) -> Result<SimStat
     // Registration first, as devices do when they boot.
     for (i, d) in devices.iter().enumerate() {
         let body = register_json(d);
-        send(&mut links, &mut batches, &root, i, d, "register", body, &mut stats).await?;
+        send(
+            &mut links,
+            &mut batches,
+            &root,
+            i,
+            d,
+            "register",
+            body,
+            &mut stats,
+        )
+        .await?;
     }
-    flush_batches(amqp.as_ref().map(|(_, c)| c), &cfg.amqp, &mut batches, &mut stats).await?;
+    flush_batches(
+        amqp.as_ref().map(|(_, c)| c),
+        &cfg.amqp,
+        &mut batches,
+        &mut stats,
+    )
+    .await?;
 
     let start = tokio::time::Instant::now();
     let tick = Duration::from_millis(20);
@@ -209,6 +247,7 @@ pub async fn run(cfg: SimConfig, mut shutdown: ShutdownSignal) -> Result<SimStat
     let mut sent_heartbeats: u64 = 0;
     let total = cfg.rounds.map(|r| r * devices.len() as u64);
     let mut interval = tokio::time::interval(tick);
+    let mut last_flush = tokio::time::Instant::now();
     'outer: while !devices.is_empty() {
         tokio::select! {
             () = shutdown.wait() => break,
@@ -227,20 +266,48 @@ pub async fn run(cfg: SimConfig, mut shutdown: ShutdownSignal) -> Result<SimStat
             let d = &devices[i];
             let uptime = start.elapsed().as_secs() + 3600;
             let body = heartbeat_json(d, &mut rng, uptime);
-            send(&mut links, &mut batches, &root, i, d, "heartbeat", body, &mut stats).await?;
+            send(
+                &mut links,
+                &mut batches,
+                &root,
+                i,
+                d,
+                "heartbeat",
+                body,
+                &mut stats,
+            )
+            .await?;
             sent_heartbeats += 1;
         }
-        if batches.values().any(|b| b.len() >= 500) || sent_heartbeats % 50 == 0 {
-            flush_batches(amqp.as_ref().map(|(_, c)| c), &cfg.amqp, &mut batches, &mut stats).await?;
+        // Gateways batch their devices' reports: up to 500, or whatever 200 ms gathered.
+        if batches.values().any(|b| b.len() >= 500)
+            || last_flush.elapsed() >= Duration::from_millis(200)
+        {
+            flush_batches(
+                amqp.as_ref().map(|(_, c)| c),
+                &cfg.amqp,
+                &mut batches,
+                &mut stats,
+            )
+            .await?;
+            last_flush = tokio::time::Instant::now();
         }
     }
-    flush_batches(amqp.as_ref().map(|(_, c)| c), &cfg.amqp, &mut batches, &mut stats).await?;
+    flush_batches(
+        amqp.as_ref().map(|(_, c)| c),
+        &cfg.amqp,
+        &mut batches,
+        &mut stats,
+    )
+    .await?;
     // Wait until the broker acknowledged every QoS 1 publish.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     for link in &links {
         while link.acked.load(Ordering::Relaxed) < link.sent {
             if tokio::time::Instant::now() > deadline {
-                return Err(Error::Other("MQTT broker did not acknowledge every publish".into()));
+                return Err(Error::Other(
+                    "MQTT broker did not acknowledge every publish".into(),
+                ));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -274,9 +341,17 @@ async fn send(
     let n = links.len();
     let link = &mut links[index % n];
     link.client
-        .publish(format!("{root}/{}/{kind}", d.device_id), QoS::AtLeastOnce, false, body.to_string())
+        .publish(
+            format!("{root}/{}/{kind}", d.device_id),
+            QoS::AtLeastOnce,
+            false,
+            body.to_string(),
+        )
         .await
-        .map_err(|e| Error::Mqtt { context: "publishing".into(), reason: e.to_string() })?;
+        .map_err(|e| Error::Mqtt {
+            context: "publishing".into(),
+            reason: e.to_string(),
+        })?;
     link.sent += 1;
     stats.mqtt_messages += 1;
     Ok(())
@@ -288,7 +363,9 @@ async fn flush_batches(
     batches: &mut HashMap<String, Vec<serde_json::Value>>,
     stats: &mut SimStats,
 ) -> Result<()> {
-    let Some(channel) = channel else { return Ok(()) };
+    let Some(channel) = channel else {
+        return Ok(());
+    };
     for (gateway_id, reports) in batches.drain() {
         if reports.is_empty() {
             continue;
@@ -307,13 +384,22 @@ mod tests {
 
     #[test]
     fn the_fleet_is_deterministic_and_mixed() {
-        let cfg = SimConfig { devices: 500, gateway_share: 0.3, ..SimConfig::default() };
+        let cfg = SimConfig {
+            devices: 500,
+            gateway_share: 0.3,
+            ..SimConfig::default()
+        };
         let a = fleet(&cfg);
         let b = fleet(&cfg);
         assert_eq!(a.len(), 500);
-        assert_eq!(serde_json::to_string(&a).unwrap(), serde_json::to_string(&b).unwrap());
+        assert_eq!(
+            serde_json::to_string(&a).unwrap(),
+            serde_json::to_string(&b).unwrap()
+        );
         let behind = a.iter().filter(|d| d.gateway_id.is_some()).count();
         assert!((100..200).contains(&behind), "{behind} behind gateways");
-        assert!(a.iter().all(|d| otaledger_domain::ids::validate_device_id(&d.device_id).is_ok()));
+        assert!(a
+            .iter()
+            .all(|d| otaledger_domain::ids::validate_device_id(&d.device_id).is_ok()));
     }
 }

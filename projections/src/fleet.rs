@@ -133,7 +133,11 @@ impl Row {
             signal_dbm: h.signal_dbm,
         });
         Device {
-            status: if self.last_seen_at >= online_since { Status::Online } else { Status::Offline },
+            status: if self.last_seen_at >= online_since {
+                Status::Online
+            } else {
+                Status::Offline
+            },
             device_id: self.device_id,
             model: self.model,
             site: self.site,
@@ -146,7 +150,10 @@ impl Row {
             last_heartbeat_at: self.last_heartbeat_at,
             health,
             events: self.events,
-            position: PositionOut { partition: self.last_partition, offset: self.last_offset },
+            position: PositionOut {
+                partition: self.last_partition,
+                offset: self.last_offset,
+            },
         }
     }
 
@@ -165,7 +172,10 @@ impl Row {
             last_heartbeat_at: self.last_heartbeat_at.map(|t| t.timestamp_micros()),
             health,
             events: self.events,
-            last_position: Position { partition: self.last_partition, offset: self.last_offset },
+            last_position: Position {
+                partition: self.last_partition,
+                offset: self.last_offset,
+            },
         }
     }
 }
@@ -194,12 +204,19 @@ fn online_since(offline_after: Duration) -> DateTime<Utc> {
     Utc::now() - chrono::Duration::from_std(offline_after).unwrap_or_default()
 }
 
-pub async fn list_devices(pool: &PgPool, f: &DeviceFilter, offline_after: Duration) -> Result<Page> {
+pub async fn list_devices(
+    pool: &PgPool,
+    f: &DeviceFilter,
+    offline_after: Duration,
+) -> Result<Page> {
     if !(1..=MAX_PAGE).contains(&f.limit) {
-        return Err(Error::InvalidQuery(format!("limit must be between 1 and {MAX_PAGE}")));
+        return Err(Error::InvalidQuery(format!(
+            "limit must be between 1 and {MAX_PAGE}"
+        )));
     }
     let since = online_since(offline_after);
-    let mut q: QueryBuilder<'_, Postgres> = QueryBuilder::new(format!("SELECT {COLUMNS} FROM devices WHERE true"));
+    let mut q: QueryBuilder<'_, Postgres> =
+        QueryBuilder::new(format!("SELECT {COLUMNS} FROM devices WHERE true"));
     if let Some(v) = &f.firmware {
         q.push(" AND firmware_version = ").push_bind(v);
     }
@@ -226,19 +243,36 @@ pub async fn list_devices(pool: &PgPool, f: &DeviceFilter, offline_after: Durati
     }
     // One extra row tells whether another page follows.
     q.push(" ORDER BY device_id LIMIT ").push_bind(f.limit + 1);
-    let mut rows: Vec<Row> = q.build_query_as().fetch_all(pool).await.db("listing devices")?;
+    let mut rows: Vec<Row> = q
+        .build_query_as()
+        .fetch_all(pool)
+        .await
+        .db("listing devices")?;
     let more = rows.len() > usize::try_from(f.limit).unwrap_or(usize::MAX);
     rows.truncate(usize::try_from(f.limit).unwrap_or(usize::MAX));
-    let next_cursor = if more { rows.last().map(|r| r.device_id.clone()) } else { None };
-    Ok(Page { items: rows.into_iter().map(|r| r.into_device(since)).collect(), next_cursor })
+    let next_cursor = if more {
+        rows.last().map(|r| r.device_id.clone())
+    } else {
+        None
+    };
+    Ok(Page {
+        items: rows.into_iter().map(|r| r.into_device(since)).collect(),
+        next_cursor,
+    })
 }
 
-pub async fn get_device(pool: &PgPool, device_id: &str, offline_after: Duration) -> Result<Option<Device>> {
-    let row: Option<Row> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM devices WHERE device_id = $1"))
-        .bind(device_id)
-        .fetch_optional(pool)
-        .await
-        .db("reading device")?;
+pub async fn get_device(
+    pool: &PgPool,
+    device_id: &str,
+    offline_after: Duration,
+) -> Result<Option<Device>> {
+    let row: Option<Row> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM devices WHERE device_id = $1"
+    ))
+    .bind(device_id)
+    .fetch_optional(pool)
+    .await
+    .db("reading device")?;
     Ok(row.map(|r| r.into_device(online_since(offline_after))))
 }
 
@@ -290,5 +324,8 @@ pub async fn load_views(pool: &PgPool) -> Result<BTreeMap<String, DeviceView>> {
         .fetch_all(pool)
         .await
         .db("loading devices")?;
-    Ok(rows.into_iter().map(|r| (r.device_id.clone(), r.into_view())).collect())
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.device_id.clone(), r.into_view()))
+        .collect())
 }

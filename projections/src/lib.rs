@@ -11,7 +11,10 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum Error {
     #[error("postgres: {context}: {source}")]
-    Db { context: &'static str, source: sqlx::Error },
+    Db {
+        context: &'static str,
+        source: sqlx::Error,
+    },
     #[error("invalid query: {0}")]
     InvalidQuery(String),
 }

@@ -5,7 +5,8 @@ use sqlx::PgPool;
 use crate::{DbContext, Result};
 
 /// Every migration, in order. Never edit or remove one that has shipped.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "fleet", include_str!("../migrations/0001_fleet.sql"))];
+const MIGRATIONS: &[(i32, &str, &str)] =
+    &[(1, "fleet", include_str!("../migrations/0001_fleet.sql"))];
 
 /// Applies the migrations missing from the pool's schema (its `search_path`).
 pub async fn migrate(pool: &PgPool) -> Result<()> {
@@ -32,7 +33,9 @@ pub async fn migrate(pool: &PgPool) -> Result<()> {
         }
         tracing::info!(version, name, "applying migration");
         // A plain &str runs unprepared, so one migration may hold several statements.
-        sqlx::Executor::execute(&mut *tx, *sql).await.db("applying migration")?;
+        sqlx::Executor::execute(&mut *tx, *sql)
+            .await
+            .db("applying migration")?;
         sqlx::query("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)")
             .bind(version)
             .bind(name)

@@ -108,7 +108,10 @@ type MergedRow = (
 );
 
 /// Merges patches into `devices` and adjusts `fleet_counts`.
-pub async fn merge_patches(tx: &mut PgConnection, patches: BTreeMap<String, DeviceView>) -> crate::Result<()> {
+pub async fn merge_patches(
+    tx: &mut PgConnection,
+    patches: BTreeMap<String, DeviceView>,
+) -> crate::Result<()> {
     if patches.is_empty() {
         return Ok(());
     }
@@ -147,7 +150,11 @@ pub async fn merge_patches(tx: &mut PgConnection, patches: BTreeMap<String, Devi
         if !existed {
             *deltas.entry(("total", "all".to_owned())).or_default() += 1;
         }
-        for (dim, old, new) in [(DIMENSIONS[0], old_fw, fw), (DIMENSIONS[1], old_model, model), (DIMENSIONS[2], old_site, site)] {
+        for (dim, old, new) in [
+            (DIMENSIONS[0], old_fw, fw),
+            (DIMENSIONS[1], old_model, model),
+            (DIMENSIONS[2], old_site, site),
+        ] {
             let new = label(new);
             if existed {
                 let old = label(old);
@@ -238,7 +245,8 @@ impl Columns {
         self.temperature_c.push(h.map(|h| h.temperature_c));
         self.error_count.push(h.map(|h| h.error_count));
         self.signal_dbm.push(h.and_then(|h| h.signal_dbm));
-        self.tags_json.push(v.tags.map(|t| serde_json::Value::from(t).to_string()));
+        self.tags_json
+            .push(v.tags.map(|t| serde_json::Value::from(t).to_string()));
         self.device_id.push(v.device_id);
         self.model.push(v.model);
         self.site.push(v.site);

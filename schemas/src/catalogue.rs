@@ -89,9 +89,17 @@ impl Schemas {
             }
             let fp = schema.fingerprint::<Rabin>().bytes;
             let fingerprint = u64::from_le_bytes(
-                fp.as_slice().try_into().map_err(|_| bad("fingerprint is not 8 bytes".into()))?,
+                fp.as_slice()
+                    .try_into()
+                    .map_err(|_| bad("fingerprint is not 8 bytes".into()))?,
             );
-            all.push(SchemaInfo { event_type, version, file, schema, fingerprint });
+            all.push(SchemaInfo {
+                event_type,
+                version,
+                file,
+                schema,
+                fingerprint,
+            });
         }
         let mut by_fingerprint = HashMap::new();
         let mut current: HashMap<EventType, usize> = HashMap::new();
@@ -102,15 +110,24 @@ impl Schemas {
                     reason: "same canonical form as another version".into(),
                 });
             }
-            let newer = current.get(&info.event_type).is_none_or(|&j| all[j].version < info.version);
+            let newer = current
+                .get(&info.event_type)
+                .is_none_or(|&j| all[j].version < info.version);
             if newer {
                 current.insert(info.event_type, i);
             }
         }
         if let Some(missing) = EventType::ALL.iter().find(|t| !current.contains_key(t)) {
-            return Err(Error::Schema { file: "<catalogue>", reason: format!("no schema for {missing}") });
+            return Err(Error::Schema {
+                file: "<catalogue>",
+                reason: format!("no schema for {missing}"),
+            });
         }
-        Ok(Schemas { all, by_fingerprint, current })
+        Ok(Schemas {
+            all,
+            by_fingerprint,
+            current,
+        })
     }
 
     /// The schema data of this type is written with.

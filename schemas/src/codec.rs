@@ -57,12 +57,17 @@ pub fn encode(event: &Event) -> Result<Vec<u8>> {
 /// they do not know; used to prove that old data stays readable).
 pub fn encode_with(event: &Event, info: &SchemaInfo) -> Result<Vec<u8>> {
     let event_type = event.event_type();
-    let fail = |reason: String| Error::Encode { event_type: event_type.name(), reason };
+    let fail = |reason: String| Error::Encode {
+        event_type: event_type.name(),
+        reason,
+    };
     if info.event_type != event_type {
         return Err(fail(format!("schema {} is for another type", info.file)));
     }
     let value = to_wire_value(event).map_err(|e| fail(e.to_string()))?;
-    let value = value.resolve(&info.schema).map_err(|e| fail(e.to_string()))?;
+    let value = value
+        .resolve(&info.schema)
+        .map_err(|e| fail(e.to_string()))?;
     let datum = to_avro_datum(&info.schema, value).map_err(|e| fail(e.to_string()))?;
     let mut out = Vec::with_capacity(HEADER_LEN + datum.len());
     out.extend_from_slice(&MARKER);
@@ -75,7 +80,9 @@ pub fn encode_with(event: &Event, info: &SchemaInfo) -> Result<Vec<u8>> {
 pub fn decode(bytes: &[u8]) -> Result<Decoded> {
     let fingerprint = fingerprint_of(bytes)?;
     let schemas = Schemas::get();
-    let writer = schemas.by_fingerprint(fingerprint).ok_or(Error::UnknownFingerprint(fingerprint))?;
+    let writer = schemas
+        .by_fingerprint(fingerprint)
+        .ok_or(Error::UnknownFingerprint(fingerprint))?;
     let reader = schemas.current(writer.event_type);
     let fail = |reason: String| Error::Datum {
         event_type: writer.event_type.name(),
@@ -85,17 +92,24 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded> {
     let mut body = &bytes[HEADER_LEN..];
     // Decode with the writer schema alone, then resolve: decoding straight into the reader
     // schema lets a payload cut before a defaulted field pass as complete.
-    let value = from_avro_datum(&writer.schema, &mut body, None).map_err(|e| fail(e.to_string()))?;
+    let value =
+        from_avro_datum(&writer.schema, &mut body, None).map_err(|e| fail(e.to_string()))?;
     if !body.is_empty() {
         return Err(Error::TrailingBytes(body.len()));
     }
     let value = if writer.version == reader.version {
         value
     } else {
-        value.resolve(&reader.schema).map_err(|e| fail(e.to_string()))?
+        value
+            .resolve(&reader.schema)
+            .map_err(|e| fail(e.to_string()))?
     };
     let event = from_wire_value(writer.event_type, &value).map_err(|e| fail(e.to_string()))?;
-    Ok(Decoded { event, writer_version: writer.version, fingerprint })
+    Ok(Decoded {
+        event,
+        writer_version: writer.version,
+        fingerprint,
+    })
 }
 
 macro_rules! dispatch {

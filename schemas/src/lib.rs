@@ -22,11 +22,18 @@ pub enum Error {
     #[error("unknown writer schema fingerprint {0:016x}")]
     UnknownFingerprint(u64),
     #[error("cannot decode {event_type} (schema v{version}): {reason}")]
-    Datum { event_type: &'static str, version: u32, reason: String },
+    Datum {
+        event_type: &'static str,
+        version: u32,
+        reason: String,
+    },
     #[error("{0} bytes left over after the datum")]
     TrailingBytes(usize),
     #[error("cannot encode {event_type}: {reason}")]
-    Encode { event_type: &'static str, reason: String },
+    Encode {
+        event_type: &'static str,
+        reason: String,
+    },
     #[error("schema file {file} is invalid: {reason}")]
     Schema { file: &'static str, reason: String },
 }

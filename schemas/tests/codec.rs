@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 use otaledger_domain::events::*;
 use otaledger_domain::{Event, EventMeta, EventType, Payload};
 use otaledger_schemas::{decode, encode, encode_with, fingerprint_of, Error, Schemas};
@@ -23,52 +24,169 @@ fn release() -> Release {
 }
 
 fn health(signal: Option<i32>) -> Health {
-    Health { uptime_s: 3600, cpu_pct: 12.5, mem_pct: 40.25, temperature_c: 41.0, error_count: 2, signal_dbm: signal }
+    Health {
+        uptime_s: 3600,
+        cpu_pct: 12.5,
+        mem_pct: 40.25,
+        temperature_c: 41.0,
+        error_count: 2,
+        signal_dbm: signal,
+    }
 }
 
 /// One event of every type, with optional fields both set and unset somewhere.
 fn samples() -> Vec<Event> {
     let cmd = Uuid::from_u128(77);
-    let req = |who: &str| OperatorRequest { rollout_id: "r1".into(), requested_by: who.into(), reason: "why".into() };
+    let req = |who: &str| OperatorRequest {
+        rollout_id: "r1".into(),
+        requested_by: who.into(),
+        reason: "why".into(),
+    };
     let payloads = vec![
         Payload::DeviceRegistered(DeviceRegistered {
-            device_id: "d1".into(), model: "elevator-x".into(), site: "berlin".into(),
-            tags: vec!["eu".into(), "prod".into()], firmware_version: "2.0.0".into(),
-            gateway_id: Some("gw-1".into()), hardware_rev: None,
+            device_id: "d1".into(),
+            model: "elevator-x".into(),
+            site: "berlin".into(),
+            tags: vec!["eu".into(), "prod".into()],
+            firmware_version: "2.0.0".into(),
+            gateway_id: Some("gw-1".into()),
+            hardware_rev: None,
         }),
-        Payload::Heartbeat(Heartbeat { device_id: "d1".into(), firmware_version: "2.0.0".into(), gateway_id: None, health: health(Some(-67)) }),
-        Payload::InstallProgress(InstallProgress { device_id: "d1".into(), rollout_id: Some("r1".into()), command_id: Some(cmd), phase: InstallPhase::Installing, percent: 55 }),
-        Payload::InstallResult(InstallResult { device_id: "d1".into(), rollout_id: None, command_id: Some(cmd), outcome: InstallOutcome::RolledBack, firmware_version: "2.0.0".into(), error_code: Some("E42".into()), message: None }),
+        Payload::Heartbeat(Heartbeat {
+            device_id: "d1".into(),
+            firmware_version: "2.0.0".into(),
+            gateway_id: None,
+            health: health(Some(-67)),
+        }),
+        Payload::InstallProgress(InstallProgress {
+            device_id: "d1".into(),
+            rollout_id: Some("r1".into()),
+            command_id: Some(cmd),
+            phase: InstallPhase::Installing,
+            percent: 55,
+        }),
+        Payload::InstallResult(InstallResult {
+            device_id: "d1".into(),
+            rollout_id: None,
+            command_id: Some(cmd),
+            outcome: InstallOutcome::RolledBack,
+            firmware_version: "2.0.0".into(),
+            error_code: Some("E42".into()),
+            message: None,
+        }),
         Payload::UpdateRequested(UpdateRequested {
-            rollout_id: "r1".into(), requested_by: "ops".into(), release: release(),
-            selector: TargetSelector { models: vec!["elevator-x".into()], sites: vec![], tags: vec!["eu".into()], current_versions: vec!["2.0.0".into()], device_ids: vec![] },
+            rollout_id: "r1".into(),
+            requested_by: "ops".into(),
+            release: release(),
+            selector: TargetSelector {
+                models: vec!["elevator-x".into()],
+                sites: vec![],
+                tags: vec!["eu".into()],
+                current_versions: vec!["2.0.0".into()],
+                device_ids: vec![],
+            },
             strategy: Strategy {
-                waves_pct: vec![1.0, 10.0, 50.0, 100.0], success_threshold_pct: 95.0, failure_threshold_pct: 5.0,
-                min_devices_for_verdict: 5, device_timeout_s: 600, max_retries: 2, retry_backoff_s: 30, max_in_flight: 500,
-                health_gate_window_s: 120, scheduled_start: Some(1_764_000_100_000_000),
-                maintenance_window: Some(MaintenanceWindow { start_minute: 120, duration_minutes: 180 }),
+                waves_pct: vec![1.0, 10.0, 50.0, 100.0],
+                success_threshold_pct: 95.0,
+                failure_threshold_pct: 5.0,
+                min_devices_for_verdict: 5,
+                device_timeout_s: 600,
+                max_retries: 2,
+                retry_backoff_s: 30,
+                max_in_flight: 500,
+                health_gate_window_s: 120,
+                scheduled_start: Some(1_764_000_100_000_000),
+                maintenance_window: Some(MaintenanceWindow {
+                    start_minute: 120,
+                    duration_minutes: 180,
+                }),
                 rollback_policy: RollbackPolicy::OnAbort,
             },
         }),
         Payload::PauseRequested(req("alice")),
         Payload::ResumeRequested(req("bob")),
         Payload::AbortRequested(req("carol")),
-        Payload::WaveStarted(WaveStarted { rollout_id: "r1".into(), wave: 0, chunk: 0, chunks: 1, device_ids: vec!["d1".into(), "d2".into()] }),
-        Payload::DeviceCommanded(DeviceCommanded { rollout_id: "r1".into(), device_id: "d1".into(), command_id: cmd, kind: CommandKind::Update, attempt: 1 }),
-        Payload::DeviceOutcome(DeviceOutcome { rollout_id: "r1".into(), device_id: "d1".into(), command_id: None, state: DeviceRolloutState::TimedOut, reason: "no result in 600 s".into() }),
-        Payload::DeviceTimedOut(DeviceTimedOut { rollout_id: "r1".into(), device_id: "d1".into(), command_id: cmd, attempt: 2 }),
-        Payload::ThresholdEvaluated(ThresholdEvaluated {
-            rollout_id: "r1".into(), wave: 0,
-            counts: StateCounts { targeted: 10, in_flight: 0, succeeded: 4, failed: 6, timed_out: 0, rejected: 0 },
-            success_threshold_pct: 95.0, failure_threshold_pct: 5.0, min_devices_for_verdict: 5,
-            rule: "failed 60% >= 5%".into(), verdict: Verdict::Abort,
+        Payload::WaveStarted(WaveStarted {
+            rollout_id: "r1".into(),
+            wave: 0,
+            chunk: 0,
+            chunks: 1,
+            device_ids: vec!["d1".into(), "d2".into()],
         }),
-        Payload::RolloutStateChanged(RolloutStateChanged { rollout_id: "r1".into(), from: RolloutState::Running, to: RolloutState::Aborted, reason: "threshold".into() }),
-        Payload::UpdateCommand(UpdateCommand { command_id: cmd, device_id: "d1".into(), rollout_id: "r1".into(), gateway_id: Some("gw-1".into()), release: release(), deadline: 1_764_000_700_000_000 }),
-        Payload::RollbackCommand(RollbackCommand { command_id: cmd, device_id: "d1".into(), rollout_id: "r1".into(), gateway_id: None, target_version: "2.0.0".into() }),
-        Payload::CancelCommand(CancelCommand { command_id: cmd, device_id: "d1".into(), rollout_id: "r1".into(), gateway_id: None, reason: "aborted".into() }),
+        Payload::DeviceCommanded(DeviceCommanded {
+            rollout_id: "r1".into(),
+            device_id: "d1".into(),
+            command_id: cmd,
+            kind: CommandKind::Update,
+            attempt: 1,
+        }),
+        Payload::DeviceOutcome(DeviceOutcome {
+            rollout_id: "r1".into(),
+            device_id: "d1".into(),
+            command_id: None,
+            state: DeviceRolloutState::TimedOut,
+            reason: "no result in 600 s".into(),
+        }),
+        Payload::DeviceTimedOut(DeviceTimedOut {
+            rollout_id: "r1".into(),
+            device_id: "d1".into(),
+            command_id: cmd,
+            attempt: 2,
+        }),
+        Payload::ThresholdEvaluated(ThresholdEvaluated {
+            rollout_id: "r1".into(),
+            wave: 0,
+            counts: StateCounts {
+                targeted: 10,
+                in_flight: 0,
+                succeeded: 4,
+                failed: 6,
+                timed_out: 0,
+                rejected: 0,
+            },
+            success_threshold_pct: 95.0,
+            failure_threshold_pct: 5.0,
+            min_devices_for_verdict: 5,
+            rule: "failed 60% >= 5%".into(),
+            verdict: Verdict::Abort,
+        }),
+        Payload::RolloutStateChanged(RolloutStateChanged {
+            rollout_id: "r1".into(),
+            from: RolloutState::Running,
+            to: RolloutState::Aborted,
+            reason: "threshold".into(),
+        }),
+        Payload::UpdateCommand(UpdateCommand {
+            command_id: cmd,
+            device_id: "d1".into(),
+            rollout_id: "r1".into(),
+            gateway_id: Some("gw-1".into()),
+            release: release(),
+            deadline: 1_764_000_700_000_000,
+        }),
+        Payload::RollbackCommand(RollbackCommand {
+            command_id: cmd,
+            device_id: "d1".into(),
+            rollout_id: "r1".into(),
+            gateway_id: None,
+            target_version: "2.0.0".into(),
+        }),
+        Payload::CancelCommand(CancelCommand {
+            command_id: cmd,
+            device_id: "d1".into(),
+            rollout_id: "r1".into(),
+            gateway_id: None,
+            reason: "aborted".into(),
+        }),
     ];
-    payloads.into_iter().enumerate().map(|(i, payload)| Event { meta: meta(i as u128 + 1), payload }).collect()
+    payloads
+        .into_iter()
+        .enumerate()
+        .map(|(i, payload)| Event {
+            meta: meta(i as u128 + 1),
+            payload,
+        })
+        .collect()
 }
 
 #[test]
@@ -92,15 +210,27 @@ fn every_event_type_round_trips() {
 #[test]
 fn a_v2_reader_reads_heartbeats_written_with_v1() {
     let schemas = Schemas::get();
-    let v1 = schemas.all().iter().find(|s| s.event_type == EventType::Heartbeat && s.version == 1).unwrap();
+    let v1 = schemas
+        .all()
+        .iter()
+        .find(|s| s.event_type == EventType::Heartbeat && s.version == 1)
+        .unwrap();
     assert_eq!(schemas.current(EventType::Heartbeat).version, 2);
-    let event = samples().into_iter().find(|e| e.event_type() == EventType::Heartbeat).unwrap();
+    let event = samples()
+        .into_iter()
+        .find(|e| e.event_type() == EventType::Heartbeat)
+        .unwrap();
     let old_bytes = encode_with(&event, v1).unwrap();
     assert_ne!(old_bytes, encode(&event).unwrap());
     let decoded = decode(&old_bytes).unwrap();
     assert_eq!(decoded.writer_version, 1);
-    let Payload::Heartbeat(hb) = decoded.event.payload else { panic!("not a heartbeat") };
-    assert_eq!(hb.health.signal_dbm, None, "v1 has no signal; the v2 default applies");
+    let Payload::Heartbeat(hb) = decoded.event.payload else {
+        panic!("not a heartbeat")
+    };
+    assert_eq!(
+        hb.health.signal_dbm, None,
+        "v1 has no signal; the v2 default applies"
+    );
     assert_eq!(hb.health.temperature_c, 41.0);
     assert_eq!(decoded.event.meta, event.meta);
 }
@@ -114,13 +244,20 @@ fn truncated_and_foreign_payloads_give_typed_errors() {
         }
         for cut in 10..bytes.len() {
             let err = decode(&bytes[..cut]).unwrap_err();
-            assert!(matches!(err, Error::Datum { .. }), "{} cut {cut}: {err}", event.event_type());
+            assert!(
+                matches!(err, Error::Datum { .. }),
+                "{} cut {cut}: {err}",
+                event.event_type()
+            );
         }
     }
     let bytes = encode(&samples()[1]).unwrap();
     let mut unknown = bytes.clone();
     unknown[2..10].copy_from_slice(&0xdead_beef_u64.to_le_bytes());
-    assert!(matches!(decode(&unknown), Err(Error::UnknownFingerprint(0xdead_beef))));
+    assert!(matches!(
+        decode(&unknown),
+        Err(Error::UnknownFingerprint(0xdead_beef))
+    ));
     let mut marker = bytes.clone();
     marker[0] = b'{';
     assert!(matches!(decode(&marker), Err(Error::BadMarker)));

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 //! The HTTP API over a real PostgreSQL fleet view and a real Kafka: filters, pagination, errors,
 //! ingest and the operations endpoints, driven with `oneshot`.
 
@@ -47,9 +48,19 @@ fn devices() -> Vec<DeviceView> {
                 first_seen_at: seen - 1000,
                 last_seen_at: seen,
                 last_heartbeat_at: Some(seen),
-                health: Some(Health { uptime_s: i as i64, cpu_pct: 10.0, mem_pct: 20.0, temperature_c: 30.5, error_count: 0, signal_dbm: Some(-60) }),
+                health: Some(Health {
+                    uptime_s: i as i64,
+                    cpu_pct: 10.0,
+                    mem_pct: 20.0,
+                    temperature_c: 30.5,
+                    error_count: 0,
+                    signal_dbm: Some(-60),
+                }),
                 events: 2,
-                last_position: Position { partition: (i % 4) as i32, offset: i as i64 },
+                last_position: Position {
+                    partition: (i % 4) as i32,
+                    offset: i as i64,
+                },
             }
         })
         .collect()
@@ -60,25 +71,55 @@ async fn fixture(test: &str) -> Fixture {
     let name = unique(test);
     let cfg = config(&services, &name);
     ensure_topics(&cfg.kafka).await.unwrap();
-    let pool = otaledger_consumers::db::pool(&cfg.database.url, &cfg.database.schema, 4).await.unwrap();
-    otaledger_projections::migrations::migrate(&pool).await.unwrap();
+    let pool = otaledger_consumers::db::pool(&cfg.database.url, &cfg.database.schema, 4)
+        .await
+        .unwrap();
+    otaledger_projections::migrations::migrate(&pool)
+        .await
+        .unwrap();
     let devices = devices();
     let mut tx = pool.begin().await.unwrap();
-    let patches = devices.iter().map(|d| (d.device_id.clone(), d.clone())).collect();
-    otaledger_projections::projector::merge_patches(&mut tx, patches).await.unwrap();
+    let patches = devices
+        .iter()
+        .map(|d| (d.device_id.clone(), d.clone()))
+        .collect();
+    otaledger_projections::projector::merge_patches(&mut tx, patches)
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     let producer = EventProducer::new(&cfg.kafka).unwrap();
-    let state = otaledger_api::AppState::new(pool, producer, cfg.kafka.clone(), Duration::from_secs(300)).unwrap();
-    Fixture { app: otaledger_api::app(state), devices, cfg, services }
+    let state =
+        otaledger_api::AppState::new(pool, producer, cfg.kafka.clone(), Duration::from_secs(300))
+            .unwrap();
+    Fixture {
+        app: otaledger_api::app(state),
+        devices,
+        cfg,
+        services,
+    }
 }
 
-async fn call(app: &axum::Router, method: &str, uri: &str, body: &str) -> (StatusCode, Value, String) {
-    let req = Request::builder().method(method).uri(uri).header("content-type", "application/json").body(Body::from(body.to_owned())).unwrap();
+async fn call(
+    app: &axum::Router,
+    method: &str,
+    uri: &str,
+    body: &str,
+) -> (StatusCode, Value, String) {
+    let req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_owned()))
+        .unwrap();
     let resp = app.clone().oneshot(req).await.unwrap();
     let status = resp.status();
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
     let text = String::from_utf8_lossy(&bytes).into_owned();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null), text)
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::Null),
+        text,
+    )
 }
 
 async fn get(app: &axum::Router, uri: &str) -> (StatusCode, Value) {
@@ -99,7 +140,11 @@ async fn walk(app: &axum::Router, query: &str) -> Vec<String> {
         assert_eq!(status, StatusCode::OK, "{uri}: {page}");
         let items = page["items"].as_array().unwrap();
         assert!(items.len() <= 7);
-        ids.extend(items.iter().map(|d| d["device_id"].as_str().unwrap().to_owned()));
+        ids.extend(
+            items
+                .iter()
+                .map(|d| d["device_id"].as_str().unwrap().to_owned()),
+        );
         match page["next_cursor"].as_str() {
             Some(c) => cursor = Some(c.to_owned()),
             None => break,
@@ -109,7 +154,11 @@ async fn walk(app: &axum::Router, query: &str) -> Vec<String> {
 }
 
 fn expected(devices: &[DeviceView], pred: impl Fn(&DeviceView) -> bool) -> Vec<String> {
-    let mut ids: Vec<String> = devices.iter().filter(|d| pred(d)).map(|d| d.device_id.clone()).collect();
+    let mut ids: Vec<String> = devices
+        .iter()
+        .filter(|d| pred(d))
+        .map(|d| d.device_id.clone())
+        .collect();
     ids.sort();
     ids
 }
@@ -118,17 +167,40 @@ fn expected(devices: &[DeviceView], pred: impl Fn(&DeviceView) -> bool) -> Vec<S
 async fn filters_and_keyset_pagination_return_exactly_the_right_devices() {
     let f = fixture("api_filters").await;
     let online_cut = now_micros() - 300_000_000;
-    let has_tag = |d: &DeviceView, t: &str| d.tags.as_ref().is_some_and(|ts| ts.iter().any(|x| x == t));
+    let has_tag =
+        |d: &DeviceView, t: &str| d.tags.as_ref().is_some_and(|ts| ts.iter().any(|x| x == t));
     let cases: Vec<(&str, Vec<String>)> = vec![
         ("", expected(&f.devices, |_| true)),
-        ("&firmware=1.1.0", expected(&f.devices, |d| d.firmware_version.as_deref() == Some("1.1.0"))),
-        ("&model=escalator-e1", expected(&f.devices, |d| d.model.as_deref() == Some("escalator-e1"))),
-        ("&site=oslo-01", expected(&f.devices, |d| d.site.as_deref() == Some("oslo-01"))),
-        ("&tag=critical", expected(&f.devices, |d| has_tag(d, "critical"))),
-        ("&status=offline", expected(&f.devices, |d| d.last_seen_at < online_cut)),
-        ("&status=online&model=press-p500&tag=group-2", expected(&f.devices, |d| {
-            d.last_seen_at >= online_cut && d.model.as_deref() == Some("press-p500") && has_tag(d, "group-2")
-        })),
+        (
+            "&firmware=1.1.0",
+            expected(&f.devices, |d| {
+                d.firmware_version.as_deref() == Some("1.1.0")
+            }),
+        ),
+        (
+            "&model=escalator-e1",
+            expected(&f.devices, |d| d.model.as_deref() == Some("escalator-e1")),
+        ),
+        (
+            "&site=oslo-01",
+            expected(&f.devices, |d| d.site.as_deref() == Some("oslo-01")),
+        ),
+        (
+            "&tag=critical",
+            expected(&f.devices, |d| has_tag(d, "critical")),
+        ),
+        (
+            "&status=offline",
+            expected(&f.devices, |d| d.last_seen_at < online_cut),
+        ),
+        (
+            "&status=online&model=press-p500&tag=group-2",
+            expected(&f.devices, |d| {
+                d.last_seen_at >= online_cut
+                    && d.model.as_deref() == Some("press-p500")
+                    && has_tag(d, "group-2")
+            }),
+        ),
         ("&firmware=9.9.9", vec![]),
     ];
     for (query, want) in cases {
@@ -142,22 +214,37 @@ async fn filters_and_keyset_pagination_return_exactly_the_right_devices() {
     assert_eq!(d["site"], "milan-02");
     assert_eq!(d["health"]["temperature_c"], 30.5);
     let (status, d) = get(&f.app, "/v1/devices/dev-0007").await;
-    assert_eq!((status, d["gateway_id"].as_str()), (StatusCode::OK, Some("gw-1")));
+    assert_eq!(
+        (status, d["gateway_id"].as_str()),
+        (StatusCode::OK, Some("gw-1"))
+    );
 
     let (status, s) = get(&f.app, "/v1/fleet/summary").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(s["total"], 257);
-    let offline = f.devices.iter().filter(|d| d.last_seen_at < online_cut).count();
+    let offline = f
+        .devices
+        .iter()
+        .filter(|d| d.last_seen_at < online_cut)
+        .count();
     assert_eq!(s["by_status"]["offline"], offline);
     assert_eq!(s["by_status"]["online"], 257 - offline);
     let mut by_fw: BTreeMap<String, u64> = BTreeMap::new();
     for d in &f.devices {
-        *by_fw.entry(d.firmware_version.clone().unwrap()).or_default() += 1;
+        *by_fw
+            .entry(d.firmware_version.clone().unwrap())
+            .or_default() += 1;
     }
     for (v, n) in by_fw {
         assert_eq!(s["by_firmware"][&v], n, "firmware {v}");
     }
-    assert_eq!(s["by_model"]["press-p500"], f.devices.iter().filter(|d| d.model.as_deref() == Some("press-p500")).count());
+    assert_eq!(
+        s["by_model"]["press-p500"],
+        f.devices
+            .iter()
+            .filter(|d| d.model.as_deref() == Some("press-p500"))
+            .count()
+    );
     otaledger_tests::drop_schema(&f.services, &f.cfg.database.schema).await;
 }
 
@@ -176,13 +263,19 @@ async fn bad_parameters_get_400_with_a_reason() {
         let (status, body) = get(&f.app, uri).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {body}");
         assert_eq!(body["error"], "invalid_parameter", "{uri}");
-        assert!(body["reason"].as_str().unwrap().contains(needle), "{uri}: {body}");
+        assert!(
+            body["reason"].as_str().unwrap().contains(needle),
+            "{uri}: {body}"
+        );
     }
     let (status, body) = get(&f.app, "/v1/devices/nope").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(body["error"], "not_found");
     let (status, body) = get(&f.app, "/v2/whatever").await;
-    assert_eq!((status, body["error"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
     otaledger_tests::drop_schema(&f.services, &f.cfg.database.schema).await;
 }
 
@@ -201,7 +294,10 @@ async fn http_ingest_answers_202_after_kafka_and_dead_letters_bad_bodies() {
     // 202 means Kafka has it: read it back right away.
     let topics = f.cfg.kafka.topics();
     let records = read_topic(&f.cfg.kafka, &topics.device_events).await;
-    let found = records.iter().find(|r| r.headers.get("event-id") == Some(&event_id)).expect("event in Kafka");
+    let found = records
+        .iter()
+        .find(|r| r.headers.get("event-id") == Some(&event_id))
+        .expect("event in Kafka");
     assert_eq!(found.key, b"dev-9");
     assert_eq!(found.headers["event-type"], "Heartbeat");
     assert_eq!(found.headers["schema-fingerprint"].len(), 16);
@@ -209,10 +305,30 @@ async fn http_ingest_answers_202_after_kafka_and_dead_letters_bad_bodies() {
     assert_eq!(found.offset, body["offset"].as_i64().unwrap());
 
     for (uri, body, status, error) in [
-        ("/v1/devices/dev-9/heartbeats", "{oops", StatusCode::BAD_REQUEST, "invalid_json"),
-        ("/v1/devices/dev-9/heartbeats", r#"{"firmware_version":"1","uptime_s":"x","cpu_pct":1,"mem_pct":1,"temperature_c":1}"#, StatusCode::BAD_REQUEST, "invalid_field"),
-        ("/v1/devices/dev-9/heartbeats", r#"{"device_id":"dev-8","firmware_version":"1","uptime_s":1,"cpu_pct":1,"mem_pct":1,"temperature_c":1}"#, StatusCode::BAD_REQUEST, "device_id_mismatch"),
-        ("/v1/devices/dev-9/registrations", r#"{"model":"m"}"#, StatusCode::BAD_REQUEST, "invalid_field"),
+        (
+            "/v1/devices/dev-9/heartbeats",
+            "{oops",
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+        ),
+        (
+            "/v1/devices/dev-9/heartbeats",
+            r#"{"firmware_version":"1","uptime_s":"x","cpu_pct":1,"mem_pct":1,"temperature_c":1}"#,
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+        ),
+        (
+            "/v1/devices/dev-9/heartbeats",
+            r#"{"device_id":"dev-8","firmware_version":"1","uptime_s":1,"cpu_pct":1,"mem_pct":1,"temperature_c":1}"#,
+            StatusCode::BAD_REQUEST,
+            "device_id_mismatch",
+        ),
+        (
+            "/v1/devices/dev-9/registrations",
+            r#"{"model":"m"}"#,
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+        ),
     ] {
         let (s, b, text) = call(&f.app, "POST", uri, body).await;
         assert_eq!(s, status, "{body}: {text}");
@@ -221,13 +337,20 @@ async fn http_ingest_answers_202_after_kafka_and_dead_letters_bad_bodies() {
     }
     let big = format!(r#"{{"pad":"{}"}}"#, "x".repeat(70_000));
     let (s, b, _) = call(&f.app, "POST", "/v1/devices/dev-9/heartbeats", &big).await;
-    assert_eq!((s, b["error"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("payload_too_large")));
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("payload_too_large"))
+    );
 
     let dead = read_topic(&f.cfg.kafka, &topics.dead_letters).await;
     assert_eq!(dead.len(), 5, "every rejected body is kept");
-    assert!(dead.iter().all(|r| r.headers["dlq-source"] == "http" && r.key == b"dev-9"));
+    assert!(dead
+        .iter()
+        .all(|r| r.headers["dlq-source"] == "http" && r.key == b"dev-9"));
     assert_eq!(dead[0].payload, b"{oops");
-    assert!(dead.iter().any(|r| r.headers["dlq-reason"] == "device_id_mismatch"));
+    assert!(dead
+        .iter()
+        .any(|r| r.headers["dlq-reason"] == "device_id_mismatch"));
     otaledger_tests::drop_schema(&f.services, &f.cfg.database.schema).await;
 }
 
@@ -235,20 +358,38 @@ async fn http_ingest_answers_202_after_kafka_and_dead_letters_bad_bodies() {
 async fn operations_endpoints_answer() {
     let f = fixture("api_ops").await;
     let (status, body) = get(&f.app, "/healthz").await;
-    assert_eq!((status, body["status"].as_str()), (StatusCode::OK, Some("ok")));
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (StatusCode::OK, Some("ok"))
+    );
     let (status, body) = get(&f.app, "/readyz").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["checks"]["kafka"], "ok");
     let (status, spec) = get(&f.app, "/openapi.json").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(spec["openapi"], "3.1.0");
-    for path in ["/v1/devices", "/v1/devices/{id}", "/v1/fleet/summary", "/v1/devices/{id}/heartbeats", "/readyz", "/metrics"] {
+    for path in [
+        "/v1/devices",
+        "/v1/devices/{id}",
+        "/v1/fleet/summary",
+        "/v1/devices/{id}/heartbeats",
+        "/readyz",
+        "/metrics",
+    ] {
         assert!(spec["paths"].get(path).is_some(), "OpenAPI lacks {path}");
     }
     let _ = get(&f.app, "/v1/devices?limit=0").await;
     let (status, _, text) = call(&f.app, "GET", "/metrics", "").await;
     assert_eq!(status, StatusCode::OK);
-    assert!(text.contains("# TYPE otaledger_http_requests_total counter"), "{text}");
-    assert!(text.contains(r#"otaledger_http_requests_total{route="/v1/devices",method="GET",status="400"}"#), "{text}");
+    assert!(
+        text.contains("# TYPE otaledger_http_requests_total counter"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            r#"otaledger_http_requests_total{route="/v1/devices",method="GET",status="400"}"#
+        ),
+        "{text}"
+    );
     otaledger_tests::drop_schema(&f.services, &f.cfg.database.schema).await;
 }

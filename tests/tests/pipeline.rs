@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 //! Devices to API through the real pipeline: simulator → MQTT/AMQP → bridges → Kafka →
 //! projector → PostgreSQL → API; and bad input to the dead-letter topic while good traffic flows.
 
@@ -12,16 +13,25 @@ use otaledger_producers::amqp_bridge::{connect, declare_reports_queue, publish_b
 use otaledger_producers::kafka::EventProducer;
 use otaledger_producers::shutdown::Shutdown;
 use otaledger_producers::simulator::{self, SimConfig};
-use otaledger_tests::{config, eventually, mqtt_bridge_subscribed, read_topic, spawn_components, unique, Services};
+use otaledger_tests::{
+    config, eventually, mqtt_bridge_subscribed, read_topic, spawn_components, unique, Services,
+};
 use rumqttc::{AsyncClient, QoS};
 use serde_json::Value;
 use tower::ServiceExt;
 
 async fn get(app: &axum::Router, uri: &str) -> (StatusCode, Value) {
-    let resp = app.clone().oneshot(Request::get(uri).body(Body::empty()).unwrap()).await.unwrap();
+    let resp = app
+        .clone()
+        .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+        .await
+        .unwrap();
     let status = resp.status();
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -30,7 +40,14 @@ async fn every_simulated_device_reaches_the_api_with_the_right_fields() {
     let name = unique("sim_api");
     let cfg = config(&services, &name);
     prepare(&cfg).await.unwrap();
-    let (stack, handles) = spawn_components(&cfg, &[Component::MqttBridge, Component::AmqpBridge, Component::Projector]);
+    let (stack, handles) = spawn_components(
+        &cfg,
+        &[
+            Component::MqttBridge,
+            Component::AmqpBridge,
+            Component::Projector,
+        ],
+    );
     mqtt_bridge_subscribed(&cfg).await;
 
     let sim = SimConfig {
@@ -45,24 +62,42 @@ async fn every_simulated_device_reaches_the_api_with_the_right_fields() {
         mqtt: cfg.mqtt.clone(),
         amqp: cfg.amqp.clone(),
     };
-    let stats = simulator::run(sim.clone(), Shutdown::new().signal()).await.unwrap();
-    assert!(stats.mqtt_messages > 0 && stats.gateway_reports > 0, "{stats:?}");
+    let stats = simulator::run(sim.clone(), Shutdown::new().signal())
+        .await
+        .unwrap();
+    assert!(
+        stats.mqtt_messages > 0 && stats.gateway_reports > 0,
+        "{stats:?}"
+    );
     assert_eq!(stats.mqtt_messages + stats.gateway_reports, 300 * 3);
 
-    let pool = otaledger_consumers::db::pool(&cfg.database.url, &cfg.database.schema, 2).await.unwrap();
+    let pool = otaledger_consumers::db::pool(&cfg.database.url, &cfg.database.schema, 2)
+        .await
+        .unwrap();
     let producer = EventProducer::new(&cfg.kafka).unwrap();
-    let state = otaledger_api::AppState::new(pool, producer, cfg.kafka.clone(), cfg.offline_after()).unwrap();
+    let state =
+        otaledger_api::AppState::new(pool, producer, cfg.kafka.clone(), cfg.offline_after())
+            .unwrap();
     let app = otaledger_api::app(state);
-    let devices: BTreeMap<String, Value> = eventually(Duration::from_secs(90), "all 300 devices with 3 events each", || {
-        let app = app.clone();
-        async move {
-            let (status, page) = get(&app, "/v1/devices?limit=1000").await;
-            assert_eq!(status, StatusCode::OK);
-            let items = page["items"].as_array()?.clone();
-            let done = items.len() == 300 && items.iter().all(|d| d["events"] == 3);
-            done.then(|| items.into_iter().map(|d| (d["device_id"].as_str().unwrap_or_default().to_owned(), d)).collect())
-        }
-    })
+    let devices: BTreeMap<String, Value> = eventually(
+        Duration::from_secs(90),
+        "all 300 devices with 3 events each",
+        || {
+            let app = app.clone();
+            async move {
+                let (status, page) = get(&app, "/v1/devices?limit=1000").await;
+                assert_eq!(status, StatusCode::OK);
+                let items = page["items"].as_array()?.clone();
+                let done = items.len() == 300 && items.iter().all(|d| d["events"] == 3);
+                done.then(|| {
+                    items
+                        .into_iter()
+                        .map(|d| (d["device_id"].as_str().unwrap_or_default().to_owned(), d))
+                        .collect()
+                })
+            }
+        },
+    )
     .await;
     for d in simulator::fleet(&sim) {
         let got = &devices[&d.device_id];
@@ -75,19 +110,34 @@ async fn every_simulated_device_reaches_the_api_with_the_right_fields() {
         assert_eq!(got["status"], "online");
         assert!(got["health"]["uptime_s"].as_i64().unwrap() >= 3600);
         // Direct devices report radio signal; gateway-attached ones do not.
-        assert_eq!(got["health"]["signal_dbm"].is_null(), d.gateway_id.is_some());
+        assert_eq!(
+            got["health"]["signal_dbm"].is_null(),
+            d.gateway_id.is_some()
+        );
     }
     let (_, summary) = get(&app, "/v1/fleet/summary").await;
     assert_eq!(summary["total"], 300);
     assert_eq!(summary["by_status"]["online"], 300);
-    let by_model: u64 = summary["by_model"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+    let by_model: u64 = summary["by_model"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
     assert_eq!(by_model, 300);
     let dead = read_topic(&cfg.kafka, &cfg.kafka.topics().dead_letters).await;
-    assert!(dead.is_empty(), "good traffic dead-lettered: {:?}", dead.first().map(|r| &r.headers));
+    assert!(
+        dead.is_empty(),
+        "good traffic dead-lettered: {:?}",
+        dead.first().map(|r| &r.headers)
+    );
 
     stack.trigger();
     for h in handles {
-        tokio::time::timeout(Duration::from_secs(20), h).await.expect("graceful stop").unwrap();
+        tokio::time::timeout(Duration::from_secs(20), h)
+            .await
+            .expect("graceful stop")
+            .unwrap();
     }
     otaledger_tests::drop_schema(&services, &cfg.database.schema).await;
 }
@@ -101,25 +151,66 @@ async fn malformed_mqtt_and_amqp_input_goes_to_dead_letters_while_good_traffic_f
     let (stack, handles) = spawn_components(&cfg, &[Component::MqttBridge, Component::AmqpBridge]);
     mqtt_bridge_subscribed(&cfg).await;
 
-    let (client, mut eventloop) = AsyncClient::new(cfg.mqtt.options(&format!("{name}-device")), 100);
+    let (client, mut eventloop) =
+        AsyncClient::new(cfg.mqtt.options(&format!("{name}-device")), 100);
     let poller = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
     let root = &cfg.mqtt.topic_root;
-    let good = r#"{"firmware_version":"1.0.0","uptime_s":1,"cpu_pct":1,"mem_pct":1,"temperature_c":20}"#;
-    client.publish(format!("{root}/bad-1/heartbeat"), QoS::AtLeastOnce, false, "{not json").await.unwrap();
-    client.publish(format!("{root}/bad-2/heartbeat"), QoS::AtLeastOnce, false, r#"{"firmware_version":7}"#).await.unwrap();
-    client.publish(format!("{root}/bad-3/telemetry"), QoS::AtLeastOnce, false, good).await.unwrap();
-    client.publish(format!("{root}/good-1/heartbeat"), QoS::AtLeastOnce, false, good).await.unwrap();
+    let good =
+        r#"{"firmware_version":"1.0.0","uptime_s":1,"cpu_pct":1,"mem_pct":1,"temperature_c":20}"#;
+    client
+        .publish(
+            format!("{root}/bad-1/heartbeat"),
+            QoS::AtLeastOnce,
+            false,
+            "{not json",
+        )
+        .await
+        .unwrap();
+    client
+        .publish(
+            format!("{root}/bad-2/heartbeat"),
+            QoS::AtLeastOnce,
+            false,
+            r#"{"firmware_version":7}"#,
+        )
+        .await
+        .unwrap();
+    client
+        .publish(
+            format!("{root}/bad-3/telemetry"),
+            QoS::AtLeastOnce,
+            false,
+            good,
+        )
+        .await
+        .unwrap();
+    client
+        .publish(
+            format!("{root}/good-1/heartbeat"),
+            QoS::AtLeastOnce,
+            false,
+            good,
+        )
+        .await
+        .unwrap();
 
     let conn = connect(&cfg.amqp).await.unwrap();
     let channel = conn.create_channel().await.unwrap();
     declare_reports_queue(&channel, &cfg.amqp).await.unwrap();
-    channel.confirm_select(lapin::options::ConfirmSelectOptions::default()).await.unwrap();
-    publish_batch(&channel, &cfg.amqp, b"definitely not json").await.unwrap();
+    channel
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    publish_batch(&channel, &cfg.amqp, b"definitely not json")
+        .await
+        .unwrap();
     let mixed = serde_json::json!({"gateway_id": "gw-9", "reports": [
         {"device_id": "gwdev-bad", "kind": "heartbeat", "data": {"firmware_version": "1", "uptime_s": 1, "cpu_pct": 500, "mem_pct": 1, "temperature_c": 1}},
         {"device_id": "gwdev-good", "kind": "heartbeat", "data": {"firmware_version": "1", "uptime_s": 1, "cpu_pct": 5, "mem_pct": 1, "temperature_c": 1}},
     ]});
-    publish_batch(&channel, &cfg.amqp, mixed.to_string().as_bytes()).await.unwrap();
+    publish_batch(&channel, &cfg.amqp, mixed.to_string().as_bytes())
+        .await
+        .unwrap();
 
     let topics = cfg.kafka.topics();
     let dead = eventually(Duration::from_secs(30), "5 dead letters", || {
@@ -134,7 +225,16 @@ async fn malformed_mqtt_and_amqp_input_goes_to_dead_letters_while_good_traffic_f
     assert_eq!(dead.len(), 5);
     let reasons: BTreeMap<String, String> = dead
         .iter()
-        .map(|r| (format!("{}:{}", r.headers["dlq-source"], String::from_utf8_lossy(&r.key)), r.headers["dlq-reason"].clone()))
+        .map(|r| {
+            (
+                format!(
+                    "{}:{}",
+                    r.headers["dlq-source"],
+                    String::from_utf8_lossy(&r.key)
+                ),
+                r.headers["dlq-reason"].clone(),
+            )
+        })
         .collect();
     assert_eq!(reasons["mqtt:bad-1"], "invalid_json");
     assert_eq!(reasons["mqtt:bad-2"], "invalid_field");
@@ -143,7 +243,10 @@ async fn malformed_mqtt_and_amqp_input_goes_to_dead_letters_while_good_traffic_f
     assert_eq!(reasons["amqp:gwdev-bad"], "invalid_field");
     let bad1 = dead.iter().find(|r| r.key == b"bad-1").unwrap();
     assert_eq!(bad1.payload, b"{not json", "the original bytes are kept");
-    assert_eq!(bad1.headers["dlq-channel"], format!("{root}/bad-1/heartbeat"));
+    assert_eq!(
+        bad1.headers["dlq-channel"],
+        format!("{root}/bad-1/heartbeat")
+    );
     assert!(!bad1.headers["dlq-error"].is_empty());
 
     let events = eventually(Duration::from_secs(30), "the good events", || {
@@ -155,24 +258,51 @@ async fn malformed_mqtt_and_amqp_input_goes_to_dead_letters_while_good_traffic_f
         }
     })
     .await;
-    let mut keys: Vec<String> = events.iter().map(|r| String::from_utf8_lossy(&r.key).into_owned()).collect();
+    let mut keys: Vec<String> = events
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.key).into_owned())
+        .collect();
     keys.sort();
     assert_eq!(keys, ["good-1", "gwdev-good"]);
     let metrics = otaledger_producers::metrics::REGISTRY.render();
-    assert!(metrics.contains(r#"otaledger_dead_letters_total{source="mqtt",reason="invalid_json"}"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"otaledger_dead_letters_total{source="mqtt",reason="invalid_json"}"#),
+        "{metrics}"
+    );
 
     // The bridges are still running and still take traffic.
-    client.publish(format!("{root}/good-2/heartbeat"), QoS::AtLeastOnce, false, good).await.unwrap();
-    eventually(Duration::from_secs(30), "a heartbeat after the bad ones", || {
-        let kafka = cfg.kafka.clone();
-        let topic = topics.device_events.clone();
-        async move { read_topic(&kafka, &topic).await.iter().any(|r| r.key == b"good-2").then_some(()) }
-    })
+    client
+        .publish(
+            format!("{root}/good-2/heartbeat"),
+            QoS::AtLeastOnce,
+            false,
+            good,
+        )
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "a heartbeat after the bad ones",
+        || {
+            let kafka = cfg.kafka.clone();
+            let topic = topics.device_events.clone();
+            async move {
+                read_topic(&kafka, &topic)
+                    .await
+                    .iter()
+                    .any(|r| r.key == b"good-2")
+                    .then_some(())
+            }
+        },
+    )
     .await;
     assert!(handles.iter().all(|h| !h.is_finished()));
     stack.trigger();
     for h in handles {
-        tokio::time::timeout(Duration::from_secs(20), h).await.expect("graceful stop").unwrap();
+        tokio::time::timeout(Duration::from_secs(20), h)
+            .await
+            .expect("graceful stop")
+            .unwrap();
     }
     poller.abort();
     let _ = conn.close(200, "done".into()).await;

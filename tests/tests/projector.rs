@@ -1,0 +1,267 @@
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+//! The projector as real `otaledger run projector` processes: killed with SIGKILL mid-stream and
+//! restarted, and two instances sharing partitions with one killed. Each time the table must
+//! equal a plain in-memory fold of the whole topic: nothing lost, nothing applied twice.
+
+use std::collections::BTreeMap;
+use std::process::Child;
+use std::time::Duration;
+
+use otaledger_cli::components::prepare;
+use otaledger_cli::config::Config;
+use otaledger_domain::events::{
+    DeviceRegistered, Health, Heartbeat, InstallOutcome, InstallResult,
+};
+use otaledger_domain::ids::{new_event_id, new_trace_id};
+use otaledger_domain::time::now_micros;
+use otaledger_domain::{Event, EventMeta, Payload};
+use otaledger_producers::kafka::EventProducer;
+use otaledger_tests::{
+    config, eventually, fold_topic, read_topic, spawn_process, unique, Services,
+};
+use sqlx::PgPool;
+
+fn event(payload: Payload) -> Event {
+    let now = now_micros();
+    Event {
+        meta: EventMeta {
+            event_id: new_event_id(),
+            occurred_at: now - 5,
+            recorded_at: now,
+            trace_id: new_trace_id(),
+        },
+        payload,
+    }
+}
+
+/// Round `round` of a fleet's history: registrations first, then heartbeats whose firmware
+/// moves on every few rounds, and now and then an install result.
+fn round(devices: usize, round: usize) -> Vec<Event> {
+    (0..devices)
+        .map(|i| {
+            let device_id = format!("d-{i:05}");
+            let fw = format!("1.{}.0", (round + i) / 7);
+            if round == 0 {
+                Payload::DeviceRegistered(DeviceRegistered {
+                    device_id,
+                    model: format!("model-{}", i % 3),
+                    site: format!("site-{}", i % 5),
+                    tags: vec!["t".into()],
+                    firmware_version: fw,
+                    gateway_id: None,
+                    hardware_rev: None,
+                })
+            } else if (round + i).is_multiple_of(11) {
+                Payload::InstallResult(InstallResult {
+                    device_id,
+                    rollout_id: None,
+                    command_id: None,
+                    outcome: InstallOutcome::Succeeded,
+                    firmware_version: format!("2.{round}.0"),
+                    error_code: None,
+                    message: None,
+                })
+            } else {
+                Payload::Heartbeat(Heartbeat {
+                    device_id,
+                    firmware_version: fw,
+                    gateway_id: None,
+                    health: Health {
+                        uptime_s: round as i64,
+                        cpu_pct: (i % 100) as f32,
+                        mem_pct: 50.0,
+                        temperature_c: 20.0 + (round % 10) as f32,
+                        error_count: 0,
+                        signal_dbm: round.is_multiple_of(2).then_some(-50 - (i % 40) as i32),
+                    },
+                })
+            }
+        })
+        .map(event)
+        .collect()
+}
+
+/// Appends `rounds` rounds, pausing between them so that projectors catch the stream mid-way.
+/// Resolves to the next offset of every partition written (from the broker's acknowledgements:
+/// tansu's high watermarks cannot be trusted).
+fn produce(
+    cfg: &Config,
+    devices: usize,
+    rounds: std::ops::Range<usize>,
+) -> tokio::task::JoinHandle<BTreeMap<i32, i64>> {
+    let producer = EventProducer::new(&cfg.kafka).unwrap();
+    tokio::spawn(async move {
+        let mut ends = BTreeMap::new();
+        for r in rounds {
+            for d in producer.append_all(&round(devices, r)).await.unwrap() {
+                let end = ends.entry(d.partition).or_insert(0);
+                *end = (*end).max(d.offset + 1);
+            }
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+        ends
+    })
+}
+
+async fn applied(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT COALESCE(sum(next_offset), 0)::bigint FROM consumer_offsets")
+        .fetch_one(pool)
+        .await
+        .unwrap_or(0)
+}
+
+async fn caught_up(cfg: &Config, pool: &PgPool, ends: BTreeMap<i32, i64>) {
+    eventually(
+        Duration::from_secs(120),
+        "the projector to reach the end of the topic",
+        || {
+            let ends = ends.clone();
+            async move {
+                let topic = cfg.kafka.topics().device_events;
+                let done =
+                    otaledger_consumers::runner::committed_offsets(pool, "projector", &topic)
+                        .await
+                        .ok()?;
+                let ok = ends.iter().all(|(p, end)| done.get(p) == Some(end));
+                ok.then_some(())
+            }
+        },
+    )
+    .await;
+}
+
+async fn assert_table_equals_fold(cfg: &Config, pool: &PgPool) {
+    let records = read_topic(&cfg.kafka, &cfg.kafka.topics().device_events).await;
+    let want = fold_topic(&records);
+    let got = otaledger_projections::fleet::load_views(pool)
+        .await
+        .unwrap();
+    assert_eq!(got.len(), want.len(), "device count");
+    for (id, w) in &want {
+        assert_eq!(got.get(id), Some(w), "device {id}");
+    }
+    // The maintained counts agree with the rows.
+    let counts: Vec<(String, String, i64)> =
+        sqlx::query_as("SELECT dimension, value, devices FROM fleet_counts WHERE devices <> 0")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    let mut by_fw: BTreeMap<String, i64> = BTreeMap::new();
+    for v in want.values() {
+        *by_fw
+            .entry(
+                v.firmware_version
+                    .clone()
+                    .unwrap_or_else(|| "unknown".into()),
+            )
+            .or_default() += 1;
+    }
+    let got_fw: BTreeMap<String, i64> = counts
+        .iter()
+        .filter(|c| c.0 == "firmware")
+        .map(|c| (c.1.clone(), c.2))
+        .collect();
+    assert_eq!(got_fw, by_fw, "firmware counts");
+    let total = counts.iter().find(|c| c.0 == "total").map_or(0, |c| c.2);
+    assert_eq!(total, want.len() as i64);
+}
+
+fn kill(child: &mut Child) {
+    // SIGKILL: no chance to finish a batch or release anything.
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+fn log_path(name: &str, what: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("{name}-{what}.log"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_projector_killed_mid_stream_and_restarted_loses_and_duplicates_nothing() {
+    let services = Services::from_env();
+    let name = unique("proj_kill");
+    let cfg = config(&services, &name);
+    prepare(&cfg).await.unwrap();
+    let pool = otaledger_consumers::db::pool(&cfg.database.url, &cfg.database.schema, 2)
+        .await
+        .unwrap();
+
+    let producing = produce(&cfg, 500, 0..40);
+    let mut first = spawn_process(&cfg, "projector", "p1", &log_path(&name, "p1"));
+    eventually(
+        Duration::from_secs(60),
+        "the projector to apply a first batch",
+        || {
+            let pool = pool.clone();
+            async move { (applied(&pool).await > 0).then_some(()) }
+        },
+    )
+    .await;
+    kill(&mut first);
+    let at_kill = applied(&pool).await;
+    assert!(!producing.is_finished(), "the kill must land mid-stream");
+
+    let mut second = spawn_process(&cfg, "projector", "p2", &log_path(&name, "p2"));
+    let ends = producing.await.unwrap();
+    caught_up(&cfg, &pool, ends).await;
+    assert!(applied(&pool).await > at_kill);
+    assert_table_equals_fold(&cfg, &pool).await;
+    kill(&mut second);
+    otaledger_tests::drop_schema(&services, &cfg.database.schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_projectors_share_the_partitions_and_the_survivor_takes_over() {
+    let services = Services::from_env();
+    let name = unique("proj_pair");
+    let cfg = config(&services, &name);
+    prepare(&cfg).await.unwrap();
+    let pool = otaledger_consumers::db::pool(&cfg.database.url, &cfg.database.schema, 2)
+        .await
+        .unwrap();
+
+    let mut a = spawn_process(&cfg, "projector", "a", &log_path(&name, "a"));
+    let mut b = spawn_process(&cfg, "projector", "b", &log_path(&name, "b"));
+    let producing = produce(&cfg, 400, 0..60);
+    // Each owns half of the four partitions.
+    eventually(Duration::from_secs(60), "both projectors to own two partitions each", || {
+        let pool = pool.clone();
+        async move {
+            let owners: Vec<(String, i64)> =
+                sqlx::query_as("SELECT owner, count(*) FROM consumer_offsets WHERE next_offset > 0 GROUP BY owner ORDER BY owner")
+                    .fetch_all(&pool)
+                    .await
+                    .ok()?;
+            (owners == vec![("a".to_owned(), 2), ("b".to_owned(), 2)]).then_some(())
+        }
+    })
+    .await;
+    let epochs_before: BTreeMap<i32, i64> =
+        sqlx::query_as("SELECT partition, epoch FROM consumer_offsets WHERE owner = 'a'")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+    kill(&mut a);
+    assert!(!producing.is_finished(), "the kill must land mid-stream");
+    let ends = producing.await.unwrap();
+    caught_up(&cfg, &pool, ends).await;
+    let after: Vec<(i32, String, i64)> =
+        sqlx::query_as("SELECT partition, owner, epoch FROM consumer_offsets ORDER BY partition")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    for (p, owner, epoch) in &after {
+        assert_eq!(owner, "b", "partition {p} taken over");
+        if let Some(before) = epochs_before.get(p) {
+            assert!(
+                epoch > before,
+                "partition {p}: a takeover bumps the epoch that fences the old owner"
+            );
+        }
+    }
+    assert_table_equals_fold(&cfg, &pool).await;
+    kill(&mut b);
+    otaledger_tests::drop_schema(&services, &cfg.database.schema).await;
+}
