@@ -39,11 +39,30 @@ if ! port_open 5672; then
   wait_port 5672 RabbitMQ 240
 fi
 
-# Mosquitto
+# Mosquitto. Its defaults (20 QoS 1 messages in flight and 1,000 queued per client) make the
+# broker drop device messages queued for the bridge during a burst; otaledger needs it to keep
+# them (docs/adr/0006). The settings are added once and the broker restarted to load them.
+MOSQ_CONF=/etc/mosquitto/mosquitto.conf
+if [ -f "$MOSQ_CONF" ] && ! grep -q "otaledger: keep queued QoS 1 messages" "$MOSQ_CONF"; then
+  log "configuring Mosquitto to queue instead of dropping QoS 1 messages"
+  cat >>"$MOSQ_CONF" <<'CONF'
+
+# otaledger: keep queued QoS 1 messages for slow subscribers instead of dropping them.
+max_inflight_messages 1000
+max_queued_messages 1000000
+max_queued_bytes 0
+CONF
+  if port_open 1883; then
+    pid=$(cat /run/mosquitto/mosquitto.pid 2>/dev/null || pgrep -x mosquitto || true)
+    [ -n "$pid" ] && kill $pid || true
+    for _ in $(seq 50); do port_open 1883 || break; sleep 0.2; done
+  fi
+fi
 if ! port_open 1883; then
   command -v mosquitto >/dev/null || { log "installing Mosquitto"; apt_install mosquitto; }
   log "starting Mosquitto"
-  mosquitto -d -c /etc/mosquitto/mosquitto.conf || mosquitto -d -p 1883
+  mkdir -p /run/mosquitto && chown mosquitto /run/mosquitto 2>/dev/null || true
+  mosquitto -d -c "$MOSQ_CONF" || mosquitto -d -p 1883
   wait_port 1883 Mosquitto
 fi
 
