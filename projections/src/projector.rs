@@ -145,8 +145,9 @@ pub async fn merge_patches(
         if before.is_none() {
             *deltas.entry(("total", "all".to_owned())).or_default() += 1;
         }
-        let (old_fw, old_model, old_site) =
-            before.map_or((None, None, None), |b| (b.1.clone(), b.2.clone(), b.3.clone()));
+        let (old_fw, old_model, old_site) = before.map_or((None, None, None), |b| {
+            (b.1.clone(), b.2.clone(), b.3.clone())
+        });
         for (dim, old, new) in [
             (DIMENSIONS[0], old_fw, fw),
             (DIMENSIONS[1], old_model, model),

@@ -32,27 +32,125 @@ fn var(name: &str) -> Option<String> {
 }
 
 impl Services {
-    /// Reads the endpoints; every variable must be set (scripts/test.sh sets them to the
-    /// loopback services it checked or started).
+    /// The services to test against: from `OTALEDGER_TEST_*` variables when they are set
+    /// (scripts/test.sh sets them to the loopback services it checked or started); otherwise,
+    /// where a Docker engine is reachable, containers started once per test process with
+    /// testcontainers (Apache Kafka, PostgreSQL, RabbitMQ, Mosquitto).
     ///
     /// # Panics
-    /// When a variable is missing, naming it.
+    /// When neither is available, naming the variables to set.
+    pub async fn get() -> Self {
+        if let Some(s) = Self::from_env() {
+            return s;
+        }
+        assert!(
+            docker_reachable(),
+            "no services: set OTALEDGER_TEST_KAFKA, OTALEDGER_TEST_DATABASE_URL, OTALEDGER_TEST_AMQP_URL and \
+             OTALEDGER_TEST_MQTT (host:port), run scripts/test.sh, or make a Docker engine reachable"
+        );
+        containers::services().await
+    }
+
+    /// The endpoints named by the environment, if all are set.
+    ///
+    /// # Panics
+    /// When only some are set.
     #[must_use]
-    pub fn from_env() -> Self {
-        let need = |n: &str| {
-            var(n).unwrap_or_else(|| {
-                panic!("{n} is not set: run the tests with scripts/test.sh, or export OTALEDGER_TEST_KAFKA, OTALEDGER_TEST_DATABASE_URL, OTALEDGER_TEST_AMQP_URL and OTALEDGER_TEST_MQTT (host:port)")
-            })
-        };
-        let mqtt = need("OTALEDGER_TEST_MQTT");
+    pub fn from_env() -> Option<Self> {
+        const VARS: [&str; 4] = [
+            "OTALEDGER_TEST_KAFKA",
+            "OTALEDGER_TEST_DATABASE_URL",
+            "OTALEDGER_TEST_AMQP_URL",
+            "OTALEDGER_TEST_MQTT",
+        ];
+        let set: Vec<Option<String>> = VARS.iter().map(|v| var(v)).collect();
+        if set.iter().all(Option::is_none) {
+            return None;
+        }
+        if let Some(i) = set.iter().position(Option::is_none) {
+            panic!(
+                "{} is not set while other OTALEDGER_TEST_* variables are",
+                VARS[i]
+            );
+        }
+        let [kafka, database_url, amqp_url, mqtt] =
+            [0, 1, 2, 3].map(|i| set[i].clone().unwrap_or_default());
         let (mqtt_host, mqtt_port) = mqtt.rsplit_once(':').unwrap_or((&mqtt, "1883"));
-        Services {
-            kafka: need("OTALEDGER_TEST_KAFKA"),
-            database_url: need("OTALEDGER_TEST_DATABASE_URL"),
-            amqp_url: need("OTALEDGER_TEST_AMQP_URL"),
+        Some(Services {
+            kafka,
+            database_url,
+            amqp_url,
             mqtt_host: mqtt_host.to_owned(),
             mqtt_port: mqtt_port.parse().unwrap_or(1883),
-        }
+        })
+    }
+}
+
+fn docker_reachable() -> bool {
+    var("DOCKER_HOST").is_some() || std::path::Path::new("/var/run/docker.sock").exists()
+}
+
+mod containers {
+    //! Services in containers, started once per test process and kept for its lifetime.
+
+    use std::any::Any;
+
+    use testcontainers_modules::kafka::apache::{Kafka, KAFKA_PORT};
+    use testcontainers_modules::mosquitto::Mosquitto;
+    use testcontainers_modules::postgres::Postgres;
+    use testcontainers_modules::rabbitmq::RabbitMq;
+    use testcontainers_modules::testcontainers::runners::AsyncRunner;
+    use tokio::sync::OnceCell;
+
+    use super::Services;
+
+    type Kept = Vec<Box<dyn Any + Send + Sync>>;
+    static STARTED: OnceCell<(Services, Kept)> = OnceCell::const_new();
+
+    pub(super) async fn services() -> Services {
+        let (services, _) = STARTED
+            .get_or_init(|| async {
+                let kafka = Kafka::default().start().await.expect("starting Kafka");
+                let postgres = Postgres::default()
+                    .with_host_auth()
+                    .start()
+                    .await
+                    .expect("starting PostgreSQL");
+                let rabbit = RabbitMq::default()
+                    .start()
+                    .await
+                    .expect("starting RabbitMQ");
+                let mosquitto = Mosquitto::default()
+                    .start()
+                    .await
+                    .expect("starting Mosquitto");
+                let port = |p: Result<u16, _>| -> u16 { p.expect("mapped port") };
+                let services = Services {
+                    kafka: format!(
+                        "127.0.0.1:{}",
+                        port(kafka.get_host_port_ipv4(KAFKA_PORT).await)
+                    ),
+                    database_url: format!(
+                        "postgres://postgres@127.0.0.1:{}/postgres",
+                        port(postgres.get_host_port_ipv4(5432).await)
+                    ),
+                    amqp_url: format!(
+                        "amqp://guest:guest@127.0.0.1:{}/%2f",
+                        port(rabbit.get_host_port_ipv4(5672).await)
+                    ),
+                    mqtt_host: "127.0.0.1".into(),
+                    mqtt_port: port(mosquitto.get_host_port_ipv4(1883).await),
+                };
+                let kept: Kept = vec![
+                    Box::new(kafka),
+                    Box::new(postgres),
+                    Box::new(rabbit),
+                    Box::new(mosquitto),
+                ];
+                (services, kept)
+            })
+            .await;
+        services.clone()
     }
 }
 

@@ -67,7 +67,7 @@ fn devices() -> Vec<DeviceView> {
 }
 
 async fn fixture(test: &str) -> Fixture {
-    let services = Services::from_env();
+    let services = Services::get().await;
     let name = unique(test);
     let cfg = config(&services, &name);
     ensure_topics(&cfg.kafka).await.unwrap();

@@ -178,7 +178,7 @@ fn log_path(name: &str, what: &str) -> std::path::PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_projector_killed_mid_stream_and_restarted_loses_and_duplicates_nothing() {
-    let services = Services::from_env();
+    let services = Services::get().await;
     let name = unique("proj_kill");
     let cfg = config(&services, &name);
     prepare(&cfg).await.unwrap();
@@ -212,7 +212,7 @@ async fn a_projector_killed_mid_stream_and_restarted_loses_and_duplicates_nothin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_projectors_share_the_partitions_and_the_survivor_takes_over() {
-    let services = Services::from_env();
+    let services = Services::get().await;
     let name = unique("proj_pair");
     let cfg = config(&services, &name);
     prepare(&cfg).await.unwrap();
