@@ -51,6 +51,14 @@ pub async fn prepare(cfg: &Config) -> Result<(), BoxError> {
     Ok(())
 }
 
+/// A pool on the configured schema, migrated.
+async fn migrated_pool(cfg: &Config) -> Result<sqlx::PgPool, BoxError> {
+    let db = &cfg.database;
+    let pool = otaledger_consumers::db::pool(&db.url, &db.schema, db.max_connections).await?;
+    otaledger_projections::migrations::migrate(&pool).await?;
+    Ok(pool)
+}
+
 /// Runs one component until shutdown.
 pub async fn run(
     component: Component,
@@ -81,13 +89,7 @@ async fn run_projector(
     producer: EventProducer,
     shutdown: ShutdownSignal,
 ) -> Result<(), BoxError> {
-    let pool = otaledger_consumers::db::pool(
-        &cfg.database.url,
-        &cfg.database.schema,
-        cfg.database.max_connections,
-    )
-    .await?;
-    otaledger_projections::migrations::migrate(&pool).await?;
+    let pool = migrated_pool(cfg).await?;
     let runner_cfg = RunnerConfig {
         consumer: "projector".into(),
         topic: cfg.kafka.topics().device_events,
@@ -110,13 +112,7 @@ async fn run_api(
     producer: EventProducer,
     mut shutdown: ShutdownSignal,
 ) -> Result<(), BoxError> {
-    let pool = otaledger_consumers::db::pool(
-        &cfg.database.url,
-        &cfg.database.schema,
-        cfg.database.max_connections,
-    )
-    .await?;
-    otaledger_projections::migrations::migrate(&pool).await?;
+    let pool = migrated_pool(cfg).await?;
     let state =
         otaledger_api::AppState::new(pool, producer, cfg.kafka.clone(), cfg.offline_after())?;
     let listener = tokio::net::TcpListener::bind(&cfg.http.listen).await?;

@@ -22,16 +22,6 @@ pub enum Status {
     Offline,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct HealthOut {
-    pub uptime_s: i64,
-    pub cpu_pct: f32,
-    pub mem_pct: f32,
-    pub temperature_c: f32,
-    pub error_count: i32,
-    pub signal_dbm: Option<i32>,
-}
-
 /// A device as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Device {
@@ -46,7 +36,7 @@ pub struct Device {
     pub first_seen_at: DateTime<Utc>,
     pub last_seen_at: DateTime<Utc>,
     pub last_heartbeat_at: Option<DateTime<Utc>>,
-    pub health: Option<HealthOut>,
+    pub health: Option<Health>,
     pub events: i64,
     pub position: PositionOut,
 }
@@ -124,14 +114,7 @@ impl Row {
     }
 
     fn into_device(self, online_since: DateTime<Utc>) -> Device {
-        let health = self.health().map(|h| HealthOut {
-            uptime_s: h.uptime_s,
-            cpu_pct: h.cpu_pct,
-            mem_pct: h.mem_pct,
-            temperature_c: h.temperature_c,
-            error_count: h.error_count,
-            signal_dbm: h.signal_dbm,
-        });
+        let health = self.health();
         Device {
             status: if self.last_seen_at >= online_since {
                 Status::Online

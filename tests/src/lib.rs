@@ -370,6 +370,21 @@ pub async fn read_topic(kafka: &KafkaConfig, topic: &str) -> Vec<Record> {
     .expect("reader task")
 }
 
+/// Re-reads a topic until its records satisfy `done`.
+pub async fn records_when(
+    kafka: &KafkaConfig,
+    topic: &str,
+    what: &str,
+    done: impl Fn(&[Record]) -> bool,
+) -> Vec<Record> {
+    let done = &done;
+    eventually(Duration::from_secs(30), what, || async move {
+        let records = read_topic(kafka, topic).await;
+        done(&records).then_some(records)
+    })
+    .await
+}
+
 /// Decodes records as events, with their positions.
 ///
 /// # Panics

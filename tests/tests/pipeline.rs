@@ -14,7 +14,8 @@ use otaledger_producers::kafka::EventProducer;
 use otaledger_producers::shutdown::Shutdown;
 use otaledger_producers::simulator::{self, SimConfig};
 use otaledger_tests::{
-    config, eventually, mqtt_bridge_subscribed, read_topic, spawn_components, unique, Services,
+    config, eventually, mqtt_bridge_subscribed, read_topic, records_when, spawn_components, unique,
+    Services,
 };
 use rumqttc::{AsyncClient, QoS};
 use serde_json::Value;
@@ -231,13 +232,8 @@ async fn malformed_mqtt_and_amqp_input_goes_to_dead_letters_while_good_traffic_f
         .unwrap();
 
     let topics = cfg.kafka.topics();
-    let dead = eventually(Duration::from_secs(30), "5 dead letters", || {
-        let kafka = cfg.kafka.clone();
-        let topic = topics.dead_letters.clone();
-        async move {
-            let d = read_topic(&kafka, &topic).await;
-            (d.len() >= 5).then_some(d)
-        }
+    let dead = records_when(&cfg.kafka, &topics.dead_letters, "5 dead letters", |d| {
+        d.len() >= 5
     })
     .await;
     assert_eq!(dead.len(), 5);
@@ -267,13 +263,8 @@ async fn malformed_mqtt_and_amqp_input_goes_to_dead_letters_while_good_traffic_f
     );
     assert!(!bad1.headers["dlq-error"].is_empty());
 
-    let events = eventually(Duration::from_secs(30), "the good events", || {
-        let kafka = cfg.kafka.clone();
-        let topic = topics.device_events.clone();
-        async move {
-            let e = read_topic(&kafka, &topic).await;
-            (e.len() >= 2).then_some(e)
-        }
+    let events = records_when(&cfg.kafka, &topics.device_events, "the good events", |e| {
+        e.len() >= 2
     })
     .await;
     let mut keys: Vec<String> = events
@@ -298,20 +289,11 @@ async fn malformed_mqtt_and_amqp_input_goes_to_dead_letters_while_good_traffic_f
         )
         .await
         .unwrap();
-    eventually(
-        Duration::from_secs(30),
+    records_when(
+        &cfg.kafka,
+        &topics.device_events,
         "a heartbeat after the bad ones",
-        || {
-            let kafka = cfg.kafka.clone();
-            let topic = topics.device_events.clone();
-            async move {
-                read_topic(&kafka, &topic)
-                    .await
-                    .iter()
-                    .any(|r| r.key == b"good-2")
-                    .then_some(())
-            }
-        },
+        |e| e.iter().any(|r| r.key == b"good-2"),
     )
     .await;
     assert!(handles.iter().all(|h| !h.is_finished()));
