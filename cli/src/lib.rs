@@ -1,4 +1,5 @@
 //! The pieces behind the `otaledger` command: configuration and the components it runs.
 
+pub mod bench;
 pub mod components;
 pub mod config;

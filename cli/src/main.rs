@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use otaledger_cli::bench;
 use otaledger_cli::components::{self, Component};
 use otaledger_cli::config::{Config, ENV_OVERRIDES};
 use otaledger_producers::shutdown::Shutdown;
@@ -59,6 +60,24 @@ enum Command {
     },
     /// Create the ledger topics, the database schema and its tables if missing.
     Init,
+    /// Measure speed against the machine's limits in the same run (own topics and schema);
+    /// prints a table and writes a JSON report.
+    Bench {
+        #[arg(value_enum, default_value = "all")]
+        scenario: bench::Scenario,
+        /// The everyday size (100,000 events) instead of the full one (1,000,000).
+        #[arg(long)]
+        quick: bool,
+        /// Events to produce and project (overrides the size).
+        #[arg(long)]
+        events: Option<usize>,
+        /// Distinct devices the events come from (overrides the size).
+        #[arg(long)]
+        devices: Option<usize>,
+        /// Where to write the JSON report.
+        #[arg(long, default_value = "bench/results.json")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -156,6 +175,12 @@ async fn main() -> ExitCode {
                 }
                 stack.await;
                 Ok(())
+            }
+            Command::Bench { scenario, quick, events, devices, out } => {
+                let mut args = bench::BenchArgs::sized(scenario, quick, out);
+                args.events = events.unwrap_or(args.events);
+                args.devices = devices.unwrap_or(args.devices);
+                bench::run(&cfg, &args).await.map(|_| ())
             }
             Command::Simulate { sim } => {
                 let stats = simulator::run(sim.to_config(&cfg), shutdown.signal()).await?;

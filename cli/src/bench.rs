@@ -1,0 +1,549 @@
+//! `otaledger bench`: speed against the machine's own limits, measured in the same run.
+//!
+//! Every scenario works in a namespace of its own (topic prefix and PostgreSQL schema) on the
+//! configured services, so it never touches a live ledger, and it prints each figure beside the
+//! limit it is measured against.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use otaledger_consumers::{Runner, RunnerConfig};
+use otaledger_domain::events::{Health, Heartbeat};
+use otaledger_domain::ids::{new_event_id, new_trace_id};
+use otaledger_domain::time::now_micros;
+use otaledger_domain::{Event, EventMeta, Payload};
+use otaledger_producers::config::KafkaConfig;
+use otaledger_producers::kafka::{client_config, ensure_topics, EventProducer};
+use otaledger_producers::shutdown::Shutdown;
+use otaledger_projections::projector::{fold_batch, merge_patches, FleetProjector};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use serde::Serialize;
+
+use crate::components::BoxError;
+use crate::config::Config;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// Raw produce and consume rates of the broker, PostgreSQL COPY rate.
+    Limits,
+    /// Events/s through the otaledger producer against the raw produce rate.
+    Ingest,
+    /// Projector catch-up against the raw consume rate and a naive projector.
+    Projection,
+    /// Every scenario above.
+    All,
+}
+
+#[derive(Debug, Clone)]
+pub struct BenchArgs {
+    pub scenario: Scenario,
+    pub events: usize,
+    pub devices: usize,
+    pub naive_events: usize,
+    pub out: std::path::PathBuf,
+}
+
+impl BenchArgs {
+    #[must_use]
+    pub fn sized(scenario: Scenario, quick: bool, out: std::path::PathBuf) -> Self {
+        if quick {
+            BenchArgs {
+                scenario,
+                events: 100_000,
+                devices: 10_000,
+                naive_events: 3_000,
+                out,
+            }
+        } else {
+            BenchArgs {
+                scenario,
+                events: 1_000_000,
+                devices: 100_000,
+                naive_events: 20_000,
+                out,
+            }
+        }
+    }
+}
+
+/// One measured figure.
+#[derive(Debug, Clone, Serialize)]
+pub struct Figure {
+    pub scenario: &'static str,
+    pub name: &'static str,
+    pub value: f64,
+    pub unit: &'static str,
+    /// The figure divided by the limit it is measured against, when there is one.
+    pub ratio: Option<f64>,
+    pub against: Option<&'static str>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub machine: BTreeMap<String, String>,
+    pub events: usize,
+    pub devices: usize,
+    pub figures: Vec<Figure>,
+}
+
+impl Report {
+    fn add(&mut self, scenario: &'static str, name: &'static str, value: f64, unit: &'static str) {
+        println!("  {scenario:<11} {name:<34} {value:>14.0} {unit}");
+        self.figures.push(Figure {
+            scenario,
+            name,
+            value,
+            unit,
+            ratio: None,
+            against: None,
+        });
+    }
+
+    fn ratio(&mut self, name: &'static str, against: &'static str) {
+        let limit = self
+            .figures
+            .iter()
+            .find(|f| f.name == against)
+            .map(|f| f.value);
+        if let (Some(limit), Some(f)) = (
+            limit,
+            self.figures.iter_mut().rev().find(|f| f.name == name),
+        ) {
+            if limit > 0.0 {
+                f.ratio = Some(f.value / limit);
+                f.against = Some(against);
+                println!(
+                    "  {:<11} {:<34} {:>14.2} x {against}",
+                    "",
+                    "",
+                    f.value / limit
+                );
+            }
+        }
+    }
+
+    fn table(&self) -> String {
+        let mut s = String::from(
+            "| scenario | figure | value | unit | ratio to limit |\n|---|---|---:|---|---|\n",
+        );
+        for f in &self.figures {
+            let ratio = match (f.ratio, f.against) {
+                (Some(r), Some(a)) => format!("{r:.2} x {a}"),
+                _ => String::new(),
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.0} | {} | {} |",
+                f.scenario, f.name, f.value, f.unit, ratio
+            );
+        }
+        s
+    }
+}
+
+fn heartbeats(events: usize, devices: usize) -> Vec<Event> {
+    let now = now_micros();
+    (0..events)
+        .map(|i| {
+            let d = i % devices.max(1);
+            Event {
+                meta: EventMeta {
+                    event_id: new_event_id(),
+                    occurred_at: now + i as i64,
+                    recorded_at: now + i as i64,
+                    trace_id: new_trace_id(),
+                },
+                payload: Payload::Heartbeat(Heartbeat {
+                    device_id: format!("bench-{d:07}"),
+                    firmware_version: format!("1.{}.0", (i / devices.max(1)) % 4),
+                    gateway_id: None,
+                    health: Health {
+                        uptime_s: i as i64,
+                        cpu_pct: (i % 100) as f32,
+                        mem_pct: 40.0,
+                        temperature_c: 35.5,
+                        error_count: 0,
+                        signal_dbm: Some(-60),
+                    },
+                }),
+            }
+        })
+        .collect()
+}
+
+fn rate(n: usize, elapsed: Duration) -> f64 {
+    n as f64 / elapsed.as_secs_f64().max(1e-9)
+}
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .map(str::to_owned)
+        })
+        .and_then(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+async fn raw_produce(
+    kafka: &KafkaConfig,
+    topic: &str,
+    payloads: &[(String, Vec<u8>)],
+) -> Result<Duration, BoxError> {
+    let producer: FutureProducer = client_config(kafka)
+        .set("linger.ms", "2")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "500000")
+        .create()?;
+    let started = Instant::now();
+    let mut pending = Vec::with_capacity(payloads.len());
+    for (key, payload) in payloads {
+        let mut record = FutureRecord::to(topic)
+            .key(key.as_str())
+            .payload(payload.as_slice());
+        loop {
+            match producer.send_result(record) {
+                Ok(f) => {
+                    pending.push(f);
+                    break;
+                }
+                Err((_, r)) => {
+                    record = r;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        }
+    }
+    for p in pending {
+        p.await?.map_err(|(e, _)| e)?;
+    }
+    Ok(started.elapsed())
+}
+
+fn raw_consume(kafka: &KafkaConfig, topic: &str, expected: usize) -> Result<Duration, BoxError> {
+    let consumer: BaseConsumer = client_config(kafka)
+        .set("group.id", "otaledger-bench")
+        .set("enable.auto.commit", "false")
+        .set("queued.min.messages", "200000")
+        .create()?;
+    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut tpl = TopicPartitionList::new();
+    for p in md.topics()[0].partitions() {
+        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let started = Instant::now();
+    let mut n = 0usize;
+    let mut bytes = 0usize;
+    while n < expected {
+        if started.elapsed() > Duration::from_secs(600) {
+            return Err(format!("raw consume read {n} of {expected}").into());
+        }
+        if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+            bytes += m?.payload().map_or(0, <[u8]>::len);
+            n += 1;
+        }
+    }
+    tracing::debug!(bytes, "raw consume done");
+    Ok(started.elapsed())
+}
+
+async fn copy_rate(cfg: &Config, schema: &str, rows: usize) -> Result<Duration, BoxError> {
+    let pool = otaledger_consumers::db::pool(&cfg.database.url, schema, 2).await?;
+    let mut conn = pool.acquire().await?;
+    sqlx::query(
+        "CREATE TABLE copy_probe (device_id text, firmware_version text, last_seen_at timestamptz, \
+         uptime_s bigint, cpu_pct real, mem_pct real, temperature_c real, signal_dbm int, \
+         last_partition int, last_offset bigint)",
+    )
+    .execute(&mut *conn)
+    .await?;
+    let mut data = String::with_capacity(rows * 90);
+    for i in 0..rows {
+        let _ = writeln!(
+            data,
+            "bench-{i:07},1.0.0,2026-11-26 10:00:00+00,{i},12.5,40,35.5,-60,{},{i}",
+            i % 6
+        );
+    }
+    let started = Instant::now();
+    let mut copy = conn
+        .copy_in_raw("COPY copy_probe FROM STDIN (FORMAT csv)")
+        .await?;
+    for chunk in data.as_bytes().chunks(1 << 20) {
+        copy.send(chunk).await?;
+    }
+    copy.finish().await?;
+    Ok(started.elapsed())
+}
+
+/// Runs the scenarios and writes the report.
+pub async fn run(cfg: &Config, args: &BenchArgs) -> Result<Report, BoxError> {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let name = format!(
+        "bench_{stamp}_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..6]
+    );
+    let mut bench_cfg = cfg.clone();
+    bench_cfg.kafka.topic_prefix = format!("{name}.");
+    bench_cfg.database.schema = name.clone();
+    let kafka = bench_cfg.kafka.clone();
+    ensure_topics(&kafka).await?;
+    let raw_topic = format!("{name}.raw");
+    create_topic(&kafka, &raw_topic).await?;
+
+    let mut report = Report {
+        events: args.events,
+        devices: args.devices,
+        ..Report::default()
+    };
+    report.machine.insert(
+        "cores".into(),
+        std::thread::available_parallelism()
+            .map_or(0, usize::from)
+            .to_string(),
+    );
+    report.machine.insert("kafka".into(), kafka.brokers.clone());
+    println!(
+        "otaledger bench: {} events from {} devices (namespace {name})",
+        args.events, args.devices
+    );
+
+    let events = heartbeats(args.events, args.devices);
+    let started = Instant::now();
+    let encoded: Vec<(String, Vec<u8>)> = events
+        .iter()
+        .map(|e| Ok((e.key().to_owned(), otaledger_schemas::encode(e)?)))
+        .collect::<Result<_, otaledger_schemas::Error>>()?;
+    report.add(
+        "codec",
+        "Avro encode (1 core)",
+        rate(events.len(), started.elapsed()),
+        "events/s",
+    );
+    let started = Instant::now();
+    for (_, bytes) in &encoded {
+        otaledger_schemas::decode(bytes)?;
+    }
+    report.add(
+        "codec",
+        "Avro decode (1 core)",
+        rate(events.len(), started.elapsed()),
+        "events/s",
+    );
+    let all = args.scenario == Scenario::All;
+
+    if all
+        || matches!(
+            args.scenario,
+            Scenario::Limits | Scenario::Ingest | Scenario::Projection
+        )
+    {
+        let t = raw_produce(&kafka, &raw_topic, &encoded).await?;
+        report.add("limits", "raw produce", rate(args.events, t), "msg/s");
+        let (k, topic, n) = (kafka.clone(), raw_topic.clone(), args.events);
+        let t = tokio::task::spawn_blocking(move || {
+            raw_consume(&k, &topic, n).map_err(|e| e.to_string())
+        })
+        .await??;
+        report.add("limits", "raw consume", rate(args.events, t), "msg/s");
+        let rows = args.events.min(1_000_000);
+        let t = copy_rate(&bench_cfg, &name, rows).await?;
+        report.add("limits", "postgres COPY", rate(rows, t), "rows/s");
+    }
+
+    let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
+    if all || matches!(args.scenario, Scenario::Ingest | Scenario::Projection) {
+        let producer = EventProducer::new(&kafka)?;
+        let started = Instant::now();
+        let mut pending = Vec::with_capacity(events.len());
+        for e in &events {
+            pending.push(producer.enqueue(e).await?);
+        }
+        for p in pending {
+            let d = p.acked().await?;
+            let end = ends.entry(d.partition).or_insert(0);
+            *end = (*end).max(d.offset + 1);
+        }
+        report.add(
+            "ingest",
+            "otaledger producer (Avro, acks=all)",
+            rate(args.events, started.elapsed()),
+            "events/s",
+        );
+        report.ratio("otaledger producer (Avro, acks=all)", "raw produce");
+    }
+
+    if all || args.scenario == Scenario::Projection {
+        let elapsed = project(&bench_cfg, &name, &["bench"], &ends).await?;
+        report.add(
+            "projection",
+            "projector catch-up",
+            rate(args.events, elapsed),
+            "events/s",
+        );
+        report.ratio("projector catch-up", "raw consume");
+        let elapsed = project(
+            &bench_cfg,
+            &format!("{name}_pair"),
+            &["bench-a", "bench-b"],
+            &ends,
+        )
+        .await?;
+        report.add(
+            "projection",
+            "2 projector instances catch-up",
+            rate(args.events, elapsed),
+            "events/s",
+        );
+        report.ratio("2 projector instances catch-up", "raw consume");
+
+        // The naive projector: the same merge, one event per transaction.
+        let naive_schema = format!("{name}_naive");
+        let naive =
+            otaledger_consumers::db::pool(&bench_cfg.database.url, &naive_schema, 2).await?;
+        otaledger_projections::migrations::migrate(&naive).await?;
+        let n = args.naive_events.min(events.len());
+        let started = Instant::now();
+        for (i, e) in events.iter().take(n).enumerate() {
+            let positioned = [otaledger_consumers::Positioned {
+                position: otaledger_domain::device_view::Position {
+                    partition: 0,
+                    offset: i as i64,
+                },
+                event: e.clone(),
+            }];
+            let mut tx = naive.begin().await?;
+            merge_patches(&mut tx, fold_batch(&positioned)).await?;
+            tx.commit().await?;
+        }
+        report.add(
+            "projection",
+            "naive projector (1 event per tx)",
+            rate(n, started.elapsed()),
+            "events/s",
+        );
+        let catch_up = report
+            .figures
+            .iter()
+            .find(|f| f.name == "projector catch-up")
+            .map(|f| f.value);
+        if let (Some(fast), Some(f)) = (catch_up, report.figures.last_mut()) {
+            println!(
+                "  {:<11} {:<34} {:>14.1} x faster than naive",
+                "",
+                "",
+                fast / f.value
+            );
+        }
+        report.add(
+            "projection",
+            "peak RSS (bench process)",
+            peak_rss_mib(),
+            "MiB",
+        );
+    }
+
+    // The bench's tables are scratch; its topics stay (Kafka topics are cheap, deleting them is
+    // not supported everywhere).
+    let admin = otaledger_consumers::db::pool(&bench_cfg.database.url, &name, 1).await?;
+    for schema in [
+        name.clone(),
+        format!("{name}_naive"),
+        format!("{name}_pair"),
+    ] {
+        sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            .execute(&admin)
+            .await?;
+    }
+    admin.close().await;
+    if let Some(dir) = args.out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&args.out, serde_json::to_string_pretty(&report)?)?;
+    println!("\n{}\nwritten to {}", report.table(), args.out.display());
+    Ok(report)
+}
+
+/// Projects the device-events topic into a fresh schema with one projector instance per member
+/// (sharing the partitions), and returns the time until every partition reached `ends`.
+async fn project(
+    cfg: &Config,
+    schema: &str,
+    members: &[&str],
+    ends: &BTreeMap<i32, i64>,
+) -> Result<Duration, BoxError> {
+    let kafka = &cfg.kafka;
+    let topic = kafka.topics().device_events;
+    let pool = otaledger_consumers::db::pool(&cfg.database.url, schema, 8).await?;
+    otaledger_projections::migrations::migrate(&pool).await?;
+    sqlx::query(otaledger_consumers::ownership::OFFSETS_DDL)
+        .execute(&pool)
+        .await?;
+    let shutdown = Shutdown::new();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for member in members {
+        let runner_cfg = RunnerConfig {
+            consumer: "projector".into(),
+            topic: topic.clone(),
+            database_url: cfg.database.url.clone(),
+            schema: schema.to_owned(),
+            member: (*member).to_owned(),
+            batch_max: cfg.projector.batch_max,
+            batch_wait: Duration::from_millis(cfg.projector.batch_wait_ms),
+            rebalance_every: Duration::from_millis(500),
+            kafka: kafka.clone(),
+        };
+        let producer = EventProducer::new(kafka)?;
+        tasks.push(tokio::spawn(
+            Runner::new(runner_cfg, FleetProjector, producer, pool.clone()).run(shutdown.signal()),
+        ));
+    }
+    loop {
+        let done =
+            otaledger_consumers::runner::committed_offsets(&pool, "projector", &topic).await?;
+        if ends.iter().all(|(p, e)| done.get(p) >= Some(e)) {
+            break;
+        }
+        if tasks.iter().any(tokio::task::JoinHandle::is_finished)
+            || started.elapsed() > Duration::from_secs(1800)
+        {
+            return Err("a projector stopped before catching up".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed();
+    shutdown.trigger();
+    for t in tasks {
+        let _ = t.await;
+    }
+    pool.close().await;
+    Ok(elapsed)
+}
+
+async fn create_topic(kafka: &KafkaConfig, topic: &str) -> Result<(), BoxError> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+        client_config(kafka).create()?;
+    let new = NewTopic::new(
+        topic,
+        kafka.partitions,
+        TopicReplication::Fixed(kafka.replication_factor),
+    );
+    admin.create_topics(&[new], &AdminOptions::new()).await?;
+    otaledger_producers::kafka::wait_for_topic(kafka, topic, Duration::from_secs(30)).await?;
+    Ok(())
+}

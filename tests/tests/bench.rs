@@ -1,0 +1,52 @@
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+//! `otaledger bench` runs every scenario against the real services at a tiny size and reports
+//! each figure (never asserting speed: figures are for people, not for pass/fail).
+
+use otaledger_cli::bench::{run, BenchArgs, Scenario};
+use otaledger_tests::{config, unique, Services};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_all_reports_every_figure_and_writes_json() {
+    let services = Services::get().await;
+    let cfg = config(&services, &unique("bench"));
+    let out = std::env::temp_dir().join(format!("{}.json", unique("bench_report")));
+    let args = BenchArgs {
+        scenario: Scenario::All,
+        events: 2_000,
+        devices: 150,
+        naive_events: 300,
+        out: out.clone(),
+    };
+    let report = run(&cfg, &args).await.unwrap();
+    let names: Vec<&str> = report.figures.iter().map(|f| f.name).collect();
+    for want in [
+        "Avro encode (1 core)",
+        "raw produce",
+        "raw consume",
+        "postgres COPY",
+        "otaledger producer (Avro, acks=all)",
+        "projector catch-up",
+        "2 projector instances catch-up",
+        "naive projector (1 event per tx)",
+    ] {
+        let f = report
+            .figures
+            .iter()
+            .find(|f| f.name == want)
+            .unwrap_or_else(|| panic!("{want} missing from {names:?}"));
+        assert!(f.value > 0.0, "{want}");
+    }
+    let ingest = report
+        .figures
+        .iter()
+        .find(|f| f.name == "otaledger producer (Avro, acks=all)")
+        .unwrap();
+    assert_eq!(ingest.against, Some("raw produce"));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(json["events"], 2000);
+    assert_eq!(
+        json["figures"].as_array().unwrap().len(),
+        report.figures.len()
+    );
+}
