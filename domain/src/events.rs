@@ -219,6 +219,8 @@ pub struct DeviceCommanded {
     pub command_id: Uuid,
     pub kind: CommandKind,
     pub attempt: i32,
+    /// When the device times out without a result: the timer survives restarts in the ledger.
+    pub deadline: Micros,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -254,6 +256,8 @@ pub struct DeviceTimedOut {
     #[serde(with = "crate::serde_uuid")]
     pub command_id: Uuid,
     pub attempt: i32,
+    /// When the retry may go out; `None` when the retries are used up.
+    pub retry_at: Option<Micros>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

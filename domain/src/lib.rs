@@ -4,6 +4,7 @@
 pub mod device_view;
 pub mod events;
 pub mod ids;
+pub mod rollout;
 mod serde_uuid;
 pub mod time;
 

@@ -119,6 +119,7 @@ fn samples() -> Vec<Event> {
             command_id: cmd,
             kind: CommandKind::Update,
             attempt: 1,
+            deadline: 1_764_000_600_000_000,
         }),
         Payload::DeviceOutcome(DeviceOutcome {
             rollout_id: "r1".into(),
@@ -132,6 +133,7 @@ fn samples() -> Vec<Event> {
             device_id: "d1".into(),
             command_id: cmd,
             attempt: 2,
+            retry_at: Some(1_764_000_630_000_000),
         }),
         Payload::ThresholdEvaluated(ThresholdEvaluated {
             rollout_id: "r1".into(),

@@ -1,0 +1,426 @@
+//! Given/when/then tests of the rollout decider: given the events so far, when an input
+//! arrives, then these events are decided.
+
+use super::*;
+use crate::events::{Release, Strategy, TargetSelector};
+
+const S: Micros = 1_000_000;
+
+fn strategy() -> Strategy {
+    Strategy {
+        waves_pct: vec![1.0, 10.0, 50.0, 100.0],
+        success_threshold_pct: 90.0,
+        failure_threshold_pct: 20.0,
+        min_devices_for_verdict: 5,
+        device_timeout_s: 600,
+        max_retries: 1,
+        retry_backoff_s: 30,
+        max_in_flight: 1000,
+        health_gate_window_s: 0,
+        scheduled_start: None,
+        maintenance_window: None,
+        rollback_policy: RollbackPolicy::OnAbort,
+    }
+}
+
+fn request(strategy: Strategy) -> UpdateRequested {
+    UpdateRequested {
+        rollout_id: "r1".into(),
+        requested_by: "ops".into(),
+        release: Release {
+            version: "2.0.0".into(),
+            artifact_uri: "https://a/fw.bin".into(),
+            sha256: "00".repeat(32),
+            size_bytes: 1,
+            signature: "s".into(),
+        },
+        selector: TargetSelector::default(),
+        strategy,
+    }
+}
+
+fn fleet(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("d{i:03}")).collect()
+}
+
+/// Given these inputs from the start, the folded rollout.
+fn given(inputs: Vec<Input>) -> Rollout {
+    inputs.into_iter().fold(Rollout::default(), |r, i| {
+        let events = handle(&r, i).expect("given inputs are valid");
+        events.iter().fold(r, |r, e| r.apply(e))
+    })
+}
+
+fn when(r: &Rollout, input: Input) -> (Rollout, Vec<Payload>) {
+    let events = handle(r, input).expect("valid input");
+    (events.iter().fold(r.clone(), |r, e| r.apply(e)), events)
+}
+
+fn commanded(events: &[Payload], kind: CommandKind) -> Vec<&DeviceCommanded> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Payload::DeviceCommanded(c) if c.kind == kind => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+fn verdicts(events: &[Payload]) -> Vec<(Verdict, String)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Payload::ThresholdEvaluated(t) => Some((t.verdict, t.rule.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn result(r: &Rollout, device: &str, outcome: InstallOutcome, now: Micros) -> Input {
+    Input::Result {
+        now,
+        device_id: device.into(),
+        command_id: r.devices[device].command_id,
+        outcome,
+    }
+}
+
+fn succeed_all_in_flight(mut r: Rollout, now: Micros) -> (Rollout, Vec<Payload>) {
+    let mut all = Vec::new();
+    loop {
+        let next = r
+            .devices
+            .iter()
+            .find(|(_, d)| in_flight(d.state))
+            .map(|(id, _)| id.clone());
+        let Some(id) = next else { return (r, all) };
+        let (r2, events) = when(&r, result(&r, &id, InstallOutcome::Succeeded, now));
+        all.extend(events);
+        r = r2;
+    }
+}
+
+#[test]
+fn waves_split_the_fleet_by_cumulative_share_with_a_canary_of_at_least_one() {
+    assert_eq!(
+        wave_sizes(1000, &[1.0, 10.0, 50.0, 100.0]),
+        vec![10, 90, 400, 500]
+    );
+    assert_eq!(wave_sizes(20, &[1.0, 10.0, 50.0, 100.0]), vec![1, 1, 8, 10]);
+    assert_eq!(wave_sizes(3, &[1.0, 10.0, 50.0, 100.0]), vec![1, 1, 1, 0]);
+    assert_eq!(
+        wave_sizes(1000, &[1.0, 10.0, 50.0, 100.0])
+            .iter()
+            .sum::<usize>(),
+        1000
+    );
+}
+
+#[test]
+fn given_a_request_when_started_then_the_canary_wave_is_commanded() {
+    let r = given(vec![Input::Request(Box::new(request(strategy())))]);
+    let (r, events) = when(
+        &r,
+        Input::Start {
+            now: 10 * S,
+            targets: fleet(200),
+        },
+    );
+    assert_eq!(r.state, Some(RolloutState::Running));
+    let wave: Vec<&WaveStarted> = events
+        .iter()
+        .filter_map(|e| {
+            if let Payload::WaveStarted(w) = e {
+                Some(w)
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert_eq!(wave.len(), 1);
+    assert_eq!(wave[0].device_ids, vec!["d000", "d001"], "1% of 200");
+    let cmds = commanded(&events, CommandKind::Update);
+    assert_eq!(cmds.len(), 2);
+    assert_eq!(cmds[0].deadline, 10 * S + 600 * S);
+    assert_eq!(
+        cmds[0].command_id,
+        derived_event_id(&["r1", "d000", "update", "1"])
+    );
+}
+
+#[test]
+fn given_a_healthy_release_when_every_wave_succeeds_then_the_rollout_completes() {
+    let mut r = given(vec![Input::Request(Box::new(request(strategy())))]);
+    let mut all = Vec::new();
+    for wave in 0..4 {
+        let (r2, events) = when(
+            &r,
+            Input::Start {
+                now: S,
+                targets: fleet(100),
+            },
+        );
+        all.extend(events);
+        let (r3, events) = succeed_all_in_flight(r2, 2 * S);
+        all.extend(events);
+        r = r3;
+        let expected = if wave < 3 {
+            Verdict::NextWave
+        } else {
+            Verdict::Complete
+        };
+        assert_eq!(
+            verdicts(&all).last().map(|v| v.0),
+            Some(expected),
+            "wave {wave}"
+        );
+        if wave < 3 {
+            assert_eq!(r.awaiting_wave, Some(wave + 1));
+        }
+    }
+    assert_eq!(r.state, Some(RolloutState::Completed));
+    assert_eq!(r.devices.len(), 100);
+    assert!(r
+        .devices
+        .values()
+        .all(|d| d.state == DeviceRolloutState::Succeeded));
+    assert_eq!(
+        r.waves.values().map(Vec::len).collect::<Vec<_>>(),
+        vec![1, 9, 40, 50]
+    );
+}
+
+#[test]
+fn given_a_bad_release_when_the_canary_fails_then_it_aborts_and_rolls_back_with_the_rule() {
+    let mut s = strategy();
+    s.waves_pct = vec![10.0, 100.0];
+    let r = given(vec![
+        Input::Request(Box::new(request(s))),
+        Input::Start {
+            now: S,
+            targets: fleet(100),
+        },
+    ]);
+    assert_eq!(r.waves[&0].len(), 10);
+    // Two succeed, then failures: after 5 outcomes 3 of 10 devices (30%) failed, over 20%.
+    let mut r = r;
+    let mut events = Vec::new();
+    for (i, outcome) in [
+        InstallOutcome::Succeeded,
+        InstallOutcome::Succeeded,
+        InstallOutcome::Failed,
+        InstallOutcome::Failed,
+        InstallOutcome::Failed,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (r2, e) = when(&r, result(&r, &format!("d{i:03}"), outcome, 3 * S));
+        events.extend(e);
+        r = r2;
+    }
+    let v = verdicts(&events);
+    assert_eq!(v.len(), 1);
+    assert_eq!(v[0].0, Verdict::Abort);
+    assert!(v[0].1.contains("30.0% of 10 devices failed"), "{}", v[0].1);
+    assert!(v[0].1.contains("failure threshold 20%"), "{}", v[0].1);
+    let rollbacks: Vec<&str> = commanded(&events, CommandKind::Rollback)
+        .iter()
+        .map(|c| c.device_id.as_str())
+        .collect();
+    assert_eq!(
+        rollbacks,
+        vec!["d000", "d001"],
+        "the devices that updated roll back"
+    );
+    assert_eq!(
+        commanded(&events, CommandKind::Cancel).len(),
+        5,
+        "devices still installing are cancelled"
+    );
+    assert_eq!(r.state, Some(RolloutState::RolledBack));
+    assert!(matches!(
+        handle(
+            &r,
+            Input::Start {
+                now: 4 * S,
+                targets: fleet(100)
+            }
+        ),
+        Err(DomainError::InvalidState(..))
+    ));
+}
+
+#[test]
+fn given_a_silent_device_when_its_deadline_passes_then_it_is_retried_after_backoff_then_timed_out()
+{
+    let mut s = strategy();
+    s.waves_pct = vec![100.0];
+    s.min_devices_for_verdict = 1;
+    s.failure_threshold_pct = 100.0;
+    s.success_threshold_pct = 0.0;
+    let r = given(vec![
+        Input::Request(Box::new(request(s))),
+        Input::Start {
+            now: 0,
+            targets: fleet(1),
+        },
+    ]);
+    let (r, events) = when(&r, Input::Tick { now: 599 * S });
+    assert!(events.is_empty(), "not due yet");
+    let (r, events) = when(&r, Input::Tick { now: 600 * S });
+    assert!(
+        matches!(&events[..], [Payload::DeviceTimedOut(t)] if t.attempt == 1 && t.retry_at == Some(630 * S))
+    );
+    let (r, events) = when(&r, Input::Tick { now: 629 * S });
+    assert!(events.is_empty(), "backing off");
+    let (r, events) = when(&r, Input::Tick { now: 630 * S });
+    let retry = commanded(&events, CommandKind::Update);
+    assert_eq!(retry.len(), 1);
+    assert_eq!(retry[0].attempt, 2);
+    assert_eq!(
+        retry[0].command_id,
+        derived_event_id(&["r1", "d000", "update", "2"])
+    );
+    let (r, events) = when(&r, Input::Tick { now: 1230 * S });
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, Payload::DeviceTimedOut(t) if t.retry_at.is_none())));
+    assert!(events.iter().any(
+        |e| matches!(e, Payload::DeviceOutcome(o) if o.state == DeviceRolloutState::TimedOut)
+    ));
+    assert_eq!(r.devices["d000"].state, DeviceRolloutState::TimedOut);
+    // A result for the first, superseded command changes nothing.
+    let stale = Input::Result {
+        now: 1231 * S,
+        device_id: "d000".into(),
+        command_id: Some(derived_event_id(&["r1", "d000", "update", "1"])),
+        outcome: InstallOutcome::Succeeded,
+    };
+    assert_eq!(handle(&r, stale), Ok(vec![]));
+}
+
+#[test]
+fn given_a_window_of_two_when_results_arrive_then_commands_follow_at_that_pace() {
+    let mut s = strategy();
+    s.waves_pct = vec![100.0];
+    s.max_in_flight = 2;
+    let r = given(vec![Input::Request(Box::new(request(s)))]);
+    let (r, events) = when(
+        &r,
+        Input::Start {
+            now: 0,
+            targets: fleet(5),
+        },
+    );
+    assert_eq!(commanded(&events, CommandKind::Update).len(), 2);
+    let (r, events) = when(&r, result(&r, "d000", InstallOutcome::Succeeded, S));
+    let next: Vec<&str> = commanded(&events, CommandKind::Update)
+        .iter()
+        .map(|c| c.device_id.as_str())
+        .collect();
+    assert_eq!(next, vec!["d002"]);
+    // A duplicate of the same result is ignored.
+    let dup = Input::Result {
+        now: S,
+        device_id: "d000".into(),
+        command_id: r.devices["d000"].command_id,
+        outcome: InstallOutcome::Succeeded,
+    };
+    assert_eq!(handle(&r, dup), Ok(vec![]));
+}
+
+#[test]
+fn given_a_paused_rollout_then_nothing_is_commanded_until_resumed() {
+    let mut s = strategy();
+    s.waves_pct = vec![100.0];
+    s.max_in_flight = 1;
+    let r = given(vec![
+        Input::Request(Box::new(request(s))),
+        Input::Start {
+            now: 0,
+            targets: fleet(3),
+        },
+    ]);
+    let (r, events) = when(
+        &r,
+        Input::Pause {
+            reason: "night shift".into(),
+        },
+    );
+    assert!(
+        matches!(&events[..], [Payload::RolloutStateChanged(c)] if c.to == RolloutState::Paused && c.reason.contains("night shift"))
+    );
+    let (r, events) = when(&r, result(&r, "d000", InstallOutcome::Succeeded, S));
+    assert!(
+        commanded(&events, CommandKind::Update).is_empty(),
+        "paused: the outcome is recorded, nothing new goes out"
+    );
+    let (r, events) = when(
+        &r,
+        Input::Resume {
+            now: 2 * S,
+            reason: "morning".into(),
+        },
+    );
+    assert_eq!(commanded(&events, CommandKind::Update).len(), 1);
+    assert_eq!(r.state, Some(RolloutState::Running));
+    assert!(matches!(
+        handle(
+            &r,
+            Input::Resume {
+                now: 3 * S,
+                reason: "again".into()
+            }
+        ),
+        Err(DomainError::InvalidState(RolloutState::Running, _))
+    ));
+}
+
+#[test]
+fn the_same_inputs_give_the_same_decisions() {
+    let inputs = || {
+        vec![
+            Input::Request(Box::new(request(strategy()))),
+            Input::Start {
+                now: S,
+                targets: fleet(300),
+            },
+            Input::Tick { now: 700 * S },
+        ]
+    };
+    let run = || {
+        let mut r = Rollout::default();
+        let mut all = Vec::new();
+        for i in inputs() {
+            let events = handle(&r, i).unwrap();
+            r = events.iter().fold(r, |r, e| r.apply(e));
+            all.extend(events);
+        }
+        all
+    };
+    assert_eq!(run(), run());
+}
+
+#[test]
+fn inputs_before_the_request_are_refused() {
+    assert_eq!(
+        handle(&Rollout::default(), Input::Tick { now: 0 }),
+        Err(DomainError::NotRequested)
+    );
+    let r = given(vec![Input::Request(Box::new(request(strategy())))]);
+    assert_eq!(
+        handle(
+            &r,
+            Input::Start {
+                now: 0,
+                targets: vec![]
+            }
+        ),
+        Err(DomainError::NoTargets)
+    );
+    assert!(matches!(
+        handle(&r, Input::Request(Box::new(request(strategy())))),
+        Err(DomainError::AlreadyRequested(_))
+    ));
+}
