@@ -3,6 +3,7 @@
 
 mod devices;
 mod ops;
+pub mod rollouts;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -62,6 +63,7 @@ impl AppState {
 pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(devices::routes(state.clone()))
+        .merge(rollouts::routes(state.clone()))
         .merge(otaledger_producers::ingest::router(state.producer.clone()))
         .merge(ops::routes(state))
         .fallback(|| async { ApiError::not_found("no such endpoint") })

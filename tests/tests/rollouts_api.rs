@@ -1,0 +1,183 @@
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+//! Rollout requests through the API into `ota.rollout-events`: every field validated, a bad
+//! request answered 400 naming the field and appending nothing.
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use otaledger_domain::events::RollbackPolicy;
+use otaledger_domain::{EventType, Payload};
+use otaledger_producers::kafka::{ensure_topics, EventProducer};
+use otaledger_tests::{config, decode_all, read_topic, unique, Services};
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+async fn post(app: &axum::Router, uri: &str, body: &Value) -> (StatusCode, Value) {
+    let req = Request::post(uri)
+        .header("content-type", "application/json")
+        .header("x-otaledger-operator", "alice")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+fn good() -> Value {
+    json!({
+        "release": {"version": "4.3.0", "artifact_uri": "https://artifacts.example/fw/4.3.0.bin",
+                    "sha256": "AB".repeat(32), "size_bytes": 1234567, "signature": "MEUCIQ..."},
+        "selector": {"models": ["elevator-gen2"], "current_versions": ["4.2.4"]},
+        "strategy": {"waves_pct": [1, 10, 50, 100], "max_in_flight": 200, "rollback_policy": "on_abort",
+                     "maintenance_window": {"start_minute": 60, "duration_minutes": 240}}
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_requests_are_validated_and_appended() {
+    let services = Services::get().await;
+    let cfg = config(&services, &unique("rollout_api"));
+    ensure_topics(&cfg.kafka).await.unwrap();
+    let pool = otaledger_consumers::db::pool(&cfg.database.url, &cfg.database.schema, 2)
+        .await
+        .unwrap();
+    otaledger_projections::migrations::migrate(&pool)
+        .await
+        .unwrap();
+    let producer = EventProducer::new(&cfg.kafka).unwrap();
+    let state =
+        otaledger_api::AppState::new(pool, producer, cfg.kafka.clone(), cfg.offline_after())
+            .unwrap();
+    let app = otaledger_api::app(state);
+
+    let bad_cases: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+        (
+            "release.version",
+            Box::new(|v| v["release"]["version"] = json!("4.3")),
+        ),
+        (
+            "release.artifact_uri",
+            Box::new(|v| v["release"]["artifact_uri"] = json!("ftp://x/y")),
+        ),
+        (
+            "release.sha256",
+            Box::new(|v| v["release"]["sha256"] = json!("abc")),
+        ),
+        (
+            "release.size_bytes",
+            Box::new(|v| v["release"]["size_bytes"] = json!(0)),
+        ),
+        (
+            "release.signature",
+            Box::new(|v| v["release"]["signature"] = json!("")),
+        ),
+        ("selector", Box::new(|v| v["selector"] = json!({}))),
+        (
+            "selector.device_ids",
+            Box::new(|v| v["selector"]["device_ids"] = json!(["a/b"])),
+        ),
+        (
+            "strategy.waves_pct",
+            Box::new(|v| v["strategy"]["waves_pct"] = json!([10, 5, 100])),
+        ),
+        (
+            "strategy.waves_pct",
+            Box::new(|v| v["strategy"]["waves_pct"] = json!([10, 50])),
+        ),
+        (
+            "strategy.failure_threshold_pct",
+            Box::new(|v| v["strategy"]["failure_threshold_pct"] = json!(140)),
+        ),
+        (
+            "strategy.device_timeout_s",
+            Box::new(|v| v["strategy"]["device_timeout_s"] = json!(1)),
+        ),
+        (
+            "strategy.max_in_flight",
+            Box::new(|v| v["strategy"]["max_in_flight"] = json!(0)),
+        ),
+        (
+            "strategy.maintenance_window.start_minute",
+            Box::new(|v| v["strategy"]["maintenance_window"]["start_minute"] = json!(1440)),
+        ),
+        (
+            "strategy.rollback_policy",
+            Box::new(|v| v["strategy"]["rollback_policy"] = json!("sometimes")),
+        ),
+        (
+            "max_retries",
+            Box::new(|v| v["strategy"]["max_retries"] = json!("two")),
+        ),
+        (
+            "unknown field `colour`",
+            Box::new(|v| v["colour"] = json!("red")),
+        ),
+    ];
+    for (field, mutate) in &bad_cases {
+        let mut body = good();
+        mutate(&mut body);
+        let (status, answer) = post(&app, "/v1/rollouts", &body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{field}: {answer}");
+        assert!(
+            answer["reason"].as_str().unwrap().contains(field),
+            "{field}: {answer}"
+        );
+    }
+
+    let (status, answer) = post(&app, "/v1/rollouts", &good()).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    let rollout_id = answer["rollout_id"].as_str().unwrap().to_owned();
+    for (action, body) in [
+        ("pause", json!({"reason": "night shift"})),
+        ("resume", json!({})),
+        ("abort", json!({"reason": "bad batch"})),
+    ] {
+        let (status, _) = post(&app, &format!("/v1/rollouts/{rollout_id}/{action}"), &body).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{action}");
+    }
+    let (status, _) = post(&app, "/v1/rollouts/bad%2Fid/pause", &json!({})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    let records = read_topic(&cfg.kafka, &cfg.kafka.topics().rollout_events).await;
+    let events = decode_all(&records);
+    let types: Vec<EventType> = events.iter().map(|(_, e)| e.event_type()).collect();
+    assert_eq!(
+        types,
+        [
+            EventType::UpdateRequested,
+            EventType::PauseRequested,
+            EventType::ResumeRequested,
+            EventType::AbortRequested
+        ],
+        "bad requests append nothing"
+    );
+    assert!(records.iter().all(|r| r.key == rollout_id.as_bytes()));
+    let Payload::UpdateRequested(req) = &events[0].1.payload else {
+        panic!()
+    };
+    assert_eq!(req.requested_by, "alice");
+    assert_eq!(req.release.sha256, "ab".repeat(32));
+    assert_eq!(req.strategy.max_in_flight, 200);
+    assert_eq!(
+        req.strategy.success_threshold_pct, 95.0,
+        "defaults fill what the request leaves out"
+    );
+    assert_eq!(req.strategy.rollback_policy, RollbackPolicy::OnAbort);
+    assert_eq!(
+        req.strategy
+            .maintenance_window
+            .as_ref()
+            .unwrap()
+            .duration_minutes,
+        240
+    );
+    let Payload::PauseRequested(p) = &events[1].1.payload else {
+        panic!()
+    };
+    assert_eq!(p.reason, "night shift");
+    otaledger_tests::drop_schema(&services, &cfg.database.schema).await;
+}
