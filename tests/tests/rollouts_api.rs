@@ -27,6 +27,9 @@ async fn post(app: &axum::Router, uri: &str, body: &Value) -> (StatusCode, Value
     )
 }
 
+/// A change that makes the good request bad.
+type Mutation = Box<dyn Fn(&mut Value)>;
+
 fn good() -> Value {
     json!({
         "release": {"version": "4.3.0", "artifact_uri": "https://artifacts.example/fw/4.3.0.bin",
@@ -54,7 +57,7 @@ async fn rollout_requests_are_validated_and_appended() {
             .unwrap();
     let app = otaledger_api::app(state);
 
-    let bad_cases: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+    let bad_cases: Vec<(&str, Mutation)> = vec![
         (
             "release.version",
             Box::new(|v| v["release"]["version"] = json!("4.3")),
