@@ -252,14 +252,20 @@ pub fn binary() -> PathBuf {
 }
 
 /// Starts `otaledger run <component>` with the test's configuration in its environment.
+#[must_use]
+pub fn spawn_process(cfg: &Config, component: &str, member: &str, log: &std::path::Path) -> Child {
+    spawn_command(cfg, &["run", component], member, log)
+}
+
+/// Starts `otaledger <args>` with the whole test configuration in its environment.
 ///
 /// # Panics
 /// When the process cannot start.
 #[must_use]
-pub fn spawn_process(cfg: &Config, component: &str, member: &str, log: &std::path::Path) -> Child {
+pub fn spawn_command(cfg: &Config, args: &[&str], member: &str, log: &std::path::Path) -> Child {
     let log = std::fs::File::create(log).expect("log file");
     Command::new(binary())
-        .args(["run", component])
+        .args(args)
         .env("OTALEDGER_KAFKA_BROKERS", &cfg.kafka.brokers)
         .env("OTALEDGER_TOPIC_PREFIX", &cfg.kafka.topic_prefix)
         .env(
@@ -268,6 +274,12 @@ pub fn spawn_process(cfg: &Config, component: &str, member: &str, log: &std::pat
         )
         .env("OTALEDGER_DATABASE_URL", &cfg.database.url)
         .env("OTALEDGER_DB_SCHEMA", &cfg.database.schema)
+        .env("OTALEDGER_MQTT_HOST", &cfg.mqtt.host)
+        .env("OTALEDGER_MQTT_PORT", cfg.mqtt.port.to_string())
+        .env("OTALEDGER_MQTT_TOPIC_ROOT", &cfg.mqtt.topic_root)
+        .env("OTALEDGER_AMQP_URL", &cfg.amqp.url)
+        .env("OTALEDGER_AMQP_QUEUE", &cfg.amqp.reports_queue)
+        .env("OTALEDGER_HTTP_LISTEN", &cfg.http.listen)
         .env("OTALEDGER_PROJECTOR_MEMBER", member)
         .env(
             "OTALEDGER_REBALANCE_MS",

@@ -1,0 +1,86 @@
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+//! `otaledger up` as an operator runs it: it serves the API and stops cleanly on SIGTERM.
+
+use std::time::Duration;
+
+use otaledger_tests::{config, eventually, spawn_command, unique, Services};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_serves_and_stops_gracefully_on_sigterm() {
+    let services = Services::get().await;
+    let name = unique("lifecycle");
+    let mut cfg = config(&services, &name);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    cfg.http.listen = format!("127.0.0.1:{port}");
+    let log = std::env::temp_dir().join(format!("{name}-up.log"));
+    let mut child = spawn_command(&cfg, &["up"], "up", &log);
+
+    // Every component comes up: the API answers ready, the projector owns its partitions.
+    let ready = eventually(
+        Duration::from_secs(60),
+        "the API to be ready",
+        || async move {
+            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()?;
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            s.write_all(b"GET /readyz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+                .await
+                .ok()?;
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.ok()?;
+            out.starts_with("HTTP/1.1 200").then_some(out)
+        },
+    )
+    .await;
+    assert!(ready.contains("\"ready\":true"), "{ready}");
+    eventually(
+        Duration::from_secs(30),
+        "the projector and bridges to start",
+        || {
+            let log = log.clone();
+            async move {
+                let text = std::fs::read_to_string(&log).ok()?;
+                let all = [
+                    "partition ownership changed",
+                    "MQTT bridge connected",
+                    "AMQP bridge consuming",
+                ]
+                .iter()
+                .all(|m| text.contains(m));
+                all.then_some(())
+            }
+        },
+    )
+    .await;
+
+    let pid = child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = eventually(
+        Duration::from_secs(30),
+        "otaledger to exit after SIGTERM",
+        || {
+            let s = child.try_wait().unwrap();
+            async move { s }
+        },
+    )
+    .await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "exit status {status:?}\n{text}");
+    for stopped in [
+        "consumer stopped",
+        "MQTT bridge stopped",
+        "AMQP bridge stopped",
+    ] {
+        assert!(text.contains(stopped), "missing {stopped:?} in\n{text}");
+    }
+    otaledger_tests::drop_schema(&services, &cfg.database.schema).await;
+}
