@@ -34,6 +34,8 @@ pub enum Scenario {
     Ingest,
     /// Projector catch-up against the raw consume rate and a naive projector.
     Projection,
+    /// End-to-end lag (occurred-at to projection commit) at a steady rate.
+    Lag,
     /// Every scenario above.
     All,
 }
@@ -44,6 +46,8 @@ pub struct BenchArgs {
     pub events: usize,
     pub devices: usize,
     pub naive_events: usize,
+    /// How long the steady-rate lag scenario runs.
+    pub lag_duration: Duration,
     pub out: std::path::PathBuf,
 }
 
@@ -56,6 +60,7 @@ impl BenchArgs {
                 events: 100_000,
                 devices: 10_000,
                 naive_events: 3_000,
+                lag_duration: Duration::from_secs(10),
                 out,
             }
         } else {
@@ -64,6 +69,7 @@ impl BenchArgs {
                 events: 1_000_000,
                 devices: 100_000,
                 naive_events: 20_000,
+                lag_duration: Duration::from_secs(60),
                 out,
             }
         }
@@ -456,6 +462,40 @@ pub async fn run(cfg: &Config, args: &BenchArgs) -> Result<Report, BoxError> {
         );
     }
 
+    if all || args.scenario == Scenario::Lag {
+        // Half the measured catch-up rate, as a steady load the projector must follow closely.
+        let catch_up = report
+            .figures
+            .iter()
+            .find(|f| f.name == "projector catch-up")
+            .map_or(20_000.0, |f| f.value);
+        let rate = (catch_up / 2.0).max(100.0);
+        let mut lag_cfg = bench_cfg.clone();
+        lag_cfg.kafka.topic_prefix = format!("{name}.lag.");
+        let samples = steady_lag(
+            &lag_cfg,
+            &format!("{name}_lag"),
+            rate,
+            args.lag_duration,
+            args.devices,
+        )
+        .await?;
+        report.add("lag", "steady rate (half of catch-up)", rate, "events/s");
+        let pct = |q: f64| {
+            #[allow(
+                clippy::cast_possible_truncation,
+                clippy::cast_sign_loss,
+                clippy::cast_precision_loss
+            )]
+            let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
+            #[allow(clippy::cast_precision_loss)]
+            samples.get(i).map_or(0.0, |v| *v as f64 / 1000.0)
+        };
+        report.add("lag", "occurred-at to commit p50", pct(0.50), "ms");
+        report.add("lag", "occurred-at to commit p99", pct(0.99), "ms");
+        report.add("lag", "occurred-at to commit max", pct(1.0), "ms");
+    }
+
     // The bench's tables are scratch; its topics stay (Kafka topics are cheap, deleting them is
     // not supported everywhere).
     let admin = otaledger_consumers::db::pool(&bench_cfg.database.url, &name, 1).await?;
@@ -532,6 +572,109 @@ async fn project(
     }
     pool.close().await;
     Ok(elapsed)
+}
+
+/// The fleet projector, noting each event's lag once its batch committed.
+struct LagProbe {
+    inner: FleetProjector,
+    samples: std::sync::Arc<std::sync::Mutex<Vec<i64>>>,
+}
+
+impl otaledger_consumers::Projection for LagProbe {
+    fn apply<'a>(
+        &'a mut self,
+        tx: &'a mut sqlx::PgConnection,
+        events: &'a [otaledger_consumers::Positioned],
+    ) -> otaledger_consumers::BoxFuture<'a, otaledger_consumers::Result<()>> {
+        self.inner.apply(tx, events)
+    }
+
+    fn committed(&mut self, events: &[otaledger_consumers::Positioned]) {
+        let now = now_micros();
+        if let Ok(mut s) = self.samples.lock() {
+            s.extend(events.iter().map(|e| now - e.event.meta.occurred_at));
+        }
+    }
+}
+
+/// Produces heartbeats at `rate` for `duration` while a projector follows; returns the sorted
+/// lags (µs) from each heartbeat's occurred-at to the commit that applied it.
+async fn steady_lag(
+    cfg: &Config,
+    schema: &str,
+    rate: f64,
+    duration: Duration,
+    devices: usize,
+) -> Result<Vec<i64>, BoxError> {
+    let kafka = &cfg.kafka;
+    ensure_topics(kafka).await?;
+    let pool = otaledger_consumers::db::pool(&cfg.database.url, schema, 4).await?;
+    otaledger_projections::migrations::migrate(&pool).await?;
+    let samples = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let probe = LagProbe {
+        inner: FleetProjector,
+        samples: samples.clone(),
+    };
+    let runner_cfg = RunnerConfig {
+        consumer: "projector".into(),
+        topic: kafka.topics().device_events,
+        database_url: cfg.database.url.clone(),
+        schema: schema.to_owned(),
+        member: "lag".into(),
+        batch_max: cfg.projector.batch_max,
+        batch_wait: Duration::from_millis(cfg.projector.batch_wait_ms),
+        rebalance_every: Duration::from_secs(5),
+        kafka: kafka.clone(),
+    };
+    let shutdown = Shutdown::new();
+    let task = tokio::spawn(
+        Runner::new(runner_cfg, probe, EventProducer::new(kafka)?, pool.clone())
+            .run(shutdown.signal()),
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await; // ownership taken, partitions assigned
+    let producer = EventProducer::new(kafka)?;
+    let tick = Duration::from_millis(5);
+    let per_tick = rate * tick.as_secs_f64();
+    let mut interval = tokio::time::interval(tick);
+    let started = Instant::now();
+    let (mut sent, mut budget) = (0usize, 0.0_f64);
+    let mut pending = Vec::new();
+    while started.elapsed() < duration {
+        interval.tick().await;
+        budget += per_tick;
+        while budget >= 1.0 {
+            budget -= 1.0;
+            let mut e = heartbeats(1, 1).remove(0);
+            if let Payload::Heartbeat(h) = &mut e.payload {
+                h.device_id = format!("bench-{:07}", sent % devices.max(1));
+            }
+            let now = now_micros();
+            e.meta.occurred_at = now;
+            e.meta.recorded_at = now;
+            pending.push(producer.enqueue(&e).await?);
+            sent += 1;
+        }
+    }
+    for p in pending {
+        p.acked().await?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let n = samples.lock().map_or(0, |s| s.len());
+        if n >= sent {
+            break;
+        }
+        if Instant::now() > deadline || task.is_finished() {
+            return Err(format!("only {n} of {sent} heartbeats were projected").into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    shutdown.trigger();
+    let _ = task.await;
+    pool.close().await;
+    let mut out = samples.lock().map(|s| s.clone()).unwrap_or_default();
+    out.sort_unstable();
+    Ok(out)
 }
 
 async fn create_topic(kafka: &KafkaConfig, topic: &str) -> Result<(), BoxError> {

@@ -74,6 +74,9 @@ enum Command {
         /// Distinct devices the events come from (overrides the size).
         #[arg(long)]
         devices: Option<usize>,
+        /// Seconds the steady-rate lag scenario runs (overrides the size).
+        #[arg(long)]
+        lag_seconds: Option<u64>,
         /// Where to write the JSON report.
         #[arg(long, default_value = "bench/results.json")]
         out: PathBuf,
@@ -176,8 +179,11 @@ async fn main() -> ExitCode {
                 stack.await;
                 Ok(())
             }
-            Command::Bench { scenario, quick, events, devices, out } => {
+            Command::Bench { scenario, quick, events, devices, lag_seconds, out } => {
                 let mut args = bench::BenchArgs::sized(scenario, quick, out);
+                if let Some(secs) = lag_seconds {
+                    args.lag_duration = std::time::Duration::from_secs(secs);
+                }
                 args.events = events.unwrap_or(args.events);
                 args.devices = devices.unwrap_or(args.devices);
                 bench::run(&cfg, &args).await.map(|_| ())

@@ -34,6 +34,9 @@ pub trait Projection: Send {
         tx: &'a mut PgConnection,
         events: &'a [Positioned],
     ) -> BoxFuture<'a, Result<()>>;
+
+    /// Called after the batch and its offsets committed (for measurements; nothing to undo).
+    fn committed(&mut self, _events: &[Positioned]) {}
 }
 
 /// A boxed, sendable future (naming the type sidesteps rustc's higher-ranked `Send` inference
@@ -104,7 +107,7 @@ impl<P: Projection> Runner<P> {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("queued.min.messages", "200000")
-            .set("fetch.wait.max.ms", "50")
+            .set("fetch.wait.max.ms", "10")
             .create()
             .map_err(|source| Error::Kafka {
                 context: "creating consumer".into(),
@@ -118,6 +121,11 @@ impl<P: Projection> Runner<P> {
         let batch_seconds = REGISTRY.histogram(
             "otaledger_consumer_batch_seconds",
             "Time to apply one batch and commit it with its offsets",
+            &[("consumer", &cfg.consumer)],
+        );
+        let lag_seconds = REGISTRY.histogram(
+            "otaledger_consumer_commit_lag_seconds",
+            "From an event's recorded-at time to the commit of the batch that applied it",
             &[("consumer", &cfg.consumer)],
         );
         let owned_gauge = REGISTRY.gauge(
@@ -211,6 +219,12 @@ impl<P: Projection> Runner<P> {
             }
             applied.add(events.len() as u64);
             batch_seconds.observe(started.elapsed().as_secs_f64());
+            let now = otaledger_domain::time::now_micros();
+            for e in &events {
+                #[allow(clippy::cast_precision_loss)]
+                lag_seconds.observe((now - e.event.meta.recorded_at).max(0) as f64 / 1e6);
+            }
+            self.projection.committed(&events);
         }
         ownership.release_all().await?;
         tracing::info!(consumer = %cfg.consumer, "consumer stopped");

@@ -15,6 +15,7 @@ async fn bench_all_reports_every_figure_and_writes_json() {
         events: 2_000,
         devices: 150,
         naive_events: 300,
+        lag_duration: std::time::Duration::from_secs(2),
         out: out.clone(),
     };
     let report = run(&cfg, &args).await.unwrap();
@@ -28,6 +29,7 @@ async fn bench_all_reports_every_figure_and_writes_json() {
         "projector catch-up",
         "2 projector instances catch-up",
         "naive projector (1 event per tx)",
+        "occurred-at to commit p99",
     ] {
         let f = report
             .figures
