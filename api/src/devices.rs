@@ -110,8 +110,9 @@ fn check_device_id(id: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn summary(State(s): State<AppState>) -> Result<Json<Summary>, ApiError> {
-    fleet::summary(&s.pool, s.offline_after)
+async fn summary(State(s): State<AppState>) -> Result<Json<std::sync::Arc<Summary>>, ApiError> {
+    s.summary
+        .get(&s.pool, s.offline_after)
         .await
         .map(Json)
         .map_err(|e| ApiError::unavailable(&e))

@@ -4,6 +4,7 @@
 mod devices;
 mod ops;
 pub mod rollouts;
+pub mod summary_cache;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,6 +30,7 @@ pub struct AppState {
     pub kafka_probe: Arc<BaseConsumer>,
     pub kafka: KafkaConfig,
     pub offline_after: Duration,
+    pub summary: Arc<summary_cache::SummaryCache>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -55,6 +57,7 @@ impl AppState {
             kafka_probe: Arc::new(probe),
             kafka,
             offline_after,
+            summary: Arc::new(summary_cache::SummaryCache::new(Duration::from_secs(1))),
         })
     }
 }

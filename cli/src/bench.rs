@@ -36,6 +36,8 @@ pub enum Scenario {
     Projection,
     /// End-to-end lag (occurred-at to projection commit) at a steady rate.
     Lag,
+    /// API latency under a fixed arrival rate (open loop) over a large fleet.
+    Api,
     /// Every scenario above.
     All,
 }
@@ -48,6 +50,11 @@ pub struct BenchArgs {
     pub naive_events: usize,
     /// How long the steady-rate lag scenario runs.
     pub lag_duration: Duration,
+    /// Devices in the fleet the API scenario queries.
+    pub api_devices: usize,
+    /// Requests per second and seconds per endpoint in the API scenario.
+    pub api_rate: f64,
+    pub api_duration: Duration,
     pub out: std::path::PathBuf,
 }
 
@@ -61,6 +68,9 @@ impl BenchArgs {
                 devices: 10_000,
                 naive_events: 3_000,
                 lag_duration: Duration::from_secs(10),
+                api_devices: 100_000,
+                api_rate: 5_000.0,
+                api_duration: Duration::from_secs(5),
                 out,
             }
         } else {
@@ -70,6 +80,9 @@ impl BenchArgs {
                 devices: 100_000,
                 naive_events: 20_000,
                 lag_duration: Duration::from_secs(60),
+                api_devices: 1_000_000,
+                api_rate: 5_000.0,
+                api_duration: Duration::from_secs(20),
                 out,
             }
         }
@@ -496,6 +509,63 @@ pub async fn run(cfg: &Config, args: &BenchArgs) -> Result<Report, BoxError> {
         report.add("lag", "occurred-at to commit max", pct(1.0), "ms");
     }
 
+    if all || args.scenario == Scenario::Api {
+        let schema = format!("{name}_api");
+        let (addr, server) = api_over_fleet(&bench_cfg, &schema, args.api_devices).await?;
+        report.add("api", "fleet size", args.api_devices as f64, "devices");
+        for (label, names) in [
+            (
+                "GET /v1/devices/{id}",
+                [
+                    "devices/{id} p50",
+                    "devices/{id} p99",
+                    "devices/{id} p99.9",
+                    "devices/{id} errors",
+                ],
+            ),
+            (
+                "GET /v1/fleet/summary",
+                [
+                    "summary p50",
+                    "summary p99",
+                    "summary p99.9",
+                    "summary errors",
+                ],
+            ),
+        ] {
+            // A second of warm-up first: connections, the pool and PostgreSQL's caches.
+            let warm = args.api_duration.min(Duration::from_secs(1));
+            open_loop(addr, label, args.api_rate, warm, args.api_devices).await?;
+            let (lat, errors) = open_loop(
+                addr,
+                label,
+                args.api_rate,
+                args.api_duration,
+                args.api_devices,
+            )
+            .await?;
+            let pct = |q: f64| {
+                #[allow(
+                    clippy::cast_possible_truncation,
+                    clippy::cast_sign_loss,
+                    clippy::cast_precision_loss
+                )]
+                let i = ((lat.len().max(1) as f64 - 1.0) * q).round() as usize;
+                #[allow(clippy::cast_precision_loss)]
+                lat.get(i).map_or(0.0, |v| *v as f64 / 1000.0)
+            };
+            println!(
+                "  api         {label} at {:.0} req/s for {:?}",
+                args.api_rate, args.api_duration
+            );
+            report.add("api", names[0], pct(0.50), "ms");
+            report.add("api", names[1], pct(0.99), "ms");
+            report.add("api", names[2], pct(0.999), "ms");
+            report.add("api", names[3], errors as f64, "requests");
+        }
+        server.abort();
+    }
+
     // The bench's tables are scratch; its topics stay (Kafka topics are cheap, deleting them is
     // not supported everywhere).
     let admin = otaledger_consumers::db::pool(&bench_cfg.database.url, &name, 1).await?;
@@ -572,6 +642,163 @@ async fn project(
     }
     pool.close().await;
     Ok(elapsed)
+}
+
+/// Fills a fleet of `devices` rows and serves the API over it on a free loopback port.
+async fn api_over_fleet(
+    cfg: &Config,
+    schema: &str,
+    devices: usize,
+) -> Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>), BoxError> {
+    let pool = otaledger_consumers::db::pool(&cfg.database.url, schema, 16).await?;
+    otaledger_projections::migrations::migrate(&pool).await?;
+    let now = now_micros();
+    for start in (0..devices).step_by(20_000) {
+        let mut patches = BTreeMap::new();
+        for i in start..(start + 20_000).min(devices) {
+            let e = Event {
+                meta: EventMeta {
+                    event_id: new_event_id(),
+                    occurred_at: now,
+                    recorded_at: now,
+                    trace_id: String::new(),
+                },
+                payload: Payload::DeviceRegistered(otaledger_domain::events::DeviceRegistered {
+                    device_id: format!("bench-{i:07}"),
+                    model: format!("model-{}", i % 7),
+                    site: format!("site-{}", i % 50),
+                    tags: vec!["prod".into()],
+                    firmware_version: format!("1.{}.0", i % 5),
+                    gateway_id: None,
+                    hardware_rev: None,
+                }),
+            };
+            let position = otaledger_domain::device_view::Position {
+                partition: 0,
+                offset: i as i64,
+            };
+            if let Some(v) = otaledger_domain::device_view::DeviceView::apply(None, &e, position) {
+                patches.insert(v.device_id.clone(), v);
+            }
+        }
+        let mut tx = pool.begin().await?;
+        merge_patches(&mut tx, patches).await?;
+        tx.commit().await?;
+    }
+    sqlx::query("ANALYZE devices").execute(&pool).await?;
+    let state = otaledger_api::AppState::new(
+        pool,
+        EventProducer::new(&cfg.kafka)?,
+        cfg.kafka.clone(),
+        cfg.offline_after(),
+    )?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, otaledger_api::app(state)).await;
+    });
+    Ok((addr, server))
+}
+
+/// One HTTP/1.1 GET on a kept-alive connection; returns whether it answered 200.
+async fn get_once(conn: &mut tokio::net::TcpStream, path: &str) -> std::io::Result<bool> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    conn.write_all(format!("GET {path} HTTP/1.1\r\nhost: bench\r\n\r\n").as_bytes())
+        .await?;
+    let mut buf = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 8192];
+    loop {
+        let n = conn.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap_or(0))
+                })
+                .unwrap_or(0);
+            while buf.len() < end + 4 + len {
+                let n = conn.read(&mut chunk).await?;
+                if n == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            return Ok(head.starts_with("http/1.1 200"));
+        }
+    }
+}
+
+/// Sends requests at a fixed arrival rate whatever the answers take (open loop), measuring each
+/// from its scheduled time so that a slow answer cannot hide the queue behind it. Returns the
+/// sorted latencies (µs) and the error count.
+async fn open_loop(
+    addr: std::net::SocketAddr,
+    label: &str,
+    rate: f64,
+    duration: Duration,
+    devices: usize,
+) -> Result<(Vec<i64>, u64), BoxError> {
+    let pool: std::sync::Arc<std::sync::Mutex<Vec<tokio::net::TcpStream>>> =
+        std::sync::Arc::default();
+    let latencies: std::sync::Arc<std::sync::Mutex<Vec<i64>>> = std::sync::Arc::default();
+    let errors = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let summary = label.contains("summary");
+    let interval = Duration::from_secs_f64(1.0 / rate.max(1.0));
+    let start = tokio::time::Instant::now();
+    let total = (duration.as_secs_f64() * rate) as u64;
+    let mut tasks = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+    for i in 0..total {
+        let due = start + interval.mul_f64(i as f64);
+        tokio::time::sleep_until(due).await;
+        let (pool, latencies, errors) = (pool.clone(), latencies.clone(), errors.clone());
+        let path = if summary {
+            "/v1/fleet/summary".to_owned()
+        } else {
+            format!(
+                "/v1/devices/bench-{:07}",
+                (i.wrapping_mul(2_654_435_761)) % devices.max(1) as u64
+            )
+        };
+        tasks.push(tokio::spawn(async move {
+            let conn = pool.lock().ok().and_then(|mut p| p.pop());
+            let conn = match conn {
+                Some(c) => Ok(c),
+                None => tokio::net::TcpStream::connect(addr).await,
+            };
+            let ok = match conn {
+                Ok(mut c) => match get_once(&mut c, &path).await {
+                    Ok(ok) => {
+                        if let Ok(mut p) = pool.lock() {
+                            p.push(c);
+                        }
+                        ok
+                    }
+                    Err(_) => false,
+                },
+                Err(_) => false,
+            };
+            let micros = i64::try_from(due.elapsed().as_micros()).unwrap_or(i64::MAX);
+            if ok {
+                if let Ok(mut l) = latencies.lock() {
+                    l.push(micros);
+                }
+            } else {
+                errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let mut lat = latencies.lock().map(|l| l.clone()).unwrap_or_default();
+    lat.sort_unstable();
+    Ok((lat, errors.load(std::sync::atomic::Ordering::Relaxed)))
 }
 
 /// The fleet projector, noting each event's lag once its batch committed.

@@ -16,6 +16,9 @@ async fn bench_all_reports_every_figure_and_writes_json() {
         devices: 150,
         naive_events: 300,
         lag_duration: std::time::Duration::from_secs(2),
+        api_devices: 2_000,
+        api_rate: 200.0,
+        api_duration: std::time::Duration::from_secs(1),
         out: out.clone(),
     };
     let report = run(&cfg, &args).await.unwrap();
@@ -30,6 +33,8 @@ async fn bench_all_reports_every_figure_and_writes_json() {
         "2 projector instances catch-up",
         "naive projector (1 event per tx)",
         "occurred-at to commit p99",
+        "devices/{id} p99",
+        "summary p99",
     ] {
         let f = report
             .figures
@@ -38,6 +43,13 @@ async fn bench_all_reports_every_figure_and_writes_json() {
             .unwrap_or_else(|| panic!("{want} missing from {names:?}"));
         assert!(f.value > 0.0, "{want}");
     }
+    let errors: f64 = report
+        .figures
+        .iter()
+        .filter(|f| f.name.ends_with("errors"))
+        .map(|f| f.value)
+        .sum();
+    assert_eq!(errors, 0.0, "every API request of the load answered 200");
     let ingest = report
         .figures
         .iter()
