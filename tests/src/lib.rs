@@ -187,6 +187,24 @@ pub fn config(services: &Services, name: &str) -> Config {
     cfg
 }
 
+/// The API over the test's (migrated) schema and topics, for `oneshot` requests.
+///
+/// # Panics
+/// When PostgreSQL or Kafka cannot be reached.
+pub async fn api_app(cfg: &Config) -> axum::Router {
+    let pool = otaledger_consumers::db::pool(&cfg.database.url, &cfg.database.schema, 4)
+        .await
+        .expect("pool");
+    otaledger_projections::migrations::migrate(&pool)
+        .await
+        .expect("migrations");
+    let producer = otaledger_producers::kafka::EventProducer::new(&cfg.kafka).expect("producer");
+    let state =
+        otaledger_api::AppState::new(pool, producer, cfg.kafka.clone(), cfg.offline_after())
+            .expect("state");
+    otaledger_api::app(state)
+}
+
 /// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
 where

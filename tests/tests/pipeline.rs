@@ -10,7 +10,6 @@ use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use otaledger_cli::components::{prepare, Component};
 use otaledger_producers::amqp_bridge::{connect, declare_reports_queue, publish_batch};
-use otaledger_producers::kafka::EventProducer;
 use otaledger_producers::shutdown::Shutdown;
 use otaledger_producers::simulator::{self, SimConfig};
 use otaledger_tests::{
@@ -88,14 +87,7 @@ async fn every_simulated_device_reaches_the_api_with_the_right_fields() {
     // A registration burst of 2,500 devices: a broker that drops queued QoS 1 messages fails here.
     assert_eq!(stats.mqtt_messages + stats.gateway_reports, 2500 * 2);
 
-    let pool = otaledger_consumers::db::pool(&cfg.database.url, &cfg.database.schema, 2)
-        .await
-        .unwrap();
-    let producer = EventProducer::new(&cfg.kafka).unwrap();
-    let state =
-        otaledger_api::AppState::new(pool, producer, cfg.kafka.clone(), cfg.offline_after())
-            .unwrap();
-    let app = otaledger_api::app(state);
+    let app = otaledger_tests::api_app(&cfg).await;
     let devices: BTreeMap<String, Value> = eventually(
         Duration::from_secs(90),
         "all 2,500 devices with 2 events each",

@@ -7,7 +7,7 @@ use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use otaledger_domain::events::RollbackPolicy;
 use otaledger_domain::{EventType, Payload};
-use otaledger_producers::kafka::{ensure_topics, EventProducer};
+use otaledger_producers::kafka::ensure_topics;
 use otaledger_tests::{config, decode_all, read_topic, unique, Services};
 use serde_json::{json, Value};
 use tower::ServiceExt;
@@ -45,17 +45,7 @@ async fn rollout_requests_are_validated_and_appended() {
     let services = Services::get().await;
     let cfg = config(&services, &unique("rollout_api"));
     ensure_topics(&cfg.kafka).await.unwrap();
-    let pool = otaledger_consumers::db::pool(&cfg.database.url, &cfg.database.schema, 2)
-        .await
-        .unwrap();
-    otaledger_projections::migrations::migrate(&pool)
-        .await
-        .unwrap();
-    let producer = EventProducer::new(&cfg.kafka).unwrap();
-    let state =
-        otaledger_api::AppState::new(pool, producer, cfg.kafka.clone(), cfg.offline_after())
-            .unwrap();
-    let app = otaledger_api::app(state);
+    let app = otaledger_tests::api_app(&cfg).await;
 
     let bad_cases: Vec<(&str, Mutation)> = vec![
         (
