@@ -3,3 +3,4 @@
 pub mod bench;
 pub mod components;
 pub mod config;
+pub mod replay;

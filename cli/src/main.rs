@@ -4,9 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use otaledger_cli::bench;
 use otaledger_cli::components::{self, Component};
 use otaledger_cli::config::{Config, ENV_OVERRIDES};
+use otaledger_cli::{bench, replay};
 use otaledger_producers::shutdown::Shutdown;
 use otaledger_producers::simulator::{self, SimConfig};
 
@@ -60,6 +60,33 @@ enum Command {
     },
     /// Create the ledger topics, the database schema and its tables if missing.
     Init,
+    /// Read the ledger back (every schema version), filter it and print it as JSON lines or a
+    /// table; a progress line on a terminal, none when piped.
+    Replay {
+        /// Topics to read: device-events, rollout-events, device-commands (default: all three).
+        #[arg(long, value_delimiter = ',')]
+        topic: Vec<String>,
+        /// Start every partition at this offset instead of the beginning.
+        #[arg(long, default_value_t = 0)]
+        from_offset: i64,
+        /// Only events about this device.
+        #[arg(long)]
+        device: Option<String>,
+        /// Only events of this rollout.
+        #[arg(long)]
+        rollout: Option<String>,
+        /// Only these event types (comma-separated, e.g. Heartbeat,InstallResult).
+        #[arg(long = "type", value_delimiter = ',')]
+        types: Vec<String>,
+        /// Only events that occurred at or after this RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// Only events that occurred before this RFC 3339 time.
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long, value_enum, default_value = "json")]
+        format: replay::Format,
+    },
     /// Measure speed against the machine's limits in the same run (own topics and schema);
     /// prints a table and writes a JSON report.
     Bench {
@@ -187,6 +214,36 @@ async fn main() -> ExitCode {
                 args.events = events.unwrap_or(args.events);
                 args.devices = devices.unwrap_or(args.devices);
                 bench::run(&cfg, &args).await.map(|_| ())
+            }
+            Command::Replay { topic, from_offset, device, rollout, types, since, until, format } => {
+                let topics = cfg.kafka.topics();
+                let names = if topic.is_empty() {
+                    vec!["device-events".to_owned(), "rollout-events".to_owned(), "device-commands".to_owned()]
+                } else {
+                    topic
+                };
+                let mut filter = replay::Filter { from_offset, device, rollout, idle: std::time::Duration::from_secs(2), ..Default::default() };
+                for name in names {
+                    filter.topics.push(match name.as_str() {
+                        "device-events" => topics.device_events.clone(),
+                        "rollout-events" => topics.rollout_events.clone(),
+                        "device-commands" => topics.device_commands.clone(),
+                        "dead-letters" => return Err("dead letters are raw bytes, not events: read them with a Kafka client".into()),
+                        other => return Err(format!("unknown topic {other:?}: use device-events, rollout-events or device-commands").into()),
+                    });
+                }
+                for t in types {
+                    filter.types.push(otaledger_domain::EventType::from_name(&t).ok_or_else(|| format!("unknown event type {t:?}"))?);
+                }
+                filter.since = since.as_deref().map(replay::parse_time).transpose()?;
+                filter.until = until.as_deref().map(replay::parse_time).transpose()?;
+                let kafka = cfg.kafka.clone();
+                let stats = tokio::task::spawn_blocking(move || {
+                    replay::replay(&kafka, &filter, format, &mut std::io::stdout().lock()).map_err(|e| e.to_string())
+                })
+                .await??;
+                tracing::info!(?stats, "replay done");
+                Ok(())
             }
             Command::Simulate { sim } => {
                 let stats = simulator::run(sim.to_config(&cfg), shutdown.signal()).await?;

@@ -350,8 +350,10 @@ pub struct CancelCommand {
 
 macro_rules! catalogue {
     ($( $variant:ident($ty:ty) => $name:literal, $stream:ident, $key:ident; )*) => {
-        /// The payload of an event: one variant per event type.
-        #[derive(Debug, Clone, PartialEq)]
+        /// The payload of an event: one variant per event type. Serialises as the bare payload
+        /// (the type travels beside it).
+        #[derive(Debug, Clone, PartialEq, Serialize)]
+        #[serde(untagged)]
         pub enum Payload {
             $( $variant($ty), )*
         }

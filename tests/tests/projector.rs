@@ -186,7 +186,7 @@ async fn a_projector_killed_mid_stream_and_restarted_loses_and_duplicates_nothin
         .await
         .unwrap();
 
-    let producing = produce(&cfg, 500, 0..40);
+    let producing = produce(&cfg, 500, 0..80);
     let mut first = spawn_process(&cfg, "projector", "p1", &log_path(&name, "p1"));
     eventually(
         Duration::from_secs(60),
@@ -222,7 +222,7 @@ async fn two_projectors_share_the_partitions_and_the_survivor_takes_over() {
 
     let mut a = spawn_process(&cfg, "projector", "a", &log_path(&name, "a"));
     let mut b = spawn_process(&cfg, "projector", "b", &log_path(&name, "b"));
-    let producing = produce(&cfg, 400, 0..60);
+    let producing = produce(&cfg, 400, 0..120);
     // Each owns half of the four partitions.
     eventually(Duration::from_secs(60), "both projectors to own two partitions each", || {
         let pool = pool.clone();

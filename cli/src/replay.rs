@@ -1,0 +1,215 @@
+//! `otaledger replay`: read the ledger back, filter it, print it.
+//!
+//! Reads every partition of the chosen topics from the beginning (or an offset), decoding every
+//! schema version; filters by device, rollout, event type and the events' own occurred-at time
+//! (scanning: broker timestamp lookups are never used). It stops once it has passed the
+//! partitions' high watermarks taken at the start and the topics have been quiet for a moment
+//! (watermarks are a lower bound only, ADR 0005).
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use otaledger_domain::EventType;
+use otaledger_producers::config::KafkaConfig;
+use otaledger_producers::kafka::client_config;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::{json, Value};
+
+use crate::components::BoxError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// One JSON object per line.
+    Json,
+    /// A readable table.
+    Table,
+}
+
+/// What to replay.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Topic names (already prefixed).
+    pub topics: Vec<String>,
+    pub from_offset: i64,
+    pub device: Option<String>,
+    pub rollout: Option<String>,
+    pub types: Vec<EventType>,
+    /// Occurred-at bounds, in microseconds since the epoch (inclusive, exclusive).
+    pub since: Option<i64>,
+    pub until: Option<i64>,
+    /// How long the topics must stay quiet after the watermarks before replay ends.
+    pub idle: Duration,
+}
+
+/// What a replay saw.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    pub read: u64,
+    pub printed: u64,
+    pub undecodable: u64,
+}
+
+fn rfc3339(micros: i64) -> String {
+    DateTime::<Utc>::from_timestamp_micros(micros).map_or_else(
+        || micros.to_string(),
+        |t| t.to_rfc3339_opts(SecondsFormat::Micros, true),
+    )
+}
+
+/// Parses an RFC 3339 time into microseconds.
+pub fn parse_time(text: &str) -> Result<i64, String> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc).timestamp_micros())
+        .map_err(|e| format!("{text:?} is not an RFC 3339 time: {e}"))
+}
+
+fn field<'a>(payload: &'a Value, name: &str) -> Option<&'a str> {
+    payload.get(name).and_then(Value::as_str)
+}
+
+/// Replays the ledger into `out`.
+pub fn replay(
+    kafka: &KafkaConfig,
+    filter: &Filter,
+    format: Format,
+    out: &mut dyn Write,
+) -> Result<Stats, BoxError> {
+    let consumer: BaseConsumer = client_config(kafka)
+        .set("group.id", "otaledger-replay")
+        .set("enable.auto.commit", "false")
+        .set("queued.min.messages", "100000")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    let mut remaining: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    for topic in &filter.topics {
+        let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        for p in md.topics().iter().flat_map(|t| t.partitions()) {
+            let (_, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
+            if high > filter.from_offset {
+                remaining.insert((topic.clone(), p.id()), high);
+            }
+            let start = if filter.from_offset > 0 {
+                Offset::Offset(filter.from_offset)
+            } else {
+                Offset::Beginning
+            };
+            tpl.add_partition_offset(topic, p.id(), start)?;
+        }
+    }
+    consumer.assign(&tpl)?;
+    let progress = std::io::stderr().is_terminal();
+    let started = Instant::now();
+    let mut last_progress = Instant::now();
+    let mut idle_since = Instant::now();
+    let mut stats = Stats::default();
+    if format == Format::Table {
+        writeln!(
+            out,
+            "{:<27} {:<22} {:<20} {:<24} details",
+            "occurred_at", "topic@partition:offset", "event_type", "key"
+        )?;
+    }
+    loop {
+        if progress && last_progress.elapsed() > Duration::from_millis(200) {
+            let rate = stats.read as f64 / started.elapsed().as_secs_f64().max(1e-3);
+            eprint!(
+                "\r  replayed {} records ({} shown), {:.0}/s   ",
+                stats.read, stats.printed, rate
+            );
+            last_progress = Instant::now();
+        }
+        let Some(m) = consumer.poll(Duration::from_millis(100)) else {
+            if remaining.is_empty() && idle_since.elapsed() >= filter.idle {
+                break;
+            }
+            continue;
+        };
+        let m = m?;
+        idle_since = Instant::now();
+        stats.read += 1;
+        let key = (m.topic().to_owned(), m.partition());
+        if remaining
+            .get(&key)
+            .is_some_and(|high| m.offset() + 1 >= *high)
+        {
+            remaining.remove(&key);
+        }
+        let decoded = match otaledger_schemas::decode(m.payload().unwrap_or_default()) {
+            Ok(d) => d,
+            Err(e) => {
+                stats.undecodable += 1;
+                eprintln!(
+                    "{}@{}:{}: cannot decode: {e}",
+                    m.topic(),
+                    m.partition(),
+                    m.offset()
+                );
+                continue;
+            }
+        };
+        let event = decoded.event;
+        let event_type = event.event_type();
+        if !filter.types.is_empty() && !filter.types.contains(&event_type) {
+            continue;
+        }
+        let t = event.meta.occurred_at;
+        if filter.since.is_some_and(|s| t < s) || filter.until.is_some_and(|u| t >= u) {
+            continue;
+        }
+        let payload = serde_json::to_value(&event.payload)?;
+        if let Some(device) = &filter.device {
+            if field(&payload, "device_id") != Some(device.as_str()) {
+                continue;
+            }
+        }
+        if let Some(rollout) = &filter.rollout {
+            if field(&payload, "rollout_id") != Some(rollout.as_str()) {
+                continue;
+            }
+        }
+        stats.printed += 1;
+        match format {
+            Format::Json => {
+                let line = json!({
+                    "topic": m.topic(), "partition": m.partition(), "offset": m.offset(),
+                    "event_type": event_type.name(), "schema_version": decoded.writer_version,
+                    "event_id": event.meta.event_id, "occurred_at": rfc3339(t),
+                    "recorded_at": rfc3339(event.meta.recorded_at), "trace_id": event.meta.trace_id,
+                    "key": String::from_utf8_lossy(m.key().unwrap_or_default()),
+                    "payload": payload,
+                });
+                writeln!(out, "{line}")?;
+            }
+            Format::Table => {
+                let mut details = payload.as_object().cloned().unwrap_or_default();
+                details.remove("device_id");
+                details.remove("rollout_id");
+                writeln!(
+                    out,
+                    "{:<27} {:<22} {:<20} {:<24} {}",
+                    rfc3339(t),
+                    format!("{}@{}:{}", short(m.topic()), m.partition(), m.offset()),
+                    event_type.name(),
+                    String::from_utf8_lossy(m.key().unwrap_or_default()),
+                    Value::Object(details)
+                )?;
+            }
+        }
+    }
+    if progress {
+        eprintln!(
+            "\r  replayed {} records ({} shown, {} undecodable)        ",
+            stats.read, stats.printed, stats.undecodable
+        );
+    }
+    out.flush()?;
+    Ok(stats)
+}
+
+fn short(topic: &str) -> &str {
+    topic.rsplit('.').next().unwrap_or(topic)
+}
