@@ -60,6 +60,11 @@ enum Command {
     },
     /// Create the ledger topics, the database schema and its tables if missing.
     Init,
+    /// A readable timeline of a device or a rollout, explained from the ledger alone.
+    Audit {
+        #[command(subcommand)]
+        target: replay::AuditTarget,
+    },
     /// Read the ledger back (every schema version), filter it and print it as JSON lines or a
     /// table; a progress line on a terminal, none when piped.
     Replay {
@@ -214,6 +219,17 @@ async fn main() -> ExitCode {
                 args.events = events.unwrap_or(args.events);
                 args.devices = devices.unwrap_or(args.devices);
                 bench::run(&cfg, &args).await.map(|_| ())
+            }
+            Command::Audit { target } => {
+                let kafka = cfg.kafka.clone();
+                let lines = tokio::task::spawn_blocking(move || {
+                    replay::audit(&kafka, &target, std::time::Duration::from_secs(2)).map_err(|e| e.to_string())
+                })
+                .await??;
+                for line in lines {
+                    println!("{}  {}", replay::rfc3339(line.at), line.text);
+                }
+                Ok(())
             }
             Command::Replay { topic, from_offset, device, rollout, types, since, until, format } => {
                 let topics = cfg.kafka.topics();

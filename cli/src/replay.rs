@@ -53,7 +53,9 @@ pub struct Stats {
     pub undecodable: u64,
 }
 
-fn rfc3339(micros: i64) -> String {
+/// Formats microseconds since the epoch as RFC 3339.
+#[must_use]
+pub fn rfc3339(micros: i64) -> String {
     DateTime::<Utc>::from_timestamp_micros(micros).map_or_else(
         || micros.to_string(),
         |t| t.to_rfc3339_opts(SecondsFormat::Micros, true),
@@ -71,12 +73,73 @@ fn field<'a>(payload: &'a Value, name: &str) -> Option<&'a str> {
     payload.get(name).and_then(Value::as_str)
 }
 
+/// One event that passed the filter, with where it sits.
+#[derive(Debug)]
+pub struct Found<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: &'a [u8],
+    pub writer_version: u32,
+    pub event: otaledger_domain::Event,
+    pub payload: Value,
+}
+
 /// Replays the ledger into `out`.
 pub fn replay(
     kafka: &KafkaConfig,
     filter: &Filter,
     format: Format,
     out: &mut dyn Write,
+) -> Result<Stats, BoxError> {
+    if format == Format::Table {
+        writeln!(
+            out,
+            "{:<27} {:<22} {:<20} {:<24} details",
+            "occurred_at", "topic@partition:offset", "event_type", "key"
+        )?;
+    }
+    let stats = scan(kafka, filter, &mut |f: Found<'_>| {
+        let event_type = f.event.event_type();
+        let t = f.event.meta.occurred_at;
+        match format {
+            Format::Json => {
+                let line = json!({
+                    "topic": f.topic, "partition": f.partition, "offset": f.offset,
+                    "event_type": event_type.name(), "schema_version": f.writer_version,
+                    "event_id": f.event.meta.event_id, "occurred_at": rfc3339(t),
+                    "recorded_at": rfc3339(f.event.meta.recorded_at), "trace_id": f.event.meta.trace_id,
+                    "key": String::from_utf8_lossy(f.key),
+                    "payload": f.payload,
+                });
+                writeln!(out, "{line}")?;
+            }
+            Format::Table => {
+                let mut details = f.payload.as_object().cloned().unwrap_or_default();
+                details.remove("device_id");
+                details.remove("rollout_id");
+                writeln!(
+                    out,
+                    "{:<27} {:<22} {:<20} {:<24} {}",
+                    rfc3339(t),
+                    format!("{}@{}:{}", short(f.topic), f.partition, f.offset),
+                    event_type.name(),
+                    String::from_utf8_lossy(f.key),
+                    Value::Object(details)
+                )?;
+            }
+        }
+        Ok(())
+    })?;
+    out.flush()?;
+    Ok(stats)
+}
+
+/// Reads the ledger and hands every event that passes the filter to `visit`.
+pub fn scan(
+    kafka: &KafkaConfig,
+    filter: &Filter,
+    visit: &mut dyn FnMut(Found<'_>) -> Result<(), BoxError>,
 ) -> Result<Stats, BoxError> {
     let consumer: BaseConsumer = client_config(kafka)
         .set("group.id", "otaledger-replay")
@@ -106,13 +169,6 @@ pub fn replay(
     let mut last_progress = Instant::now();
     let mut idle_since = Instant::now();
     let mut stats = Stats::default();
-    if format == Format::Table {
-        writeln!(
-            out,
-            "{:<27} {:<22} {:<20} {:<24} details",
-            "occurred_at", "topic@partition:offset", "event_type", "key"
-        )?;
-    }
     loop {
         if progress && last_progress.elapsed() > Duration::from_millis(200) {
             let rate = stats.read as f64 / started.elapsed().as_secs_f64().max(1e-3);
@@ -172,33 +228,15 @@ pub fn replay(
             }
         }
         stats.printed += 1;
-        match format {
-            Format::Json => {
-                let line = json!({
-                    "topic": m.topic(), "partition": m.partition(), "offset": m.offset(),
-                    "event_type": event_type.name(), "schema_version": decoded.writer_version,
-                    "event_id": event.meta.event_id, "occurred_at": rfc3339(t),
-                    "recorded_at": rfc3339(event.meta.recorded_at), "trace_id": event.meta.trace_id,
-                    "key": String::from_utf8_lossy(m.key().unwrap_or_default()),
-                    "payload": payload,
-                });
-                writeln!(out, "{line}")?;
-            }
-            Format::Table => {
-                let mut details = payload.as_object().cloned().unwrap_or_default();
-                details.remove("device_id");
-                details.remove("rollout_id");
-                writeln!(
-                    out,
-                    "{:<27} {:<22} {:<20} {:<24} {}",
-                    rfc3339(t),
-                    format!("{}@{}:{}", short(m.topic()), m.partition(), m.offset()),
-                    event_type.name(),
-                    String::from_utf8_lossy(m.key().unwrap_or_default()),
-                    Value::Object(details)
-                )?;
-            }
-        }
+        visit(Found {
+            topic: m.topic(),
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().unwrap_or_default(),
+            writer_version: decoded.writer_version,
+            event,
+            payload,
+        })?;
     }
     if progress {
         eprintln!(
@@ -206,10 +244,59 @@ pub fn replay(
             stats.read, stats.printed, stats.undecodable
         );
     }
-    out.flush()?;
     Ok(stats)
 }
 
 fn short(topic: &str) -> &str {
     topic.rsplit('.').next().unwrap_or(topic)
+}
+
+/// What an audit is about.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum AuditTarget {
+    /// A device: heartbeats summarised (runs per firmware, version changes, silences), every
+    /// registration, command and install report.
+    Device {
+        id: String,
+        /// A silence longer than this many seconds between heartbeats is reported.
+        #[arg(long, default_value_t = 300)]
+        gap_s: i64,
+    },
+    /// A rollout: every request and every decision with its inputs and the rule that fired.
+    Rollout { id: String },
+}
+
+/// The audit timeline of a device or a rollout, from every ledger topic.
+pub fn audit(
+    kafka: &KafkaConfig,
+    target: &AuditTarget,
+    idle: Duration,
+) -> Result<Vec<otaledger_domain::audit::Line>, BoxError> {
+    let topics = kafka.topics();
+    let mut filter = Filter {
+        topics: vec![
+            topics.device_events,
+            topics.rollout_events,
+            topics.device_commands,
+        ],
+        idle,
+        ..Filter::default()
+    };
+    match target {
+        AuditTarget::Device { id, .. } => filter.device = Some(id.clone()),
+        AuditTarget::Rollout { id } => filter.rollout = Some(id.clone()),
+    }
+    let mut events = Vec::new();
+    scan(kafka, &filter, &mut |f: Found<'_>| {
+        events.push(f.event);
+        Ok(())
+    })?;
+    // Topics interleave by time, not by offset: order by when things happened.
+    events.sort_by_key(|e| e.meta.occurred_at);
+    Ok(match target {
+        AuditTarget::Device { gap_s, .. } => {
+            otaledger_domain::audit::device_timeline(&events, gap_s.saturating_mul(1_000_000))
+        }
+        AuditTarget::Rollout { .. } => otaledger_domain::audit::rollout_timeline(&events),
+    })
 }

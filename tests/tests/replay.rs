@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use otaledger_cli::replay::{replay, Filter, Format};
+use otaledger_cli::replay::{audit, replay, AuditTarget, Filter, Format};
 use otaledger_domain::events::*;
 use otaledger_domain::{Event, EventMeta, EventType, Payload};
 use otaledger_producers::kafka::{ensure_topics, EventProducer};
@@ -222,5 +222,38 @@ async fn replay_decodes_every_version_and_filters_exactly() {
     assert!(table
         .iter()
         .any(|l| l.contains("PauseRequested") && l.contains("why")));
+
+    let kafka = cfg.kafka.clone();
+    let (device, rollout) = tokio::task::spawn_blocking(move || {
+        let idle = Duration::from_millis(500);
+        let device = audit(
+            &kafka,
+            &AuditTarget::Device {
+                id: "d1".into(),
+                gap_s: 300,
+            },
+            idle,
+        )
+        .unwrap();
+        let rollout = audit(&kafka, &AuditTarget::Rollout { id: "r1".into() }, idle).unwrap();
+        (device, rollout)
+    })
+    .await
+    .unwrap();
+    let device: Vec<String> = device.into_iter().map(|l| l.text).collect();
+    assert_eq!(device.len(), 2, "{device:?}");
+    assert_eq!(device[0], "2 heartbeat(s) on 1.0.0 over 50s", "{device:?}");
+    assert!(
+        device[1].starts_with("update commanded (attempt 1"),
+        "{device:?}"
+    );
+    let rollout: Vec<String> = rollout.into_iter().map(|l| l.text).collect();
+    assert_eq!(
+        rollout,
+        vec![
+            "pause requested by ops: why",
+            "1 device command(s) issued in all"
+        ]
+    );
     otaledger_tests::drop_schema(&services, &cfg.database.schema).await;
 }

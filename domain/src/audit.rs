@@ -1,0 +1,296 @@
+//! Readable timelines for auditors, built from events alone (pure).
+//!
+//! A device's heartbeats are summarised (runs per firmware version, version changes, silences
+//! longer than a gap); every registration, command and install report is listed. A rollout's
+//! timeline lists every request and every saga decision with the inputs and the rule it carried.
+
+use std::fmt::Write as _;
+
+use crate::events::{CommandKind, Payload};
+use crate::time::Micros;
+use crate::Event;
+
+/// One line of a timeline: when, and what happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Line {
+    pub at: Micros,
+    pub text: String,
+}
+
+fn duration(micros: i64) -> String {
+    let s = micros / 1_000_000;
+    match s {
+        s if s >= 86_400 => format!("{}d{}h", s / 86_400, (s % 86_400) / 3600),
+        s if s >= 3600 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+        s if s >= 60 => format!("{}m{:02}s", s / 60, s % 60),
+        s => format!("{s}s"),
+    }
+}
+
+struct Run {
+    version: String,
+    first: Micros,
+    last: Micros,
+    count: u64,
+}
+
+/// The timeline of one device from its events in ledger order.
+#[must_use]
+pub fn device_timeline(events: &[Event], gap: Micros) -> Vec<Line> {
+    let mut out = Vec::new();
+    let mut run: Option<Run> = None;
+    let close = |run: Option<Run>, out: &mut Vec<Line>| {
+        if let Some(r) = run {
+            out.push(Line {
+                at: r.first,
+                text: format!(
+                    "{} heartbeat(s) on {} over {}",
+                    r.count,
+                    r.version,
+                    duration(r.last - r.first)
+                ),
+            });
+        }
+    };
+    for e in events {
+        let at = e.meta.occurred_at;
+        match &e.payload {
+            Payload::Heartbeat(h) => {
+                match run.as_mut() {
+                    Some(r) if r.version == h.firmware_version && at - r.last <= gap => {
+                        r.count += 1;
+                        r.last = r.last.max(at);
+                        continue;
+                    }
+                    _ => {}
+                }
+                let previous = run.take();
+                if let Some(p) = &previous {
+                    if at - p.last > gap {
+                        let (prev_last, prev_version) = (p.last, p.version.clone());
+                        close(previous, &mut out);
+                        out.push(Line {
+                            at: prev_last,
+                            text: format!("silent for {} (no heartbeat)", duration(at - prev_last)),
+                        });
+                        if prev_version != h.firmware_version {
+                            out.push(Line {
+                                at,
+                                text: format!("firmware {prev_version} -> {}", h.firmware_version),
+                            });
+                        }
+                    } else {
+                        let prev_version = p.version.clone();
+                        close(previous, &mut out);
+                        out.push(Line {
+                            at,
+                            text: format!("firmware {prev_version} -> {}", h.firmware_version),
+                        });
+                    }
+                }
+                run = Some(Run {
+                    version: h.firmware_version.clone(),
+                    first: at,
+                    last: at,
+                    count: 1,
+                });
+            }
+            other => {
+                let text = match other {
+                    Payload::DeviceRegistered(r) => format!(
+                        "registered: model {}, site {}, firmware {}, tags [{}]{}",
+                        r.model,
+                        r.site,
+                        r.firmware_version,
+                        r.tags.join(", "),
+                        r.gateway_id
+                            .as_ref()
+                            .map_or(String::new(), |g| format!(", behind gateway {g}"))
+                    ),
+                    Payload::InstallProgress(p) => format!(
+                        "install {:?} {}%{}",
+                        p.phase,
+                        p.percent,
+                        rollout(p.rollout_id.as_deref())
+                    ),
+                    Payload::InstallResult(r) => format!(
+                        "install result {:?}, now on {}{}{}",
+                        r.outcome,
+                        r.firmware_version,
+                        r.error_code
+                            .as_ref()
+                            .map_or(String::new(), |c| format!(", error {c}")),
+                        rollout(r.rollout_id.as_deref())
+                    ),
+                    Payload::DeviceCommanded(c) => format!(
+                        "{} commanded (attempt {}, command {}){}",
+                        kind(c.kind),
+                        c.attempt,
+                        c.command_id,
+                        rollout(Some(&c.rollout_id))
+                    ),
+                    Payload::DeviceTimedOut(t) => format!(
+                        "timed out on attempt {}{}",
+                        t.attempt,
+                        rollout(Some(&t.rollout_id))
+                    ),
+                    Payload::DeviceOutcome(o) => format!(
+                        "outcome {:?}: {}{}",
+                        o.state,
+                        o.reason,
+                        rollout(Some(&o.rollout_id))
+                    ),
+                    Payload::UpdateCommand(c) => format!(
+                        "update to {} sent (command {})",
+                        c.release.version, c.command_id
+                    ),
+                    Payload::RollbackCommand(c) => format!(
+                        "rollback to {} sent (command {})",
+                        c.target_version, c.command_id
+                    ),
+                    Payload::CancelCommand(c) => {
+                        format!("cancel sent (command {}): {}", c.command_id, c.reason)
+                    }
+                    _ => continue,
+                };
+                out.push(Line { at, text });
+            }
+        }
+    }
+    close(run, &mut out);
+    out.sort_by_key(|l| l.at);
+    out
+}
+
+fn rollout(id: Option<&str>) -> String {
+    id.map_or(String::new(), |r| format!(" [rollout {r}]"))
+}
+
+fn kind(k: CommandKind) -> &'static str {
+    match k {
+        CommandKind::Update => "update",
+        CommandKind::Rollback => "rollback",
+        CommandKind::Cancel => "cancel",
+    }
+}
+
+/// The timeline of one rollout: requests and every decision with its inputs.
+#[must_use]
+pub fn rollout_timeline(events: &[Event]) -> Vec<Line> {
+    let mut out = Vec::new();
+    let mut commanded: u64 = 0;
+    for e in events {
+        let at = e.meta.occurred_at;
+        let text = match &e.payload {
+            Payload::UpdateRequested(r) => {
+                let mut t = format!(
+                    "requested by {}: release {} ({} bytes, sha256 {}), waves {:?}%, success >= {}%, failure >= {}% after {} devices, timeout {}s, {} retries, {} in flight, rollback {:?}",
+                    r.requested_by, r.release.version, r.release.size_bytes, r.release.sha256, r.strategy.waves_pct,
+                    r.strategy.success_threshold_pct, r.strategy.failure_threshold_pct, r.strategy.min_devices_for_verdict,
+                    r.strategy.device_timeout_s, r.strategy.max_retries, r.strategy.max_in_flight, r.strategy.rollback_policy
+                );
+                let s = &r.selector;
+                let _ = write!(t, "; targets models {:?} sites {:?} tags {:?} versions {:?} ids {:?}", s.models, s.sites, s.tags, s.current_versions, s.device_ids);
+                t
+            }
+            Payload::PauseRequested(o) => format!("pause requested by {}: {}", o.requested_by, o.reason),
+            Payload::ResumeRequested(o) => format!("resume requested by {}: {}", o.requested_by, o.reason),
+            Payload::AbortRequested(o) => format!("abort requested by {}: {}", o.requested_by, o.reason),
+            Payload::WaveStarted(w) => format!("wave {} started (chunk {}/{}): {} devices", w.wave, w.chunk + 1, w.chunks, w.device_ids.len()),
+            Payload::DeviceCommanded(_) => {
+                commanded += 1;
+                continue;
+            }
+            Payload::ThresholdEvaluated(t) => format!(
+                "verdict {:?} on wave {}: {} [targeted {}, in flight {}, succeeded {}, failed {}, timed out {}, rejected {}]",
+                t.verdict, t.wave, t.rule, t.counts.targeted, t.counts.in_flight, t.counts.succeeded, t.counts.failed, t.counts.timed_out, t.counts.rejected
+            ),
+            Payload::RolloutStateChanged(c) => format!("state {:?} -> {:?}: {}", c.from, c.to, c.reason),
+            _ => continue,
+        };
+        out.push(Line { at, text });
+    }
+    if commanded > 0 {
+        let at = out.last().map_or(0, |l| l.at);
+        out.push(Line {
+            at,
+            text: format!("{commanded} device command(s) issued in all"),
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{Health, Heartbeat, InstallOutcome, InstallResult};
+    use crate::EventMeta;
+    use uuid::Uuid;
+
+    const S: i64 = 1_000_000;
+
+    fn at(t: i64, payload: Payload) -> Event {
+        Event {
+            meta: EventMeta {
+                event_id: Uuid::nil(),
+                occurred_at: t,
+                recorded_at: t,
+                trace_id: String::new(),
+            },
+            payload,
+        }
+    }
+
+    fn hb(t: i64, fw: &str) -> Event {
+        at(
+            t,
+            Payload::Heartbeat(Heartbeat {
+                device_id: "d".into(),
+                firmware_version: fw.into(),
+                gateway_id: None,
+                health: Health {
+                    uptime_s: 0,
+                    cpu_pct: 0.0,
+                    mem_pct: 0.0,
+                    temperature_c: 0.0,
+                    error_count: 0,
+                    signal_dbm: None,
+                },
+            }),
+        )
+    }
+
+    #[test]
+    fn heartbeats_are_summarised_with_version_changes_and_silences() {
+        let mut events: Vec<Event> = (0..10).map(|i| hb(i * 30 * S, "1.0.0")).collect();
+        events.push(at(
+            301 * S,
+            Payload::InstallResult(InstallResult {
+                device_id: "d".into(),
+                rollout_id: Some("r1".into()),
+                command_id: None,
+                outcome: InstallOutcome::Succeeded,
+                firmware_version: "1.1.0".into(),
+                error_code: None,
+                message: None,
+            }),
+        ));
+        events.extend((0..3).map(|i| hb(330 * S + i * 30 * S, "1.1.0")));
+        events.push(hb(2000 * S, "1.1.0"));
+        let lines: Vec<String> = device_timeline(&events, 300 * S)
+            .into_iter()
+            .map(|l| l.text)
+            .collect();
+        assert_eq!(
+            lines,
+            vec![
+                "10 heartbeat(s) on 1.0.0 over 4m30s",
+                "install result Succeeded, now on 1.1.0 [rollout r1]",
+                "firmware 1.0.0 -> 1.1.0",
+                "3 heartbeat(s) on 1.1.0 over 1m00s",
+                "silent for 26m50s (no heartbeat)",
+                "1 heartbeat(s) on 1.1.0 over 0s",
+            ]
+        );
+    }
+}
