@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use otaledger_consumers::{Runner, RunnerConfig};
+use otaledger_consumers::Runner;
 use otaledger_domain::events::{Health, Heartbeat};
 use otaledger_domain::ids::{new_event_id, new_trace_id};
 use otaledger_domain::time::now_micros;
@@ -318,6 +318,8 @@ pub async fn run(cfg: &Config, args: &BenchArgs) -> Result<Report, BoxError> {
     let mut bench_cfg = cfg.clone();
     bench_cfg.kafka.topic_prefix = format!("{name}.");
     bench_cfg.database.schema = name.clone();
+    // Instances started together settle their shares within half a second.
+    bench_cfg.projector.rebalance_ms = 500;
     let kafka = bench_cfg.kafka.clone();
     ensure_topics(&kafka).await?;
     let raw_topic = format!("{name}.raw");
@@ -606,17 +608,7 @@ async fn project(
     let started = Instant::now();
     let mut tasks = Vec::new();
     for member in members {
-        let runner_cfg = RunnerConfig {
-            consumer: "projector".into(),
-            topic: topic.clone(),
-            database_url: cfg.database.url.clone(),
-            schema: schema.to_owned(),
-            member: (*member).to_owned(),
-            batch_max: cfg.projector.batch_max,
-            batch_wait: Duration::from_millis(cfg.projector.batch_wait_ms),
-            rebalance_every: Duration::from_millis(500),
-            kafka: kafka.clone(),
-        };
+        let runner_cfg = crate::components::projector_runner_config(cfg, schema, member);
         let producer = EventProducer::new(kafka)?;
         tasks.push(tokio::spawn(
             Runner::new(runner_cfg, FleetProjector, producer, pool.clone()).run(shutdown.signal()),
@@ -842,17 +834,7 @@ async fn steady_lag(
         inner: FleetProjector,
         samples: samples.clone(),
     };
-    let runner_cfg = RunnerConfig {
-        consumer: "projector".into(),
-        topic: kafka.topics().device_events,
-        database_url: cfg.database.url.clone(),
-        schema: schema.to_owned(),
-        member: "lag".into(),
-        batch_max: cfg.projector.batch_max,
-        batch_wait: Duration::from_millis(cfg.projector.batch_wait_ms),
-        rebalance_every: Duration::from_secs(5),
-        kafka: kafka.clone(),
-    };
+    let runner_cfg = crate::components::projector_runner_config(cfg, schema, "lag");
     let shutdown = Shutdown::new();
     let task = tokio::spawn(
         Runner::new(runner_cfg, probe, EventProducer::new(kafka)?, pool.clone())

@@ -51,6 +51,22 @@ pub async fn prepare(cfg: &Config) -> Result<(), BoxError> {
     Ok(())
 }
 
+/// The fleet projector's runner settings for `schema`, as this instance `member`.
+#[must_use]
+pub fn projector_runner_config(cfg: &Config, schema: &str, member: &str) -> RunnerConfig {
+    RunnerConfig {
+        consumer: "projector".into(),
+        topic: cfg.kafka.topics().device_events,
+        database_url: cfg.database.url.clone(),
+        schema: schema.to_owned(),
+        member: member.to_owned(),
+        batch_max: cfg.projector.batch_max,
+        batch_wait: Duration::from_millis(cfg.projector.batch_wait_ms),
+        rebalance_every: Duration::from_millis(cfg.projector.rebalance_ms),
+        kafka: cfg.kafka.clone(),
+    }
+}
+
 /// A pool on the configured schema, migrated.
 async fn migrated_pool(cfg: &Config) -> Result<sqlx::PgPool, BoxError> {
     let db = &cfg.database;
@@ -90,17 +106,7 @@ async fn run_projector(
     shutdown: ShutdownSignal,
 ) -> Result<(), BoxError> {
     let pool = migrated_pool(cfg).await?;
-    let runner_cfg = RunnerConfig {
-        consumer: "projector".into(),
-        topic: cfg.kafka.topics().device_events,
-        database_url: cfg.database.url.clone(),
-        schema: cfg.database.schema.clone(),
-        member: cfg.member(),
-        batch_max: cfg.projector.batch_max,
-        batch_wait: Duration::from_millis(cfg.projector.batch_wait_ms),
-        rebalance_every: Duration::from_millis(cfg.projector.rebalance_ms),
-        kafka: cfg.kafka.clone(),
-    };
+    let runner_cfg = projector_runner_config(cfg, &cfg.database.schema, &cfg.member());
     Runner::new(runner_cfg, FleetProjector, producer, pool)
         .run(shutdown)
         .await?;

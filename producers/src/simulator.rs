@@ -212,6 +212,7 @@ pub async fn run(cfg: SimConfig, mut shutdown: ShutdownSignal) -> Result<SimStat
     } else {
         None
     };
+    let gateway_channel = amqp.as_ref().map(|(_, c)| c);
     let mut rng = SmallRng::seed_from_u64(cfg.seed ^ 0x5eed);
     let mut stats = SimStats::default();
     let mut batches: HashMap<String, Vec<serde_json::Value>> = HashMap::new();
@@ -232,13 +233,7 @@ pub async fn run(cfg: SimConfig, mut shutdown: ShutdownSignal) -> Result<SimStat
         )
         .await?;
     }
-    flush_batches(
-        amqp.as_ref().map(|(_, c)| c),
-        &cfg.amqp,
-        &mut batches,
-        &mut stats,
-    )
-    .await?;
+    flush_batches(gateway_channel, &cfg.amqp, &mut batches, &mut stats).await?;
 
     let start = tokio::time::Instant::now();
     let tick = Duration::from_millis(20);
@@ -283,23 +278,11 @@ pub async fn run(cfg: SimConfig, mut shutdown: ShutdownSignal) -> Result<SimStat
         if batches.values().any(|b| b.len() >= 500)
             || last_flush.elapsed() >= Duration::from_millis(200)
         {
-            flush_batches(
-                amqp.as_ref().map(|(_, c)| c),
-                &cfg.amqp,
-                &mut batches,
-                &mut stats,
-            )
-            .await?;
+            flush_batches(gateway_channel, &cfg.amqp, &mut batches, &mut stats).await?;
             last_flush = tokio::time::Instant::now();
         }
     }
-    flush_batches(
-        amqp.as_ref().map(|(_, c)| c),
-        &cfg.amqp,
-        &mut batches,
-        &mut stats,
-    )
-    .await?;
+    flush_batches(gateway_channel, &cfg.amqp, &mut batches, &mut stats).await?;
     // Wait until the broker acknowledged every QoS 1 publish.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     for link in &links {
