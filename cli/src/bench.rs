@@ -16,7 +16,7 @@ use otaledger_domain::{Event, EventMeta, Payload};
 use otaledger_producers::config::KafkaConfig;
 use otaledger_producers::kafka::{client_config, ensure_topics, EventProducer};
 use otaledger_producers::shutdown::Shutdown;
-use otaledger_projections::projector::{fold_batch, merge_patches, FleetProjector};
+use otaledger_projections::projector::{fold_batch, merge_patches, DimensionCache, FleetProjector};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -447,7 +447,12 @@ pub async fn run(cfg: &Config, args: &BenchArgs) -> Result<Report, BoxError> {
                 event: e.clone(),
             }];
             let mut tx = naive.begin().await?;
-            merge_patches(&mut tx, fold_batch(&positioned)).await?;
+            merge_patches(
+                &mut tx,
+                fold_batch(&positioned),
+                &mut DimensionCache::default(),
+            )
+            .await?;
             tx.commit().await?;
         }
         report.add(
@@ -611,7 +616,8 @@ async fn project(
         let runner_cfg = crate::components::projector_runner_config(cfg, schema, member);
         let producer = EventProducer::new(kafka)?;
         tasks.push(tokio::spawn(
-            Runner::new(runner_cfg, FleetProjector, producer, pool.clone()).run(shutdown.signal()),
+            Runner::new(runner_cfg, FleetProjector::new(), producer, pool.clone())
+                .run(shutdown.signal()),
         ));
     }
     loop {
@@ -674,7 +680,7 @@ async fn api_over_fleet(
             }
         }
         let mut tx = pool.begin().await?;
-        merge_patches(&mut tx, patches).await?;
+        merge_patches(&mut tx, patches, &mut DimensionCache::default()).await?;
         tx.commit().await?;
     }
     sqlx::query("ANALYZE devices").execute(&pool).await?;
@@ -808,7 +814,12 @@ impl otaledger_consumers::Projection for LagProbe {
         self.inner.apply(tx, events)
     }
 
+    fn ownership_changed(&mut self) {
+        self.inner.ownership_changed();
+    }
+
     fn committed(&mut self, events: &[otaledger_consumers::Positioned]) {
+        self.inner.committed(events);
         let now = now_micros();
         if let Ok(mut s) = self.samples.lock() {
             s.extend(events.iter().map(|e| now - e.event.meta.occurred_at));
@@ -831,7 +842,7 @@ async fn steady_lag(
     otaledger_projections::migrations::migrate(&pool).await?;
     let samples = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let probe = LagProbe {
-        inner: FleetProjector,
+        inner: FleetProjector::new(),
         samples: samples.clone(),
     };
     let runner_cfg = crate::components::projector_runner_config(cfg, schema, "lag");

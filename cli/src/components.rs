@@ -107,7 +107,7 @@ async fn run_projector(
 ) -> Result<(), BoxError> {
     let pool = migrated_pool(cfg).await?;
     let runner_cfg = projector_runner_config(cfg, &cfg.database.schema, &cfg.member());
-    Runner::new(runner_cfg, FleetProjector, producer, pool)
+    Runner::new(runner_cfg, FleetProjector::new(), producer, pool)
         .run(shutdown)
         .await?;
     Ok(())

@@ -35,8 +35,12 @@ pub trait Projection: Send {
         events: &'a [Positioned],
     ) -> BoxFuture<'a, Result<()>>;
 
-    /// Called after the batch and its offsets committed (for measurements; nothing to undo).
+    /// Called after the batch and its offsets committed.
     fn committed(&mut self, _events: &[Positioned]) {}
+
+    /// Called when the owned partitions changed or this instance was fenced: anything the
+    /// projection remembers about rows of other partitions may be stale.
+    fn ownership_changed(&mut self) {}
 }
 
 /// A boxed, sendable future (naming the type sidesteps rustc's higher-ranked `Send` inference
@@ -141,6 +145,7 @@ impl<P: Projection> Runner<P> {
             }
             if tokio::time::Instant::now() >= next_rebalance {
                 if ownership.rebalance().await? {
+                    self.projection.ownership_changed();
                     assign(&consumer, &cfg.topic, &ownership)?;
                 }
                 owned_gauge.set(i64::try_from(ownership.owned().len()).unwrap_or(0));
@@ -208,6 +213,7 @@ impl<P: Projection> Runner<P> {
                 tx.rollback().await.db("rolling back fenced batch")?;
                 tracing::warn!(consumer = %cfg.consumer, "fenced by a newer owner; giving up partitions");
                 ownership.release_all().await?;
+                self.projection.ownership_changed();
                 next_rebalance = tokio::time::Instant::now();
                 continue;
             }

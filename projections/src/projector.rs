@@ -13,7 +13,63 @@ use crate::DbContext;
 
 /// Projects `ota.device-events` into `devices` and `fleet_counts`.
 #[derive(Debug, Default)]
-pub struct FleetProjector;
+pub struct FleetProjector {
+    dims: DimensionCache,
+}
+
+/// Each device's committed firmware, model and site, so that a batch need not read them back
+/// before the merge (a third of a batch's database time at 5,000 devices). Sound only while this
+/// instance owns the devices' partitions: the runner reports ownership changes, which clear it.
+/// Values are staged during a batch and kept only once the batch committed.
+#[derive(Debug, Default)]
+pub struct DimensionCache {
+    enabled: bool,
+    committed: HashMap<String, Dimensions>,
+    staged: Vec<(String, Dimensions)>,
+}
+
+type Dimensions = (Option<String>, Option<String>, Option<String>);
+
+/// The most devices a cache holds before it starts over (about 150 MB).
+const CACHE_LIMIT: usize = 1_000_000;
+
+impl DimensionCache {
+    /// A cache that remembers across batches.
+    #[must_use]
+    pub fn new() -> Self {
+        DimensionCache {
+            enabled: true,
+            ..Self::default()
+        }
+    }
+
+    /// Keeps what the last batch staged (call after its commit).
+    pub fn commit(&mut self) {
+        if !self.enabled {
+            self.staged.clear();
+            return;
+        }
+        if self.committed.len() + self.staged.len() > CACHE_LIMIT {
+            self.committed.clear();
+        }
+        self.committed.extend(self.staged.drain(..));
+    }
+
+    /// Forgets everything (ownership changed: another instance may have written these rows).
+    pub fn clear(&mut self) {
+        self.committed.clear();
+        self.staged.clear();
+    }
+}
+
+impl FleetProjector {
+    #[must_use]
+    pub fn new() -> Self {
+        FleetProjector {
+            dims: DimensionCache::new(),
+        }
+    }
+}
 
 /// Dimensions counted in `fleet_counts`; `total` counts every device under the value `all`.
 pub const DIMENSIONS: [&str; 3] = ["firmware", "model", "site"];
@@ -97,7 +153,10 @@ type DimensionRow = (String, Option<String>, Option<String>, Option<String>);
 pub async fn merge_patches(
     tx: &mut PgConnection,
     patches: BTreeMap<String, DeviceView>,
+    cache: &mut DimensionCache,
 ) -> crate::Result<()> {
+    // Whatever an earlier, uncommitted batch staged is void.
+    cache.staged.clear();
     if patches.is_empty() {
         return Ok(());
     }
@@ -106,14 +165,25 @@ pub async fn merge_patches(
     for (_, v) in patches {
         c.push(v);
     }
-    let old: HashMap<String, DimensionRow> = sqlx::query_as::<_, DimensionRow>(OLD_VALUES)
-        .bind(&c.device_id)
-        .fetch_all(&mut *tx)
-        .await
-        .db("reading devices before the merge")?
-        .into_iter()
-        .map(|r| (r.0.clone(), r))
-        .collect();
+    let mut old: HashMap<String, Dimensions> = HashMap::with_capacity(n);
+    let mut unknown: Vec<&String> = Vec::new();
+    for id in &c.device_id {
+        match cache.committed.get(id) {
+            Some(d) => drop(old.insert(id.clone(), d.clone())),
+            None => unknown.push(id),
+        }
+    }
+    if !unknown.is_empty() {
+        let rows: Vec<DimensionRow> = sqlx::query_as(OLD_VALUES)
+            .bind(&unknown)
+            .fetch_all(&mut *tx)
+            .await
+            .db("reading devices before the merge")?;
+        old.extend(
+            rows.into_iter()
+                .map(|(id, fw, model, site)| (id, (fw, model, site))),
+        );
+    }
     let rows: Vec<DimensionRow> = sqlx::query_as(MERGE)
         .bind(c.device_id)
         .bind(c.model)
@@ -141,13 +211,16 @@ pub async fn merge_patches(
     let mut deltas: HashMap<(&'static str, String), i64> = HashMap::new();
     let label = |v: Option<String>| v.unwrap_or_else(|| UNKNOWN.to_owned());
     for (device_id, fw, model, site) in rows {
+        if cache.enabled {
+            cache
+                .staged
+                .push((device_id.clone(), (fw.clone(), model.clone(), site.clone())));
+        }
         let before = old.get(&device_id);
         if before.is_none() {
             *deltas.entry(("total", "all".to_owned())).or_default() += 1;
         }
-        let (old_fw, old_model, old_site) = before.map_or((None, None, None), |b| {
-            (b.1.clone(), b.2.clone(), b.3.clone())
-        });
+        let (old_fw, old_model, old_site) = before.cloned().unwrap_or_default();
         for (dim, old, new) in [
             (DIMENSIONS[0], old_fw, fw),
             (DIMENSIONS[1], old_model, model),
@@ -267,9 +340,17 @@ impl Projection for FleetProjector {
         events: &'a [Positioned],
     ) -> BoxFuture<'a, otaledger_consumers::Result<()>> {
         Box::pin(async move {
-            merge_patches(tx, fold_batch(events))
+            merge_patches(tx, fold_batch(events), &mut self.dims)
                 .await
                 .map_err(|e| otaledger_consumers::Error::Other(e.to_string()))
         })
+    }
+
+    fn committed(&mut self, _events: &[Positioned]) {
+        self.dims.commit();
+    }
+
+    fn ownership_changed(&mut self) {
+        self.dims.clear();
     }
 }

@@ -83,9 +83,13 @@ async fn fixture(test: &str) -> Fixture {
         .iter()
         .map(|d| (d.device_id.clone(), d.clone()))
         .collect();
-    otaledger_projections::projector::merge_patches(&mut tx, patches)
-        .await
-        .unwrap();
+    otaledger_projections::projector::merge_patches(
+        &mut tx,
+        patches,
+        &mut otaledger_projections::projector::DimensionCache::default(),
+    )
+    .await
+    .unwrap();
     tx.commit().await.unwrap();
     let producer = EventProducer::new(&cfg.kafka).unwrap();
     let state =
