@@ -265,3 +265,83 @@ async fn two_projectors_share_the_partitions_and_the_survivor_takes_over() {
     kill(&mut b);
     otaledger_tests::drop_schema(&services, &cfg.database.schema).await;
 }
+
+/// The projector's cache of each device's firmware/model/site is only sound while this instance
+/// owns the device: another owner's writes make it stale (shown first, on device `x`), and
+/// clearing it on an ownership change, as the runner does, keeps the counts exact (device `y`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dimension_cache_must_be_cleared_when_ownership_changes() {
+    use otaledger_domain::device_view::{DeviceView, Position};
+    use otaledger_projections::projector::{merge_patches, DimensionCache};
+
+    async fn apply(pool: &PgPool, device: &str, fw: &str, offset: i64, cache: &mut DimensionCache) {
+        let e = event(Payload::DeviceRegistered(DeviceRegistered {
+            device_id: device.into(),
+            model: "m".into(),
+            site: "s".into(),
+            tags: vec![],
+            firmware_version: fw.into(),
+            gateway_id: None,
+            hardware_rev: None,
+        }));
+        let v = DeviceView::apply(
+            None,
+            &e,
+            Position {
+                partition: 0,
+                offset,
+            },
+        )
+        .unwrap();
+        let mut tx = pool.begin().await.unwrap();
+        merge_patches(&mut tx, BTreeMap::from([(device.to_owned(), v)]), cache)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        cache.commit();
+    }
+    async fn firmware_counts(pool: &PgPool) -> Vec<(String, i64)> {
+        sqlx::query_as("SELECT value, devices FROM fleet_counts WHERE dimension = 'firmware' AND devices <> 0 ORDER BY value")
+            .fetch_all(pool)
+            .await
+            .unwrap()
+    }
+
+    let services = Services::get().await;
+    let cfg = config(&services, &unique("proj_cache"));
+    let pool = otaledger_consumers::db::pool(&cfg.database.url, &cfg.database.schema, 2)
+        .await
+        .unwrap();
+    otaledger_projections::migrations::migrate(&pool)
+        .await
+        .unwrap();
+    let (mut a, mut b) = (DimensionCache::new(), DimensionCache::new());
+
+    // Instance A owns x, B takes it over and writes, A gets it back without forgetting: wrong.
+    apply(&pool, "x", "1.0", 1, &mut a).await;
+    apply(&pool, "x", "2.0", 2, &mut b).await;
+    apply(&pool, "x", "3.0", 3, &mut a).await;
+    assert_ne!(
+        firmware_counts(&pool).await,
+        vec![("3.0".to_owned(), 1)],
+        "a stale cache miscounts"
+    );
+
+    // The same history on y, with A clearing its cache when ownership changes: exact.
+    sqlx::query("DELETE FROM fleet_counts")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM devices")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let (mut a, mut b) = (DimensionCache::new(), DimensionCache::new());
+    apply(&pool, "y", "1.0", 1, &mut a).await;
+    a.clear();
+    apply(&pool, "y", "2.0", 2, &mut b).await;
+    a.clear();
+    apply(&pool, "y", "3.0", 3, &mut a).await;
+    assert_eq!(firmware_counts(&pool).await, vec![("3.0".to_owned(), 1)]);
+    otaledger_tests::drop_schema(&services, &cfg.database.schema).await;
+}
