@@ -61,6 +61,9 @@ pub async fn declare_reports_queue(channel: &lapin::Channel, cfg: &AmqpConfig) -
     Ok(())
 }
 
+static AMQP_INGESTED: std::sync::LazyLock<metrics::Counter> =
+    std::sync::LazyLock::new(|| metrics::ingested("amqp"));
+
 struct InFlight {
     pending: Vec<Pending>,
     delivery: Delivery,
@@ -169,7 +172,6 @@ async fn handle(
             ]);
         }
     };
-    let ingested = metrics::ingested("amqp");
     let trace_id = new_trace_id();
     let mut pending = Vec::with_capacity(batch.reports.len());
     for report in batch.reports {
@@ -197,7 +199,7 @@ async fn handle(
         match parsed {
             Ok(event) => {
                 pending.push(producer.enqueue(&event).await?);
-                ingested.inc();
+                AMQP_INGESTED.inc();
             }
             Err((rejection, data)) => {
                 let raw = serde_json::json!({

@@ -3,10 +3,11 @@
 //! dead letter.
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{post, MethodRouter};
 use axum::{Json, Router};
 use otaledger_domain::ids::new_trace_id;
 use serde::Serialize;
@@ -15,6 +16,9 @@ use crate::dead_letters::{dead_letter, Origin};
 use crate::device_json::{parse_device_message, MessageKind, MAX_DEVICE_PAYLOAD};
 use crate::kafka::EventProducer;
 use crate::metrics;
+
+static HTTP_INGESTED: std::sync::LazyLock<metrics::Counter> =
+    std::sync::LazyLock::new(|| metrics::ingested("http"));
 
 /// The JSON error body every otaledger endpoint answers with.
 #[derive(Debug, Serialize)]
@@ -82,39 +86,41 @@ struct Accepted {
 /// The ingest routes, with their state applied.
 pub fn router(producer: EventProducer) -> Router {
     Router::new()
-        .route("/v1/devices/{id}/heartbeats", post(heartbeat))
-        .route("/v1/devices/{id}/registrations", post(registration))
-        .route("/v1/devices/{id}/install-reports", post(install_report))
-        // Oversized bodies reach the handler so they are dead-lettered and answered 413 too.
+        .route(
+            "/v1/devices/{id}/heartbeats",
+            route(MessageKind::Heartbeat, "heartbeats"),
+        )
+        .route(
+            "/v1/devices/{id}/registrations",
+            route(MessageKind::Register, "registrations"),
+        )
+        .route(
+            "/v1/devices/{id}/install-reports",
+            route(MessageKind::Install, "install-reports"),
+        )
+        // Bodies up to four times the device limit reach the handler, so they are dead-lettered
+        // byte for byte and answered 413; larger ones are refused unread (413, counted).
         .layer(DefaultBodyLimit::max(MAX_DEVICE_PAYLOAD * 4))
         .with_state(producer)
 }
 
-async fn heartbeat(
-    s: State<EventProducer>,
-    id: Path<String>,
-    h: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    ingest(MessageKind::Heartbeat, "heartbeats", s, id, &h, body).await
-}
-
-async fn registration(
-    s: State<EventProducer>,
-    id: Path<String>,
-    h: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    ingest(MessageKind::Register, "registrations", s, id, &h, body).await
-}
-
-async fn install_report(
-    s: State<EventProducer>,
-    id: Path<String>,
-    h: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    ingest(MessageKind::Install, "install-reports", s, id, &h, body).await
+fn route(kind: MessageKind, what: &'static str) -> MethodRouter<EventProducer> {
+    post(
+        move |s: State<EventProducer>,
+              id: Path<String>,
+              h: HeaderMap,
+              body: Result<Bytes, BytesRejection>| async move {
+            let body = body.map_err(|rejection| {
+                metrics::dead_lettered("http", "payload_too_large");
+                ApiError {
+                    status: rejection.status(),
+                    error: "payload_too_large",
+                    reason: rejection.body_text(),
+                }
+            })?;
+            ingest(kind, what, s, id, &h, body).await
+        },
+    )
 }
 
 /// A W3C `traceparent` carries the caller's trace id; otherwise a new one starts here.
@@ -141,7 +147,7 @@ async fn ingest(
                 .append(&event)
                 .await
                 .map_err(|e| ApiError::unavailable(&e))?;
-            metrics::ingested("http").inc();
+            HTTP_INGESTED.inc();
             let accepted = Accepted {
                 event_id: event.meta.event_id.to_string(),
                 partition: delivered.partition,

@@ -161,7 +161,7 @@ pub async fn merge_patches(
         return Ok(());
     }
     let n = patches.len();
-    let mut c = Columns::with_capacity(n);
+    let mut c = Columns::default();
     for (_, v) in patches {
         c.push(v);
     }
@@ -284,30 +284,6 @@ struct Columns {
 }
 
 impl Columns {
-    fn with_capacity(n: usize) -> Self {
-        Columns {
-            device_id: Vec::with_capacity(n),
-            model: Vec::with_capacity(n),
-            site: Vec::with_capacity(n),
-            tags_json: Vec::with_capacity(n),
-            gateway_id: Vec::with_capacity(n),
-            hardware_rev: Vec::with_capacity(n),
-            firmware_version: Vec::with_capacity(n),
-            first_seen_at: Vec::with_capacity(n),
-            last_seen_at: Vec::with_capacity(n),
-            last_heartbeat_at: Vec::with_capacity(n),
-            uptime_s: Vec::with_capacity(n),
-            cpu_pct: Vec::with_capacity(n),
-            mem_pct: Vec::with_capacity(n),
-            temperature_c: Vec::with_capacity(n),
-            error_count: Vec::with_capacity(n),
-            signal_dbm: Vec::with_capacity(n),
-            events: Vec::with_capacity(n),
-            last_partition: Vec::with_capacity(n),
-            last_offset: Vec::with_capacity(n),
-        }
-    }
-
     fn push(&mut self, v: DeviceView) {
         let h = v.health.as_ref();
         self.uptime_s.push(h.map(|h| h.uptime_s));

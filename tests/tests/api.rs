@@ -346,6 +346,14 @@ async fn http_ingest_answers_202_after_kafka_and_dead_letters_bad_bodies() {
         (StatusCode::PAYLOAD_TOO_LARGE, Some("payload_too_large"))
     );
 
+    // Far over the limit: refused unread, still with a JSON reason.
+    let huge = format!(r#"{{"pad":"{}"}}"#, "x".repeat(300_000));
+    let (s, b, _) = call(&f.app, "POST", "/v1/devices/dev-9/heartbeats", &huge).await;
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("payload_too_large"))
+    );
+
     let dead = read_topic(&f.cfg.kafka, &topics.dead_letters).await;
     assert_eq!(dead.len(), 5, "every rejected body is kept");
     assert!(dead
