@@ -9,11 +9,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use otaledger_domain::events::DeviceRegistered;
 use rand::rngs::SmallRng;
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 use rumqttc::{AsyncClient, Event as MqttEvent, Packet, QoS};
-use serde::Serialize;
 use serde_json::json;
 
 use crate::amqp_bridge::{connect, declare_reports_queue, publish_batch, AmqpConfig};
@@ -41,17 +41,8 @@ const TAGS: &[&str] = &[
     "prod", "eu", "indoor", "outdoor", "critical", "beta", "retrofit",
 ];
 
-/// One simulated device.
-#[derive(Debug, Clone, Serialize)]
-pub struct SimDevice {
-    pub device_id: String,
-    pub model: String,
-    pub site: String,
-    pub tags: Vec<String>,
-    pub firmware_version: String,
-    pub gateway_id: Option<String>,
-    pub hardware_rev: String,
-}
+/// One simulated device: what it tells the ledger when it registers.
+pub type SimDevice = DeviceRegistered;
 
 /// The simulator's settings.
 #[derive(Debug, Clone)]
@@ -127,7 +118,7 @@ pub fn fleet(cfg: &SimConfig) -> Vec<SimDevice> {
                     .to_owned(),
                 gateway_id: behind_gateway
                     .then(|| format!("{}gw-{:03}", cfg.id_prefix, rng.random_range(0..gateways))),
-                hardware_rev: format!("rev-{}", rng.random_range(1..4)),
+                hardware_rev: Some(format!("rev-{}", rng.random_range(1..4))),
             }
         })
         .collect()
@@ -149,11 +140,8 @@ fn heartbeat_json(d: &SimDevice, rng: &mut SmallRng, uptime: u64) -> serde_json:
 }
 
 fn register_json(d: &SimDevice) -> serde_json::Value {
-    json!({
-        "model": d.model, "site": d.site, "tags": d.tags,
-        "firmware_version": d.firmware_version, "gateway_id": d.gateway_id,
-        "hardware_rev": d.hardware_rev,
-    })
+    // The registration body is the registration event's payload (device id included).
+    serde_json::to_value(d).unwrap_or_default()
 }
 
 struct MqttLink {

@@ -111,7 +111,7 @@ async fn every_simulated_device_reaches_the_api_with_the_right_fields() {
         assert_eq!(got["model"], d.model.as_str(), "{}", d.device_id);
         assert_eq!(got["site"], d.site.as_str());
         assert_eq!(got["firmware_version"], d.firmware_version.as_str());
-        assert_eq!(got["hardware_rev"], d.hardware_rev.as_str());
+        assert_eq!(got["hardware_rev"].as_str(), d.hardware_rev.as_deref());
         assert_eq!(got["gateway_id"].as_str(), d.gateway_id.as_deref());
         assert_eq!(got["tags"], serde_json::json!(d.tags));
         assert_eq!(got["status"], "online");
