@@ -606,8 +606,7 @@ async fn project(
     let topic = kafka.topics().device_events;
     let pool = otaledger_consumers::db::pool(&cfg.database.url, schema, 8).await?;
     otaledger_projections::migrations::migrate(&pool).await?;
-    sqlx::query(otaledger_consumers::ownership::OFFSETS_DDL)
-        .execute(&pool)
+    otaledger_consumers::db::create_if_missing(&pool, otaledger_consumers::ownership::OFFSETS_DDL)
         .await?;
     let shutdown = Shutdown::new();
     let started = Instant::now();

@@ -39,10 +39,18 @@ pub fn options(url: &str, schema: &str) -> Result<PgConnectOptions> {
 pub async fn pool(url: &str, schema: &str, max_connections: u32) -> Result<PgPool> {
     let opts = options(url, schema)?;
     let mut conn = PgConnection::connect_with(&opts).await.db("connecting")?;
+    // `IF NOT EXISTS` is not safe against a concurrent creator (it fails on the catalog's
+    // unique index), so processes starting together take turns.
+    let mut tx = conn.begin().await.db("beginning schema creation")?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('otaledger: create schema'))")
+        .execute(&mut *tx)
+        .await
+        .db("locking for schema creation")?;
     sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
-        .execute(&mut conn)
+        .execute(&mut *tx)
         .await
         .db("creating schema")?;
+    tx.commit().await.db("committing schema creation")?;
     conn.close().await.db("closing")?;
     PgPoolOptions::new()
         .max_connections(max_connections)
@@ -50,6 +58,21 @@ pub async fn pool(url: &str, schema: &str, max_connections: u32) -> Result<PgPoo
         .connect_with(opts)
         .await
         .db("opening pool")
+}
+
+/// Runs `CREATE … IF NOT EXISTS` statements in the pool's schema, one process at a time (the
+/// same lock the migrations take), since concurrent creators of one table collide.
+pub async fn create_if_missing(pool: &PgPool, ddl: &str) -> Result<()> {
+    let mut tx = pool.begin().await.db("beginning table creation")?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext(current_schema()))")
+        .execute(&mut *tx)
+        .await
+        .db("locking for table creation")?;
+    sqlx::query(ddl)
+        .execute(&mut *tx)
+        .await
+        .db("creating table")?;
+    tx.commit().await.db("committing table creation")
 }
 
 /// A connection of its own (advisory locks live as long as it does).

@@ -76,10 +76,7 @@ impl Ownership {
         member: &str,
         partitions: i32,
     ) -> Result<Self> {
-        sqlx::query(OFFSETS_DDL)
-            .execute(&pool)
-            .await
-            .db("creating consumer_offsets")?;
+        crate::db::create_if_missing(&pool, OFFSETS_DDL).await?;
         let key = lock_key(schema, consumer, topic);
         sqlx::query("SELECT pg_advisory_lock_shared($1, $2)")
             .bind(key)
