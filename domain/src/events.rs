@@ -201,6 +201,9 @@ pub struct WaveStarted {
     pub chunk: i32,
     pub chunks: i32,
     pub device_ids: Vec<String>,
+    /// The firmware each device ran when targeted, in the order of `device_ids`: what a
+    /// rollback returns it to.
+    pub from_versions: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -247,6 +250,9 @@ pub struct DeviceOutcome {
     pub command_id: Option<Uuid>,
     pub state: DeviceRolloutState,
     pub reason: String,
+    /// Health gate: a device in `Verifying` fails unless it heartbeats on the new version by
+    /// then. The timer survives restarts because it is data.
+    pub verify_until: Option<Micros>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -313,6 +319,43 @@ pub struct RolloutStateChanged {
     pub reason: String,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ReportKind {
+    Progress,
+    Result,
+    Heartbeat,
+}
+
+/// A device report copied by the router from `ota.device-events` into the stream of the
+/// rollout it concerns, so the rollout's single writer sees its inputs in its own partition.
+/// Its event id derives from the source event's, so routing twice yields the same event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceReportRouted {
+    pub rollout_id: String,
+    pub device_id: String,
+    #[serde(with = "crate::serde_uuid::option")]
+    pub command_id: Option<Uuid>,
+    pub report: ReportKind,
+    pub phase: Option<InstallPhase>,
+    pub outcome: Option<InstallOutcome>,
+    pub firmware_version: Option<String>,
+    #[serde(with = "crate::serde_uuid")]
+    pub source_event_id: Uuid,
+    pub source_partition: i32,
+    pub source_offset: i64,
+}
+
+/// Devices that joined the fleet while the rollout ran and match its selector, added to the
+/// current wave.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DevicesJoined {
+    pub rollout_id: String,
+    pub wave: i32,
+    pub device_ids: Vec<String>,
+    pub from_versions: Vec<String>,
+}
+
 // ---- device commands -----------------------------------------------------------------------
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -344,6 +387,22 @@ pub struct CancelCommand {
     pub rollout_id: String,
     pub gateway_id: Option<String>,
     pub reason: String,
+}
+
+/// The dispatcher could not hand a command to the device's broker (MQTT) or gateway (AMQP
+/// return or nack); it retries with backoff and gives up after its attempts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandDeliveryFailed {
+    #[serde(with = "crate::serde_uuid")]
+    pub command_id: Uuid,
+    pub device_id: String,
+    pub rollout_id: String,
+    /// `mqtt` or `amqp`.
+    pub channel: String,
+    pub gateway_id: Option<String>,
+    pub attempt: i32,
+    pub error: String,
+    pub gave_up: bool,
 }
 
 // ---- the catalogue -------------------------------------------------------------------------
@@ -413,9 +472,12 @@ catalogue! {
     DeviceTimedOut(DeviceTimedOut) => "DeviceTimedOut", RolloutEvents, rollout_id;
     ThresholdEvaluated(ThresholdEvaluated) => "ThresholdEvaluated", RolloutEvents, rollout_id;
     RolloutStateChanged(RolloutStateChanged) => "RolloutStateChanged", RolloutEvents, rollout_id;
+    DeviceReportRouted(DeviceReportRouted) => "DeviceReportRouted", RolloutEvents, rollout_id;
+    DevicesJoined(DevicesJoined) => "DevicesJoined", RolloutEvents, rollout_id;
     UpdateCommand(UpdateCommand) => "UpdateCommand", DeviceCommands, device_id;
     RollbackCommand(RollbackCommand) => "RollbackCommand", DeviceCommands, device_id;
     CancelCommand(CancelCommand) => "CancelCommand", DeviceCommands, device_id;
+    CommandDeliveryFailed(CommandDeliveryFailed) => "CommandDeliveryFailed", DeviceCommands, device_id;
 }
 
 impl std::fmt::Display for EventType {
@@ -433,7 +495,7 @@ mod tests {
         for t in EventType::ALL {
             assert_eq!(EventType::from_name(t.name()), Some(*t));
         }
-        assert_eq!(EventType::ALL.len(), 17);
+        assert_eq!(EventType::ALL.len(), 20);
         assert_eq!(EventType::Heartbeat.stream(), Stream::DeviceEvents);
         assert_eq!(
             EventType::ThresholdEvaluated.stream(),

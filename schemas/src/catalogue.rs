@@ -33,6 +33,9 @@ const FILES: &[(&str, &str)] = avsc![
     "UpdateCommand.v1.avsc",
     "RollbackCommand.v1.avsc",
     "CancelCommand.v1.avsc",
+    "DeviceReportRouted.v1.avsc",
+    "DevicesJoined.v1.avsc",
+    "CommandDeliveryFailed.v1.avsc",
 ];
 
 /// One schema version.

@@ -4,9 +4,10 @@ use apache_avro::{
     from_avro_datum, from_value, to_avro_datum, to_value, types::Value, write_avro_datum_ref,
 };
 use otaledger_domain::events::{
-    CancelCommand, DeviceCommanded, DeviceOutcome, DeviceRegistered, DeviceTimedOut, Heartbeat,
-    InstallProgress, InstallResult, OperatorRequest, RollbackCommand, RolloutStateChanged,
-    ThresholdEvaluated, UpdateCommand, UpdateRequested, WaveStarted,
+    CancelCommand, CommandDeliveryFailed, DeviceCommanded, DeviceOutcome, DeviceRegistered,
+    DeviceReportRouted, DeviceTimedOut, DevicesJoined, Heartbeat, InstallProgress, InstallResult,
+    OperatorRequest, RollbackCommand, RolloutStateChanged, ThresholdEvaluated, UpdateCommand,
+    UpdateRequested, WaveStarted,
 };
 use otaledger_domain::{Event, EventMeta, EventType, Payload};
 use serde::{Deserialize, Serialize};
@@ -166,6 +167,9 @@ dispatch! {
     UpdateCommand(UpdateCommand),
     RollbackCommand(RollbackCommand),
     CancelCommand(CancelCommand),
+    DeviceReportRouted(DeviceReportRouted),
+    DevicesJoined(DevicesJoined),
+    CommandDeliveryFailed(CommandDeliveryFailed),
 }
 
 #[cfg(test)]

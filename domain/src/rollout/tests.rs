@@ -39,8 +39,13 @@ fn request(strategy: Strategy) -> UpdateRequested {
     }
 }
 
-fn fleet(n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("d{i:03}")).collect()
+fn fleet(n: usize) -> Vec<Target> {
+    (0..n)
+        .map(|i| Target {
+            device_id: format!("d{i:03}"),
+            firmware_version: "1.0.0".into(),
+        })
+        .collect()
 }
 
 /// Given these inputs from the start, the folded rollout.
@@ -423,4 +428,198 @@ fn inputs_before_the_request_are_refused() {
         handle(&r, Input::Request(Box::new(request(strategy())))),
         Err(DomainError::AlreadyRequested(_))
     ));
+}
+
+fn single_wave(gate_s: i64) -> Strategy {
+    let mut s = strategy();
+    s.waves_pct = vec![100.0];
+    s.min_devices_for_verdict = 1;
+    s.failure_threshold_pct = 100.0;
+    s.success_threshold_pct = 0.0;
+    s.health_gate_window_s = gate_s;
+    s
+}
+
+fn health(device: &str, version: &str, now: Micros) -> Input {
+    Input::Health {
+        now,
+        device_id: device.into(),
+        firmware_version: version.into(),
+    }
+}
+
+#[test]
+fn given_a_health_gate_an_install_counts_only_after_a_heartbeat_on_the_release() {
+    let r = given(vec![
+        Input::Request(Box::new(request(single_wave(60)))),
+        Input::Start {
+            now: 0,
+            targets: fleet(3),
+        },
+    ]);
+    let (r, events) = when(&r, result(&r, "d000", InstallOutcome::Succeeded, S));
+    assert!(matches!(&events[..], [Payload::DeviceOutcome(o)]
+        if o.state == DeviceRolloutState::Verifying && o.verify_until == Some(61 * S)));
+    assert_eq!(r.counts(0).in_flight, 3, "verifying is still in flight");
+    // The heartbeat on the release passes the gate.
+    let (r, events) = when(&r, health("d000", "2.0.0", 2 * S));
+    assert!(matches!(&events[..], [Payload::DeviceOutcome(o)]
+        if o.state == DeviceRolloutState::Succeeded && o.reason.contains("health gate passed")));
+    // A heartbeat on another version fails it.
+    let (r, _) = when(&r, result(&r, "d001", InstallOutcome::Succeeded, 3 * S));
+    let (r, events) = when(&r, health("d001", "1.0.0", 4 * S));
+    assert!(matches!(&events[0], Payload::DeviceOutcome(o)
+        if o.state == DeviceRolloutState::Failed && o.reason.contains("not 2.0.0")));
+    // Silence until the window closes fails it too; then the wave is complete.
+    let (r, _) = when(&r, result(&r, "d002", InstallOutcome::Succeeded, 5 * S));
+    let (r, events) = when(&r, Input::Tick { now: 64 * S });
+    assert!(events.is_empty(), "window still open");
+    let (r, events) = when(&r, Input::Tick { now: 65 * S });
+    assert!(matches!(&events[0], Payload::DeviceOutcome(o)
+        if o.state == DeviceRolloutState::Failed && o.reason.contains("no heartbeat")));
+    assert_eq!(verdicts(&events)[0].0, Verdict::Complete);
+    assert_eq!(r.counts(0).succeeded, 1);
+    assert_eq!(r.counts(0).failed, 2);
+}
+
+#[test]
+fn devices_joining_a_running_wave_are_added_and_commanded() {
+    let mut s = single_wave(0);
+    s.max_in_flight = 10;
+    let r = given(vec![
+        Input::Request(Box::new(request(s))),
+        Input::Start {
+            now: 0,
+            targets: fleet(2),
+        },
+    ]);
+    let joiner = Target {
+        device_id: "new-1".into(),
+        firmware_version: "0.9.0".into(),
+    };
+    let (r, events) = when(
+        &r,
+        Input::Join {
+            now: S,
+            targets: vec![joiner, fleet(1)[0].clone()],
+        },
+    );
+    assert!(
+        matches!(&events[0], Payload::DevicesJoined(j) if j.device_ids == ["new-1"] && j.from_versions == ["0.9.0"]),
+        "only the device not yet in the rollout joins: {events:?}"
+    );
+    assert_eq!(commanded(&events, CommandKind::Update).len(), 1);
+    assert_eq!(r.counts(0).targeted, 3);
+    // Once the rollout is over, nobody joins.
+    let (r, _) = succeed_all_in_flight(r, 2 * S);
+    assert!(r.is_over());
+    let (_, events) = when(
+        &r,
+        Input::Join {
+            now: 3 * S,
+            targets: vec![Target {
+                device_id: "late".into(),
+                firmware_version: "0.9.0".into(),
+            }],
+        },
+    );
+    assert!(events.is_empty());
+}
+
+#[test]
+fn a_scheduled_rollout_waits_and_commands_only_inside_its_maintenance_window() {
+    let mut s = single_wave(0);
+    s.scheduled_start = Some(100 * S);
+    let r = given(vec![Input::Request(Box::new(request(s.clone())))]);
+    assert_eq!(r.wave_due(50 * S), None, "before the scheduled start");
+    let (r, events) = when(&r, Input::Tick { now: 50 * S });
+    assert!(
+        matches!(&events[..], [Payload::RolloutStateChanged(c)] if c.to == RolloutState::Scheduled)
+    );
+    assert_eq!(r.wave_due(100 * S), Some(0));
+    // A window from 01:00 for an hour.
+    s.scheduled_start = None;
+    s.maintenance_window = Some(crate::events::MaintenanceWindow {
+        start_minute: 60,
+        duration_minutes: 60,
+    });
+    assert!(!may_command(&s, 30 * 60 * S));
+    assert!(may_command(&s, 90 * 60 * S));
+    assert!(!may_command(&s, 121 * 60 * S));
+    assert!(may_command(&s, (24 * 60 + 61) * 60 * S), "every day");
+}
+
+#[test]
+fn a_saga_that_crashed_after_part_of_its_decisions_decides_only_the_rest() {
+    // The uninterrupted run: a result frees two slots of the window.
+    let mut s = single_wave(0);
+    s.max_in_flight = 2;
+    let r = given(vec![
+        Input::Request(Box::new(request(s))),
+        Input::Start {
+            now: 0,
+            targets: fleet(4),
+        },
+    ]);
+    let input = result(&r, "d000", InstallOutcome::Succeeded, S);
+    let full = handle(&r, input.clone()).unwrap();
+    assert_eq!(commanded(&full, CommandKind::Update).len(), 1);
+    // The crash: only the outcome made it to the ledger. Folded back, the same input (or the
+    // next tick) decides exactly the missing command, with the same id, and nothing twice.
+    let partial = r.apply(&full[0]);
+    let again = handle(&partial, input).unwrap();
+    assert!(
+        !again.iter().any(|e| matches!(e, Payload::DeviceOutcome(_))),
+        "the outcome is not decided twice"
+    );
+    assert_eq!(again.len(), full.len() - 1);
+    let rest = handle(&partial, Input::Tick { now: S }).unwrap();
+    assert_eq!(
+        commanded(&rest, CommandKind::Update)
+            .iter()
+            .map(|c| c.command_id)
+            .collect::<Vec<_>>(),
+        commanded(&full, CommandKind::Update)
+            .iter()
+            .map(|c| c.command_id)
+            .collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn an_abort_rolls_back_installed_devices_including_those_still_verifying() {
+    let mut s = single_wave(60);
+    s.max_in_flight = 10;
+    let r = given(vec![
+        Input::Request(Box::new(request(s))),
+        Input::Start {
+            now: 0,
+            targets: fleet(3),
+        },
+    ]);
+    let (r, _) = when(&r, result(&r, "d000", InstallOutcome::Succeeded, S));
+    let (r, events) = when(
+        &r,
+        Input::Abort {
+            now: 2 * S,
+            reason: "stop".into(),
+        },
+    );
+    assert_eq!(commanded(&events, CommandKind::Rollback).len(), 1);
+    assert_eq!(commanded(&events, CommandKind::Cancel).len(), 2);
+    // The rollback's result is recorded against the device.
+    let rb = r.devices["d000"].follow_up.unwrap().1;
+    let (r, events) = when(
+        &r,
+        Input::Result {
+            now: 3 * S,
+            device_id: "d000".into(),
+            command_id: Some(rb),
+            outcome: InstallOutcome::RolledBack,
+        },
+    );
+    assert!(
+        matches!(&events[..], [Payload::DeviceOutcome(o)] if o.state == DeviceRolloutState::RolledBack)
+    );
+    assert_eq!(r.devices["d000"].state, DeviceRolloutState::RolledBack);
 }
