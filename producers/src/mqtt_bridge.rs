@@ -99,8 +99,12 @@ impl MqttConfig {
     }
 }
 
+/// The last topic level of commands to devices: `{root}/{device}/commands`.
+pub const COMMANDS_KIND: &str = "commands";
+
 struct InFlight {
-    pending: Pending,
+    /// `None` for the dispatcher's own command messages, which the bridge only acknowledges.
+    pending: Option<Pending>,
     publish: Publish,
 }
 
@@ -206,7 +210,14 @@ async fn handle(
     cfg: &MqttConfig,
     producer: &EventProducer,
     publish: &Publish,
-) -> Result<(Pending, bool)> {
+) -> Result<(Option<Pending>, bool)> {
+    if cfg
+        .route(&publish.topic)
+        .is_some_and(|(_, kind)| kind == COMMANDS_KIND)
+    {
+        // Commands to devices share the devices' topic tree; they are not device reports.
+        return Ok((None, false));
+    }
     let parsed = match cfg.route(&publish.topic) {
         None => Err((
             "",
@@ -228,7 +239,7 @@ async fn handle(
         },
     };
     match parsed {
-        Ok(event) => Ok((producer.enqueue(&event).await?, true)),
+        Ok(event) => Ok((Some(producer.enqueue(&event).await?), true)),
         Err((device, rejection)) => {
             let origin = Origin {
                 source: "mqtt",
@@ -237,14 +248,16 @@ async fn handle(
                 offset: None,
             };
             Ok((
-                dead_letter(
-                    producer,
-                    &origin,
-                    device.as_bytes(),
-                    &publish.payload,
-                    &rejection,
-                )
-                .await?,
+                Some(
+                    dead_letter(
+                        producer,
+                        &origin,
+                        device.as_bytes(),
+                        &publish.payload,
+                        &rejection,
+                    )
+                    .await?,
+                ),
                 false,
             ))
         }
@@ -255,7 +268,9 @@ async fn ack_in_order(client: AsyncClient, mut rx: mpsc::Receiver<InFlight>) -> 
     while let Some(InFlight { pending, publish }) = rx.recv().await {
         // Not acknowledging leaves the message with the broker, which redelivers it to the
         // persistent session after a reconnect.
-        pending.acked().await?;
+        if let Some(pending) = pending {
+            pending.acked().await?;
+        }
         client.ack(&publish).await.map_err(|e| Error::Mqtt {
             context: "acknowledging".into(),
             reason: e.to_string(),

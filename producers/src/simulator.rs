@@ -4,20 +4,29 @@
 //! Devices are multiplexed over a few MQTT connections (as a gateway or a load generator
 //! would) so that a 100,000-device fleet fits in one process.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use otaledger_domain::events::DeviceRegistered;
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use otaledger_domain::events::{DeviceRegistered, Release};
 use rand::rngs::SmallRng;
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 use rumqttc::{AsyncClient, Event as MqttEvent, Packet, QoS};
+use serde::Deserialize;
 use serde_json::json;
+use tokio::sync::mpsc;
+use uuid::Uuid;
 
 use crate::amqp_bridge::{connect, declare_reports_queue, publish_batch, AmqpConfig};
-use crate::mqtt_bridge::MqttConfig;
+use crate::mqtt_bridge::{MqttConfig, COMMANDS_KIND};
 use crate::shutdown::ShutdownSignal;
 use crate::{AmqpContext, Error, Result};
 
@@ -61,6 +70,7 @@ pub struct SimConfig {
     pub mqtt_connections: usize,
     pub mqtt: MqttConfig,
     pub amqp: AmqpConfig,
+    pub behaviour: Behaviour,
 }
 
 impl Default for SimConfig {
@@ -76,16 +86,81 @@ impl Default for SimConfig {
             mqtt_connections: 8,
             mqtt: MqttConfig::default(),
             amqp: AmqpConfig::default(),
+            behaviour: Behaviour::default(),
         }
     }
 }
 
-/// What the simulator sent.
+/// What the simulator sent and received.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SimStats {
     pub mqtt_messages: u64,
     pub gateway_batches: u64,
     pub gateway_reports: u64,
+    /// Commands received (over MQTT and through gateways).
+    pub commands: u64,
+    /// Commands received again with a command id already executed (ignored).
+    pub duplicate_commands: u64,
+    /// Install results reported.
+    pub results: u64,
+}
+
+/// Which devices an outcome rule hits: `[model:]version=share`, `*` for any.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutcomeRule {
+    pub model: Option<String>,
+    pub version: Option<String>,
+    /// Share of the matching devices, 0 to 1 (chosen deterministically per device).
+    pub share: f64,
+}
+
+impl OutcomeRule {
+    fn hits(&self, device: &str, model: &str, version: &str, what: &str) -> bool {
+        self.model.as_deref().is_none_or(|m| m == model)
+            && self.version.as_deref().is_none_or(|v| v == version)
+            && draw(device, version, what) < self.share
+    }
+}
+
+impl std::str::FromStr for OutcomeRule {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        let (what, share) = s
+            .rsplit_once('=')
+            .ok_or_else(|| format!("{s:?}: expected [model:]version=share"))?;
+        let share: f64 = share
+            .parse()
+            .map_err(|_| format!("{s:?}: share must be a number from 0 to 1"))?;
+        if !(0.0..=1.0).contains(&share) {
+            return Err(format!("{s:?}: share must be from 0 to 1"));
+        }
+        let (model, version) = match what.split_once(':') {
+            Some((m, v)) => (Some(m), v),
+            None => (None, what),
+        };
+        let any = |x: &str| (x != "*" && !x.is_empty()).then(|| x.to_owned());
+        Ok(OutcomeRule {
+            model: model.and_then(any),
+            version: any(version),
+            share,
+        })
+    }
+}
+
+/// How simulated devices execute commands.
+#[derive(Debug, Clone, Default)]
+pub struct Behaviour {
+    /// From receiving an update to reporting its result.
+    pub install_ms: u64,
+    /// Report a download progress before the result.
+    pub progress: bool,
+    /// Devices whose install fails.
+    pub failures: Vec<OutcomeRule>,
+    /// Devices that never answer an update (they time out).
+    pub silent: Vec<OutcomeRule>,
+    /// Devices that install, then never heartbeat again (the health gate fails).
+    pub unhealthy: Vec<OutcomeRule>,
 }
 
 /// The deterministic fleet for a configuration.
@@ -150,7 +225,8 @@ struct MqttLink {
     sent: u64,
 }
 
-async fn mqtt_links(cfg: &SimConfig) -> Vec<MqttLink> {
+/// Opens the MQTT links; messages arriving on them (commands) go to `commands`.
+async fn mqtt_links(cfg: &SimConfig, commands: &mpsc::UnboundedSender<Vec<u8>>) -> Vec<MqttLink> {
     let mut links = Vec::new();
     for i in 0..cfg.mqtt_connections.max(1) {
         let client_id = format!("otaledger-sim-{}-{}-{i}", cfg.id_prefix, std::process::id());
@@ -159,11 +235,15 @@ async fn mqtt_links(cfg: &SimConfig) -> Vec<MqttLink> {
         let (client, mut eventloop) = AsyncClient::new(opts, 10_000);
         let acked = Arc::new(AtomicU64::new(0));
         let counter = acked.clone();
+        let commands = commands.clone();
         tokio::spawn(async move {
             loop {
                 match eventloop.poll().await {
                     Ok(MqttEvent::Incoming(Packet::PubAck(_))) => {
                         counter.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(MqttEvent::Incoming(Packet::Publish(p))) => {
+                        let _ = commands.send(p.payload.to_vec());
                     }
                     Ok(MqttEvent::Outgoing(rumqttc::Outgoing::Disconnect)) => break,
                     Ok(_) => {}
@@ -183,12 +263,340 @@ async fn mqtt_links(cfg: &SimConfig) -> Vec<MqttLink> {
     links
 }
 
-/// Runs the simulation until `rounds` heartbeats per device were sent or shutdown.
+/// Each device reached directly listens on `{root}/{device}/commands` on its link.
+async fn subscribe_commands(links: &[MqttLink], devices: &[SimDevice], root: &str) -> Result<()> {
+    let n = links.len();
+    for (l, link) in links.iter().enumerate() {
+        let filters: Vec<rumqttc::SubscribeFilter> = devices
+            .iter()
+            .enumerate()
+            .filter(|(i, d)| i % n == l && d.gateway_id.is_none())
+            .map(|(_, d)| {
+                rumqttc::SubscribeFilter::new(
+                    format!("{root}/{}/{COMMANDS_KIND}", d.device_id),
+                    QoS::AtLeastOnce,
+                )
+            })
+            .collect();
+        for chunk in filters.chunks(200) {
+            link.client
+                .subscribe_many(chunk.to_vec())
+                .await
+                .map_err(|e| Error::Mqtt {
+                    context: "subscribing to commands".into(),
+                    reason: e.to_string(),
+                })?;
+        }
+    }
+    Ok(())
+}
+
+/// Each gateway consumes its own queue, bound to the commands exchange by its id.
+async fn consume_gateway_commands(
+    conn: &lapin::Connection,
+    cfg: &AmqpConfig,
+    gateways: &[String],
+    commands: &mpsc::UnboundedSender<Vec<u8>>,
+) -> Result<()> {
+    let channel = conn
+        .create_channel()
+        .await
+        .amqp("opening gateway channel")?;
+    channel
+        .exchange_declare(
+            cfg.commands_exchange.as_str().into(),
+            lapin::ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .amqp("declaring the commands exchange")?;
+    for gw in gateways {
+        let queue = format!("{}.{gw}", cfg.commands_exchange);
+        channel
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .amqp("declaring a gateway queue")?;
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                cfg.commands_exchange.as_str().into(),
+                gw.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .amqp("binding a gateway queue")?;
+        let mut consumer = channel
+            .basic_consume(
+                queue.as_str().into(),
+                format!("sim-{gw}").as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .amqp("consuming gateway commands")?;
+        let commands = commands.clone();
+        let keep = channel.clone();
+        tokio::spawn(async move {
+            // The channel lives as long as its consumer.
+            let _channel = keep;
+            while let Some(Ok(delivery)) = consumer.next().await {
+                let _ = commands.send(delivery.data.clone());
+                let _ = delivery.ack(BasicAckOptions::default()).await;
+            }
+        });
+    }
+    Ok(())
+}
+
+/// A command as the dispatcher sends it.
+#[derive(Debug, Deserialize)]
+struct CommandJson {
+    kind: String,
+    command_id: Uuid,
+    device_id: String,
+    rollout_id: String,
+    release: Option<Release>,
+    target_version: Option<String>,
+}
+
+/// What a device does later (install latency).
+#[derive(Debug)]
+struct Due {
+    at: tokio::time::Instant,
+    device: usize,
+    command_id: Uuid,
+    rollout_id: String,
+    report: Outcome,
+}
+
+#[derive(Debug, Clone)]
+enum Outcome {
+    Installed { version: String, healthy: bool },
+    Failed,
+}
+
+/// A device's running state beside its registration.
+#[derive(Debug, Default, Clone)]
+struct Life {
+    previous: Option<String>,
+    /// Heartbeats stop (the health gate fails) after a bad install.
+    silent: bool,
+    /// The update command being executed.
+    busy: Option<Uuid>,
+}
+
+/// Deterministic share draw for (device, version, what): the same device fails the same
+/// release every run, so a killed-and-restarted rollout sees the same outcomes.
+fn draw(device: &str, version: &str, what: &str) -> f64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in device
+        .bytes()
+        .chain([0])
+        .chain(version.bytes())
+        .chain([0])
+        .chain(what.bytes())
+    {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    #[allow(clippy::cast_precision_loss)]
+    let x = (h >> 11) as f64 / (1u64 << 53) as f64;
+    x
+}
+
+struct Sim<'a> {
+    cfg: &'a SimConfig,
+    devices: Vec<SimDevice>,
+    life: Vec<Life>,
+    index: HashMap<String, usize>,
+    seen: HashSet<Uuid>,
+    due: Vec<Due>,
+    links: Vec<MqttLink>,
+    batches: HashMap<String, Vec<serde_json::Value>>,
+    stats: SimStats,
+    rng: SmallRng,
+    started: tokio::time::Instant,
+}
+
+impl Sim<'_> {
+    async fn report(&mut self, i: usize, kind: &str, body: serde_json::Value) -> Result<()> {
+        let root = self.cfg.mqtt.topic_root.clone();
+        send(
+            &mut self.links,
+            &mut self.batches,
+            &root,
+            i,
+            &self.devices[i],
+            kind,
+            body,
+            &mut self.stats,
+        )
+        .await
+    }
+
+    async fn heartbeat(&mut self, i: usize) -> Result<()> {
+        if self.life[i].silent {
+            return Ok(());
+        }
+        let uptime = self.started.elapsed().as_secs() + 3600;
+        let body = heartbeat_json(&self.devices[i], &mut self.rng, uptime);
+        self.report(i, "heartbeat", body).await
+    }
+
+    async fn command(&mut self, body: &[u8]) -> Result<()> {
+        let Ok(c) = serde_json::from_slice::<CommandJson>(body) else {
+            tracing::warn!("simulator got an unreadable command");
+            return Ok(());
+        };
+        self.stats.commands += 1;
+        if !self.seen.insert(c.command_id) {
+            self.stats.duplicate_commands += 1;
+            return Ok(());
+        }
+        let Some(&i) = self.index.get(&c.device_id) else {
+            return Ok(());
+        };
+        let b = &self.cfg.behaviour;
+        match (c.kind.as_str(), c.release, c.target_version) {
+            ("update", Some(release), _) => {
+                let d = &self.devices[i];
+                let v = release.version;
+                let (model, from) = (d.model.as_str(), d.firmware_version.as_str());
+                if b.silent
+                    .iter()
+                    .any(|r| r.hits(&d.device_id, model, &v, "silent"))
+                {
+                    return Ok(()); // never answers: the saga times it out
+                }
+                let outcome = if b
+                    .failures
+                    .iter()
+                    .any(|r| r.hits(&d.device_id, model, &v, "fail"))
+                {
+                    Outcome::Failed
+                } else {
+                    Outcome::Installed {
+                        healthy: !b
+                            .unhealthy
+                            .iter()
+                            .any(|r| r.hits(&d.device_id, model, &v, "health")),
+                        version: v.clone(),
+                    }
+                };
+                let _ = from;
+                self.life[i].busy = Some(c.command_id);
+                if b.progress {
+                    let body = json!({"kind": "progress", "rollout_id": c.rollout_id,
+                        "command_id": c.command_id, "phase": "DOWNLOADING", "percent": 0});
+                    self.report(i, "install", body).await?;
+                }
+                self.due.push(Due {
+                    at: tokio::time::Instant::now() + Duration::from_millis(b.install_ms),
+                    device: i,
+                    command_id: c.command_id,
+                    rollout_id: c.rollout_id,
+                    report: outcome,
+                });
+            }
+            ("rollback", _, target) => {
+                let back = target
+                    .filter(|t| !t.is_empty())
+                    .or_else(|| self.life[i].previous.clone())
+                    .unwrap_or_else(|| self.devices[i].firmware_version.clone());
+                self.devices[i].firmware_version.clone_from(&back);
+                self.life[i].silent = false;
+                let body = json!({"kind": "result", "rollout_id": c.rollout_id,
+                    "command_id": c.command_id, "outcome": "ROLLED_BACK", "firmware_version": back});
+                self.report(i, "install", body).await?;
+                self.stats.results += 1;
+                self.heartbeat(i).await?;
+            }
+            ("cancel", _, _) => {
+                let busy = self.life[i].busy.take();
+                let before = self.due.len();
+                self.due
+                    .retain(|d| Some(d.command_id) != busy || d.device != i);
+                if self.due.len() < before {
+                    let body = json!({"kind": "result", "rollout_id": c.rollout_id,
+                        "command_id": c.command_id, "outcome": "CANCELLED",
+                        "firmware_version": self.devices[i].firmware_version});
+                    self.report(i, "install", body).await?;
+                    self.stats.results += 1;
+                }
+            }
+            _ => tracing::warn!(kind = %c.kind, "simulator got an unknown command"),
+        }
+        Ok(())
+    }
+
+    async fn finish_due(&mut self) -> Result<()> {
+        let now = tokio::time::Instant::now();
+        if !self.due.iter().any(|d| d.at <= now) {
+            return Ok(());
+        }
+        let (ready, later): (Vec<Due>, Vec<Due>) = std::mem::take(&mut self.due)
+            .into_iter()
+            .partition(|d| d.at <= now);
+        self.due = later;
+        for d in ready {
+            let i = d.device;
+            self.life[i].busy = None;
+            match d.report {
+                Outcome::Installed { version, healthy } => {
+                    let previous =
+                        std::mem::replace(&mut self.devices[i].firmware_version, version.clone());
+                    self.life[i].previous = Some(previous);
+                    let body = json!({"kind": "result", "rollout_id": d.rollout_id,
+                        "command_id": d.command_id, "outcome": "SUCCEEDED", "firmware_version": version});
+                    self.report(i, "install", body).await?;
+                    self.life[i].silent = !healthy;
+                    // Back up on the new version: the heartbeat the health gate waits for.
+                    self.heartbeat(i).await?;
+                }
+                Outcome::Failed => {
+                    let body = json!({"kind": "result", "rollout_id": d.rollout_id,
+                        "command_id": d.command_id, "outcome": "FAILED",
+                        "firmware_version": self.devices[i].firmware_version,
+                        "error_code": "E_INSTALL", "message": "simulated install failure"});
+                    self.report(i, "install", body).await?;
+                }
+            }
+            self.stats.results += 1;
+        }
+        Ok(())
+    }
+}
+
+/// Runs the simulation until `rounds` heartbeats per device were sent or shutdown. Devices
+/// and gateways execute the commands they receive meanwhile.
 pub async fn run(cfg: SimConfig, mut shutdown: ShutdownSignal) -> Result<SimStats> {
     let devices = fleet(&cfg);
-    let mut links = mqtt_links(&cfg).await;
-    let has_gateways = devices.iter().any(|d| d.gateway_id.is_some());
-    let amqp = if has_gateways {
+    let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let links = mqtt_links(&cfg, &cmd_tx).await;
+    let root = cfg.mqtt.topic_root.clone();
+    subscribe_commands(&links, &devices, &root).await?;
+    let mut gateways: Vec<String> = devices
+        .iter()
+        .filter_map(|d| d.gateway_id.clone())
+        .collect();
+    gateways.sort();
+    gateways.dedup();
+    let amqp = if gateways.is_empty() {
+        None
+    } else {
         let conn = connect(&cfg.amqp).await?;
         let channel = conn.create_channel().await.amqp("opening channel")?;
         declare_reports_queue(&channel, &cfg.amqp).await?;
@@ -196,46 +604,65 @@ pub async fn run(cfg: SimConfig, mut shutdown: ShutdownSignal) -> Result<SimStat
             .confirm_select(lapin::options::ConfirmSelectOptions::default())
             .await
             .amqp("enabling publisher confirms")?;
+        consume_gateway_commands(&conn, &cfg.amqp, &gateways, &cmd_tx).await?;
         Some((conn, channel))
-    } else {
-        None
     };
     let gateway_channel = amqp.as_ref().map(|(_, c)| c);
-    let mut rng = SmallRng::seed_from_u64(cfg.seed ^ 0x5eed);
-    let mut stats = SimStats::default();
-    let mut batches: HashMap<String, Vec<serde_json::Value>> = HashMap::new();
-    let root = cfg.mqtt.topic_root.clone();
+    let mut sim = Sim {
+        cfg: &cfg,
+        life: vec![Life::default(); devices.len()],
+        index: devices
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.device_id.clone(), i))
+            .collect(),
+        devices,
+        seen: HashSet::new(),
+        due: Vec::new(),
+        links,
+        batches: HashMap::new(),
+        stats: SimStats::default(),
+        rng: SmallRng::seed_from_u64(cfg.seed ^ 0x5eed),
+        started: tokio::time::Instant::now(),
+    };
 
     // Registration first, as devices do when they boot.
-    for (i, d) in devices.iter().enumerate() {
-        let body = register_json(d);
-        send(
-            &mut links,
-            &mut batches,
-            &root,
-            i,
-            d,
-            "register",
-            body,
-            &mut stats,
-        )
-        .await?;
+    for i in 0..sim.devices.len() {
+        let body = register_json(&sim.devices[i]);
+        sim.report(i, "register", body).await?;
     }
-    flush_batches(gateway_channel, &cfg.amqp, &mut batches, &mut stats).await?;
+    flush_batches(gateway_channel, &cfg.amqp, &mut sim.batches, &mut sim.stats).await?;
 
-    let start = tokio::time::Instant::now();
     let tick = Duration::from_millis(20);
     let per_tick = (cfg.rate.max(1.0) * tick.as_secs_f64()).max(1.0);
     let mut budget = 0.0_f64;
     let mut sent_heartbeats: u64 = 0;
-    let total = cfg.rounds.map(|r| r * devices.len() as u64);
+    let n_devices = sim.devices.len() as u64;
+    let total = cfg.rounds.map(|r| r * n_devices);
     let mut interval = tokio::time::interval(tick);
     let mut last_flush = tokio::time::Instant::now();
-    'outer: while !devices.is_empty() {
+    'outer: loop {
+        if n_devices == 0 {
+            break;
+        }
         tokio::select! {
             () = shutdown.wait() => break,
             _ = interval.tick() => {}
+            Some(cmd) = cmd_rx.recv() => {
+                sim.command(&cmd).await?;
+                // Take every command already waiting before heartbeats get their turn.
+                while let Ok(cmd) = cmd_rx.try_recv() {
+                    sim.command(&cmd).await?;
+                }
+                sim.finish_due().await?;
+                if last_flush.elapsed() >= Duration::from_millis(20) {
+                    flush_batches(gateway_channel, &cfg.amqp, &mut sim.batches, &mut sim.stats).await?;
+                    last_flush = tokio::time::Instant::now();
+                }
+                continue;
+            }
         }
+        sim.finish_due().await?;
         budget += per_tick;
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         let n = budget.floor() as u64;
@@ -245,35 +672,22 @@ pub async fn run(cfg: SimConfig, mut shutdown: ShutdownSignal) -> Result<SimStat
                 break 'outer;
             }
             #[allow(clippy::cast_possible_truncation)]
-            let i = (sent_heartbeats % devices.len() as u64) as usize;
-            let d = &devices[i];
-            let uptime = start.elapsed().as_secs() + 3600;
-            let body = heartbeat_json(d, &mut rng, uptime);
-            send(
-                &mut links,
-                &mut batches,
-                &root,
-                i,
-                d,
-                "heartbeat",
-                body,
-                &mut stats,
-            )
-            .await?;
+            let i = (sent_heartbeats % n_devices) as usize;
+            sim.heartbeat(i).await?;
             sent_heartbeats += 1;
         }
-        // Gateways batch their devices' reports: up to 500, or whatever 200 ms gathered.
-        if batches.values().any(|b| b.len() >= 500)
-            || last_flush.elapsed() >= Duration::from_millis(200)
+        // Gateways batch their devices' reports: up to 500, or whatever 20 ms gathered.
+        if sim.batches.values().any(|b| b.len() >= 500)
+            || last_flush.elapsed() >= Duration::from_millis(20)
         {
-            flush_batches(gateway_channel, &cfg.amqp, &mut batches, &mut stats).await?;
+            flush_batches(gateway_channel, &cfg.amqp, &mut sim.batches, &mut sim.stats).await?;
             last_flush = tokio::time::Instant::now();
         }
     }
-    flush_batches(gateway_channel, &cfg.amqp, &mut batches, &mut stats).await?;
+    flush_batches(gateway_channel, &cfg.amqp, &mut sim.batches, &mut sim.stats).await?;
     // Wait until the broker acknowledged every QoS 1 publish.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    for link in &links {
+    for link in &sim.links {
         while link.acked.load(Ordering::Relaxed) < link.sent {
             if tokio::time::Instant::now() > deadline {
                 return Err(Error::Other(
@@ -287,6 +701,7 @@ pub async fn run(cfg: SimConfig, mut shutdown: ShutdownSignal) -> Result<SimStat
     if let Some((conn, _)) = amqp {
         let _ = conn.close(200, "simulation done".into()).await;
     }
+    let stats = sim.stats;
     tracing::info!(?stats, "simulation finished");
     Ok(stats)
 }
@@ -352,6 +767,26 @@ async fn flush_batches(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn outcome_rules_parse_and_hit_a_stable_share() {
+        let r: OutcomeRule = "elevator-gen2:2.0.0=0.25".parse().unwrap();
+        assert_eq!(r.model.as_deref(), Some("elevator-gen2"));
+        assert_eq!(r.version.as_deref(), Some("2.0.0"));
+        let any: OutcomeRule = "*=1".parse().unwrap();
+        assert_eq!((any.model, any.version), (None, None));
+        assert!("2.0.0".parse::<OutcomeRule>().is_err());
+        assert!("2.0.0=1.5".parse::<OutcomeRule>().is_err());
+        let hits = (0..10_000)
+            .filter(|i| r.hits(&format!("d{i}"), "elevator-gen2", "2.0.0", "fail"))
+            .count();
+        assert!((2_200..2_800).contains(&hits), "{hits} of 10000");
+        assert!(!r.hits("d1", "press-p500", "2.0.0", "fail"));
+        assert_eq!(
+            r.hits("d7", "elevator-gen2", "2.0.0", "fail"),
+            r.hits("d7", "elevator-gen2", "2.0.0", "fail")
+        );
+    }
 
     #[test]
     fn the_fleet_is_deterministic_and_mixed() {

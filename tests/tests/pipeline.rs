@@ -76,6 +76,7 @@ async fn every_simulated_device_reaches_the_api_with_the_right_fields() {
         mqtt_connections: 3,
         mqtt: cfg.mqtt.clone(),
         amqp: cfg.amqp.clone(),
+        behaviour: simulator::Behaviour::default(),
     };
     let stats = simulator::run(sim.clone(), Shutdown::new().signal())
         .await
