@@ -3,6 +3,7 @@
 
 mod devices;
 mod ops;
+mod rollout_views;
 pub mod rollouts;
 pub mod summary_cache;
 
@@ -67,6 +68,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(devices::routes(state.clone()))
         .merge(rollouts::routes(state.clone()))
+        .merge(rollout_views::routes(state.clone()))
         .merge(otaledger_producers::ingest::router(state.producer.clone()))
         .merge(ops::routes(state))
         .fallback(|| async { ApiError::not_found("no such endpoint") })

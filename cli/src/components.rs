@@ -2,10 +2,14 @@
 
 use std::time::Duration;
 
+use otaledger_consumers::dispatcher::{Dispatcher, DispatcherConfig, DISPATCHER_DDL};
+use otaledger_consumers::router::{Router, ROUTER_DDL};
+use otaledger_consumers::saga::{Saga, SagaConfig};
 use otaledger_consumers::{Runner, RunnerConfig};
 use otaledger_producers::kafka::{ensure_topics, EventProducer};
 use otaledger_producers::shutdown::{Shutdown, ShutdownSignal};
 use otaledger_projections::projector::FleetProjector;
+use otaledger_projections::rollouts::RolloutProjector;
 
 use crate::config::Config;
 
@@ -21,14 +25,26 @@ pub enum Component {
     MqttBridge,
     /// The AMQP bridge (gateway report batches to ota.device-events).
     AmqpBridge,
+    /// The report router (rollout results and health heartbeats to ota.rollout-events).
+    Router,
+    /// The rollout saga (decisions to ota.rollout-events, commands to ota.device-commands).
+    Saga,
+    /// The command dispatcher (ota.device-commands to devices over MQTT, gateways over AMQP).
+    Dispatcher,
+    /// The rollout projector (ota.rollout-events to PostgreSQL).
+    RolloutProjector,
 }
 
 impl Component {
-    pub const ALL: [Component; 4] = [
+    pub const ALL: [Component; 8] = [
         Component::Api,
         Component::Projector,
         Component::MqttBridge,
         Component::AmqpBridge,
+        Component::Router,
+        Component::Saga,
+        Component::Dispatcher,
+        Component::RolloutProjector,
     ];
 
     #[must_use]
@@ -38,6 +54,10 @@ impl Component {
             Component::Projector => "projector",
             Component::MqttBridge => "mqtt-bridge",
             Component::AmqpBridge => "amqp-bridge",
+            Component::Router => "router",
+            Component::Saga => "saga",
+            Component::Dispatcher => "dispatcher",
+            Component::RolloutProjector => "rollout-projector",
         }
     }
 }
@@ -67,6 +87,31 @@ pub fn projector_runner_config(cfg: &Config, schema: &str, member: &str) -> Runn
     }
 }
 
+/// Runner settings for one of the ledger consumers, on the configured schema.
+fn runner_config(cfg: &Config, consumer: &str, topic: String) -> RunnerConfig {
+    RunnerConfig {
+        consumer: consumer.to_owned(),
+        topic,
+        ..projector_runner_config(cfg, &cfg.database.schema, &cfg.member())
+    }
+}
+
+/// The saga's settings.
+#[must_use]
+pub fn saga_config(cfg: &Config) -> SagaConfig {
+    SagaConfig {
+        topic: cfg.kafka.topics().rollout_events,
+        database_url: cfg.database.url.clone(),
+        schema: cfg.database.schema.clone(),
+        member: cfg.member(),
+        tick: Duration::from_millis(cfg.saga.tick_ms),
+        join_every: Duration::from_millis(cfg.saga.join_every_ms),
+        rebalance_every: Duration::from_millis(cfg.projector.rebalance_ms),
+        settle: Duration::from_millis(cfg.saga.settle_ms),
+        kafka: cfg.kafka.clone(),
+    }
+}
+
 /// A pool on the configured schema, migrated.
 async fn migrated_pool(cfg: &Config) -> Result<sqlx::PgPool, BoxError> {
     let db = &cfg.database;
@@ -92,6 +137,48 @@ pub async fn run(
         }
         Component::AmqpBridge => {
             otaledger_producers::amqp_bridge::run(cfg.amqp.clone(), producer.clone(), shutdown)
+                .await
+                .map_err(Into::into)
+        }
+        Component::Router => {
+            let pool = migrated_pool(&cfg).await?;
+            otaledger_consumers::db::create_if_missing(&pool, ROUTER_DDL).await?;
+            let rc = runner_config(&cfg, "router", cfg.kafka.topics().device_events);
+            Runner::new(rc, Router::new(producer.clone()), producer.clone(), pool)
+                .run(shutdown)
+                .await
+                .map_err(Into::into)
+        }
+        Component::Saga => {
+            let pool = migrated_pool(&cfg).await?;
+            Saga::new(saga_config(&cfg), producer.clone(), pool)
+                .run(shutdown)
+                .await
+                .map_err(Into::into)
+        }
+        Component::Dispatcher => {
+            let pool = migrated_pool(&cfg).await?;
+            otaledger_consumers::db::create_if_missing(&pool, DISPATCHER_DDL).await?;
+            let topic = cfg.kafka.topics().device_commands;
+            let dc = DispatcherConfig {
+                mqtt: cfg.mqtt.clone(),
+                amqp: cfg.amqp.clone(),
+                attempts: cfg.dispatcher.attempts,
+                backoff: Duration::from_millis(cfg.dispatcher.backoff_ms),
+                commands_topic: topic.clone(),
+            };
+            let dispatcher = Dispatcher::connect(dc, producer.clone(), &cfg.member()).await?;
+            let rc = runner_config(&cfg, "dispatcher", topic);
+            Runner::new(rc, dispatcher, producer.clone(), pool)
+                .run(shutdown)
+                .await
+                .map_err(Into::into)
+        }
+        Component::RolloutProjector => {
+            let pool = migrated_pool(&cfg).await?;
+            let rc = runner_config(&cfg, "rollout-projector", cfg.kafka.topics().rollout_events);
+            Runner::new(rc, RolloutProjector, producer.clone(), pool)
+                .run(shutdown)
                 .await
                 .map_err(Into::into)
         }

@@ -66,6 +66,45 @@ impl Default for ProjectorConfig {
     }
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SagaConfig {
+    /// How often every rollout gets the clock input (timeouts, retries, scheduled starts).
+    pub tick_ms: u64,
+    /// How often running rollouts look for devices that joined the fleet.
+    pub join_every_ms: u64,
+    /// How long a partition must be quiet before the saga's fold of it counts as complete.
+    pub settle_ms: u64,
+}
+
+impl Default for SagaConfig {
+    fn default() -> Self {
+        SagaConfig {
+            tick_ms: 200,
+            join_every_ms: 2000,
+            settle_ms: 500,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DispatcherConfig {
+    /// Delivery attempts per command before it is given up and dead-lettered.
+    pub attempts: i32,
+    /// Backoff before the second attempt; doubled after each.
+    pub backoff_ms: u64,
+}
+
+impl Default for DispatcherConfig {
+    fn default() -> Self {
+        DispatcherConfig {
+            attempts: 3,
+            backoff_ms: 200,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -75,6 +114,8 @@ pub struct Config {
     pub amqp: AmqpConfig,
     pub http: HttpConfig,
     pub projector: ProjectorConfig,
+    pub saga: SagaConfig,
+    pub dispatcher: DispatcherConfig,
 }
 
 /// The environment variables that override the file, and what they set.
@@ -90,6 +131,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("OTALEDGER_MQTT_TOPIC_ROOT", "mqtt.topic_root"),
     ("OTALEDGER_AMQP_URL", "amqp.url"),
     ("OTALEDGER_AMQP_QUEUE", "amqp.reports_queue"),
+    ("OTALEDGER_AMQP_EXCHANGE", "amqp.commands_exchange"),
     ("OTALEDGER_HTTP_LISTEN", "http.listen"),
     ("OTALEDGER_PROJECTOR_MEMBER", "projector.member"),
     ("OTALEDGER_REBALANCE_MS", "projector.rebalance_ms"),
@@ -128,6 +170,7 @@ impl Config {
                 "OTALEDGER_MQTT_TOPIC_ROOT" => self.mqtt.topic_root = v,
                 "OTALEDGER_AMQP_URL" => self.amqp.url = v,
                 "OTALEDGER_AMQP_QUEUE" => self.amqp.reports_queue = v,
+                "OTALEDGER_AMQP_EXCHANGE" => self.amqp.commands_exchange = v,
                 "OTALEDGER_HTTP_LISTEN" => self.http.listen = v,
                 "OTALEDGER_PROJECTOR_MEMBER" => self.projector.member = v,
                 "OTALEDGER_REBALANCE_MS" => {

@@ -8,7 +8,7 @@ use otaledger_cli::components::{self, Component};
 use otaledger_cli::config::{Config, ENV_OVERRIDES};
 use otaledger_cli::{bench, replay};
 use otaledger_producers::shutdown::Shutdown;
-use otaledger_producers::simulator::{self, SimConfig};
+use otaledger_producers::simulator::{self, Behaviour, OutcomeRule, SimConfig};
 
 #[derive(Debug, Parser)]
 #[command(name = "otaledger", version, about = "Event-sourced over-the-air update ledger for IoT fleets",
@@ -141,6 +141,22 @@ struct SimArgs {
     /// MQTT connections the devices are multiplexed over.
     #[arg(long, default_value_t = 8)]
     mqtt_connections: usize,
+    /// Milliseconds from receiving an update command to reporting its result.
+    #[arg(long, default_value_t = 500)]
+    install_ms: u64,
+    /// Report download progress before each result.
+    #[arg(long)]
+    progress: bool,
+    /// Devices whose install fails, as `[model:]version=share` (`*` for any; repeatable),
+    /// e.g. `--fail 9.9.9=0.5` fails half the devices given release 9.9.9.
+    #[arg(long = "fail", value_name = "RULE")]
+    failures: Vec<OutcomeRule>,
+    /// Devices that never answer an update (they time out), as `[model:]version=share`.
+    #[arg(long = "silent", value_name = "RULE")]
+    silent: Vec<OutcomeRule>,
+    /// Devices that install, then stop heartbeating (the health gate fails them).
+    #[arg(long = "unhealthy", value_name = "RULE")]
+    unhealthy: Vec<OutcomeRule>,
 }
 
 impl SimArgs {
@@ -156,6 +172,13 @@ impl SimArgs {
             mqtt_connections: self.mqtt_connections,
             mqtt: cfg.mqtt.clone(),
             amqp: cfg.amqp.clone(),
+            behaviour: Behaviour {
+                install_ms: self.install_ms,
+                progress: self.progress,
+                failures: self.failures.clone(),
+                silent: self.silent.clone(),
+                unhealthy: self.unhealthy.clone(),
+            },
         }
     }
 }
@@ -264,8 +287,9 @@ async fn main() -> ExitCode {
             Command::Simulate { sim } => {
                 let stats = simulator::run(sim.to_config(&cfg), shutdown.signal()).await?;
                 println!(
-                    "sent {} MQTT messages and {} gateway batches ({} reports)",
-                    stats.mqtt_messages, stats.gateway_batches, stats.gateway_reports
+                    "sent {} MQTT messages and {} gateway batches ({} reports); executed {} commands ({} duplicates ignored), reported {} results",
+                    stats.mqtt_messages, stats.gateway_batches, stats.gateway_reports,
+                    stats.commands, stats.duplicate_commands, stats.results
                 );
                 Ok(())
             }

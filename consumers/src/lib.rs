@@ -5,8 +5,11 @@
 //! transaction as the rows it writes, and fences stale owners with an epoch per partition.
 
 pub mod db;
+pub mod dispatcher;
 pub mod ownership;
+pub mod router;
 pub mod runner;
+pub mod saga;
 
 use thiserror::Error;
 

@@ -5,6 +5,7 @@
 pub mod fleet;
 pub mod migrations;
 pub mod projector;
+pub mod rollouts;
 
 use thiserror::Error;
 

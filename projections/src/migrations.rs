@@ -5,8 +5,14 @@ use sqlx::PgPool;
 use crate::{DbContext, Result};
 
 /// Every migration, in order. Never edit or remove one that has shipped.
-const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "fleet", include_str!("../migrations/0001_fleet.sql"))];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "fleet", include_str!("../migrations/0001_fleet.sql")),
+    (
+        2,
+        "rollouts",
+        include_str!("../migrations/0002_rollouts.sql"),
+    ),
+];
 
 /// Applies the migrations missing from the pool's schema (its `search_path`).
 pub async fn migrate(pool: &PgPool) -> Result<()> {

@@ -181,6 +181,10 @@ pub fn config(services: &Services, name: &str) -> Config {
     cfg.mqtt.topic_root = format!("{name}/devices");
     cfg.amqp.url = services.amqp_url.clone();
     cfg.amqp.reports_queue = format!("{name}.reports");
+    cfg.amqp.commands_exchange = format!("{name}.gateway-commands");
+    cfg.saga.tick_ms = 100;
+    cfg.saga.join_every_ms = 500;
+    cfg.saga.settle_ms = 400;
     cfg.http.listen = "127.0.0.1:0".into();
     cfg.projector.rebalance_ms = 500;
     cfg.projector.batch_wait_ms = 10;
@@ -297,6 +301,7 @@ pub fn spawn_command(cfg: &Config, args: &[&str], member: &str, log: &std::path:
         .env("OTALEDGER_MQTT_TOPIC_ROOT", &cfg.mqtt.topic_root)
         .env("OTALEDGER_AMQP_URL", &cfg.amqp.url)
         .env("OTALEDGER_AMQP_QUEUE", &cfg.amqp.reports_queue)
+        .env("OTALEDGER_AMQP_EXCHANGE", &cfg.amqp.commands_exchange)
         .env("OTALEDGER_HTTP_LISTEN", &cfg.http.listen)
         .env("OTALEDGER_PROJECTOR_MEMBER", member)
         .env(

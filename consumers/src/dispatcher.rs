@@ -1,0 +1,434 @@
+//! The command dispatcher: delivers `ota.device-commands` to devices and edge gateways.
+//!
+//! A device reached directly gets an MQTT QoS 1 publish on `{root}/{device}/commands`; a device
+//! behind an edge gateway gets an AMQP message on the commands topic exchange with the gateway
+//! id as routing key (persistent, publisher confirms, `mandatory`: a returned message is a
+//! delivery failure). Failures are retried with backoff and each one is recorded as a
+//! `CommandDeliveryFailed` event; after the last attempt the command also goes to the dead
+//! letters, so nothing is lost. Commands already dispatched (by command id, in
+//! `dispatched_commands`, written with the offsets) are never sent again; a crash between the
+//! broker's acknowledgement and the commit sends a command again, which devices de-duplicate.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, ExchangeKind};
+use otaledger_domain::events::{CommandDeliveryFailed, Payload};
+use otaledger_domain::ids::derived_event_id;
+use otaledger_domain::time::now_micros;
+use otaledger_domain::{Event, EventMeta};
+use otaledger_producers::amqp_bridge::{connect, AmqpConfig};
+use otaledger_producers::dead_letters::{dead_letter, Origin, Rejection};
+use otaledger_producers::kafka::EventProducer;
+use otaledger_producers::metrics::{Counter, REGISTRY};
+use otaledger_producers::mqtt_bridge::MqttConfig;
+use rumqttc::{AsyncClient, Event as MqttEvent, Packet, QoS};
+use serde_json::json;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::runner::{BoxFuture, Positioned, Projection};
+use crate::{DbContext, Error, Result};
+
+pub const DISPATCHER_DDL: &str = "
+CREATE TABLE IF NOT EXISTS dispatched_commands (
+    command_id    uuid PRIMARY KEY,
+    device_id     text NOT NULL,
+    channel       text NOT NULL,
+    dispatched_at timestamptz NOT NULL DEFAULT now()
+)";
+
+#[derive(Debug, Clone)]
+pub struct DispatcherConfig {
+    pub mqtt: MqttConfig,
+    pub amqp: AmqpConfig,
+    /// Delivery attempts per command before it is given up (and dead-lettered).
+    pub attempts: i32,
+    pub backoff: Duration,
+    pub commands_topic: String,
+}
+
+struct MqttLink {
+    client: AsyncClient,
+    acked: Arc<AtomicU64>,
+    sent: u64,
+}
+
+pub struct Dispatcher {
+    cfg: DispatcherConfig,
+    producer: EventProducer,
+    mqtt: MqttLink,
+    amqp: lapin::Channel,
+    _amqp_conn: lapin::Connection,
+    delivered_mqtt: Counter,
+    delivered_amqp: Counter,
+    failed_mqtt: Counter,
+    failed_amqp: Counter,
+}
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher").finish_non_exhaustive()
+    }
+}
+
+/// A command as devices and gateways receive it (JSON).
+struct Outgoing {
+    command_id: Uuid,
+    device_id: String,
+    rollout_id: String,
+    gateway_id: Option<String>,
+    body: Vec<u8>,
+    position: (i32, i64),
+    bytes: Vec<u8>,
+}
+
+fn outgoing(p: &Positioned) -> Option<Outgoing> {
+    let (command_id, device_id, rollout_id, gateway_id, body) = match &p.event.payload {
+        Payload::UpdateCommand(c) => (
+            c.command_id,
+            &c.device_id,
+            &c.rollout_id,
+            &c.gateway_id,
+            json!({
+                "kind": "update", "command_id": c.command_id, "device_id": c.device_id,
+                "rollout_id": c.rollout_id, "release": c.release,
+                "deadline_ms": c.deadline / 1000,
+            }),
+        ),
+        Payload::RollbackCommand(c) => (
+            c.command_id,
+            &c.device_id,
+            &c.rollout_id,
+            &c.gateway_id,
+            json!({
+                "kind": "rollback", "command_id": c.command_id, "device_id": c.device_id,
+                "rollout_id": c.rollout_id, "target_version": c.target_version,
+            }),
+        ),
+        Payload::CancelCommand(c) => (
+            c.command_id,
+            &c.device_id,
+            &c.rollout_id,
+            &c.gateway_id,
+            json!({
+                "kind": "cancel", "command_id": c.command_id, "device_id": c.device_id,
+                "rollout_id": c.rollout_id, "reason": c.reason,
+            }),
+        ),
+        _ => return None,
+    };
+    Some(Outgoing {
+        command_id,
+        device_id: device_id.clone(),
+        rollout_id: rollout_id.clone(),
+        gateway_id: gateway_id.clone(),
+        body: body.to_string().into_bytes(),
+        position: (p.position.partition, p.position.offset),
+        bytes: otaledger_schemas::encode(&p.event).unwrap_or_default(),
+    })
+}
+
+impl Dispatcher {
+    /// Connects to both brokers and declares the commands exchange.
+    pub async fn connect(
+        cfg: DispatcherConfig,
+        producer: EventProducer,
+        member: &str,
+    ) -> Result<Self> {
+        let client_id = format!("otaledger-dispatcher-{member}");
+        let mut opts = cfg.mqtt.options(&client_id);
+        opts.set_clean_session(true);
+        opts.set_inflight(1000);
+        let (client, mut eventloop) = AsyncClient::new(opts, 10_000);
+        let acked = Arc::new(AtomicU64::new(0));
+        let counter = acked.clone();
+        tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(MqttEvent::Incoming(Packet::PubAck(_))) => {
+                        counter.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(MqttEvent::Outgoing(rumqttc::Outgoing::Disconnect)) => break,
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "dispatcher MQTT connection error");
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                    }
+                }
+            }
+        });
+        let conn = connect(&cfg.amqp).await?;
+        let amqp = conn
+            .create_channel()
+            .await
+            .map_err(amqp_err("opening channel"))?;
+        amqp.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(amqp_err("enabling publisher confirms"))?;
+        amqp.exchange_declare(
+            cfg.amqp.commands_exchange.as_str().into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(amqp_err("declaring the commands exchange"))?;
+        let c = |channel: &str, help: &'static str, name: &'static str| {
+            REGISTRY.counter(name, help, &[("channel", channel)])
+        };
+        Ok(Dispatcher {
+            cfg,
+            producer,
+            mqtt: MqttLink {
+                client,
+                acked,
+                sent: 0,
+            },
+            amqp,
+            _amqp_conn: conn,
+            delivered_mqtt: c(
+                "mqtt",
+                "Commands handed to the device's broker or gateway",
+                "otaledger_commands_dispatched_total",
+            ),
+            delivered_amqp: c(
+                "amqp",
+                "Commands handed to the device's broker or gateway",
+                "otaledger_commands_dispatched_total",
+            ),
+            failed_mqtt: c(
+                "mqtt",
+                "Failed command delivery attempts",
+                "otaledger_command_delivery_failures_total",
+            ),
+            failed_amqp: c(
+                "amqp",
+                "Failed command delivery attempts",
+                "otaledger_command_delivery_failures_total",
+            ),
+        })
+    }
+
+    /// Publishes to devices over MQTT and waits for the broker's PUBACKs.
+    async fn send_mqtt(&mut self, cmds: &[&Outgoing]) -> std::result::Result<(), String> {
+        let root = &self.cfg.mqtt.topic_root;
+        for c in cmds {
+            self.mqtt
+                .client
+                .publish(
+                    format!("{root}/{}/commands", c.device_id),
+                    QoS::AtLeastOnce,
+                    false,
+                    c.body.clone(),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            self.mqtt.sent += 1;
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.mqtt.acked.load(Ordering::Relaxed) < self.mqtt.sent {
+            if tokio::time::Instant::now() > deadline {
+                // Unknown which were acknowledged: count them all as unacknowledged and resend.
+                self.mqtt.sent = self.mqtt.acked.load(Ordering::Relaxed);
+                return Err("MQTT broker did not acknowledge within 10 s".into());
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        Ok(())
+    }
+
+    /// Publishes to gateways over AMQP; returns the commands that failed with why.
+    async fn send_amqp<'c>(&self, cmds: &[&'c Outgoing]) -> Result<Vec<(&'c Outgoing, String)>> {
+        let mut confirms = Vec::with_capacity(cmds.len());
+        for c in cmds {
+            let gw = c.gateway_id.as_deref().unwrap_or_default();
+            let confirm = self
+                .amqp
+                .basic_publish(
+                    self.cfg.amqp.commands_exchange.as_str().into(),
+                    gw.into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    &c.body,
+                    BasicProperties::default()
+                        .with_delivery_mode(2)
+                        .with_content_type("application/json".into())
+                        .with_message_id(c.command_id.hyphenated().to_string().into()),
+                )
+                .await;
+            confirms.push((c, confirm));
+        }
+        let mut failed = Vec::new();
+        for (c, confirm) in confirms {
+            let outcome = match confirm {
+                Err(e) => Err(e.to_string()),
+                Ok(pc) => match pc.await {
+                    Err(e) => Err(e.to_string()),
+                    Ok(lapin::Confirmation::Ack(Some(ret))) => Err(format!(
+                        "returned by the broker: {} {}",
+                        ret.reply_code, ret.reply_text
+                    )),
+                    Ok(lapin::Confirmation::Nack(_)) => Err("refused by the broker (nack)".into()),
+                    Ok(_) => Ok(()),
+                },
+            };
+            if let Err(why) = outcome {
+                failed.push((*c, why));
+            }
+        }
+        Ok(failed)
+    }
+
+    async fn record_failure(
+        &self,
+        c: &Outgoing,
+        channel: &str,
+        attempt: i32,
+        error: &str,
+        gave_up: bool,
+    ) -> Result<()> {
+        let id = c.command_id.hyphenated().to_string();
+        let event = Event {
+            meta: EventMeta {
+                event_id: derived_event_id(&["delivery-failed", &id, &attempt.to_string()]),
+                occurred_at: now_micros(),
+                recorded_at: now_micros(),
+                trace_id: id.clone(),
+            },
+            payload: Payload::CommandDeliveryFailed(CommandDeliveryFailed {
+                command_id: c.command_id,
+                device_id: c.device_id.clone(),
+                rollout_id: c.rollout_id.clone(),
+                channel: channel.to_owned(),
+                gateway_id: c.gateway_id.clone(),
+                attempt,
+                error: error.to_owned(),
+                gave_up,
+            }),
+        };
+        self.producer.append(&event).await?;
+        if gave_up {
+            let origin = Origin {
+                source: "kafka",
+                channel: &self.cfg.commands_topic,
+                partition: Some(c.position.0),
+                offset: Some(c.position.1),
+            };
+            let rejection = Rejection::new("undeliverable", error.to_owned());
+            dead_letter(
+                &self.producer,
+                &origin,
+                c.device_id.as_bytes(),
+                &c.bytes,
+                &rejection,
+            )
+            .await?
+            .acked()
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn apply_batch(&mut self, tx: &mut PgConnection, events: &[Positioned]) -> Result<()> {
+        let all: Vec<Outgoing> = events.iter().filter_map(outgoing).collect();
+        if all.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<Uuid> = all.iter().map(|c| c.command_id).collect();
+        let done: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT command_id FROM dispatched_commands WHERE command_id = ANY($1)",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await
+        .db("reading dispatched commands")?;
+        let mut seen: std::collections::HashSet<Uuid> = done.into_iter().collect();
+        let todo: Vec<&Outgoing> = all.iter().filter(|c| seen.insert(c.command_id)).collect();
+        let (gw, direct): (Vec<&Outgoing>, Vec<&Outgoing>) =
+            todo.iter().partition(|c| c.gateway_id.is_some());
+        let mut backoff = self.cfg.backoff;
+        let mut pending_mqtt = direct;
+        let mut pending_amqp = gw;
+        let mut sent: Vec<(&Outgoing, &str)> = Vec::new();
+        for attempt in 1..=self.cfg.attempts.max(1) {
+            let last = attempt == self.cfg.attempts.max(1);
+            if !pending_mqtt.is_empty() {
+                match self.send_mqtt(&pending_mqtt).await {
+                    Ok(()) => {
+                        self.delivered_mqtt.add(pending_mqtt.len() as u64);
+                        sent.extend(pending_mqtt.drain(..).map(|c| (c, "mqtt")));
+                    }
+                    Err(why) => {
+                        self.failed_mqtt.add(pending_mqtt.len() as u64);
+                        for c in &pending_mqtt {
+                            self.record_failure(c, "mqtt", attempt, &why, last).await?;
+                        }
+                    }
+                }
+            }
+            if !pending_amqp.is_empty() {
+                let failed = self.send_amqp(&pending_amqp).await?;
+                let failed_ids: std::collections::HashSet<Uuid> =
+                    failed.iter().map(|(c, _)| c.command_id).collect();
+                for c in pending_amqp
+                    .iter()
+                    .filter(|c| !failed_ids.contains(&c.command_id))
+                {
+                    sent.push((c, "amqp"));
+                }
+                self.delivered_amqp
+                    .add((pending_amqp.len() - failed.len()) as u64);
+                self.failed_amqp.add(failed.len() as u64);
+                for (c, why) in &failed {
+                    tracing::warn!(command = %c.command_id, gateway = ?c.gateway_id, attempt, error = %why, "command delivery failed");
+                    self.record_failure(c, "amqp", attempt, why, last).await?;
+                }
+                pending_amqp = failed.into_iter().map(|(c, _)| c).collect();
+            }
+            if pending_mqtt.is_empty() && pending_amqp.is_empty() {
+                break;
+            }
+            if !last {
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+            }
+        }
+        let ids: Vec<Uuid> = sent.iter().map(|(c, _)| c.command_id).collect();
+        let devices: Vec<&str> = sent.iter().map(|(c, _)| c.device_id.as_str()).collect();
+        let channels: Vec<&str> = sent.iter().map(|(_, ch)| *ch).collect();
+        sqlx::query(
+            "INSERT INTO dispatched_commands (command_id, device_id, channel)
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[]) ON CONFLICT DO NOTHING",
+        )
+        .bind(&ids)
+        .bind(&devices)
+        .bind(&channels)
+        .execute(&mut *tx)
+        .await
+        .db("recording dispatched commands")?;
+        Ok(())
+    }
+}
+
+fn amqp_err(context: &'static str) -> impl Fn(lapin::Error) -> Error {
+    move |e| Error::Other(format!("amqp: {context}: {e}"))
+}
+
+impl Projection for Dispatcher {
+    fn apply<'a>(
+        &'a mut self,
+        tx: &'a mut PgConnection,
+        events: &'a [Positioned],
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.apply_batch(tx, events))
+    }
+}

@@ -1,0 +1,703 @@
+//! The rollout saga's runtime: the single writer of each rollout's decisions.
+//!
+//! It owns partitions of `ota.rollout-events` (advisory locks, as every consumer here) and holds
+//! the state of their rollouts in memory, folded from the partition itself: the topic holds
+//! both the inputs (requests, operator requests, routed device reports) and every decision.
+//! PostgreSQL stores, per partition, the offset up to which inputs were decided; it is written
+//! only after the decisions of those inputs are acknowledged by Kafka.
+//!
+//! On taking partitions the runtime folds them from offset 0 (decisions and inputs alike) until
+//! the partition is quiet, and only then decides the inputs past the stored offset. A crash
+//! between appending decisions and storing the offset therefore never decides an input twice
+//! against a state that lacks its first decisions; because the decider converges on its state
+//! (window, thresholds, deadlines), the next tick decides exactly what is still missing, with
+//! the same deterministic command ids.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use otaledger_domain::events::{
+    CancelCommand, CommandKind, DeviceCommanded, Payload, RollbackCommand, TargetSelector,
+    UpdateCommand,
+};
+use otaledger_domain::ids::new_event_id;
+use otaledger_domain::rollout::{Input, Rollout, Target};
+use otaledger_domain::time::{now_micros, Micros};
+use otaledger_domain::{Event, EventMeta};
+use otaledger_producers::config::KafkaConfig;
+use otaledger_producers::dead_letters::{dead_letter, Origin, Rejection};
+use otaledger_producers::kafka::{client_config, wait_for_topic, EventProducer, Pending};
+use otaledger_producers::metrics::{Counter, Gauge, Histogram, REGISTRY};
+use otaledger_producers::shutdown::ShutdownSignal;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::ownership::Ownership;
+use crate::{db, DbContext, Error, Result};
+
+#[derive(Debug, Clone)]
+pub struct SagaConfig {
+    pub topic: String,
+    pub database_url: String,
+    /// The schema holding the fleet view (targets are resolved from its `devices` table) and
+    /// the saga's offsets.
+    pub schema: String,
+    pub member: String,
+    /// How often the clock input reaches every rollout (timeouts, retries, scheduled starts).
+    pub tick: Duration,
+    /// How often running rollouts look for devices that joined the fleet.
+    pub join_every: Duration,
+    pub rebalance_every: Duration,
+    /// How long a partition must be quiet before its fold counts as complete.
+    pub settle: Duration,
+    pub kafka: KafkaConfig,
+}
+
+const CONSUMER: &str = "saga";
+
+struct Entry {
+    rollout: Rollout,
+    /// When its first wave started: devices first seen after this are joiners.
+    started_at: Option<Micros>,
+    next_join_check: Instant,
+}
+
+struct Metrics {
+    decisions: Counter,
+    commands: Counter,
+    refused: Counter,
+    latency: Histogram,
+    rollouts: Gauge,
+}
+
+/// The saga: state of the owned partitions' rollouts, and what it needs to decide.
+pub struct Saga {
+    cfg: SagaConfig,
+    producer: EventProducer,
+    pool: PgPool,
+    rollouts: HashMap<String, Entry>,
+    /// Ids of decisions this instance appended and has not read back yet: reading them back
+    /// must not apply them a second time.
+    emitted: HashSet<Uuid>,
+    /// Gateway of each device, from target resolution (`None`: reached over MQTT directly).
+    gateways: HashMap<String, Option<String>>,
+    metrics: Metrics,
+}
+
+struct Record {
+    partition: i32,
+    offset: i64,
+    event: Event,
+}
+
+impl std::fmt::Debug for Saga {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Saga")
+            .field("member", &self.cfg.member)
+            .field("rollouts", &self.rollouts.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn is_decision(p: &Payload) -> bool {
+    matches!(
+        p,
+        Payload::WaveStarted(_)
+            | Payload::DevicesJoined(_)
+            | Payload::DeviceCommanded(_)
+            | Payload::DeviceOutcome(_)
+            | Payload::DeviceTimedOut(_)
+            | Payload::ThresholdEvaluated(_)
+            | Payload::RolloutStateChanged(_)
+    )
+}
+
+impl Saga {
+    #[must_use]
+    pub fn new(cfg: SagaConfig, producer: EventProducer, pool: PgPool) -> Self {
+        let metrics = Metrics {
+            decisions: REGISTRY.counter(
+                "otaledger_saga_decisions_total",
+                "Decisions the rollout saga appended",
+                &[],
+            ),
+            commands: REGISTRY.counter(
+                "otaledger_saga_commands_total",
+                "Commands the rollout saga issued to devices",
+                &[],
+            ),
+            refused: REGISTRY.counter(
+                "otaledger_saga_refused_inputs_total",
+                "Inputs the rollout decider refused (e.g. resume of a running rollout)",
+                &[],
+            ),
+            latency: REGISTRY.histogram(
+                "otaledger_saga_decision_seconds",
+                "From an input's recorded-at time to its decisions acknowledged by Kafka",
+                &[],
+            ),
+            rollouts: REGISTRY.gauge(
+                "otaledger_saga_rollouts",
+                "Rollouts held by this saga instance",
+                &[],
+            ),
+        };
+        Saga {
+            cfg,
+            producer,
+            pool,
+            rollouts: HashMap::new(),
+            emitted: HashSet::new(),
+            gateways: HashMap::new(),
+            metrics,
+        }
+    }
+
+    /// Runs until shutdown.
+    pub async fn run(mut self, mut shutdown: ShutdownSignal) -> Result<()> {
+        let cfg = self.cfg.clone();
+        let partitions = wait_for_topic(&cfg.kafka, &cfg.topic, Duration::from_secs(60)).await?;
+        let lock_conn = db::connection(&cfg.database_url, &cfg.schema).await?;
+        let mut ownership = Ownership::join(
+            self.pool.clone(),
+            lock_conn,
+            &cfg.schema,
+            CONSUMER,
+            &cfg.topic,
+            &cfg.member,
+            partitions,
+        )
+        .await?;
+        let consumer: StreamConsumer = client_config(&cfg.kafka)
+            .set("group.id", "otaledger-saga")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", "10")
+            .create()
+            .map_err(|source| Error::Kafka {
+                context: "creating saga consumer".into(),
+                source,
+            })?;
+        tracing::info!(member = %cfg.member, topic = %cfg.topic, "rollout saga starting");
+        let mut next_rebalance = tokio::time::Instant::now();
+        let mut next_tick = tokio::time::Instant::now();
+        // While folding, inputs past the stored offsets wait here.
+        let mut settling: Option<Vec<Record>> = None;
+        let mut last_record = tokio::time::Instant::now();
+        loop {
+            if shutdown.is_triggered() {
+                break;
+            }
+            let now = tokio::time::Instant::now();
+            if now >= next_rebalance {
+                if ownership.rebalance().await? {
+                    self.reset(&consumer, &ownership)?;
+                    settling = Some(Vec::new());
+                    last_record = now;
+                }
+                next_rebalance = now + cfg.rebalance_every;
+            }
+            if let Some(pending) = settling.take() {
+                if now.duration_since(last_record) >= cfg.settle {
+                    tracing::info!(
+                        rollouts = self.rollouts.len(),
+                        pending = pending.len(),
+                        "saga state folded; deciding"
+                    );
+                    self.decide_inputs(&pending).await?;
+                    if !self.store(&mut ownership, &next_offsets(&pending)).await? {
+                        self.fenced(&mut ownership, &consumer).await?;
+                        next_rebalance = now;
+                        continue;
+                    }
+                } else {
+                    settling = Some(pending);
+                }
+            }
+            if settling.is_none() && now >= next_tick {
+                self.tick().await?;
+                next_tick = now + cfg.tick;
+            }
+            let until = if settling.is_some() {
+                now + cfg.settle
+            } else {
+                next_tick.min(next_rebalance)
+            };
+            let batch = tokio::select! {
+                () = shutdown.wait() => break,
+                b = collect(&consumer, until) => b,
+            };
+            if batch.is_empty() {
+                continue;
+            }
+            last_record = tokio::time::Instant::now();
+            let mut inputs = Vec::new();
+            for (partition, offset, key, payload) in batch {
+                let Some(owned) = ownership.owned().get(&partition) else {
+                    continue;
+                };
+                let event = match otaledger_schemas::decode(&payload) {
+                    Ok(d) => d.event,
+                    Err(e) => {
+                        let origin = Origin {
+                            source: "kafka",
+                            channel: &cfg.topic,
+                            partition: Some(partition),
+                            offset: Some(offset),
+                        };
+                        let rejection = Rejection::new("undecodable", e.to_string());
+                        dead_letter(&self.producer, &origin, &key, &payload, &rejection)
+                            .await?
+                            .acked()
+                            .await?;
+                        if offset >= owned.next_offset {
+                            inputs.push(None);
+                        }
+                        continue;
+                    }
+                };
+                let rollout_id = event.key().to_owned();
+                if is_decision(&event.payload) {
+                    if self.emitted.remove(&event.meta.event_id) {
+                        continue;
+                    }
+                    self.fold(&rollout_id, &event);
+                    continue;
+                }
+                // Inputs evolve state too (the request, routed progress).
+                self.fold(&rollout_id, &event);
+                if offset >= owned.next_offset {
+                    inputs.push(Some(Record {
+                        partition,
+                        offset,
+                        event,
+                    }));
+                }
+            }
+            let records: Vec<Record> = inputs.into_iter().flatten().collect();
+            if let Some(pending) = settling.as_mut() {
+                pending.extend(records);
+                continue;
+            }
+            if records.is_empty() {
+                continue;
+            }
+            self.decide_inputs(&records).await?;
+            if !self.store(&mut ownership, &next_offsets(&records)).await? {
+                self.fenced(&mut ownership, &consumer).await?;
+                next_rebalance = tokio::time::Instant::now();
+            }
+        }
+        ownership.release_all().await?;
+        tracing::info!(member = %cfg.member, "rollout saga stopped");
+        Ok(())
+    }
+
+    async fn fenced(&mut self, ownership: &mut Ownership, consumer: &StreamConsumer) -> Result<()> {
+        tracing::warn!("saga fenced by a newer owner; giving up partitions");
+        ownership.release_all().await?;
+        self.reset(consumer, ownership)
+    }
+
+    /// Forgets everything and reads the owned partitions from the start.
+    fn reset(&mut self, consumer: &StreamConsumer, ownership: &Ownership) -> Result<()> {
+        self.rollouts.clear();
+        self.emitted.clear();
+        let mut tpl = TopicPartitionList::new();
+        for p in ownership.owned().keys() {
+            tpl.add_partition_offset(&self.cfg.topic, *p, Offset::Beginning)
+                .map_err(|source| Error::Kafka {
+                    context: "building assignment".into(),
+                    source,
+                })?;
+        }
+        consumer.assign(&tpl).map_err(|source| Error::Kafka {
+            context: "assigning partitions".into(),
+            source,
+        })?;
+        self.metrics
+            .rollouts
+            .set(i64::try_from(self.rollouts.len()).unwrap_or(0));
+        Ok(())
+    }
+
+    fn fold(&mut self, rollout_id: &str, event: &Event) {
+        let entry = self
+            .rollouts
+            .entry(rollout_id.to_owned())
+            .or_insert_with(|| Entry {
+                rollout: Rollout::default(),
+                started_at: None,
+                next_join_check: Instant::now(),
+            });
+        if let Payload::WaveStarted(w) = &event.payload {
+            if w.wave == 0 && entry.started_at.is_none() {
+                entry.started_at = Some(event.meta.occurred_at);
+            }
+        }
+        entry.rollout.apply_mut(&event.payload);
+    }
+
+    async fn store(
+        &mut self,
+        ownership: &mut Ownership,
+        next: &BTreeMap<i32, i64>,
+    ) -> Result<bool> {
+        if next.is_empty() {
+            return Ok(true);
+        }
+        let mut tx = self.pool.begin().await.db("beginning saga offsets")?;
+        if !ownership.store_offsets(&mut tx, next).await? {
+            tx.rollback().await.db("rolling back fenced offsets")?;
+            return Ok(false);
+        }
+        tx.commit().await.db("committing saga offsets")?;
+        for (p, n) in next {
+            if let Some(o) = ownership.owned_mut().get_mut(p) {
+                o.next_offset = *n;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Decides each input, appends the decisions and their commands, waits for Kafka.
+    async fn decide_inputs(&mut self, records: &[Record]) -> Result<usize> {
+        let now = now_micros();
+        let mut out: Vec<(String, Vec<Payload>, String)> = Vec::new();
+        let mut oldest: Option<Micros> = None;
+        for r in records {
+            let rollout_id = r.event.key().to_owned();
+            let input = match &r.event.payload {
+                Payload::PauseRequested(o) => Some(Input::Pause {
+                    reason: format!("{}: {}", o.requested_by, o.reason),
+                }),
+                Payload::ResumeRequested(o) => Some(Input::Resume {
+                    now,
+                    reason: format!("{}: {}", o.requested_by, o.reason),
+                }),
+                Payload::AbortRequested(o) => Some(Input::Abort {
+                    now,
+                    reason: format!("{}: {}", o.requested_by, o.reason),
+                }),
+                Payload::DeviceReportRouted(rep) => Input::from_report(now, rep),
+                // A request is folded already; its first wave starts at the next tick.
+                _ => None,
+            };
+            let Some(input) = input else { continue };
+            let Some(entry) = self.rollouts.get_mut(&rollout_id) else {
+                continue;
+            };
+            match entry.rollout.decide(input) {
+                Ok(events) if !events.is_empty() => {
+                    oldest = Some(oldest.map_or(r.event.meta.recorded_at, |o: Micros| {
+                        o.min(r.event.meta.recorded_at)
+                    }));
+                    out.push((rollout_id, events, r.event.meta.trace_id.clone()));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.metrics.refused.inc();
+                    tracing::warn!(rollout = %rollout_id, error = %e, "input refused by the decider");
+                }
+            }
+        }
+        let n = self.append(out).await?;
+        if let Some(t) = oldest {
+            #[allow(clippy::cast_precision_loss)]
+            self.metrics
+                .latency
+                .observe((now_micros() - t).max(0) as f64 / 1e6);
+        }
+        Ok(n)
+    }
+
+    /// The clock input for every rollout, wave starts and joiners.
+    async fn tick(&mut self) -> Result<()> {
+        let now = now_micros();
+        let mut out = Vec::new();
+        let ids: Vec<String> = self
+            .rollouts
+            .iter()
+            .filter(|(_, e)| e.rollout.request.is_some() && !e.rollout.is_over())
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in ids {
+            let Some(entry) = self.rollouts.get(&id) else {
+                continue;
+            };
+            if entry.rollout.wave_due(now).is_some() {
+                let targets = self.resolve(&id, None).await?;
+                let Some(entry) = self.rollouts.get_mut(&id) else {
+                    continue;
+                };
+                match entry.rollout.decide(Input::Start { now, targets }) {
+                    Ok(events) => out.push((id.clone(), events, String::from("saga-start"))),
+                    Err(e) => {
+                        // No targets yet (the fleet view may still be filling): retried next tick.
+                        tracing::debug!(rollout = %id, error = %e, "wave not started");
+                    }
+                }
+            }
+            let Some(entry) = self.rollouts.get(&id) else {
+                continue;
+            };
+            if entry.rollout.accepts_joiners() && Instant::now() >= entry.next_join_check {
+                // Joiners are devices first seen after the first wave started; devices seen
+                // before are resolved with the next wave.
+                let since = entry.started_at.unwrap_or(now);
+                let targets = self.resolve(&id, Some(since)).await?;
+                let Some(entry) = self.rollouts.get_mut(&id) else {
+                    continue;
+                };
+                entry.next_join_check = Instant::now() + self.cfg.join_every;
+                let fresh: Vec<Target> = targets
+                    .into_iter()
+                    .filter(|t| !entry.rollout.devices.contains_key(&t.device_id))
+                    .collect();
+                if !fresh.is_empty() {
+                    if let Ok(events) = entry.rollout.decide(Input::Join {
+                        now,
+                        targets: fresh,
+                    }) {
+                        out.push((id.clone(), events, String::from("saga-join")));
+                    }
+                }
+            }
+            let Some(entry) = self.rollouts.get_mut(&id) else {
+                continue;
+            };
+            if let Ok(events) = entry.rollout.decide(Input::Tick { now }) {
+                if !events.is_empty() {
+                    out.push((id.clone(), events, String::from("saga-tick")));
+                }
+            }
+        }
+        self.append(out).await?;
+        Ok(())
+    }
+
+    /// Devices matching the rollout's selector that do not run its release yet; with `since`,
+    /// only devices first seen after it.
+    async fn resolve(&mut self, rollout_id: &str, since: Option<Micros>) -> Result<Vec<Target>> {
+        let Some(req) = self
+            .rollouts
+            .get(rollout_id)
+            .and_then(|e| e.rollout.request.as_ref())
+        else {
+            return Ok(Vec::new());
+        };
+        let rows = select_targets(&self.pool, &req.selector, &req.release.version, since).await?;
+        let mut targets = Vec::with_capacity(rows.len());
+        for (device_id, version, gateway) in rows {
+            self.gateways.insert(device_id.clone(), gateway);
+            targets.push(Target {
+                device_id,
+                firmware_version: version,
+            });
+        }
+        Ok(targets)
+    }
+
+    /// Appends decisions (to the rollout's stream) and the commands among them (to
+    /// `ota.device-commands`), pipelined, and waits until Kafka has all of them.
+    async fn append(&mut self, batches: Vec<(String, Vec<Payload>, String)>) -> Result<usize> {
+        if batches.iter().all(|(_, e, _)| e.is_empty()) {
+            return Ok(0);
+        }
+        let missing: Vec<String> = batches
+            .iter()
+            .flat_map(|(_, e, _)| e.iter())
+            .filter_map(|p| match p {
+                Payload::DeviceCommanded(c) if !self.gateways.contains_key(&c.device_id) => {
+                    Some(c.device_id.clone())
+                }
+                _ => None,
+            })
+            .collect();
+        if !missing.is_empty() {
+            for (id, gw) in lookup_gateways(&self.pool, &missing).await? {
+                self.gateways.insert(id, gw);
+            }
+        }
+        let now = now_micros();
+        let mut pending: Vec<Pending> = Vec::new();
+        let mut n = 0;
+        for (rollout_id, events, trace) in batches {
+            for payload in events {
+                if let Payload::WaveStarted(w) = &payload {
+                    if let Some(e) = self.rollouts.get_mut(&rollout_id) {
+                        if w.wave == 0 && e.started_at.is_none() {
+                            e.started_at = Some(now);
+                        }
+                    }
+                }
+                let command = match &payload {
+                    Payload::DeviceCommanded(c) => self.command_for(&rollout_id, c),
+                    _ => None,
+                };
+                let event = Event {
+                    meta: EventMeta {
+                        event_id: new_event_id(),
+                        occurred_at: now,
+                        recorded_at: now,
+                        trace_id: trace.clone(),
+                    },
+                    payload,
+                };
+                self.emitted.insert(event.meta.event_id);
+                pending.push(self.producer.enqueue(&event).await?);
+                n += 1;
+                if let Some(cmd) = command {
+                    let cmd_event = Event {
+                        meta: EventMeta {
+                            // The command id is the command event's id: dispatcher and devices
+                            // de-duplicate on it.
+                            event_id: command_id(&cmd),
+                            occurred_at: now,
+                            recorded_at: now,
+                            trace_id: trace.clone(),
+                        },
+                        payload: cmd,
+                    };
+                    pending.push(self.producer.enqueue(&cmd_event).await?);
+                    self.metrics.commands.inc();
+                }
+            }
+        }
+        for p in pending {
+            p.acked().await?;
+        }
+        self.metrics.decisions.add(n as u64);
+        Ok(n)
+    }
+
+    fn command_for(&self, rollout_id: &str, c: &DeviceCommanded) -> Option<Payload> {
+        let entry = self.rollouts.get(rollout_id)?;
+        let req = entry.rollout.request.as_ref()?;
+        let gateway_id = self.gateways.get(&c.device_id).cloned().flatten();
+        Some(match c.kind {
+            CommandKind::Update => Payload::UpdateCommand(UpdateCommand {
+                command_id: c.command_id,
+                device_id: c.device_id.clone(),
+                rollout_id: rollout_id.to_owned(),
+                gateway_id,
+                release: req.release.clone(),
+                deadline: c.deadline,
+            }),
+            CommandKind::Rollback => Payload::RollbackCommand(RollbackCommand {
+                command_id: c.command_id,
+                device_id: c.device_id.clone(),
+                rollout_id: rollout_id.to_owned(),
+                gateway_id,
+                target_version: entry
+                    .rollout
+                    .devices
+                    .get(&c.device_id)
+                    .map(|d| d.from_version.clone())
+                    .unwrap_or_default(),
+            }),
+            CommandKind::Cancel => Payload::CancelCommand(CancelCommand {
+                command_id: c.command_id,
+                device_id: c.device_id.clone(),
+                rollout_id: rollout_id.to_owned(),
+                gateway_id,
+                reason: format!("rollout {rollout_id} was aborted"),
+            }),
+        })
+    }
+}
+
+fn command_id(p: &Payload) -> Uuid {
+    match p {
+        Payload::UpdateCommand(c) => c.command_id,
+        Payload::RollbackCommand(c) => c.command_id,
+        Payload::CancelCommand(c) => c.command_id,
+        _ => new_event_id(),
+    }
+}
+
+fn next_offsets(records: &[Record]) -> BTreeMap<i32, i64> {
+    let mut next = BTreeMap::new();
+    for r in records {
+        let e = next.entry(r.partition).or_insert(r.offset + 1);
+        *e = (*e).max(r.offset + 1);
+    }
+    next
+}
+
+/// Devices of the fleet view matching a selector (every listed tag must be present; empty
+/// lists do not constrain) that do not already run `version`.
+pub async fn select_targets(
+    pool: &PgPool,
+    s: &TargetSelector,
+    version: &str,
+    since: Option<Micros>,
+) -> Result<Vec<(String, String, Option<String>)>> {
+    sqlx::query_as(
+        "SELECT device_id, coalesce(firmware_version, ''), gateway_id FROM devices
+         WHERE (cardinality($1::text[]) = 0 OR model = ANY($1))
+           AND (cardinality($2::text[]) = 0 OR site = ANY($2))
+           AND (cardinality($3::text[]) = 0 OR tags @> $3)
+           AND (cardinality($4::text[]) = 0 OR firmware_version = ANY($4))
+           AND (cardinality($5::text[]) = 0 OR device_id = ANY($5))
+           AND firmware_version IS DISTINCT FROM $6
+           AND ($7::bigint IS NULL OR first_seen_at > to_timestamp($7::bigint / 1e6))
+         ORDER BY device_id",
+    )
+    .bind(&s.models)
+    .bind(&s.sites)
+    .bind(&s.tags)
+    .bind(&s.current_versions)
+    .bind(&s.device_ids)
+    .bind(version)
+    .bind(since)
+    .fetch_all(pool)
+    .await
+    .db("resolving rollout targets")
+}
+
+async fn lookup_gateways(pool: &PgPool, ids: &[String]) -> Result<Vec<(String, Option<String>)>> {
+    sqlx::query_as("SELECT device_id, gateway_id FROM devices WHERE device_id = ANY($1)")
+        .bind(ids)
+        .fetch_all(pool)
+        .await
+        .db("looking up gateways")
+}
+
+type Raw = (i32, i64, Vec<u8>, Vec<u8>);
+
+/// Waits for a first record until `until`, then takes whatever else is ready (up to 5,000).
+async fn collect(consumer: &StreamConsumer, until: tokio::time::Instant) -> Vec<Raw> {
+    let mut batch = Vec::new();
+    let Ok(first) = tokio::time::timeout_at(until, consumer.recv()).await else {
+        return batch;
+    };
+    push(&mut batch, first);
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(5);
+    while batch.len() < 5_000 {
+        match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            Ok(m) => push(&mut batch, m),
+            Err(_) => break,
+        }
+    }
+    batch
+}
+
+fn push(
+    batch: &mut Vec<Raw>,
+    m: std::result::Result<rdkafka::message::BorrowedMessage<'_>, rdkafka::error::KafkaError>,
+) {
+    match m {
+        Ok(m) => batch.push((
+            m.partition(),
+            m.offset(),
+            m.key().map(<[u8]>::to_vec).unwrap_or_default(),
+            m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+        )),
+        Err(e) => tracing::warn!(error = %e, "kafka fetch error"),
+    }
+}

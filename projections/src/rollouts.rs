@@ -1,0 +1,609 @@
+//! The rollout views: one row per rollout, one per targeted device, and the explained timeline
+//! of rollout-level decisions, folded from `ota.rollout-events` in batches (a device's events
+//! of one batch coalesce into one row update).
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use otaledger_consumers::{BoxFuture, Positioned, Projection};
+use otaledger_domain::events::{CommandKind, DeviceRolloutState, Payload, RolloutState};
+use serde::Serialize;
+use serde_json::json;
+use sqlx::postgres::PgRow;
+use sqlx::{FromRow, PgConnection, PgPool, Row};
+use uuid::Uuid;
+
+use crate::projector::ts;
+use crate::{DbContext, Error, Result};
+
+/// Projects `ota.rollout-events` into `rollouts`, `rollout_devices` and `rollout_decisions`.
+#[derive(Debug, Default)]
+pub struct RolloutProjector;
+
+fn state_name(s: RolloutState) -> &'static str {
+    match s {
+        RolloutState::Requested => "REQUESTED",
+        RolloutState::Scheduled => "SCHEDULED",
+        RolloutState::Running => "RUNNING",
+        RolloutState::Paused => "PAUSED",
+        RolloutState::Completed => "COMPLETED",
+        RolloutState::Aborted => "ABORTED",
+        RolloutState::RolledBack => "ROLLED_BACK",
+    }
+}
+
+/// The name a device state has in the API and the table (the Avro enum symbol).
+#[must_use]
+pub fn device_state_name(s: DeviceRolloutState) -> &'static str {
+    use DeviceRolloutState as D;
+    match s {
+        D::Targeted => "TARGETED",
+        D::Commanded => "COMMANDED",
+        D::Downloading => "DOWNLOADING",
+        D::Installing => "INSTALLING",
+        D::Verifying => "VERIFYING",
+        D::Succeeded => "SUCCEEDED",
+        D::Failed => "FAILED",
+        D::Rejected => "REJECTED",
+        D::TimedOut => "TIMED_OUT",
+        D::RolledBack => "ROLLED_BACK",
+        D::Cancelled => "CANCELLED",
+    }
+}
+
+/// Every device state name, for validating filters.
+pub const DEVICE_STATES: &[&str] = &[
+    "TARGETED",
+    "COMMANDED",
+    "DOWNLOADING",
+    "INSTALLING",
+    "VERIFYING",
+    "SUCCEEDED",
+    "FAILED",
+    "REJECTED",
+    "TIMED_OUT",
+    "ROLLED_BACK",
+    "CANCELLED",
+];
+
+#[derive(Debug, Default)]
+struct DevicePatch {
+    wave: Option<i32>,
+    state: Option<&'static str>,
+    attempt: Option<i32>,
+    command_id: Option<Uuid>,
+    from_version: Option<String>,
+    reason: Option<String>,
+    updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Default)]
+struct HeaderPatch {
+    state: Option<(&'static str, String)>,
+    current_wave: Option<i32>,
+    targeted: i64,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+    updated_at: DateTime<Utc>,
+}
+
+struct Decision {
+    rollout_id: String,
+    partition: i32,
+    offset: i64,
+    event_id: Uuid,
+    event_type: &'static str,
+    occurred_at: DateTime<Utc>,
+    summary: String,
+    detail: serde_json::Value,
+}
+
+fn decision(p: &Payload) -> Option<(String, serde_json::Value)> {
+    let detail = |v: &dyn erased::Ser| v.value();
+    Some(match p {
+        Payload::UpdateRequested(r) => (
+            format!(
+                "{} requested release {} ({} waves: {:?} %)",
+                r.requested_by,
+                r.release.version,
+                r.strategy.waves_pct.len(),
+                r.strategy.waves_pct
+            ),
+            detail(r),
+        ),
+        Payload::PauseRequested(o) => (
+            format!("{} asked to pause: {}", o.requested_by, o.reason),
+            detail(o),
+        ),
+        Payload::ResumeRequested(o) => (
+            format!("{} asked to resume: {}", o.requested_by, o.reason),
+            detail(o),
+        ),
+        Payload::AbortRequested(o) => (
+            format!("{} asked to abort: {}", o.requested_by, o.reason),
+            detail(o),
+        ),
+        Payload::WaveStarted(w) => (
+            format!(
+                "wave {} started with {} devices (chunk {} of {})",
+                w.wave,
+                w.device_ids.len(),
+                w.chunk + 1,
+                w.chunks
+            ),
+            json!({"wave": w.wave, "chunk": w.chunk, "chunks": w.chunks, "devices": w.device_ids.len()}),
+        ),
+        Payload::DevicesJoined(j) => (
+            format!(
+                "{} devices joined the fleet and were added to wave {}",
+                j.device_ids.len(),
+                j.wave
+            ),
+            json!({"wave": j.wave, "device_ids": j.device_ids}),
+        ),
+        Payload::ThresholdEvaluated(t) => (format!("{:?}: {}", t.verdict, t.rule), detail(t)),
+        Payload::RolloutStateChanged(c) => (
+            format!(
+                "{} → {}: {}",
+                state_name(c.from),
+                state_name(c.to),
+                c.reason
+            ),
+            detail(c),
+        ),
+        _ => return None,
+    })
+}
+
+/// `serde_json::to_value` behind a trait object, so `decision` stays one match.
+mod erased {
+    pub trait Ser {
+        fn value(&self) -> serde_json::Value;
+    }
+    impl<T: serde::Serialize> Ser for T {
+        fn value(&self) -> serde_json::Value {
+            serde_json::to_value(self).unwrap_or_default()
+        }
+    }
+}
+
+fn patch<'m>(
+    devices: &'m mut HashMap<(String, String), DevicePatch>,
+    rollout_id: &str,
+    device_id: &str,
+    at: DateTime<Utc>,
+) -> &'m mut DevicePatch {
+    let d = devices
+        .entry((rollout_id.to_owned(), device_id.to_owned()))
+        .or_default();
+    d.updated_at = at;
+    d
+}
+
+impl RolloutProjector {
+    async fn apply_batch(tx: &mut PgConnection, events: &[Positioned]) -> Result<()> {
+        let mut new_rollouts = Vec::new();
+        let mut headers: HashMap<String, HeaderPatch> = HashMap::new();
+        let mut devices: HashMap<(String, String), DevicePatch> = HashMap::new();
+        let mut decisions = Vec::new();
+        for p in events {
+            let e = &p.event;
+            let at = ts(e.meta.occurred_at);
+            let rid = e.key().to_owned();
+            if let Some((summary, detail)) = decision(&e.payload) {
+                decisions.push(Decision {
+                    rollout_id: rid.clone(),
+                    partition: p.position.partition,
+                    offset: p.position.offset,
+                    event_id: e.meta.event_id,
+                    event_type: e.event_type().name(),
+                    occurred_at: at,
+                    summary,
+                    detail,
+                });
+            }
+            match &e.payload {
+                Payload::UpdateRequested(r) => new_rollouts.push((r.clone(), at)),
+                Payload::WaveStarted(w) => {
+                    for (i, id) in w.device_ids.iter().enumerate() {
+                        let d = patch(&mut devices, &rid, id, at);
+                        d.wave = Some(w.wave);
+                        d.state = Some("TARGETED");
+                        d.from_version = w.from_versions.get(i).cloned();
+                    }
+                    let h = headers.entry(rid.clone()).or_default();
+                    h.current_wave = Some(w.wave);
+                    h.targeted += w.device_ids.len() as i64;
+                    h.updated_at = at;
+                }
+                Payload::DevicesJoined(j) => {
+                    for (i, id) in j.device_ids.iter().enumerate() {
+                        let d = patch(&mut devices, &rid, id, at);
+                        d.wave = Some(j.wave);
+                        d.state = Some("TARGETED");
+                        d.from_version = j.from_versions.get(i).cloned();
+                        d.reason = Some("joined the fleet during the rollout".into());
+                    }
+                    let h = headers.entry(rid.clone()).or_default();
+                    h.targeted += j.device_ids.len() as i64;
+                    h.updated_at = at;
+                }
+                Payload::DeviceCommanded(c) => {
+                    let d = patch(&mut devices, &rid, &c.device_id, at);
+                    if c.kind == CommandKind::Update {
+                        d.state = Some("COMMANDED");
+                        d.attempt = Some(c.attempt);
+                        d.command_id = Some(c.command_id);
+                        d.reason = Some(format!("update sent (attempt {})", c.attempt));
+                    } else {
+                        d.reason = Some(format!("{:?} command sent", c.kind).to_lowercase());
+                    }
+                }
+                Payload::DeviceTimedOut(t) if t.retry_at.is_some() => {
+                    let d = patch(&mut devices, &rid, &t.device_id, at);
+                    d.state = Some("TARGETED");
+                    d.reason = Some(format!("attempt {} timed out; retry scheduled", t.attempt));
+                }
+                Payload::DeviceOutcome(o) => {
+                    let d = patch(&mut devices, &rid, &o.device_id, at);
+                    d.state = Some(device_state_name(o.state));
+                    d.reason = Some(o.reason.clone());
+                }
+                Payload::RolloutStateChanged(c) => {
+                    let h = headers.entry(rid.clone()).or_default();
+                    h.state = Some((state_name(c.to), c.reason.clone()));
+                    if c.to == RolloutState::Running && h.started_at.is_none() {
+                        h.started_at = Some(at);
+                    }
+                    if matches!(
+                        c.to,
+                        RolloutState::Completed | RolloutState::Aborted | RolloutState::RolledBack
+                    ) {
+                        h.finished_at = Some(at);
+                    }
+                    h.updated_at = at;
+                }
+                _ => {}
+            }
+        }
+        for (r, at) in &new_rollouts {
+            sqlx::query(
+                "INSERT INTO rollouts (rollout_id, state, requested_by, release, selector, strategy,
+                                       requested_at, updated_at)
+                 VALUES ($1, 'REQUESTED', $2, $3, $4, $5, $6, $6) ON CONFLICT DO NOTHING",
+            )
+            .bind(&r.rollout_id)
+            .bind(&r.requested_by)
+            .bind(serde_json::to_value(&r.release).unwrap_or_default())
+            .bind(serde_json::to_value(&r.selector).unwrap_or_default())
+            .bind(serde_json::to_value(&r.strategy).unwrap_or_default())
+            .bind(at)
+            .execute(&mut *tx)
+            .await
+            .db("inserting rollout")?;
+        }
+        for (id, h) in &headers {
+            sqlx::query(
+                "UPDATE rollouts SET
+                    state = coalesce($2, state),
+                    state_reason = coalesce($3, state_reason),
+                    current_wave = coalesce($4, current_wave),
+                    targeted = targeted + $5,
+                    started_at = coalesce(started_at, $6),
+                    finished_at = coalesce($7, finished_at),
+                    updated_at = greatest(updated_at, $8)
+                 WHERE rollout_id = $1",
+            )
+            .bind(id)
+            .bind(h.state.as_ref().map(|s| s.0))
+            .bind(h.state.as_ref().map(|s| s.1.as_str()))
+            .bind(h.current_wave)
+            .bind(h.targeted)
+            .bind(h.started_at)
+            .bind(h.finished_at)
+            .bind(h.updated_at)
+            .execute(&mut *tx)
+            .await
+            .db("updating rollout")?;
+        }
+        if !devices.is_empty() {
+            let n = devices.len();
+            let (mut rid, mut did, mut wave, mut state) = (
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+            );
+            let (mut attempt, mut cmd, mut from, mut reason, mut at) = (
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+            );
+            for ((r, d), p) in devices {
+                rid.push(r);
+                did.push(d);
+                wave.push(p.wave);
+                state.push(p.state);
+                attempt.push(p.attempt);
+                cmd.push(p.command_id);
+                from.push(p.from_version);
+                reason.push(p.reason);
+                at.push(p.updated_at);
+            }
+            sqlx::query(
+                "INSERT INTO rollout_devices AS t (rollout_id, device_id, wave, state, attempt,
+                                                   command_id, from_version, reason, updated_at)
+                 SELECT r, d, coalesce(w, -1), coalesce(s, ''), coalesce(a, 0), c, f, re, u
+                 FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::int[], $6::uuid[],
+                             $7::text[], $8::text[], $9::timestamptz[])
+                      AS x(r, d, w, s, a, c, f, re, u)
+                 -- A patch without a wave (-1) or state ('') keeps the row's.
+                 ON CONFLICT (rollout_id, device_id) DO UPDATE SET
+                    wave = CASE WHEN excluded.wave >= 0 THEN excluded.wave ELSE t.wave END,
+                    state = CASE WHEN excluded.state <> '' THEN excluded.state ELSE t.state END,
+                    attempt = greatest(t.attempt, excluded.attempt),
+                    command_id = coalesce(excluded.command_id, t.command_id),
+                    from_version = coalesce(excluded.from_version, t.from_version),
+                    reason = coalesce(excluded.reason, t.reason),
+                    updated_at = greatest(t.updated_at, excluded.updated_at)",
+            )
+            .bind(&rid)
+            .bind(&did)
+            .bind(&wave)
+            .bind(&state)
+            .bind(&attempt)
+            .bind(&cmd)
+            .bind(&from)
+            .bind(&reason)
+            .bind(&at)
+            .execute(&mut *tx)
+            .await
+            .db("merging rollout devices")?;
+        }
+        if !decisions.is_empty() {
+            let mut cols = (
+                vec![],
+                vec![],
+                vec![],
+                vec![],
+                vec![],
+                vec![],
+                vec![],
+                vec![],
+            );
+            for d in decisions {
+                cols.0.push(d.rollout_id);
+                cols.1.push(d.partition);
+                cols.2.push(d.offset);
+                cols.3.push(d.event_id);
+                cols.4.push(d.event_type);
+                cols.5.push(d.occurred_at);
+                cols.6.push(d.summary);
+                cols.7.push(d.detail);
+            }
+            sqlx::query(
+                "INSERT INTO rollout_decisions (rollout_id, partition, \"offset\", event_id, event_type,
+                                                occurred_at, summary, detail)
+                 SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[], $4::uuid[], $5::text[],
+                                      $6::timestamptz[], $7::text[], $8::jsonb[])
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&cols.0)
+            .bind(&cols.1)
+            .bind(&cols.2)
+            .bind(&cols.3)
+            .bind(&cols.4)
+            .bind(&cols.5)
+            .bind(&cols.6)
+            .bind(&cols.7)
+            .execute(&mut *tx)
+            .await
+            .db("inserting rollout decisions")?;
+        }
+        Ok(())
+    }
+}
+
+impl Projection for RolloutProjector {
+    fn apply<'a>(
+        &'a mut self,
+        tx: &'a mut PgConnection,
+        events: &'a [Positioned],
+    ) -> BoxFuture<'a, otaledger_consumers::Result<()>> {
+        Box::pin(async move {
+            Self::apply_batch(tx, events)
+                .await
+                .map_err(|e| otaledger_consumers::Error::Other(e.to_string()))
+        })
+    }
+}
+
+// ---- queries ---------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RolloutRow {
+    pub rollout_id: String,
+    pub state: String,
+    pub state_reason: Option<String>,
+    pub requested_by: String,
+    pub release: serde_json::Value,
+    pub selector: serde_json::Value,
+    pub strategy: serde_json::Value,
+    pub current_wave: i32,
+    pub targeted: i64,
+    pub requested_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl FromRow<'_, PgRow> for RolloutRow {
+    fn from_row(row: &PgRow) -> Result<Self, sqlx::Error> {
+        Ok(RolloutRow {
+            rollout_id: row.try_get("rollout_id")?,
+            state: row.try_get("state")?,
+            state_reason: row.try_get("state_reason")?,
+            requested_by: row.try_get("requested_by")?,
+            release: row.try_get("release")?,
+            selector: row.try_get("selector")?,
+            strategy: row.try_get("strategy")?,
+            current_wave: row.try_get("current_wave")?,
+            targeted: row.try_get("targeted")?,
+            requested_at: row.try_get("requested_at")?,
+            started_at: row.try_get("started_at")?,
+            finished_at: row.try_get("finished_at")?,
+            updated_at: row.try_get("updated_at")?,
+        })
+    }
+}
+
+const ROLLOUT_COLUMNS: &str = "rollout_id, state, state_reason, requested_by, release, selector,
+    strategy, current_wave, targeted, requested_at, started_at, finished_at, updated_at";
+
+/// Rollouts, newest first; `after` is the last rollout id of the previous page.
+pub async fn list_rollouts(
+    pool: &PgPool,
+    state: Option<&str>,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<RolloutRow>> {
+    sqlx::query_as(&format!(
+        "SELECT {ROLLOUT_COLUMNS} FROM rollouts
+         WHERE ($1::text IS NULL OR state = $1)
+           AND ($2::text IS NULL OR (requested_at, rollout_id) <
+                (SELECT requested_at, rollout_id FROM rollouts WHERE rollout_id = $2))
+         ORDER BY requested_at DESC, rollout_id DESC LIMIT $3"
+    ))
+    .bind(state)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .db("listing rollouts")
+}
+
+pub async fn get_rollout(pool: &PgPool, id: &str) -> Result<Option<RolloutRow>> {
+    sqlx::query_as(&format!(
+        "SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE rollout_id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+    .db("reading rollout")
+}
+
+/// Devices per wave and state.
+pub async fn wave_counts(pool: &PgPool, id: &str) -> Result<Vec<(i32, String, i64)>> {
+    sqlx::query_as(
+        "SELECT wave, state, count(*) FROM rollout_devices WHERE rollout_id = $1
+         GROUP BY wave, state ORDER BY wave, state",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await
+    .db("counting rollout devices")
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RolloutDeviceRow {
+    pub device_id: String,
+    pub wave: i32,
+    pub state: String,
+    pub attempt: i32,
+    pub command_id: Option<Uuid>,
+    pub from_version: Option<String>,
+    pub reason: Option<String>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl FromRow<'_, PgRow> for RolloutDeviceRow {
+    fn from_row(row: &PgRow) -> Result<Self, sqlx::Error> {
+        Ok(RolloutDeviceRow {
+            device_id: row.try_get("device_id")?,
+            wave: row.try_get("wave")?,
+            state: row.try_get("state")?,
+            attempt: row.try_get("attempt")?,
+            command_id: row.try_get("command_id")?,
+            from_version: row.try_get("from_version")?,
+            reason: row.try_get("reason")?,
+            updated_at: row.try_get("updated_at")?,
+        })
+    }
+}
+
+/// A rollout's devices by device id; `after` is the last device id of the previous page.
+pub async fn rollout_devices(
+    pool: &PgPool,
+    id: &str,
+    state: Option<&str>,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<RolloutDeviceRow>> {
+    if let Some(s) = state {
+        if !DEVICE_STATES.contains(&s) {
+            return Err(Error::InvalidQuery(format!(
+                "state must be one of {}",
+                DEVICE_STATES.join(", ")
+            )));
+        }
+    }
+    sqlx::query_as(
+        "SELECT device_id, wave, state, attempt, command_id, from_version, reason, updated_at
+         FROM rollout_devices
+         WHERE rollout_id = $1 AND ($2::text IS NULL OR state = $2)
+           AND ($3::text IS NULL OR device_id > $3)
+         ORDER BY device_id LIMIT $4",
+    )
+    .bind(id)
+    .bind(state)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .db("listing rollout devices")
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DecisionRow {
+    pub position: i64,
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub occurred_at: DateTime<Utc>,
+    pub summary: String,
+    pub detail: serde_json::Value,
+}
+
+impl FromRow<'_, PgRow> for DecisionRow {
+    fn from_row(row: &PgRow) -> Result<Self, sqlx::Error> {
+        Ok(DecisionRow {
+            position: row.try_get("position")?,
+            event_id: row.try_get("event_id")?,
+            event_type: row.try_get("event_type")?,
+            occurred_at: row.try_get("occurred_at")?,
+            summary: row.try_get("summary")?,
+            detail: row.try_get("detail")?,
+        })
+    }
+}
+
+/// The rollout's timeline in ledger order; `after` is the last position of the previous page.
+pub async fn decisions(
+    pool: &PgPool,
+    id: &str,
+    after: Option<i64>,
+    limit: i64,
+) -> Result<Vec<DecisionRow>> {
+    sqlx::query_as(
+        "SELECT \"offset\" AS position, event_id, event_type, occurred_at, summary, detail
+         FROM rollout_decisions WHERE rollout_id = $1 AND ($2::bigint IS NULL OR \"offset\" > $2)
+         ORDER BY partition, \"offset\" LIMIT $3",
+    )
+    .bind(id)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .db("listing rollout decisions")
+}
