@@ -38,6 +38,9 @@ pub enum Scenario {
     Lag,
     /// API latency under a fixed arrival rate (open loop) over a large fleet.
     Api,
+    /// A four-wave rollout over a fleet of instant simulated devices: commands/s over MQTT and
+    /// AMQP, request to last command and to completion, saga decision latency, peak RSS.
+    Rollout,
     /// Every scenario above.
     All,
 }
@@ -55,6 +58,8 @@ pub struct BenchArgs {
     /// Requests per second and seconds per endpoint in the API scenario.
     pub api_rate: f64,
     pub api_duration: Duration,
+    /// Devices in the rollout scenario's fleet.
+    pub rollout_devices: usize,
     pub out: std::path::PathBuf,
 }
 
@@ -71,6 +76,7 @@ impl BenchArgs {
                 api_devices: 100_000,
                 api_rate: 5_000.0,
                 api_duration: Duration::from_secs(5),
+                rollout_devices: 10_000,
                 out,
             }
         } else {
@@ -83,6 +89,7 @@ impl BenchArgs {
                 api_devices: 1_000_000,
                 api_rate: 5_000.0,
                 api_duration: Duration::from_secs(20),
+                rollout_devices: 100_000,
                 out,
             }
         }
@@ -573,6 +580,59 @@ pub async fn run(cfg: &Config, args: &BenchArgs) -> Result<Report, BoxError> {
         server.abort();
     }
 
+    if all || args.scenario == Scenario::Rollout {
+        let mut rc = bench_cfg.clone();
+        rc.database.schema = format!("{name}_rollout");
+        rc.mqtt.topic_root = format!("{name}/devices");
+        rc.amqp.reports_queue = format!("{name}.reports");
+        rc.amqp.commands_exchange = format!("{name}.gateway-commands");
+        let f = crate::bench_rollout::run(&rc, args.rollout_devices).await?;
+        #[allow(clippy::cast_precision_loss)]
+        {
+            report.add("rollout", "fleet size", f.devices as f64, "devices");
+            report.add(
+                "rollout",
+                "commands dispatched",
+                f.commands_per_s,
+                "commands/s",
+            );
+            report.add("rollout", "commands over MQTT", f.mqtt_per_s, "commands/s");
+            report.add("rollout", "commands over AMQP", f.amqp_per_s, "commands/s");
+            report.add(
+                "rollout",
+                "MQTT commands",
+                f.mqtt_commands as f64,
+                "commands",
+            );
+            report.add(
+                "rollout",
+                "AMQP commands",
+                f.amqp_commands as f64,
+                "commands",
+            );
+        }
+        report.add(
+            "rollout",
+            "request to last command",
+            f.request_to_last_command_s * 1000.0,
+            "ms",
+        );
+        report.add(
+            "rollout",
+            "request to completion",
+            f.request_to_completion_s * 1000.0,
+            "ms",
+        );
+        report.add("rollout", "saga decision p50", f.decision_p50_ms, "ms");
+        report.add("rollout", "saga decision p99", f.decision_p99_ms, "ms");
+        report.add(
+            "rollout",
+            "peak RSS, every component",
+            f.peak_rss_mib,
+            "MiB",
+        );
+    }
+
     // The bench's tables are scratch; its topics stay (Kafka topics are cheap, deleting them is
     // not supported everywhere).
     let admin = otaledger_consumers::db::pool(&bench_cfg.database.url, &name, 1).await?;
@@ -580,6 +640,7 @@ pub async fn run(cfg: &Config, args: &BenchArgs) -> Result<Report, BoxError> {
         name.clone(),
         format!("{name}_naive"),
         format!("{name}_pair"),
+        format!("{name}_rollout"),
     ] {
         sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
             .execute(&admin)

@@ -109,6 +109,9 @@ enum Command {
         /// Seconds the steady-rate lag scenario runs (overrides the size).
         #[arg(long)]
         lag_seconds: Option<u64>,
+        /// Devices in the rollout scenario's fleet (overrides the size).
+        #[arg(long)]
+        rollout_devices: Option<usize>,
         /// Where to write the JSON report.
         #[arg(long, default_value = "bench/results.json")]
         out: PathBuf,
@@ -234,13 +237,14 @@ async fn main() -> ExitCode {
                 stack.await;
                 Ok(())
             }
-            Command::Bench { scenario, quick, events, devices, lag_seconds, out } => {
+            Command::Bench { scenario, quick, events, devices, lag_seconds, rollout_devices, out } => {
                 let mut args = bench::BenchArgs::sized(scenario, quick, out);
                 if let Some(secs) = lag_seconds {
                     args.lag_duration = std::time::Duration::from_secs(secs);
                 }
                 args.events = events.unwrap_or(args.events);
                 args.devices = devices.unwrap_or(args.devices);
+                args.rollout_devices = rollout_devices.unwrap_or(args.rollout_devices);
                 bench::run(&cfg, &args).await.map(|_| ())
             }
             Command::Audit { target } => {

@@ -151,6 +151,17 @@ pub fn device_timeline(events: &[Event], gap: Micros) -> Vec<Line> {
                     Payload::CancelCommand(c) => {
                         format!("cancel sent (command {}): {}", c.command_id, c.reason)
                     }
+                    Payload::CommandDeliveryFailed(f) => format!(
+                        "delivery of command {} over {}{} failed (attempt {}{}): {}",
+                        f.command_id,
+                        f.channel,
+                        f.gateway_id
+                            .as_ref()
+                            .map_or(String::new(), |g| format!(" via gateway {g}")),
+                        f.attempt,
+                        if f.gave_up { ", gave up" } else { "" },
+                        f.error
+                    ),
                     _ => continue,
                 };
                 out.push(Line { at, text });
@@ -206,6 +217,7 @@ pub fn rollout_timeline(events: &[Event]) -> Vec<Line> {
                 t.verdict, t.wave, t.rule, t.counts.targeted, t.counts.in_flight, t.counts.succeeded, t.counts.failed, t.counts.timed_out, t.counts.rejected
             ),
             Payload::RolloutStateChanged(c) => format!("state {:?} -> {:?}: {}", c.from, c.to, c.reason),
+            Payload::DevicesJoined(j) => format!("{} devices joined the fleet and were added to wave {}", j.device_ids.len(), j.wave),
             _ => continue,
         };
         out.push(Line { at, text });

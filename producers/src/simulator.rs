@@ -50,6 +50,12 @@ const TAGS: &[&str] = &[
     "prod", "eu", "indoor", "outdoor", "critical", "beta", "retrofit",
 ];
 
+/// The models the simulated fleet is made of.
+#[must_use]
+pub fn model_names() -> Vec<&'static str> {
+    MODELS.iter().map(|(m, _)| *m).collect()
+}
+
 /// One simulated device: what it tells the ledger when it registers.
 pub type SimDevice = DeviceRegistered;
 

@@ -19,6 +19,7 @@ async fn bench_all_reports_every_figure_and_writes_json() {
         api_devices: 2_000,
         api_rate: 200.0,
         api_duration: std::time::Duration::from_secs(1),
+        rollout_devices: 300,
         out: out.clone(),
     };
     let report = run(&cfg, &args).await.unwrap();
@@ -35,6 +36,11 @@ async fn bench_all_reports_every_figure_and_writes_json() {
         "occurred-at to commit p99",
         "devices/{id} p99",
         "summary p99",
+        "commands dispatched",
+        "commands over MQTT",
+        "commands over AMQP",
+        "request to completion",
+        "saga decision p99",
     ] {
         let f = report
             .figures

@@ -1,0 +1,308 @@
+//! The rollout scenario of `otaledger bench`: a whole fleet of instant simulated devices (a share
+//! behind gateways) registers over MQTT/AMQP, then one rollout of four waves updates every one of
+//! them. Every component runs in this process against the real brokers.
+//!
+//! Figures: commands dispatched per second over MQTT and over AMQP, request to last command,
+//! request to completion, the saga's decision latency (from a routed result's recording to the
+//! recording of the decision it caused, read back from the ledger) and the process's peak RSS.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use otaledger_domain::events::{
+    Payload, Release, RollbackPolicy, Strategy, TargetSelector, UpdateRequested,
+};
+use otaledger_domain::ids::{new_event_id, new_trace_id};
+use otaledger_domain::time::now_micros;
+use otaledger_domain::{Event, EventMeta};
+use otaledger_producers::kafka::{client_config, EventProducer};
+use otaledger_producers::metrics::REGISTRY;
+use otaledger_producers::shutdown::Shutdown;
+use otaledger_producers::simulator::{self, Behaviour, SimConfig};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::components::{self, BoxError, Component};
+use crate::config::Config;
+
+/// What the scenario measured.
+#[derive(Debug, Default)]
+pub struct RolloutFigures {
+    pub devices: usize,
+    pub commands_per_s: f64,
+    pub mqtt_per_s: f64,
+    pub amqp_per_s: f64,
+    pub mqtt_commands: u64,
+    pub amqp_commands: u64,
+    pub request_to_last_command_s: f64,
+    pub request_to_completion_s: f64,
+    pub decision_p50_ms: f64,
+    pub decision_p99_ms: f64,
+    pub peak_rss_mib: f64,
+}
+
+fn dispatched(channel: &str) -> u64 {
+    REGISTRY
+        .counter(
+            "otaledger_commands_dispatched_total",
+            "Commands handed to the device's broker or gateway",
+            &[("channel", channel)],
+        )
+        .get()
+}
+
+/// Peak resident memory of this process (every component of the scenario runs in it).
+#[must_use]
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+async fn scalar(pool: &sqlx::PgPool, sql: &str) -> Result<i64, BoxError> {
+    Ok(sqlx::query_scalar(sql).fetch_one(pool).await?)
+}
+
+/// Runs the scenario in the namespace of `cfg` (its own topics, schema, MQTT root, queues).
+pub async fn run(cfg: &Config, devices: usize) -> Result<RolloutFigures, BoxError> {
+    let pool = otaledger_consumers::db::pool(&cfg.database.url, &cfg.database.schema, 2).await?;
+    otaledger_projections::migrations::migrate(&pool).await?;
+    let stack = Shutdown::new();
+    let mut tasks = Vec::new();
+    for c in [
+        Component::Projector,
+        Component::MqttBridge,
+        Component::AmqpBridge,
+        Component::Router,
+        Component::Saga,
+        Component::Dispatcher,
+        Component::RolloutProjector,
+    ] {
+        let cfg = cfg.clone();
+        let signal = stack.signal();
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = components::run(c, cfg, signal).await {
+                tracing::error!(component = c.name(), error = %e, "bench component failed");
+            }
+        }));
+    }
+    // Give the bridges a moment to subscribe before the fleet registers.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let sim_stop = Shutdown::new();
+    let sim_cfg = SimConfig {
+        devices,
+        rate: 100.0,
+        gateway_share: 0.2,
+        gateways: 20,
+        id_prefix: "rb-".into(),
+        seed: 5,
+        rounds: None,
+        mqtt_connections: 8,
+        mqtt: cfg.mqtt.clone(),
+        amqp: cfg.amqp.clone(),
+        behaviour: Behaviour::default(),
+    };
+    let signal = sim_stop.signal();
+    let sim = tokio::spawn(async move { simulator::run(sim_cfg, signal).await });
+    let registered = Instant::now();
+    loop {
+        let n = scalar(&pool, "SELECT count(*) FROM devices").await?;
+        if usize::try_from(n).unwrap_or(0) >= devices {
+            break;
+        }
+        if registered.elapsed() > Duration::from_secs(600) {
+            return Err(format!("only {n} of {devices} devices registered").into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "  rollout     {devices} devices registered and projected in {:.1} s",
+        registered.elapsed().as_secs_f64()
+    );
+
+    let rollout_id = format!("bench-{}", &new_event_id().simple().to_string()[..8]);
+    let request = Event {
+        meta: EventMeta {
+            event_id: new_event_id(),
+            occurred_at: now_micros(),
+            recorded_at: now_micros(),
+            trace_id: new_trace_id(),
+        },
+        payload: Payload::UpdateRequested(UpdateRequested {
+            rollout_id: rollout_id.clone(),
+            requested_by: "bench".into(),
+            release: Release {
+                version: "99.0.0".into(),
+                artifact_uri: "https://artifacts.example/fw/99.0.0.bin".into(),
+                sha256: "ab".repeat(32),
+                size_bytes: 1,
+                signature: "bench".into(),
+            },
+            selector: TargetSelector {
+                models: simulator::model_names()
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect(),
+                ..TargetSelector::default()
+            },
+            strategy: Strategy {
+                waves_pct: vec![1.0, 10.0, 50.0, 100.0],
+                success_threshold_pct: 95.0,
+                failure_threshold_pct: 5.0,
+                min_devices_for_verdict: 1,
+                device_timeout_s: 600,
+                max_retries: 0,
+                retry_backoff_s: 0,
+                max_in_flight: i32::try_from(devices).unwrap_or(i32::MAX),
+                health_gate_window_s: 0,
+                scheduled_start: None,
+                maintenance_window: None,
+                rollback_policy: RollbackPolicy::None,
+            },
+        }),
+    };
+    let before = (dispatched("mqtt"), dispatched("amqp"));
+    let producer = EventProducer::new(&cfg.kafka)?;
+    let requested = Instant::now();
+    producer.append(&request).await?;
+    let mut first: HashMap<&str, Instant> = HashMap::new();
+    let mut last: HashMap<&str, Instant> = HashMap::new();
+    let mut last_command = None;
+    let state_sql = format!(
+        "SELECT count(*) FROM rollouts WHERE rollout_id = '{rollout_id}' AND state = 'COMPLETED'"
+    );
+    let completed = loop {
+        let now = Instant::now();
+        let counts = [
+            ("mqtt", dispatched("mqtt") - before.0),
+            ("amqp", dispatched("amqp") - before.1),
+        ];
+        for (ch, n) in counts {
+            if n > 0 {
+                first.entry(ch).or_insert(now);
+            }
+            if last.get(ch).is_none_or(|_| n > 0) {
+                last.insert(ch, now);
+            }
+        }
+        let total = counts[0].1 + counts[1].1;
+        if last_command.is_none() && usize::try_from(total).unwrap_or(0) >= devices {
+            last_command = Some(now);
+        }
+        if last_command.is_some() && scalar(&pool, &state_sql).await? == 1 {
+            break now;
+        }
+        if requested.elapsed() > Duration::from_secs(900) {
+            return Err(
+                format!("the rollout did not complete: {total} of {devices} commands").into(),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mqtt_n = dispatched("mqtt") - before.0;
+    let amqp_n = dispatched("amqp") - before.1;
+    let span = |ch: &str, n: u64| {
+        let (Some(f), Some(l)) = (first.get(ch), last.get(ch)) else {
+            return 0.0;
+        };
+        #[allow(clippy::cast_precision_loss)]
+        let r = n as f64 / l.duration_since(*f).as_secs_f64().max(0.001);
+        r
+    };
+    let last_command = last_command.unwrap_or(completed);
+    let first_any = first.values().min().copied().unwrap_or(requested);
+    #[allow(clippy::cast_precision_loss)]
+    let mut figures = RolloutFigures {
+        devices,
+        commands_per_s: (mqtt_n + amqp_n) as f64
+            / last_command
+                .duration_since(first_any)
+                .as_secs_f64()
+                .max(0.001),
+        mqtt_per_s: span("mqtt", mqtt_n),
+        amqp_per_s: span("amqp", amqp_n),
+        mqtt_commands: mqtt_n,
+        amqp_commands: amqp_n,
+        request_to_last_command_s: last_command.duration_since(requested).as_secs_f64(),
+        request_to_completion_s: completed.duration_since(requested).as_secs_f64(),
+        peak_rss_mib: peak_rss_mib(),
+        ..RolloutFigures::default()
+    };
+    sim_stop.trigger();
+    let _ = sim.await;
+    stack.trigger();
+    for t in tasks {
+        let _ = t.await;
+    }
+    let kafka = cfg.kafka.clone();
+    let topic = cfg.kafka.topics().rollout_events;
+    let latencies =
+        tokio::task::spawn_blocking(move || decision_latencies(&kafka, &topic)).await??;
+    figures.decision_p50_ms = percentile(&latencies, 0.50);
+    figures.decision_p99_ms = percentile(&latencies, 0.99);
+    pool.close().await;
+    Ok(figures)
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
+    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// From each routed result's recording to the recording of the outcome it caused, in ms.
+fn decision_latencies(
+    kafka: &otaledger_producers::config::KafkaConfig,
+    topic: &str,
+) -> Result<Vec<f64>, BoxError> {
+    let consumer: BaseConsumer = client_config(kafka)
+        .set("group.id", "otaledger-bench-rollout")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut tpl = TopicPartitionList::new();
+    for p in md.topics()[0].partitions() {
+        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let mut routed: HashMap<String, i64> = HashMap::new();
+    let mut out = Vec::new();
+    let mut idle = Instant::now();
+    while idle.elapsed() < Duration::from_secs(2) {
+        let Some(m) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        idle = Instant::now();
+        let Ok(d) = otaledger_schemas::decode(m?.payload().unwrap_or_default()) else {
+            continue;
+        };
+        match &d.event.payload {
+            Payload::DeviceReportRouted(r) if r.outcome.is_some() => {
+                routed.insert(r.device_id.clone(), d.event.meta.recorded_at);
+            }
+            Payload::DeviceOutcome(o) => {
+                if let Some(t) = routed.remove(&o.device_id) {
+                    #[allow(clippy::cast_precision_loss)]
+                    out.push((d.event.meta.recorded_at - t).max(0) as f64 / 1000.0);
+                }
+            }
+            _ => {}
+        }
+    }
+    out.sort_by(f64::total_cmp);
+    Ok(out)
+}
