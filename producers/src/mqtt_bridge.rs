@@ -119,7 +119,12 @@ pub async fn run(
     opts.set_manual_acks(true);
     opts.set_inflight(1000);
     let (client, mut eventloop) = AsyncClient::new(opts, 10_000);
-    let (tx, rx) = mpsc::channel::<InFlight>(20_000);
+    // Unbounded on purpose: the loop that feeds it also drives the MQTT connection, and the acker
+    // that drains it needs that connection to send PUBACKs. With a bounded queue a burst filled
+    // it, the loop stopped polling, the acker's PUBACK requests filled the client's queue, and
+    // both waited on each other (seen at 80,000 registrations in one burst). The broker's queue
+    // and Kafka's acknowledgements bound what is in flight.
+    let (tx, rx) = mpsc::unbounded_channel::<InFlight>();
     let acker = tokio::spawn(ack_in_order(client.clone(), rx));
     let received = REGISTRY.counter(
         "otaledger_mqtt_messages_total",
@@ -159,7 +164,7 @@ pub async fn run(
                         if good {
                             ingested.inc();
                         }
-                        if tx.send(InFlight { pending, publish }).await.is_err() {
+                        if tx.send(InFlight { pending, publish }).is_err() {
                             failure = Some(Error::Other("MQTT acker stopped".into()));
                             break;
                         }
@@ -264,7 +269,10 @@ async fn handle(
     }
 }
 
-async fn ack_in_order(client: AsyncClient, mut rx: mpsc::Receiver<InFlight>) -> Result<()> {
+async fn ack_in_order(
+    client: AsyncClient,
+    mut rx: mpsc::UnboundedReceiver<InFlight>,
+) -> Result<()> {
     while let Some(InFlight { pending, publish }) = rx.recv().await {
         // Not acknowledging leaves the message with the broker, which redelivers it to the
         // persistent session after a reconnect.
