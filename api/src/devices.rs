@@ -110,10 +110,60 @@ fn check_device_id(id: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn summary(State(s): State<AppState>) -> Result<Json<std::sync::Arc<Summary>>, ApiError> {
-    s.summary
-        .get(&s.pool, s.offline_after)
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SummaryQuery {
+    /// RFC 3339: answer from the newest snapshot at or before this time.
+    as_of: Option<String>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct SnapshotSummary {
+    /// The time the snapshot holds the fleet as of.
+    as_of: chrono::DateTime<chrono::Utc>,
+    snapshot: String,
+    #[serde(flatten)]
+    summary: Summary,
+}
+
+async fn summary(
+    State(s): State<AppState>,
+    q: Result<Query<SummaryQuery>, QueryRejection>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let Query(q) = q.map_err(|e| ApiError::bad_request("invalid_parameter", e.body_text()))?;
+    let Some(at) = q.as_of else {
+        return s
+            .summary
+            .get(&s.pool, s.offline_after)
+            .await
+            .map(|v| Json(v).into_response())
+            .map_err(|e| ApiError::unavailable(&e));
+    };
+    let at = chrono::DateTime::parse_from_rfc3339(&at)
+        .map_err(|e| {
+            ApiError::bad_request(
+                "invalid_parameter",
+                format!("as_of must be an RFC 3339 time: {e}"),
+            )
+        })?
+        .with_timezone(&chrono::Utc);
+    let (snapshot, until) = otaledger_projections::rebuild::snapshot_at(&s.pool, at)
         .await
-        .map(Json)
-        .map_err(|e| ApiError::unavailable(&e))
+        .map_err(|e| ApiError::unavailable(&e))?
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "no snapshot at or before {at}; build one with `otaledger rebuild --until {}`",
+                at.to_rfc3339()
+            ))
+        })?;
+    let summary = fleet::summary_of_snapshot(&s.pool, &snapshot, until, s.offline_after)
+        .await
+        .map_err(|e| ApiError::unavailable(&e))?;
+    Ok(Json(SnapshotSummary {
+        as_of: until,
+        snapshot,
+        summary,
+    })
+    .into_response())
 }

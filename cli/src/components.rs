@@ -84,6 +84,7 @@ pub fn projector_runner_config(cfg: &Config, schema: &str, member: &str) -> Runn
         batch_wait: Duration::from_millis(cfg.projector.batch_wait_ms),
         rebalance_every: Duration::from_millis(cfg.projector.rebalance_ms),
         kafka: cfg.kafka.clone(),
+        stop_at: None,
     }
 }
 

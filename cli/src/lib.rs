@@ -4,4 +4,5 @@ pub mod bench;
 pub mod bench_rollout;
 pub mod components;
 pub mod config;
+pub mod rebuild;
 pub mod replay;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use otaledger_cli::components::{self, Component};
 use otaledger_cli::config::{Config, ENV_OVERRIDES};
-use otaledger_cli::{bench, replay};
+use otaledger_cli::{bench, rebuild, replay};
 use otaledger_producers::shutdown::Shutdown;
 use otaledger_producers::simulator::{self, Behaviour, OutcomeRule, SimConfig};
 
@@ -60,6 +60,27 @@ enum Command {
     },
     /// Create the ledger topics, the database schema and its tables if missing.
     Init,
+    /// Rebuild every projection from offset 0 into a shadow schema and swap it in atomically
+    /// (the API keeps answering); with --until, build a snapshot of the fleet as of that time
+    /// instead, answered by GET /v1/fleet/summary?as_of=<time>.
+    Rebuild {
+        /// Apply only events that occurred at or before this RFC 3339 time (a snapshot).
+        #[arg(long)]
+        until: Option<String>,
+        /// The snapshot's schema name (with --until; default <schema>_asof_<time>).
+        #[arg(long)]
+        into: Option<String>,
+        /// Keep the replaced projections in a schema <schema>_old_<stamp>.
+        #[arg(long)]
+        keep_old: bool,
+    },
+    /// Rebuild every projection into a shadow schema up to the live position and compare it
+    /// with the live one (row counts and per-row checksums); exits 1 when anything differs.
+    Verify {
+        /// Keep the shadow schema for inspection.
+        #[arg(long)]
+        keep_shadow: bool,
+    },
     /// A readable timeline of a device or a rollout, explained from the ledger alone.
     Audit {
         #[command(subcommand)]
@@ -246,6 +267,20 @@ async fn main() -> ExitCode {
                 args.devices = devices.unwrap_or(args.devices);
                 args.rollout_devices = rollout_devices.unwrap_or(args.rollout_devices);
                 bench::run(&cfg, &args).await.map(|_| ())
+            }
+            Command::Rebuild { until, into, keep_old } => {
+                let until = until
+                    .as_deref()
+                    .map(|t| replay::parse_time(t).map(|m| chrono::DateTime::from_timestamp_micros(m).unwrap_or_default()))
+                    .transpose()?;
+                rebuild::rebuild(&cfg, until, into, keep_old).await
+            }
+            Command::Verify { keep_shadow } => {
+                let differences = rebuild::verify(&cfg, keep_shadow).await?;
+                if differences > 0 {
+                    return Err(format!("{differences} differences between the live projections and the ledger").into());
+                }
+                Ok(())
             }
             Command::Audit { target } => {
                 let kafka = cfg.kafka.clone();

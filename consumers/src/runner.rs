@@ -60,6 +60,9 @@ pub struct RunnerConfig {
     pub batch_wait: Duration,
     pub rebalance_every: Duration,
     pub kafka: KafkaConfig,
+    /// Rebuilds stop at these offsets (per partition, exclusive): records at or past them are
+    /// not applied, so a rebuilt projection can be compared with a live one at its position.
+    pub stop_at: Option<BTreeMap<i32, i64>>,
 }
 
 /// Runs a [`Projection`] over the partitions this instance owns.
@@ -163,6 +166,13 @@ impl<P: Projection> Runner<P> {
                 let Some(owned) = ownership.owned().get(&raw.partition) else {
                     continue;
                 };
+                if cfg
+                    .stop_at
+                    .as_ref()
+                    .is_some_and(|s| raw.offset >= s.get(&raw.partition).copied().unwrap_or(0))
+                {
+                    continue;
+                }
                 let expected = next
                     .get(&raw.partition)
                     .copied()

@@ -269,17 +269,8 @@ pub struct Summary {
     pub by_site: BTreeMap<String, i64>,
 }
 
-pub async fn summary(pool: &PgPool, offline_after: Duration) -> Result<Summary> {
-    let counts: Vec<(String, String, i64)> =
-        sqlx::query_as("SELECT dimension, value, devices FROM fleet_counts WHERE devices <> 0")
-            .fetch_all(pool)
-            .await
-            .db("reading fleet counts")?;
-    let online: i64 = sqlx::query_scalar("SELECT count(*) FROM devices WHERE last_seen_at >= $1")
-        .bind(online_since(offline_after))
-        .fetch_one(pool)
-        .await
-        .db("counting online devices")?;
+/// A summary from the maintained counts and the number of devices online.
+fn assemble(counts: Vec<(String, String, i64)>, online: i64) -> Summary {
     let mut s = Summary {
         total: 0,
         by_status: BTreeMap::new(),
@@ -298,7 +289,48 @@ pub async fn summary(pool: &PgPool, offline_after: Duration) -> Result<Summary> 
     }
     s.by_status.insert("online".into(), online);
     s.by_status.insert("offline".into(), s.total - online);
-    Ok(s)
+    s
+}
+
+pub async fn summary(pool: &PgPool, offline_after: Duration) -> Result<Summary> {
+    let counts: Vec<(String, String, i64)> =
+        sqlx::query_as("SELECT dimension, value, devices FROM fleet_counts WHERE devices <> 0")
+            .fetch_all(pool)
+            .await
+            .db("reading fleet counts")?;
+    let online: i64 = sqlx::query_scalar("SELECT count(*) FROM devices WHERE last_seen_at >= $1")
+        .bind(online_since(offline_after))
+        .fetch_one(pool)
+        .await
+        .db("counting online devices")?;
+    Ok(assemble(counts, online))
+}
+
+/// The summary of a snapshot schema (`otaledger rebuild --until`): online means seen within
+/// `offline_after` before the snapshot's time.
+pub async fn summary_of_snapshot(
+    pool: &PgPool,
+    schema: &str,
+    until: DateTime<Utc>,
+    offline_after: Duration,
+) -> Result<Summary> {
+    otaledger_consumers::db::validate_schema(schema)
+        .map_err(|e| crate::Error::InvalidQuery(e.to_string()))?;
+    let counts: Vec<(String, String, i64)> = sqlx::query_as(&format!(
+        "SELECT dimension, value, devices FROM {schema}.fleet_counts WHERE devices <> 0"
+    ))
+    .fetch_all(pool)
+    .await
+    .db("reading snapshot counts")?;
+    let since = until - chrono::Duration::from_std(offline_after).unwrap_or_default();
+    let online: i64 = sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM {schema}.devices WHERE last_seen_at >= $1"
+    ))
+    .bind(since)
+    .fetch_one(pool)
+    .await
+    .db("counting snapshot online devices")?;
+    Ok(assemble(counts, online))
 }
 
 /// Every row as a [`DeviceView`], by device id (to compare with an in-memory fold).

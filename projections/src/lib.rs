@@ -5,6 +5,7 @@
 pub mod fleet;
 pub mod migrations;
 pub mod projector;
+pub mod rebuild;
 pub mod rollouts;
 
 use thiserror::Error;
@@ -18,6 +19,8 @@ pub enum Error {
     },
     #[error("invalid query: {0}")]
     InvalidQuery(String),
+    #[error("{0}")]
+    Other(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

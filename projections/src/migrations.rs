@@ -12,6 +12,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "rollouts",
         include_str!("../migrations/0002_rollouts.sql"),
     ),
+    (
+        3,
+        "snapshots",
+        include_str!("../migrations/0003_snapshots.sql"),
+    ),
 ];
 
 /// Applies the migrations missing from the pool's schema (its `search_path`).

@@ -279,15 +279,11 @@ pub fn spawn_process(cfg: &Config, component: &str, member: &str, log: &std::pat
     spawn_command(cfg, &["run", component], member, log)
 }
 
-/// Starts `otaledger <args>` with the whole test configuration in its environment.
-///
-/// # Panics
-/// When the process cannot start.
+/// `otaledger <args>` with the whole test configuration in its environment, not started.
 #[must_use]
-pub fn spawn_command(cfg: &Config, args: &[&str], member: &str, log: &std::path::Path) -> Child {
-    let log = std::fs::File::create(log).expect("log file");
-    Command::new(binary())
-        .args(args)
+pub fn otaledger_command(cfg: &Config, args: &[&str], member: &str) -> Command {
+    let mut c = Command::new(binary());
+    c.args(args)
         .env("OTALEDGER_KAFKA_BROKERS", &cfg.kafka.brokers)
         .env("OTALEDGER_TOPIC_PREFIX", &cfg.kafka.topic_prefix)
         .env(
@@ -308,7 +304,18 @@ pub fn spawn_command(cfg: &Config, args: &[&str], member: &str, log: &std::path:
             "OTALEDGER_REBALANCE_MS",
             cfg.projector.rebalance_ms.to_string(),
         )
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", "info");
+    c
+}
+
+/// Starts `otaledger <args>` with the whole test configuration in its environment.
+///
+/// # Panics
+/// When the process cannot start.
+#[must_use]
+pub fn spawn_command(cfg: &Config, args: &[&str], member: &str, log: &std::path::Path) -> Child {
+    let log = std::fs::File::create(log).expect("log file");
+    otaledger_command(cfg, args, member)
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()

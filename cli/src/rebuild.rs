@@ -1,0 +1,164 @@
+//! `otaledger rebuild` and `otaledger verify`: fold every projection again from offset 0 into a
+//! shadow schema, then swap it in, diff it against the live schema, or keep it as a snapshot.
+
+use std::io::{IsTerminal, Write};
+
+use otaledger_projections::rebuild::{self, Progress, RebuildPlan};
+
+use crate::components::BoxError;
+use crate::config::Config;
+
+fn stamp() -> String {
+    chrono::Utc::now().format("%Y%m%d%H%M%S").to_string()
+}
+
+/// A progress line on a terminal (none when piped), and a log line at the end.
+fn progress(what: &'static str) -> impl FnMut(Progress) {
+    let tty = std::io::stderr().is_terminal();
+    move |p: Progress| {
+        if tty {
+            #[allow(clippy::cast_precision_loss)]
+            let rate = p.applied_offsets as f64 / p.elapsed.as_secs_f64().max(0.001);
+            let pct = if p.target_offsets == 0 {
+                100.0
+            } else {
+                #[allow(clippy::cast_precision_loss)]
+                let v = p.applied_offsets as f64 * 100.0 / p.target_offsets as f64;
+                v
+            };
+            let mut err = std::io::stderr().lock();
+            let _ = write!(
+                err,
+                "\r{what}: {}/{} events ({pct:5.1}%), {rate:.0} events/s, {:.1} s   ",
+                p.applied_offsets,
+                p.target_offsets,
+                p.elapsed.as_secs_f64()
+            );
+            let _ = err.flush();
+        }
+    }
+}
+
+fn done_line(what: &str, p: &Progress) {
+    if std::io::stderr().is_terminal() {
+        eprintln!();
+    }
+    #[allow(clippy::cast_precision_loss)]
+    let rate = p.applied_offsets as f64 / p.elapsed.as_secs_f64().max(0.001);
+    println!(
+        "{what}: {} events in {:.1} s ({rate:.0} events/s)",
+        p.applied_offsets,
+        p.elapsed.as_secs_f64()
+    );
+}
+
+async fn live_pool(cfg: &Config) -> Result<sqlx::PgPool, BoxError> {
+    let pool = otaledger_consumers::db::pool(&cfg.database.url, &cfg.database.schema, 2).await?;
+    otaledger_projections::migrations::migrate(&pool).await?;
+    Ok(pool)
+}
+
+/// Rebuilds every projection and swaps it in; with `until`, builds a snapshot instead.
+pub async fn rebuild(
+    cfg: &Config,
+    until: Option<chrono::DateTime<chrono::Utc>>,
+    into: Option<String>,
+    keep_old: bool,
+) -> Result<(), BoxError> {
+    let live = cfg.database.schema.clone();
+    let pool = live_pool(cfg).await?;
+    let shadow = match (&until, into) {
+        (Some(_), Some(name)) => name,
+        (Some(t), None) => format!("{live}_asof_{}", t.format("%Y%m%d%H%M%S")),
+        (None, Some(_)) => return Err("--into names a snapshot: use it with --until".into()),
+        (None, None) => format!("{live}_rebuild_{}", stamp()),
+    };
+    if shadow == live {
+        return Err("the shadow schema cannot be the live schema".into());
+    }
+    drop_schema(&pool, &shadow).await?;
+    let plan = RebuildPlan {
+        database_url: cfg.database.url.clone(),
+        kafka: cfg.kafka.clone(),
+        shadow: shadow.clone(),
+        until: until.map(|t| t.timestamp_micros()),
+        stop_at: None,
+    };
+    let p = rebuild::build_shadow(&plan, progress("rebuild")).await?;
+    done_line("rebuild", &p);
+    if let Some(t) = until {
+        rebuild::register_snapshot(&pool, &shadow, t).await?;
+        println!("snapshot of the fleet as of {t} in schema {shadow}; ask GET /v1/fleet/summary?as_of=<time>");
+        return Ok(());
+    }
+    let old = format!("{live}_old_{}", stamp());
+    rebuild::swap(&pool, &live, &shadow, &old).await?;
+    println!("swapped the rebuilt projections in for {live}");
+    if keep_old {
+        println!("the previous projections are kept in schema {old}");
+    } else {
+        drop_schema(&pool, &old).await?;
+    }
+    pool.close().await;
+    Ok(())
+}
+
+async fn drop_schema(pool: &sqlx::PgPool, schema: &str) -> Result<(), BoxError> {
+    otaledger_consumers::db::validate_schema(schema)?;
+    sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Rebuilds into a shadow schema up to the live projections' positions and diffs the two.
+/// Returns the number of differences (the command exits non-zero when there are any).
+pub async fn verify(cfg: &Config, keep_shadow: bool) -> Result<usize, BoxError> {
+    let live = cfg.database.schema.clone();
+    let pool = live_pool(cfg).await?;
+    let positions = rebuild::live_positions(&pool).await?;
+    let shadow = format!("{live}_verify_{}", stamp());
+    drop_schema(&pool, &shadow).await?;
+    let plan = RebuildPlan {
+        database_url: cfg.database.url.clone(),
+        kafka: cfg.kafka.clone(),
+        shadow: shadow.clone(),
+        until: None,
+        stop_at: Some(positions.clone()),
+    };
+    let p = rebuild::build_shadow(&plan, progress("verify")).await?;
+    done_line("verify rebuild", &p);
+    let live_counts = rebuild::row_counts(&pool, &live).await?;
+    let rebuilt_counts = rebuild::row_counts(&pool, &shadow).await?;
+    for (t, n) in &live_counts {
+        let r = rebuilt_counts.get(t).copied().unwrap_or(0);
+        let mark = if *n == r { "" } else { "  <- differs" };
+        println!("{t:<18} live {n:>10}  rebuilt {r:>10}{mark}");
+    }
+    let stop = positions.get("projector").cloned().unwrap_or_default();
+    let diffs = rebuild::diff(&pool, &live, &shadow, &stop, 50).await?;
+    for d in &diffs {
+        println!(
+            "{} {}:\n  live:    {}\n  rebuilt: {}",
+            d.table,
+            d.key,
+            d.live.as_deref().unwrap_or("(missing)"),
+            d.rebuilt.as_deref().unwrap_or("(missing)")
+        );
+    }
+    let count_diffs = live_counts
+        .iter()
+        .filter(|(t, n)| rebuilt_counts.get(*t) != Some(n))
+        .count();
+    let n = diffs.len().max(count_diffs);
+    if n == 0 {
+        println!("verify: the live projections equal a rebuild from the ledger");
+    } else {
+        println!("verify: {} differing rows", diffs.len());
+    }
+    if !keep_shadow {
+        drop_schema(&pool, &shadow).await?;
+    }
+    pool.close().await;
+    Ok(n)
+}

@@ -1,0 +1,432 @@
+//! Rebuild, verify and snapshots: every projection folded again from offset 0 into a shadow
+//! schema, then swapped in atomically (rebuild), diffed against the live one (verify), or kept
+//! as the fleet as of a time (snapshot, `--until`).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use otaledger_consumers::{BoxFuture, Positioned, Projection, Runner, RunnerConfig};
+use otaledger_domain::time::Micros;
+use otaledger_producers::config::KafkaConfig;
+use otaledger_producers::kafka::EventProducer;
+use otaledger_producers::shutdown::Shutdown;
+use sqlx::{PgConnection, PgPool};
+
+use crate::projector::FleetProjector;
+use crate::rollouts::RolloutProjector;
+use crate::{DbContext, Error, Result};
+
+/// The projections a rebuild folds: (consumer name, which topic).
+pub const PROJECTIONS: [(&str, Topic); 2] = [
+    ("projector", Topic::DeviceEvents),
+    ("rollout-projector", Topic::RolloutEvents),
+];
+
+/// The tables projections own; everything else in a live schema (offsets of other consumers,
+/// the dispatcher's and router's state, snapshots) moves over on a swap.
+pub const PROJECTION_TABLES: [&str; 6] = [
+    "devices",
+    "fleet_counts",
+    "rollouts",
+    "rollout_devices",
+    "rollout_decisions",
+    "schema_migrations",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topic {
+    DeviceEvents,
+    RolloutEvents,
+}
+
+/// Where a rebuild reads and writes.
+#[derive(Debug, Clone)]
+pub struct RebuildPlan {
+    pub database_url: String,
+    pub kafka: KafkaConfig,
+    pub shadow: String,
+    /// Only events that occurred at or before this time are applied (a snapshot).
+    pub until: Option<Micros>,
+    /// Per projection consumer: partition → offset to stop at (exclusive). `None`: the end of
+    /// the topic as far as it can be seen (high watermark, then quiet).
+    pub stop_at: Option<BTreeMap<String, BTreeMap<i32, i64>>>,
+}
+
+/// Applies only the events that occurred at or before a time.
+#[derive(Debug)]
+pub struct Until<P> {
+    inner: P,
+    until: Micros,
+}
+
+impl<P: Projection> Projection for Until<P> {
+    fn apply<'a>(
+        &'a mut self,
+        tx: &'a mut PgConnection,
+        events: &'a [Positioned],
+    ) -> BoxFuture<'a, otaledger_consumers::Result<()>> {
+        let kept: Vec<Positioned> = events
+            .iter()
+            .filter(|p| p.event.meta.occurred_at <= self.until)
+            .cloned()
+            .collect();
+        Box::pin(async move { self.inner.apply(tx, &kept).await })
+    }
+
+    fn committed(&mut self, events: &[Positioned]) {
+        self.inner.committed(events);
+    }
+
+    fn ownership_changed(&mut self) {
+        self.inner.ownership_changed();
+    }
+}
+
+/// Progress of a rebuild, reported while it runs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Progress {
+    pub applied_offsets: i64,
+    pub target_offsets: i64,
+    pub elapsed: Duration,
+}
+
+fn topic_name(kafka: &KafkaConfig, t: Topic) -> String {
+    let topics = kafka.topics();
+    match t {
+        Topic::DeviceEvents => topics.device_events,
+        Topic::RolloutEvents => topics.rollout_events,
+    }
+}
+
+/// High watermarks of a topic (a lower bound of its end on tansu).
+fn watermarks(kafka: &KafkaConfig, topic: &str) -> Result<BTreeMap<i32, i64>> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let other = |e: rdkafka::error::KafkaError| Error::Other(format!("kafka: {e}"));
+    let consumer: BaseConsumer = otaledger_producers::kafka::client_config(kafka)
+        .create()
+        .map_err(other)?;
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(other)?;
+    let mut out = BTreeMap::new();
+    for p in md
+        .topics()
+        .first()
+        .map(|t| t.partitions())
+        .unwrap_or_default()
+    {
+        let (_, high) = consumer
+            .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+            .map_err(other)?;
+        out.insert(p.id(), high);
+    }
+    Ok(out)
+}
+
+/// Folds every projection into `plan.shadow` (created fresh) from offset 0, reporting progress,
+/// until each partition reached its stop offset, or its high watermark and a second of quiet.
+pub async fn build_shadow(
+    plan: &RebuildPlan,
+    mut report: impl FnMut(Progress),
+) -> Result<Progress> {
+    otaledger_consumers::db::validate_schema(&plan.shadow)
+        .map_err(|e| Error::Other(e.to_string()))?;
+    let pool = otaledger_consumers::db::pool(&plan.database_url, &plan.shadow, 8)
+        .await
+        .map_err(|e| Error::Other(e.to_string()))?;
+    crate::migrations::migrate(&pool).await?;
+    otaledger_consumers::db::create_if_missing(&pool, otaledger_consumers::ownership::OFFSETS_DDL)
+        .await
+        .map_err(|e| Error::Other(e.to_string()))?;
+    let producer = EventProducer::new(&plan.kafka).map_err(|e| Error::Other(e.to_string()))?;
+    let shutdown = Shutdown::new();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    let mut targets: BTreeMap<String, (String, BTreeMap<i32, i64>)> = BTreeMap::new();
+    for (consumer, t) in PROJECTIONS {
+        let topic = topic_name(&plan.kafka, t);
+        let stop = plan
+            .stop_at
+            .as_ref()
+            .map(|s| s.get(consumer).cloned().unwrap_or_default());
+        let ends = match &stop {
+            Some(s) => s.clone(),
+            None => watermarks(&plan.kafka, &topic)?,
+        };
+        targets.insert(consumer.to_owned(), (topic.clone(), ends));
+        let rc = RunnerConfig {
+            consumer: consumer.to_owned(),
+            topic,
+            database_url: plan.database_url.clone(),
+            schema: plan.shadow.clone(),
+            member: format!("rebuild-{}", std::process::id()),
+            batch_max: 5000,
+            batch_wait: Duration::from_millis(20),
+            rebalance_every: Duration::from_secs(3600),
+            kafka: plan.kafka.clone(),
+            stop_at: stop,
+        };
+        let signal = shutdown.signal();
+        let (p, pool, until) = (producer.clone(), pool.clone(), plan.until);
+        tasks.push(tokio::spawn(async move {
+            match (t, until) {
+                (Topic::DeviceEvents, None) => {
+                    Runner::new(rc, FleetProjector::new(), p, pool)
+                        .run(signal)
+                        .await
+                }
+                (Topic::DeviceEvents, Some(u)) => {
+                    Runner::new(
+                        rc,
+                        Until {
+                            inner: FleetProjector::new(),
+                            until: u,
+                        },
+                        p,
+                        pool,
+                    )
+                    .run(signal)
+                    .await
+                }
+                (Topic::RolloutEvents, None) => {
+                    Runner::new(rc, RolloutProjector, p, pool).run(signal).await
+                }
+                (Topic::RolloutEvents, Some(u)) => {
+                    Runner::new(
+                        rc,
+                        Until {
+                            inner: RolloutProjector,
+                            until: u,
+                        },
+                        p,
+                        pool,
+                    )
+                    .run(signal)
+                    .await
+                }
+            }
+        }));
+    }
+    let target: i64 = targets.values().flat_map(|(_, e)| e.values()).sum();
+    let mut last_total = -1;
+    let mut quiet_since = Instant::now();
+    let progress = loop {
+        let mut total = 0;
+        let mut reached = true;
+        for (consumer, (topic, ends)) in &targets {
+            let done = otaledger_consumers::runner::committed_offsets(&pool, consumer, topic)
+                .await
+                .map_err(|e| Error::Other(e.to_string()))?;
+            total += done.values().sum::<i64>();
+            reached &= ends.iter().all(|(p, e)| *e == 0 || done.get(p) >= Some(e));
+        }
+        let p = Progress {
+            applied_offsets: total,
+            target_offsets: target.max(total),
+            elapsed: started.elapsed(),
+        };
+        report(p);
+        if total != last_total {
+            last_total = total;
+            quiet_since = Instant::now();
+        }
+        // With explicit stops the targets are exact; otherwise watermarks are a lower bound,
+        // so the rebuild also waits for a second without progress.
+        let quiet = plan.stop_at.is_some() || quiet_since.elapsed() >= Duration::from_secs(1);
+        if reached && quiet {
+            break p;
+        }
+        if let Some(t) = tasks.iter().find(|t| t.is_finished()) {
+            let _ = t;
+            return Err(Error::Other("a rebuild projector stopped early".into()));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    shutdown.trigger();
+    for t in tasks {
+        let _ = t.await;
+    }
+    pool.close().await;
+    Ok(progress)
+}
+
+/// The live projections' positions: where a verify rebuild stops.
+pub async fn live_positions(live: &PgPool) -> Result<BTreeMap<String, BTreeMap<i32, i64>>> {
+    let rows: Vec<(String, i32, i64)> = sqlx::query_as(
+        "SELECT consumer, partition, next_offset FROM consumer_offsets
+         WHERE consumer = ANY($1)",
+    )
+    .bind(PROJECTIONS.iter().map(|(c, _)| *c).collect::<Vec<_>>())
+    .fetch_all(live)
+    .await
+    .db("reading live positions")?;
+    let mut out: BTreeMap<String, BTreeMap<i32, i64>> = BTreeMap::new();
+    for (c, p, o) in rows {
+        out.entry(c).or_default().insert(p, o);
+    }
+    Ok(out)
+}
+
+/// Swaps the rebuilt shadow in for the live schema in one transaction. State that is not a
+/// projection (other consumers' offsets, the dispatcher's and router's tables, snapshots)
+/// moves into it first; the projections' epochs are raised above the live ones, so the running
+/// projectors are fenced, let go, and resume from the rebuilt position.
+pub async fn swap(live_pool: &PgPool, live: &str, shadow: &str, old: &str) -> Result<()> {
+    for s in [live, shadow, old] {
+        otaledger_consumers::db::validate_schema(s).map_err(|e| Error::Other(e.to_string()))?;
+    }
+    let mut tx = live_pool.begin().await.db("beginning swap")?;
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1
+         AND table_name <> ALL($2) AND table_name <> 'consumer_offsets'",
+    )
+    .bind(live)
+    .bind(PROJECTION_TABLES.to_vec())
+    .fetch_all(&mut *tx)
+    .await
+    .db("listing live tables")?;
+    for t in &tables {
+        sqlx::query(&format!("DROP TABLE IF EXISTS {shadow}.{t}"))
+            .execute(&mut *tx)
+            .await
+            .db("dropping the shadow's empty copy")?;
+        sqlx::query(&format!("ALTER TABLE {live}.{t} SET SCHEMA {shadow}"))
+            .execute(&mut *tx)
+            .await
+            .db("moving state into the shadow")?;
+    }
+    sqlx::query(&format!(
+        "INSERT INTO {shadow}.consumer_offsets SELECT * FROM {live}.consumer_offsets l
+         WHERE l.consumer <> ALL($1)"
+    ))
+    .bind(PROJECTIONS.iter().map(|(c, _)| *c).collect::<Vec<_>>())
+    .execute(&mut *tx)
+    .await
+    .db("carrying other consumers' offsets over")?;
+    sqlx::query(&format!(
+        "UPDATE {shadow}.consumer_offsets s SET epoch = l.epoch + 1
+         FROM {live}.consumer_offsets l
+         WHERE s.consumer = l.consumer AND s.topic = l.topic AND s.partition = l.partition
+           AND s.epoch <= l.epoch"
+    ))
+    .execute(&mut *tx)
+    .await
+    .db("fencing the live projectors")?;
+    sqlx::query(&format!("ALTER SCHEMA {live} RENAME TO {old}"))
+        .execute(&mut *tx)
+        .await
+        .db("renaming the live schema")?;
+    sqlx::query(&format!("ALTER SCHEMA {shadow} RENAME TO {live}"))
+        .execute(&mut *tx)
+        .await
+        .db("renaming the shadow schema")?;
+    tx.commit().await.db("committing swap")?;
+    Ok(())
+}
+
+/// One difference between a live table and its rebuild.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Difference {
+    pub table: &'static str,
+    pub key: String,
+    pub live: Option<String>,
+    pub rebuilt: Option<String>,
+}
+
+/// Tables compared by verify: (table, key expression).
+const COMPARED: [(&str, &str); 5] = [
+    ("devices", "device_id"),
+    ("fleet_counts", "dimension || '/' || value"),
+    ("rollouts", "rollout_id"),
+    ("rollout_devices", "rollout_id || '/' || device_id"),
+    (
+        "rollout_decisions",
+        "rollout_id || '/' || partition || '/' || \"offset\"",
+    ),
+];
+
+/// Row counts of each compared table in a schema.
+pub async fn row_counts(pool: &PgPool, schema: &str) -> Result<BTreeMap<&'static str, i64>> {
+    let mut out = BTreeMap::new();
+    for (t, _) in COMPARED {
+        let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {schema}.{t}"))
+            .fetch_one(pool)
+            .await
+            .db("counting rows")?;
+        out.insert(t, n);
+    }
+    Ok(out)
+}
+
+/// Rows whose checksums differ (or that exist on one side only), up to `limit` per table.
+/// Device rows the live projector changed after `stop` (it kept running) are left out.
+pub async fn diff(
+    pool: &PgPool,
+    live: &str,
+    rebuilt: &str,
+    stop: &BTreeMap<i32, i64>,
+    limit: i64,
+) -> Result<Vec<Difference>> {
+    let mut out = Vec::new();
+    let moved: String = stop
+        .iter()
+        .map(|(p, o)| format!(" OR (x.last_partition = {p} AND x.last_offset >= {o})"))
+        .collect();
+    for (t, key) in COMPARED {
+        let moved_expr = if t == "devices" {
+            format!("(false{moved})")
+        } else {
+            "false".to_owned()
+        };
+        let rows: Vec<(String, Option<String>, Option<String>)> = sqlx::query_as(&format!(
+            "WITH l AS (SELECT {key} AS k, md5(x::text) AS h, row_to_json(x)::text AS j,
+                               {moved_expr} AS moved FROM {live}.{t} x),
+                  r AS (SELECT {key} AS k, md5(x::text) AS h, row_to_json(x)::text AS j FROM {rebuilt}.{t} x)
+             SELECT coalesce(l.k, r.k), l.j, r.j FROM l FULL JOIN r ON l.k = r.k
+             WHERE l.h IS DISTINCT FROM r.h AND NOT coalesce(l.moved, false)
+             ORDER BY 1 LIMIT $1"
+        ))
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+        .db("comparing rows")?;
+        out.extend(rows.into_iter().map(|(key, live, rebuilt)| Difference {
+            table: t,
+            key,
+            live,
+            rebuilt,
+        }));
+    }
+    Ok(out)
+}
+
+/// Records a snapshot of the fleet as of `until` in the live schema.
+pub async fn register_snapshot(live: &PgPool, name: &str, until: DateTime<Utc>) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO snapshots (name, until) VALUES ($1, $2)
+         ON CONFLICT (name) DO UPDATE SET until = excluded.until, created_at = now()",
+    )
+    .bind(name)
+    .bind(until)
+    .execute(live)
+    .await
+    .db("registering snapshot")?;
+    Ok(())
+}
+
+/// The newest snapshot at or before `at`: (schema, until).
+pub async fn snapshot_at(
+    live: &PgPool,
+    at: DateTime<Utc>,
+) -> Result<Option<(String, DateTime<Utc>)>> {
+    sqlx::query_as(
+        "SELECT name, until FROM snapshots s WHERE until <= $1
+           AND EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = s.name)
+         ORDER BY until DESC LIMIT 1",
+    )
+    .bind(at)
+    .fetch_optional(live)
+    .await
+    .db("finding snapshot")
+}
