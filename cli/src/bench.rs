@@ -38,6 +38,8 @@ pub enum Scenario {
     Lag,
     /// API latency under a fixed arrival rate (open loop) over a large fleet.
     Api,
+    /// `otaledger rebuild` of every projection from the ingested events into a shadow schema.
+    Rebuild,
     /// A four-wave rollout over a fleet of instant simulated devices: commands/s over MQTT and
     /// AMQP, request to last command and to completion, saga decision latency, peak RSS.
     Rollout,
@@ -393,7 +395,12 @@ pub async fn run(cfg: &Config, args: &BenchArgs) -> Result<Report, BoxError> {
     }
 
     let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
-    if all || matches!(args.scenario, Scenario::Ingest | Scenario::Projection) {
+    if all
+        || matches!(
+            args.scenario,
+            Scenario::Ingest | Scenario::Projection | Scenario::Rebuild
+        )
+    {
         let producer = EventProducer::new(&kafka)?;
         let started = Instant::now();
         let mut pending = Vec::with_capacity(events.len());
@@ -580,6 +587,33 @@ pub async fn run(cfg: &Config, args: &BenchArgs) -> Result<Report, BoxError> {
         server.abort();
     }
 
+    if all || args.scenario == Scenario::Rebuild {
+        let plan = otaledger_projections::rebuild::RebuildPlan {
+            database_url: bench_cfg.database.url.clone(),
+            kafka: kafka.clone(),
+            shadow: format!("{name}_rebuild"),
+            until: None,
+            stop_at: Some(BTreeMap::from([
+                ("projector".to_owned(), ends.clone()),
+                ("rollout-projector".to_owned(), BTreeMap::new()),
+            ])),
+        };
+        let p = otaledger_projections::rebuild::build_shadow(&plan, |_| {}).await?;
+        report.add(
+            "rebuild",
+            "rebuild into a shadow schema",
+            rate(args.events, p.elapsed),
+            "events/s",
+        );
+        report.ratio("rebuild into a shadow schema", "raw consume");
+        report.add(
+            "rebuild",
+            "rebuild time",
+            p.elapsed.as_secs_f64() * 1000.0,
+            "ms",
+        );
+    }
+
     if all || args.scenario == Scenario::Rollout {
         let mut rc = bench_cfg.clone();
         rc.database.schema = format!("{name}_rollout");
@@ -641,6 +675,7 @@ pub async fn run(cfg: &Config, args: &BenchArgs) -> Result<Report, BoxError> {
         format!("{name}_naive"),
         format!("{name}_pair"),
         format!("{name}_rollout"),
+        format!("{name}_rebuild"),
     ] {
         sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
             .execute(&admin)

@@ -36,6 +36,7 @@ async fn bench_all_reports_every_figure_and_writes_json() {
         "occurred-at to commit p99",
         "devices/{id} p99",
         "summary p99",
+        "rebuild into a shadow schema",
         "commands dispatched",
         "commands over MQTT",
         "commands over AMQP",
