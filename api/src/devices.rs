@@ -13,6 +13,7 @@ pub(crate) fn routes(state: AppState) -> Router {
     Router::new()
         .route("/v1/devices", get(list))
         .route("/v1/devices/{id}", get(one))
+        .route("/v1/devices/{id}/history", get(history))
         .route("/v1/fleet/summary", get(summary))
         .with_state(state)
 }
@@ -98,6 +99,65 @@ async fn one(
         .map_err(|e| ApiError::unavailable(&e))?
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("no device {id:?}")))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryQuery {
+    cursor: Option<String>,
+    limit: Option<String>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct HistoryPage {
+    device_id: String,
+    items: Vec<otaledger_projections::history::HistoryEntry>,
+    next_cursor: Option<String>,
+}
+
+/// A device's history, oldest first: registrations, install reports and heartbeat runs.
+async fn history(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    q: Result<Query<HistoryQuery>, QueryRejection>,
+) -> Result<Json<HistoryPage>, ApiError> {
+    use otaledger_projections::history;
+    check_device_id(&id)?;
+    let Query(q) = q.map_err(|e| ApiError::bad_request("invalid_parameter", e.body_text()))?;
+    let limit = match q.limit.as_deref() {
+        None => 100,
+        Some(l) => match l.parse::<i64>() {
+            Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
+            _ => {
+                return Err(ApiError::bad_request(
+                    "invalid_parameter",
+                    format!("limit must be a whole number from 1 to {MAX_PAGE}, not {l:?}"),
+                ))
+            }
+        },
+    };
+    let items = history::history(&s.pool, &id, q.cursor.as_deref(), limit)
+        .await
+        .map_err(|e| match e {
+            otaledger_projections::Error::InvalidQuery(reason) => {
+                ApiError::bad_request("invalid_parameter", reason)
+            }
+            e => ApiError::unavailable(&e),
+        })?;
+    if items.is_empty() && q.cursor.is_none() {
+        fleet::get_device(&s.pool, &id, s.offline_after)
+            .await
+            .map_err(|e| ApiError::unavailable(&e))?
+            .ok_or_else(|| ApiError::not_found(format!("no device {id:?}")))?;
+    }
+    let next_cursor = (items.len() as i64 == limit)
+        .then(|| items.last().map(history::cursor_after))
+        .flatten();
+    Ok(Json(HistoryPage {
+        device_id: id,
+        items,
+        next_cursor,
+    }))
 }
 
 fn check_device_id(id: &str) -> Result<(), ApiError> {

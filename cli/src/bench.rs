@@ -595,10 +595,12 @@ pub async fn run(cfg: &Config, args: &BenchArgs) -> Result<Report, BoxError> {
             until: None,
             stop_at: Some(BTreeMap::from([
                 ("projector".to_owned(), ends.clone()),
+                ("history".to_owned(), ends.clone()),
                 ("rollout-projector".to_owned(), BTreeMap::new()),
             ])),
         };
         let p = otaledger_projections::rebuild::build_shadow(&plan, |_| {}).await?;
+        // Every projection of the device events (fleet view and device history) reads them all.
         report.add(
             "rebuild",
             "rebuild into a shadow schema",

@@ -8,6 +8,7 @@ use otaledger_consumers::saga::{Saga, SagaConfig};
 use otaledger_consumers::{Runner, RunnerConfig};
 use otaledger_producers::kafka::{ensure_topics, EventProducer};
 use otaledger_producers::shutdown::{Shutdown, ShutdownSignal};
+use otaledger_projections::history::HistoryProjector;
 use otaledger_projections::projector::FleetProjector;
 use otaledger_projections::rollouts::RolloutProjector;
 
@@ -33,10 +34,12 @@ pub enum Component {
     Dispatcher,
     /// The rollout projector (ota.rollout-events to PostgreSQL).
     RolloutProjector,
+    /// The device history projector (ota.device-events to each device's history).
+    History,
 }
 
 impl Component {
-    pub const ALL: [Component; 8] = [
+    pub const ALL: [Component; 9] = [
         Component::Api,
         Component::Projector,
         Component::MqttBridge,
@@ -45,6 +48,7 @@ impl Component {
         Component::Saga,
         Component::Dispatcher,
         Component::RolloutProjector,
+        Component::History,
     ];
 
     #[must_use]
@@ -58,6 +62,7 @@ impl Component {
             Component::Saga => "saga",
             Component::Dispatcher => "dispatcher",
             Component::RolloutProjector => "rollout-projector",
+            Component::History => "history",
         }
     }
 }
@@ -171,6 +176,14 @@ pub async fn run(
             let dispatcher = Dispatcher::connect(dc, producer.clone(), &cfg.member()).await?;
             let rc = runner_config(&cfg, "dispatcher", topic);
             Runner::new(rc, dispatcher, producer.clone(), pool)
+                .run(shutdown)
+                .await
+                .map_err(Into::into)
+        }
+        Component::History => {
+            let pool = migrated_pool(&cfg).await?;
+            let rc = runner_config(&cfg, "history", cfg.kafka.topics().device_events);
+            Runner::new(rc, HistoryProjector, producer.clone(), pool)
                 .run(shutdown)
                 .await
                 .map_err(Into::into)

@@ -96,73 +96,8 @@ pub fn device_timeline(events: &[Event], gap: Micros) -> Vec<Line> {
                 });
             }
             other => {
-                let text = match other {
-                    Payload::DeviceRegistered(r) => format!(
-                        "registered: model {}, site {}, firmware {}, tags [{}]{}",
-                        r.model,
-                        r.site,
-                        r.firmware_version,
-                        r.tags.join(", "),
-                        r.gateway_id
-                            .as_ref()
-                            .map_or(String::new(), |g| format!(", behind gateway {g}"))
-                    ),
-                    Payload::InstallProgress(p) => format!(
-                        "install {:?} {}%{}",
-                        p.phase,
-                        p.percent,
-                        rollout(p.rollout_id.as_deref())
-                    ),
-                    Payload::InstallResult(r) => format!(
-                        "install result {:?}, now on {}{}{}",
-                        r.outcome,
-                        r.firmware_version,
-                        r.error_code
-                            .as_ref()
-                            .map_or(String::new(), |c| format!(", error {c}")),
-                        rollout(r.rollout_id.as_deref())
-                    ),
-                    Payload::DeviceCommanded(c) => format!(
-                        "{} commanded (attempt {}, command {}){}",
-                        kind(c.kind),
-                        c.attempt,
-                        c.command_id,
-                        rollout(Some(&c.rollout_id))
-                    ),
-                    Payload::DeviceTimedOut(t) => format!(
-                        "timed out on attempt {}{}",
-                        t.attempt,
-                        rollout(Some(&t.rollout_id))
-                    ),
-                    Payload::DeviceOutcome(o) => format!(
-                        "outcome {:?}: {}{}",
-                        o.state,
-                        o.reason,
-                        rollout(Some(&o.rollout_id))
-                    ),
-                    Payload::UpdateCommand(c) => format!(
-                        "update to {} sent (command {})",
-                        c.release.version, c.command_id
-                    ),
-                    Payload::RollbackCommand(c) => format!(
-                        "rollback to {} sent (command {})",
-                        c.target_version, c.command_id
-                    ),
-                    Payload::CancelCommand(c) => {
-                        format!("cancel sent (command {}): {}", c.command_id, c.reason)
-                    }
-                    Payload::CommandDeliveryFailed(f) => format!(
-                        "delivery of command {} over {}{} failed (attempt {}{}): {}",
-                        f.command_id,
-                        f.channel,
-                        f.gateway_id
-                            .as_ref()
-                            .map_or(String::new(), |g| format!(" via gateway {g}")),
-                        f.attempt,
-                        if f.gave_up { ", gave up" } else { "" },
-                        f.error
-                    ),
-                    _ => continue,
+                let Some(text) = describe(other) else {
+                    continue;
                 };
                 out.push(Line { at, text });
             }
@@ -171,6 +106,80 @@ pub fn device_timeline(events: &[Event], gap: Micros) -> Vec<Line> {
     close(run, &mut out);
     out.sort_by_key(|l| l.at);
     out
+}
+
+/// One line for a device's event other than a heartbeat (heartbeats are summarised in runs),
+/// or `None` for events that say nothing about the device itself.
+#[must_use]
+pub fn describe(payload: &Payload) -> Option<String> {
+    Some(match payload {
+        Payload::DeviceRegistered(r) => format!(
+            "registered: model {}, site {}, firmware {}, tags [{}]{}",
+            r.model,
+            r.site,
+            r.firmware_version,
+            r.tags.join(", "),
+            r.gateway_id
+                .as_ref()
+                .map_or(String::new(), |g| format!(", behind gateway {g}"))
+        ),
+        Payload::InstallProgress(p) => format!(
+            "install {:?} {}%{}",
+            p.phase,
+            p.percent,
+            rollout(p.rollout_id.as_deref())
+        ),
+        Payload::InstallResult(r) => format!(
+            "install result {:?}, now on {}{}{}",
+            r.outcome,
+            r.firmware_version,
+            r.error_code
+                .as_ref()
+                .map_or(String::new(), |c| format!(", error {c}")),
+            rollout(r.rollout_id.as_deref())
+        ),
+        Payload::DeviceCommanded(c) => format!(
+            "{} commanded (attempt {}, command {}){}",
+            kind(c.kind),
+            c.attempt,
+            c.command_id,
+            rollout(Some(&c.rollout_id))
+        ),
+        Payload::DeviceTimedOut(t) => format!(
+            "timed out on attempt {}{}",
+            t.attempt,
+            rollout(Some(&t.rollout_id))
+        ),
+        Payload::DeviceOutcome(o) => format!(
+            "outcome {:?}: {}{}",
+            o.state,
+            o.reason,
+            rollout(Some(&o.rollout_id))
+        ),
+        Payload::UpdateCommand(c) => format!(
+            "update to {} sent (command {})",
+            c.release.version, c.command_id
+        ),
+        Payload::RollbackCommand(c) => format!(
+            "rollback to {} sent (command {})",
+            c.target_version, c.command_id
+        ),
+        Payload::CancelCommand(c) => {
+            format!("cancel sent (command {}): {}", c.command_id, c.reason)
+        }
+        Payload::CommandDeliveryFailed(f) => format!(
+            "delivery of command {} over {}{} failed (attempt {}{}): {}",
+            f.command_id,
+            f.channel,
+            f.gateway_id
+                .as_ref()
+                .map_or(String::new(), |g| format!(" via gateway {g}")),
+            f.attempt,
+            if f.gave_up { ", gave up" } else { "" },
+            f.error
+        ),
+        _ => return None,
+    })
 }
 
 fn rollout(id: Option<&str>) -> String {

@@ -3,6 +3,7 @@
 //! [`fleet`] reads them for the API.
 
 pub mod fleet;
+pub mod history;
 pub mod migrations;
 pub mod projector;
 pub mod rebuild;

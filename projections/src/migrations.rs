@@ -17,6 +17,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "snapshots",
         include_str!("../migrations/0003_snapshots.sql"),
     ),
+    (
+        4,
+        "device_history",
+        include_str!("../migrations/0004_device_history.sql"),
+    ),
 ];
 
 /// Applies the migrations missing from the pool's schema (its `search_path`).

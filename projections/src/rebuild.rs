@@ -13,20 +13,23 @@ use otaledger_producers::kafka::EventProducer;
 use otaledger_producers::shutdown::Shutdown;
 use sqlx::{PgConnection, PgPool};
 
+use crate::history::HistoryProjector;
 use crate::projector::FleetProjector;
 use crate::rollouts::RolloutProjector;
 use crate::{DbContext, Error, Result};
 
 /// The projections a rebuild folds: (consumer name, which topic).
-pub const PROJECTIONS: [(&str, Topic); 2] = [
+pub const PROJECTIONS: [(&str, Topic); 3] = [
     ("projector", Topic::DeviceEvents),
     ("rollout-projector", Topic::RolloutEvents),
+    ("history", Topic::DeviceEvents),
 ];
 
 /// The tables projections own; everything else in a live schema (offsets of other consumers,
 /// the dispatcher's and router's state, snapshots) moves over on a swap.
-pub const PROJECTION_TABLES: [&str; 6] = [
+pub const PROJECTION_TABLES: [&str; 7] = [
     "devices",
+    "device_history",
     "fleet_counts",
     "rollouts",
     "rollout_devices",
@@ -80,6 +83,25 @@ impl<P: Projection> Projection for Until<P> {
 
     fn ownership_changed(&mut self) {
         self.inner.ownership_changed();
+    }
+}
+
+/// Runs one projection's rebuild, filtered by `until` when given.
+async fn fold<P: Projection + std::fmt::Debug>(
+    rc: RunnerConfig,
+    inner: P,
+    until: Option<Micros>,
+    producer: EventProducer,
+    pool: PgPool,
+    signal: otaledger_producers::shutdown::ShutdownSignal,
+) -> otaledger_consumers::Result<()> {
+    match until {
+        None => Runner::new(rc, inner, producer, pool).run(signal).await,
+        Some(u) => {
+            Runner::new(rc, Until { inner, until: u }, producer, pool)
+                .run(signal)
+                .await
+        }
     }
 }
 
@@ -170,40 +192,13 @@ pub async fn build_shadow(
         let signal = shutdown.signal();
         let (p, pool, until) = (producer.clone(), pool.clone(), plan.until);
         tasks.push(tokio::spawn(async move {
-            match (t, until) {
-                (Topic::DeviceEvents, None) => {
-                    Runner::new(rc, FleetProjector::new(), p, pool)
-                        .run(signal)
-                        .await
+            match (consumer, t) {
+                ("history", _) => fold(rc, HistoryProjector, until, p, pool, signal).await,
+                (_, Topic::DeviceEvents) => {
+                    fold(rc, FleetProjector::new(), until, p, pool, signal).await
                 }
-                (Topic::DeviceEvents, Some(u)) => {
-                    Runner::new(
-                        rc,
-                        Until {
-                            inner: FleetProjector::new(),
-                            until: u,
-                        },
-                        p,
-                        pool,
-                    )
-                    .run(signal)
-                    .await
-                }
-                (Topic::RolloutEvents, None) => {
-                    Runner::new(rc, RolloutProjector, p, pool).run(signal).await
-                }
-                (Topic::RolloutEvents, Some(u)) => {
-                    Runner::new(
-                        rc,
-                        Until {
-                            inner: RolloutProjector,
-                            until: u,
-                        },
-                        p,
-                        pool,
-                    )
-                    .run(signal)
-                    .await
+                (_, Topic::RolloutEvents) => {
+                    fold(rc, RolloutProjector, until, p, pool, signal).await
                 }
             }
         }));
@@ -335,8 +330,12 @@ pub struct Difference {
 }
 
 /// Tables compared by verify: (table, key expression).
-const COMPARED: [(&str, &str); 5] = [
+const COMPARED: [(&str, &str); 6] = [
     ("devices", "device_id"),
+    (
+        "device_history",
+        "device_id || '/' || partition || '/' || \"offset\"",
+    ),
     ("fleet_counts", "dimension || '/' || value"),
     ("rollouts", "rollout_id"),
     ("rollout_devices", "rollout_id || '/' || device_id"),

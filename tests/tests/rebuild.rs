@@ -153,6 +153,7 @@ async fn verify_rebuild_and_snapshots_answer_from_the_ledger() {
     producer.append_all(&first).await.unwrap();
     let mut projector = spawn_process(&cfg, "projector", "p1", &logs.join("p1.log"));
     let rollouts = spawn_process(&cfg, "rollout-projector", "r1", &logs.join("r1.log"));
+    let history = spawn_process(&cfg, "history", "h1", &logs.join("h1.log"));
     // Killed while the second hour streams in, then restarted.
     let second: Vec<Event> = (120..180)
         .map(|i| registered(i, BASE + 3600 * S + i as i64))
@@ -178,6 +179,39 @@ async fn verify_rebuild_and_snapshots_answer_from_the_ledger() {
         (s == StatusCode::OK && v["state"] == "RUNNING").then_some(())
     })
     .await;
+
+    // The device's history: registration, then heartbeat runs per version, paginated.
+    let page = eventually(Duration::from_secs(30), "the device history", || async {
+        let (_, v) = get(&app, "/v1/devices/rb-0003/history").await;
+        (v["items"].as_array().map_or(0, Vec::len) == 3).then_some(v)
+    })
+    .await;
+    let kinds: Vec<&str> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["event_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["DeviceRegistered", "Heartbeat", "Heartbeat"],
+        "{page}"
+    );
+    assert_eq!(page["items"][1]["version"], "1.0.0");
+    assert_eq!(page["items"][2]["version"], "2.0.0");
+    let (_, first) = get(&app, "/v1/devices/rb-0003/history?limit=2").await;
+    let cursor = first["next_cursor"].as_str().unwrap().to_owned();
+    let (_, rest) = get(
+        &app,
+        &format!("/v1/devices/rb-0003/history?limit=2&cursor={cursor}"),
+    )
+    .await;
+    assert_eq!(rest["items"].as_array().unwrap().len(), 1);
+    assert_eq!(rest["items"][0]["version"], "2.0.0");
+    let (status, _) = get(&app, "/v1/devices/nobody/history").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = get(&app, "/v1/devices/rb-0003/history?cursor=x").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
 
     // Verify: no difference.
     let (ok, out) = run(&cfg, &["verify"]);
@@ -255,7 +289,7 @@ async fn verify_rebuild_and_snapshots_answer_from_the_ledger() {
     let (status, _) = get(&app, "/v1/fleet/summary?as_of=yesterday").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 
-    for mut p in [projector, rollouts] {
+    for mut p in [projector, rollouts, history] {
         let _ = p.kill();
         let _ = p.wait();
     }
