@@ -10,6 +10,8 @@ export OTALEDGER_TEST_KAFKA="${OTALEDGER_TEST_KAFKA:-127.0.0.1:${OTALEDGER_KAFKA
 export OTALEDGER_TEST_DATABASE_URL="${OTALEDGER_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 export OTALEDGER_TEST_AMQP_URL="${OTALEDGER_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
 export OTALEDGER_TEST_MQTT="${OTALEDGER_TEST_MQTT:-127.0.0.1:1883}"
+# The export test reads the Parquet files back with DuckDB (the PyPI package).
+python3 -c 'import duckdb' 2>/dev/null || python3 -m pip install --quiet duckdb >&2
 cargo build --locked -p otaledger-cli
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --locked --workspace --no-fail-fast "$@"

@@ -4,5 +4,6 @@ pub mod bench;
 pub mod bench_rollout;
 pub mod components;
 pub mod config;
+pub mod export;
 pub mod rebuild;
 pub mod replay;

@@ -81,6 +81,12 @@ enum Command {
         #[arg(long)]
         keep_shadow: bool,
     },
+    /// Export every event of the ledger to an analytics format (incremental and crash-safe:
+    /// a re-run continues where the last one stopped).
+    Export {
+        #[command(subcommand)]
+        format: ExportFormat,
+    },
     /// A readable timeline of a device or a rollout, explained from the ledger alone.
     Audit {
         #[command(subcommand)]
@@ -136,6 +142,26 @@ enum Command {
         /// Where to write the JSON report.
         #[arg(long, default_value = "bench/results.json")]
         out: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ExportFormat {
+    /// Parquet files partitioned by event type and day: DIR/type=<T>/day=<YYYY-MM-DD>/part-<segment>.parquet,
+    /// with DIR/_checkpoint.json recording how far the export got.
+    Parquet {
+        /// The directory to export into (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// Keep exporting as events arrive, a segment at least every --flush-seconds.
+        #[arg(long)]
+        follow: bool,
+        /// Events per segment at most.
+        #[arg(long, default_value_t = 200_000)]
+        segment_events: usize,
+        /// With --follow, how often buffered events are written.
+        #[arg(long, default_value_t = 5)]
+        flush_seconds: u64,
     },
 }
 
@@ -280,6 +306,28 @@ async fn main() -> ExitCode {
                 if differences > 0 {
                     return Err(format!("{differences} differences between the live projections and the ledger").into());
                 }
+                Ok(())
+            }
+            Command::Export { format: ExportFormat::Parquet { out, follow, segment_events, flush_seconds } } => {
+                let args = otaledger_cli::export::ExportArgs {
+                    out,
+                    follow,
+                    segment_events: segment_events.max(1),
+                    flush_every: std::time::Duration::from_secs(flush_seconds.max(1)),
+                    idle: std::time::Duration::from_secs(2),
+                    stop: Some(shutdown.signal()),
+                };
+                let kafka = cfg.kafka.clone();
+                let stats = tokio::task::spawn_blocking(move || {
+                    otaledger_cli::export::export(&kafka, &args).map_err(|e| e.to_string())
+                })
+                .await??;
+                #[allow(clippy::cast_precision_loss)]
+                let rate = stats.events as f64 / stats.elapsed.as_secs_f64().max(0.001);
+                println!(
+                    "exported {} events in {} segments ({} files) in {:.1} s ({rate:.0} events/s); {} undecodable records skipped",
+                    stats.events, stats.segments, stats.files, stats.elapsed.as_secs_f64(), stats.undecodable
+                );
                 Ok(())
             }
             Command::Audit { target } => {

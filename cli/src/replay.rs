@@ -16,7 +16,7 @@ use otaledger_producers::config::KafkaConfig;
 use otaledger_producers::kafka::client_config;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::TopicPartitionList;
 use serde_json::{json, Value};
 
 use crate::components::BoxError;
@@ -155,11 +155,7 @@ pub fn scan(
             if high > filter.from_offset {
                 remaining.insert((topic.clone(), p.id()), high);
             }
-            let start = if filter.from_offset > 0 {
-                Offset::Offset(filter.from_offset)
-            } else {
-                Offset::Beginning
-            };
+            let start = otaledger_producers::kafka::resume_from(filter.from_offset);
             tpl.add_partition_offset(topic, p.id(), start)?;
         }
     }
@@ -169,6 +165,7 @@ pub fn scan(
     let mut last_progress = Instant::now();
     let mut idle_since = Instant::now();
     let mut stats = Stats::default();
+    let mut next_offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
     loop {
         if progress && last_progress.elapsed() > Duration::from_millis(200) {
             let rate = stats.read as f64 / started.elapsed().as_secs_f64().max(1e-3);
@@ -186,6 +183,15 @@ pub fn scan(
         };
         let m = m?;
         idle_since = Instant::now();
+        // Fetched early on purpose (kafka::SEEK_BACK), or delivered twice (tansu does, around
+        // record-batch boundaries): each offset is read once.
+        let seen = next_offsets
+            .entry((m.topic().to_owned(), m.partition()))
+            .or_insert(filter.from_offset);
+        if m.offset() < *seen {
+            continue;
+        }
+        *seen = m.offset() + 1;
         stats.read += 1;
         let key = (m.topic().to_owned(), m.partition());
         if remaining

@@ -14,7 +14,7 @@ use otaledger_producers::metrics::REGISTRY;
 use otaledger_producers::shutdown::ShutdownSignal;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::TopicPartitionList;
 use sqlx::{PgConnection, PgPool};
 
 use crate::ownership::Ownership;
@@ -251,11 +251,8 @@ impl<P: Projection> Runner<P> {
 fn assign(consumer: &StreamConsumer, topic: &str, ownership: &Ownership) -> Result<()> {
     let mut tpl = TopicPartitionList::new();
     for (p, o) in ownership.owned() {
-        let offset = if o.next_offset > 0 {
-            Offset::Offset(o.next_offset)
-        } else {
-            Offset::Beginning
-        };
+        // Records before `next_offset` are dropped by the batch loop.
+        let offset = otaledger_producers::kafka::resume_from(o.next_offset);
         tpl.add_partition_offset(topic, *p, offset)
             .map_err(|source| Error::Kafka {
                 context: "building assignment".into(),

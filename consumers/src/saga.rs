@@ -84,6 +84,8 @@ pub struct Saga {
     emitted: HashSet<Uuid>,
     /// Gateway of each device, from target resolution (`None`: reached over MQTT directly).
     gateways: HashMap<String, Option<String>>,
+    /// Next offset to fold, per owned partition.
+    read_upto: HashMap<i32, i64>,
     metrics: Metrics,
 }
 
@@ -152,6 +154,7 @@ impl Saga {
             rollouts: HashMap::new(),
             emitted: HashSet::new(),
             gateways: HashMap::new(),
+            read_upto: HashMap::new(),
             metrics,
         }
     }
@@ -240,6 +243,12 @@ impl Saga {
                 let Some(owned) = ownership.owned().get(&partition) else {
                     continue;
                 };
+                // Each offset is folded once (tansu delivers some twice around batch edges).
+                let read = self.read_upto.entry(partition).or_insert(0);
+                if offset < *read {
+                    continue;
+                }
+                *read = offset + 1;
                 let event = match otaledger_schemas::decode(&payload) {
                     Ok(d) => d.event,
                     Err(e) => {
@@ -307,6 +316,7 @@ impl Saga {
     fn reset(&mut self, consumer: &StreamConsumer, ownership: &Ownership) -> Result<()> {
         self.rollouts.clear();
         self.emitted.clear();
+        self.read_upto.clear();
         let mut tpl = TopicPartitionList::new();
         for p in ownership.owned().keys() {
             tpl.add_partition_offset(&self.cfg.topic, *p, Offset::Beginning)

@@ -11,27 +11,16 @@ use otaledger_domain::events::{
     DeviceRegistered, Health, Heartbeat, Payload, Release, RollbackPolicy, RolloutState,
     RolloutStateChanged, Strategy, TargetSelector, UpdateRequested,
 };
-use otaledger_domain::ids::new_event_id;
-use otaledger_domain::{Event, EventMeta};
+use otaledger_domain::Event;
 use otaledger_producers::kafka::{ensure_topics, EventProducer};
-use otaledger_tests::{config, eventually, otaledger_command, spawn_process, unique, Services};
+use otaledger_tests::{
+    config, event_at as event, eventually, otaledger_command, spawn_process, unique, Services,
+};
 use serde_json::Value;
 use tower::ServiceExt;
 
 const S: i64 = 1_000_000;
 const BASE: i64 = 1_790_000_000 * S;
-
-fn event(at: i64, payload: Payload) -> Event {
-    Event {
-        meta: EventMeta {
-            event_id: new_event_id(),
-            occurred_at: at,
-            recorded_at: at,
-            trace_id: "t".into(),
-        },
-        payload,
-    }
-}
 
 fn registered(i: usize, at: i64) -> Event {
     event(
