@@ -415,6 +415,19 @@ impl Saga {
                 }
             }
         }
+        // A verdict that opened the next wave starts it now rather than at the next tick.
+        let due: Vec<String> = out
+            .iter()
+            .map(|(id, _, _)| id.clone())
+            .filter(|id| {
+                self.rollouts
+                    .get(id)
+                    .is_some_and(|e| e.rollout.wave_due(now).is_some())
+            })
+            .collect();
+        for id in due {
+            self.start_due_wave(&id, now, &mut out).await?;
+        }
         let n = self.append(out).await?;
         if let Some(t) = oldest {
             #[allow(clippy::cast_precision_loss)]
@@ -426,6 +439,32 @@ impl Saga {
     }
 
     /// The clock input for every rollout, wave starts and joiners.
+    /// Starts the rollout's awaited wave if it may start now, resolving its devices.
+    async fn start_due_wave(
+        &mut self,
+        id: &str,
+        now: Micros,
+        out: &mut Vec<(String, Vec<Payload>, String)>,
+    ) -> Result<()> {
+        if self
+            .rollouts
+            .get(id)
+            .is_none_or(|e| e.rollout.wave_due(now).is_none())
+        {
+            return Ok(());
+        }
+        let targets = self.resolve(id, None).await?;
+        let Some(entry) = self.rollouts.get_mut(id) else {
+            return Ok(());
+        };
+        match entry.rollout.decide(Input::Start { now, targets }) {
+            Ok(events) => out.push((id.to_owned(), events, String::from("saga-start"))),
+            // No targets yet (the fleet view may still be filling): retried at the next tick.
+            Err(e) => tracing::debug!(rollout = %id, error = %e, "wave not started"),
+        }
+        Ok(())
+    }
+
     async fn tick(&mut self) -> Result<()> {
         let now = now_micros();
         let mut out = Vec::new();
@@ -436,22 +475,7 @@ impl Saga {
             .map(|(id, _)| id.clone())
             .collect();
         for id in ids {
-            let Some(entry) = self.rollouts.get(&id) else {
-                continue;
-            };
-            if entry.rollout.wave_due(now).is_some() {
-                let targets = self.resolve(&id, None).await?;
-                let Some(entry) = self.rollouts.get_mut(&id) else {
-                    continue;
-                };
-                match entry.rollout.decide(Input::Start { now, targets }) {
-                    Ok(events) => out.push((id.clone(), events, String::from("saga-start"))),
-                    Err(e) => {
-                        // No targets yet (the fleet view may still be filling): retried next tick.
-                        tracing::debug!(rollout = %id, error = %e, "wave not started");
-                    }
-                }
-            }
+            self.start_due_wave(&id, now, &mut out).await?;
             let Some(entry) = self.rollouts.get(&id) else {
                 continue;
             };

@@ -200,7 +200,7 @@ async fn a_rollout_moves_wave_by_wave_until_every_device_runs_the_release() {
             "selector": {"models": ["elevator-gen2", "elevator-gen3", "escalator-e1", "press-p500", "conveyor-c7"]},
             "strategy": {"waves_pct": [1, 10, 50, 100], "max_in_flight": 200,
                          "success_threshold_pct": 95, "failure_threshold_pct": 5,
-                         "min_devices_for_verdict": 1, "device_timeout_s": 60,
+                         "min_devices_for_verdict": 1, "device_timeout_s": 600,
                          "health_gate_window_s": 30, "rollback_policy": "on_abort"}
         }),
     )
@@ -347,7 +347,7 @@ async fn a_bad_release_aborts_at_the_canary_and_rolls_back_the_devices_that_upda
             "selector": {"models": ["elevator-gen2", "elevator-gen3", "escalator-e1", "press-p500", "conveyor-c7"]},
             "strategy": {"waves_pct": [10, 50, 100], "max_in_flight": 50,
                          "success_threshold_pct": 90, "failure_threshold_pct": 20,
-                         "min_devices_for_verdict": 20, "device_timeout_s": 60,
+                         "min_devices_for_verdict": 20, "device_timeout_s": 600,
                          "health_gate_window_s": 0, "rollback_policy": "on_abort"}
         }),
     )
@@ -575,7 +575,7 @@ async fn the_saga_and_the_dispatcher_killed_mid_rollout_lose_nothing_and_repeat_
             "selector": {"models": ["elevator-gen2", "elevator-gen3", "escalator-e1", "press-p500", "conveyor-c7"]},
             "strategy": {"waves_pct": [5, 50, 100], "max_in_flight": 40,
                          "success_threshold_pct": 95, "failure_threshold_pct": 5,
-                         "min_devices_for_verdict": 1, "device_timeout_s": 60,
+                         "min_devices_for_verdict": 1, "device_timeout_s": 600,
                          "health_gate_window_s": 30, "rollback_policy": "on_abort"}
         }),
     )
