@@ -45,8 +45,9 @@ fn done_line(what: &str, p: &Progress) {
     }
     #[allow(clippy::cast_precision_loss)]
     let rate = p.applied_offsets as f64 / p.elapsed.as_secs_f64().max(0.001);
+    // Each projection reads its topic whole: a ledger event read by two projections counts twice.
     println!(
-        "{what}: {} events in {:.1} s ({rate:.0} events/s)",
+        "{what}: {} events applied across the projections in {:.1} s ({rate:.0} events/s)",
         p.applied_offsets,
         p.elapsed.as_secs_f64()
     );
@@ -55,6 +56,9 @@ fn done_line(what: &str, p: &Progress) {
 async fn live_pool(cfg: &Config) -> Result<sqlx::PgPool, BoxError> {
     let pool = otaledger_consumers::db::pool(&cfg.database.url, &cfg.database.schema, 2).await?;
     otaledger_projections::migrations::migrate(&pool).await?;
+    // A live schema no projector has run on yet still has (empty) positions to compare and swap.
+    otaledger_consumers::db::create_if_missing(&pool, otaledger_consumers::ownership::OFFSETS_DDL)
+        .await?;
     Ok(pool)
 }
 
