@@ -729,3 +729,89 @@ async fn an_unroutable_gateway_command_is_retried_reported_and_dead_lettered() {
     );
     stack.trigger();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_operator_abort_cancels_devices_in_flight_and_rolls_back_the_updated_ones() {
+    let (cfg, app, stack) = start_stack("rollout_abort", true).await;
+    let behaviour = Behaviour {
+        install_ms: 1500,
+        ..Behaviour::default()
+    };
+    let (sim_stop, sim) = start_sim(sim_config(&cfg, 60, "a-", behaviour));
+    wait_fleet(&app, 60).await;
+    let id = request_rollout(
+        &app,
+        &json!({
+            "release": {"version": "3.3.3", "artifact_uri": "https://artifacts.example/fw/3.3.3.bin",
+                        "sha256": "34".repeat(32), "size_bytes": 1_000, "signature": "sig"},
+            "selector": {"models": ["elevator-gen2", "elevator-gen3", "escalator-e1", "press-p500", "conveyor-c7"]},
+            "strategy": {"waves_pct": [100], "max_in_flight": 10,
+                         "success_threshold_pct": 0, "failure_threshold_pct": 100,
+                         "min_devices_for_verdict": 1, "device_timeout_s": 600,
+                         "health_gate_window_s": 0, "rollback_policy": "on_abort"}
+        }),
+    )
+    .await;
+    // Once the first devices updated (and others are installing), the operator aborts.
+    eventually(
+        Duration::from_secs(60),
+        "a first device to update",
+        || async {
+            let (_, v) = call(&app, "GET", &format!("/v1/rollouts/{id}"), None).await;
+            (v["states"]["SUCCEEDED"].as_i64().unwrap_or(0) >= 10).then_some(())
+        },
+    )
+    .await;
+    let (status, _) = call(
+        &app,
+        "POST",
+        &format!("/v1/rollouts/{id}/abort"),
+        Some(&json!({"reason": "field reports"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let done = wait_state(&app, &id, &["ROLLED_BACK"], Duration::from_secs(60)).await;
+    assert!(
+        done["state_reason"]
+            .as_str()
+            .unwrap()
+            .contains("field reports"),
+        "{done}"
+    );
+    let events = rollout_events(&cfg).await;
+    let kinds = |k: CommandKind| {
+        events
+            .iter()
+            .filter(|e| matches!(&e.payload, Payload::DeviceCommanded(c) if c.kind == k))
+            .count()
+    };
+    let (rollbacks, cancels) = (kinds(CommandKind::Rollback), kinds(CommandKind::Cancel));
+    assert!(rollbacks >= 10, "{rollbacks} rollbacks");
+    assert!(cancels >= 1, "devices in flight were cancelled");
+    // Nothing new is commanded after the abort, and every device ends rolled back, cancelled
+    // or never commanded.
+    eventually(
+        Duration::from_secs(60),
+        "every rollback and cancel to be reported",
+        || async {
+            let (_, v) = call(&app, "GET", &format!("/v1/rollouts/{id}"), None).await;
+            let s = &v["states"];
+            let n = |k: &str| s[k].as_i64().unwrap_or(0);
+            (n("ROLLED_BACK") == i64::try_from(rollbacks).unwrap()
+                && n("CANCELLED") + n("ROLLED_BACK") + n("TARGETED")
+                    == v["targeted"].as_i64().unwrap())
+            .then_some(())
+        },
+    )
+    .await;
+    let (_, timeline) = call(&app, "GET", &format!("/v1/rollouts/{id}/decisions"), None).await;
+    assert!(
+        timeline
+            .to_string()
+            .contains("test-operator asked to abort: field reports"),
+        "{timeline}"
+    );
+    sim_stop.trigger();
+    sim.await.unwrap();
+    stack.trigger();
+}
