@@ -261,3 +261,67 @@ async fn the_parquet_export_matches_a_replay_and_survives_a_kill() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("exported 0 events"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_follow_keeps_exporting_as_events_arrive_and_stops_on_sigterm() {
+    let services = Services::get().await;
+    let name = unique("export_follow");
+    let cfg = config(&services, &name);
+    ensure_topics(&cfg.kafka).await.unwrap();
+    let producer = EventProducer::new(&cfg.kafka).unwrap();
+    let dir = std::env::temp_dir().join(&name);
+    let mut follow = otaledger_command(
+        &cfg,
+        &[
+            "export",
+            "parquet",
+            "--out",
+            dir.to_str().unwrap(),
+            "--follow",
+            "--flush-seconds",
+            "1",
+        ],
+        "export",
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
+    let count = |dir: std::path::PathBuf| async move {
+        if !dir.join("_checkpoint.json").exists() {
+            return 0;
+        }
+        let rows = duckdb(&format!(
+            "SELECT count(*) FROM read_parquet('{}/**/*.parquet', union_by_name=true)",
+            dir.display()
+        ));
+        rows[0][0].as_i64().unwrap()
+    };
+    for (round, total) in [(0, 1_000), (1, 1_500)] {
+        let batch: Vec<Event> = (0..if round == 0 { 1_000 } else { 500 })
+            .map(|i| event(T0 + round * DAY + i as i64, heartbeat(i, Some(-50))))
+            .collect();
+        producer.append_all(&batch).await.unwrap();
+        otaledger_tests::eventually(
+            Duration::from_secs(60),
+            "the follower to export them",
+            || {
+                let dir = dir.clone();
+                async move { (count(dir).await == total).then_some(()) }
+            },
+        )
+        .await;
+    }
+    let pid = follow.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = follow.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut follow.stdout.take().unwrap(), &mut text).unwrap();
+    assert!(text.contains("exported 1500 events"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
