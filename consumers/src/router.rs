@@ -132,6 +132,11 @@ impl Router {
                 });
             }
         }
+        // Kafka writes first, awaited after the database work: the two round trips overlap.
+        let mut pending = Vec::with_capacity(routed.len());
+        for e in &routed {
+            pending.push(self.producer.enqueue(e).await?);
+        }
         if !awaiting_set.is_empty() {
             let (mut put_d, mut put_r, mut put_v, mut del) = (vec![], vec![], vec![], vec![]);
             for (d, v) in awaiting_set {
@@ -163,7 +168,9 @@ impl Router {
             .db("storing devices awaiting a heartbeat")?;
         }
         // Kafka has every routed report before the offsets that skip their sources commit.
-        self.producer.append_all(&routed).await?;
+        for p in pending {
+            p.acked().await?;
+        }
         self.routed.add(routed.len() as u64);
         Ok(())
     }

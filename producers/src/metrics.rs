@@ -52,6 +52,20 @@ struct HistogramInner {
 pub struct Histogram(Arc<HistogramInner>);
 
 impl Histogram {
+    /// Observations so far.
+    #[must_use]
+    pub fn count(&self) -> u64 {
+        self.0.count.load(Ordering::Relaxed)
+    }
+
+    /// Sum of the observations so far, in seconds.
+    #[must_use]
+    pub fn sum_seconds(&self) -> f64 {
+        #[allow(clippy::cast_precision_loss)]
+        let s = self.0.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        s
+    }
+
     pub fn observe(&self, seconds: f64) {
         for (i, le) in BUCKETS.iter().enumerate() {
             if seconds <= *le {
