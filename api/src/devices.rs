@@ -42,18 +42,7 @@ fn filter_from(q: ListQuery) -> Result<DeviceFilter, ApiError> {
             ))
         }
     };
-    let limit = match q.limit.as_deref() {
-        None => 100,
-        Some(l) => match l.parse::<i64>() {
-            Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
-            _ => {
-                return Err(ApiError::bad_request(
-                    "invalid_parameter",
-                    format!("limit must be a whole number from 1 to {MAX_PAGE}, not {l:?}"),
-                ))
-            }
-        },
-    };
+    let limit = page_limit(q.limit.as_deref())?;
     let non_empty = |name: &str, v: Option<String>| match v {
         Some(s) if s.is_empty() || s.len() > 256 => Err(ApiError::bad_request(
             "invalid_parameter",
@@ -124,18 +113,7 @@ async fn history(
     use otaledger_projections::history;
     check_device_id(&id)?;
     let Query(q) = q.map_err(|e| ApiError::bad_request("invalid_parameter", e.body_text()))?;
-    let limit = match q.limit.as_deref() {
-        None => 100,
-        Some(l) => match l.parse::<i64>() {
-            Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
-            _ => {
-                return Err(ApiError::bad_request(
-                    "invalid_parameter",
-                    format!("limit must be a whole number from 1 to {MAX_PAGE}, not {l:?}"),
-                ))
-            }
-        },
-    };
+    let limit = page_limit(q.limit.as_deref())?;
     let items = history::history(&s.pool, &id, q.cursor.as_deref(), limit)
         .await
         .map_err(|e| match e {
@@ -158,6 +136,20 @@ async fn history(
         items,
         next_cursor,
     }))
+}
+
+/// The `limit` query parameter: 100 when absent, 1 to [`MAX_PAGE`].
+pub(crate) fn page_limit(l: Option<&str>) -> Result<i64, ApiError> {
+    match l {
+        None => Ok(100),
+        Some(l) => match l.parse::<i64>() {
+            Ok(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
+            _ => Err(ApiError::bad_request(
+                "invalid_parameter",
+                format!("limit must be a whole number from 1 to {MAX_PAGE}, not {l:?}"),
+            )),
+        },
+    }
 }
 
 fn check_device_id(id: &str) -> Result<(), ApiError> {

@@ -12,9 +12,8 @@ use otaledger_projections::rollouts::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::devices::page_limit;
 use crate::{ApiError, AppState};
-
-const MAX_PAGE: i64 = 1000;
 
 pub(crate) fn routes(state: AppState) -> Router {
     Router::new()
@@ -31,19 +30,6 @@ struct PageQuery {
     state: Option<String>,
     cursor: Option<String>,
     limit: Option<String>,
-}
-
-fn limit(l: Option<&str>) -> Result<i64, ApiError> {
-    match l {
-        None => Ok(100),
-        Some(l) => match l.parse::<i64>() {
-            Ok(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
-            _ => Err(ApiError::bad_request(
-                "invalid_parameter",
-                format!("limit must be a whole number from 1 to {MAX_PAGE}, not {l:?}"),
-            )),
-        },
-    }
 }
 
 fn query(q: Result<Query<PageQuery>, QueryRejection>) -> Result<PageQuery, ApiError> {
@@ -86,7 +72,7 @@ async fn list(
     q: Result<Query<PageQuery>, QueryRejection>,
 ) -> Result<Json<Page<RolloutRow>>, ApiError> {
     let q = query(q)?;
-    let n = limit(q.limit.as_deref())?;
+    let n = page_limit(q.limit.as_deref())?;
     if let Some(st) = q.state.as_deref() {
         if !ROLLOUT_STATES.contains(&st) {
             return Err(ApiError::bad_request(
@@ -159,7 +145,7 @@ async fn devices(
 ) -> Result<Json<Page<RolloutDeviceRow>>, ApiError> {
     check_id(&id)?;
     let q = query(q)?;
-    let n = limit(q.limit.as_deref())?;
+    let n = page_limit(q.limit.as_deref())?;
     let state = q.state.map(|s| s.to_uppercase());
     if let Some(st) = state.as_deref() {
         if !DEVICE_STATES.contains(&st) {
@@ -192,7 +178,7 @@ async fn decisions(
 ) -> Result<Json<Page<DecisionRow>>, ApiError> {
     check_id(&id)?;
     let q = query(q)?;
-    let n = limit(q.limit.as_deref())?;
+    let n = page_limit(q.limit.as_deref())?;
     if q.state.is_some() {
         return Err(ApiError::bad_request(
             "invalid_parameter",
