@@ -139,7 +139,10 @@ impl Dispatcher {
         producer: EventProducer,
         member: &str,
     ) -> Result<Self> {
-        let client_id = format!("otaledger-dispatcher-{member}");
+        // Unique per process: two dispatchers sharing an id would take the session from each
+        // other forever (seen with a stray process of the same member name). Commands need no
+        // persistent session: they are published, never subscribed to.
+        let client_id = format!("otaledger-dispatcher-{member}-{}", std::process::id());
         let mut opts = cfg.mqtt.options(&client_id);
         opts.set_clean_session(true);
         opts.set_inflight(1000);

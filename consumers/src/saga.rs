@@ -57,6 +57,8 @@ pub struct SagaConfig {
 }
 
 const CONSUMER: &str = "saga";
+/// How long a fold may stay short of the high watermarks it saw before the saga decides anyway.
+const FOLD_PATIENCE: Duration = Duration::from_secs(60);
 
 struct Entry {
     rollout: Rollout,
@@ -86,6 +88,8 @@ pub struct Saga {
     gateways: HashMap<String, Option<String>>,
     /// Next offset to fold, per owned partition.
     read_upto: HashMap<i32, i64>,
+    /// High watermarks when the fold began: it is not complete before reaching them.
+    fold_targets: HashMap<i32, i64>,
     metrics: Metrics,
 }
 
@@ -155,6 +159,7 @@ impl Saga {
             emitted: HashSet::new(),
             gateways: HashMap::new(),
             read_upto: HashMap::new(),
+            fold_targets: HashMap::new(),
             metrics,
         }
     }
@@ -191,6 +196,7 @@ impl Saga {
         // While folding, inputs past the stored offsets wait here.
         let mut settling: Option<Vec<Record>> = None;
         let mut last_record = tokio::time::Instant::now();
+        let mut fold_started = tokio::time::Instant::now();
         loop {
             if shutdown.is_triggered() {
                 break;
@@ -201,11 +207,17 @@ impl Saga {
                     self.reset(&consumer, &ownership)?;
                     settling = Some(Vec::new());
                     last_record = now;
+                    fold_started = now;
                 }
                 next_rebalance = now + cfg.rebalance_every;
             }
             if let Some(pending) = settling.take() {
-                if now.duration_since(last_record) >= cfg.settle {
+                let quiet = now.duration_since(last_record) >= cfg.settle;
+                let reached = self.folded_to_watermarks();
+                if quiet && !reached && now.duration_since(fold_started) > FOLD_PATIENCE {
+                    tracing::warn!(?self.fold_targets, ?self.read_upto, "the fold stays short of the high watermarks; deciding anyway");
+                }
+                if quiet && (reached || now.duration_since(fold_started) > FOLD_PATIENCE) {
                     tracing::info!(
                         rollouts = self.rollouts.len(),
                         pending = pending.len(),
@@ -312,11 +324,30 @@ impl Saga {
         self.reset(consumer, ownership)
     }
 
+    /// Whether every owned partition was read at least to the high watermark seen when the fold
+    /// began (a lower bound on tansu; the quiet period covers the rest). Without it a slow first
+    /// fetch looked like an empty partition and the saga decided on an empty state.
+    fn folded_to_watermarks(&self) -> bool {
+        self.fold_targets
+            .iter()
+            .all(|(p, high)| self.read_upto.get(p).copied().unwrap_or(0) >= *high)
+    }
+
     /// Forgets everything and reads the owned partitions from the start.
     fn reset(&mut self, consumer: &StreamConsumer, ownership: &Ownership) -> Result<()> {
         self.rollouts.clear();
         self.emitted.clear();
         self.read_upto.clear();
+        self.fold_targets.clear();
+        for p in ownership.owned().keys() {
+            let (_, high) = consumer
+                .fetch_watermarks(&self.cfg.topic, *p, Duration::from_secs(10))
+                .map_err(|source| Error::Kafka {
+                    context: "reading high watermarks".into(),
+                    source,
+                })?;
+            self.fold_targets.insert(*p, high);
+        }
         let mut tpl = TopicPartitionList::new();
         for p in ownership.owned().keys() {
             tpl.add_partition_offset(&self.cfg.topic, *p, Offset::Beginning)

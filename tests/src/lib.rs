@@ -287,10 +287,34 @@ pub fn binary() -> PathBuf {
     bin
 }
 
+/// A child process killed (SIGKILL) and reaped when dropped, so a failing test leaves no
+/// component running that could interfere with the next one.
+#[derive(Debug)]
+pub struct Process(pub Child);
+
+impl Process {
+    /// Kills the process now (SIGKILL) and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// Starts `otaledger run <component>` with the test's configuration in its environment.
 #[must_use]
-pub fn spawn_process(cfg: &Config, component: &str, member: &str, log: &std::path::Path) -> Child {
-    spawn_command(cfg, &["run", component], member, log)
+pub fn spawn_process(
+    cfg: &Config,
+    component: &str,
+    member: &str,
+    log: &std::path::Path,
+) -> Process {
+    Process(spawn_command(cfg, &["run", component], member, log))
 }
 
 /// `otaledger <args>` with the whole test configuration in its environment, not started.

@@ -4,7 +4,6 @@
 //! equal a plain in-memory fold of the whole topic: nothing lost, nothing applied twice.
 
 use std::collections::BTreeMap;
-use std::process::Child;
 use std::time::Duration;
 
 use otaledger_cli::components::prepare;
@@ -166,10 +165,9 @@ async fn assert_table_equals_fold(cfg: &Config, pool: &PgPool) {
     assert_eq!(total, want.len() as i64);
 }
 
-fn kill(child: &mut Child) {
+fn kill(child: &mut otaledger_tests::Process) {
     // SIGKILL: no chance to finish a batch or release anything.
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill();
 }
 
 fn log_path(name: &str, what: &str) -> std::path::PathBuf {
