@@ -96,30 +96,16 @@ impl<P: Projection> Runner<P> {
     /// committed together.
     pub async fn run(mut self, mut shutdown: ShutdownSignal) -> Result<()> {
         let cfg = self.cfg.clone();
-        let partitions = wait_for_topic(&cfg.kafka, &cfg.topic, Duration::from_secs(60)).await?;
-        let lock_conn = db::connection(&cfg.database_url, &cfg.schema).await?;
-        let mut ownership = Ownership::join(
-            self.pool.clone(),
-            lock_conn,
+        let (mut ownership, consumer) = join_partitions(
+            &self.pool,
+            &cfg.kafka,
+            &cfg.database_url,
             &cfg.schema,
             &cfg.consumer,
             &cfg.topic,
             &cfg.member,
-            partitions,
         )
         .await?;
-        let consumer: StreamConsumer = client_config(&cfg.kafka)
-            .set("group.id", format!("otaledger-{}", cfg.consumer))
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("queued.min.messages", "200000")
-            .set("fetch.wait.max.ms", "10")
-            .create()
-            .map_err(|source| Error::Kafka {
-                context: "creating consumer".into(),
-                source,
-            })?;
         let applied = REGISTRY.counter(
             "otaledger_consumer_events_total",
             "Events applied by a ledger consumer",
@@ -140,7 +126,7 @@ impl<P: Projection> Runner<P> {
             "Partitions this instance owns",
             &[("consumer", &cfg.consumer)],
         );
-        tracing::info!(consumer = %cfg.consumer, topic = %cfg.topic, member = %cfg.member, partitions, "consumer starting");
+        tracing::info!(consumer = %cfg.consumer, topic = %cfg.topic, member = %cfg.member, "consumer starting");
         let mut next_rebalance = tokio::time::Instant::now();
         loop {
             if shutdown.is_triggered() {
@@ -246,6 +232,44 @@ impl<P: Projection> Runner<P> {
         tracing::info!(consumer = %cfg.consumer, "consumer stopped");
         Ok(())
     }
+}
+
+/// What every ledger consumer starts with: the topic, membership in its partition ownership
+/// (ADR 0001) and a Kafka consumer that only ever reads with `assign()`.
+pub async fn join_partitions(
+    pool: &PgPool,
+    kafka: &KafkaConfig,
+    database_url: &str,
+    schema: &str,
+    consumer: &str,
+    topic: &str,
+    member: &str,
+) -> Result<(Ownership, StreamConsumer)> {
+    let partitions = wait_for_topic(kafka, topic, Duration::from_secs(60)).await?;
+    let lock_conn = db::connection(database_url, schema).await?;
+    let ownership = Ownership::join(
+        pool.clone(),
+        lock_conn,
+        schema,
+        consumer,
+        topic,
+        member,
+        partitions,
+    )
+    .await?;
+    let stream: StreamConsumer = client_config(kafka)
+        .set("group.id", format!("otaledger-{consumer}"))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("queued.min.messages", "200000")
+        .set("fetch.wait.max.ms", "10")
+        .create()
+        .map_err(|source| Error::Kafka {
+            context: format!("creating the {consumer} consumer"),
+            source,
+        })?;
+    Ok((ownership, stream))
 }
 
 fn assign(consumer: &StreamConsumer, topic: &str, ownership: &Ownership) -> Result<()> {

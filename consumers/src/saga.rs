@@ -26,7 +26,7 @@ use otaledger_domain::time::{now_micros, Micros};
 use otaledger_domain::{Event, EventMeta};
 use otaledger_producers::config::KafkaConfig;
 use otaledger_producers::dead_letters::{dead_letter, Origin, Rejection};
-use otaledger_producers::kafka::{client_config, wait_for_topic, EventProducer, Pending};
+use otaledger_producers::kafka::{EventProducer, Pending};
 use otaledger_producers::metrics::{Counter, Gauge, Histogram, REGISTRY};
 use otaledger_producers::shutdown::ShutdownSignal;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -36,7 +36,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::ownership::Ownership;
-use crate::{db, DbContext, Error, Result};
+use crate::{DbContext, Error, Result};
 
 #[derive(Debug, Clone)]
 pub struct SagaConfig {
@@ -167,29 +167,16 @@ impl Saga {
     /// Runs until shutdown.
     pub async fn run(mut self, mut shutdown: ShutdownSignal) -> Result<()> {
         let cfg = self.cfg.clone();
-        let partitions = wait_for_topic(&cfg.kafka, &cfg.topic, Duration::from_secs(60)).await?;
-        let lock_conn = db::connection(&cfg.database_url, &cfg.schema).await?;
-        let mut ownership = Ownership::join(
-            self.pool.clone(),
-            lock_conn,
+        let (mut ownership, consumer) = crate::runner::join_partitions(
+            &self.pool,
+            &cfg.kafka,
+            &cfg.database_url,
             &cfg.schema,
             CONSUMER,
             &cfg.topic,
             &cfg.member,
-            partitions,
         )
         .await?;
-        let consumer: StreamConsumer = client_config(&cfg.kafka)
-            .set("group.id", "otaledger-saga")
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("fetch.wait.max.ms", "10")
-            .create()
-            .map_err(|source| Error::Kafka {
-                context: "creating saga consumer".into(),
-                source,
-            })?;
         tracing::info!(member = %cfg.member, topic = %cfg.topic, "rollout saga starting");
         let mut next_rebalance = tokio::time::Instant::now();
         let mut next_tick = tokio::time::Instant::now();

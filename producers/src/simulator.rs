@@ -480,7 +480,7 @@ impl Sim<'_> {
             ("update", Some(release), _) => {
                 let d = &self.devices[i];
                 let v = release.version;
-                let (model, from) = (d.model.as_str(), d.firmware_version.as_str());
+                let model = d.model.as_str();
                 if b.silent
                     .iter()
                     .any(|r| r.hits(&d.device_id, model, &v, "silent"))
@@ -502,7 +502,6 @@ impl Sim<'_> {
                         version: v.clone(),
                     }
                 };
-                let _ = from;
                 self.life[i].busy = Some(c.command_id);
                 if b.progress {
                     let body = json!({"kind": "progress", "rollout_id": c.rollout_id,

@@ -232,8 +232,7 @@ pub async fn build_shadow(
         if reached && quiet {
             break p;
         }
-        if let Some(t) = tasks.iter().find(|t| t.is_finished()) {
-            let _ = t;
+        if tasks.iter().any(tokio::task::JoinHandle::is_finished) {
             return Err(Error::Other("a rebuild projector stopped early".into()));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
