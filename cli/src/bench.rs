@@ -900,6 +900,8 @@ async fn open_loop(
 struct LagProbe {
     inner: FleetProjector,
     samples: std::sync::Arc<std::sync::Mutex<Vec<i64>>>,
+    /// Occurred-at of the events folded into the pending transaction.
+    folded: Vec<i64>,
 }
 
 impl otaledger_consumers::Projection for LagProbe {
@@ -913,14 +915,25 @@ impl otaledger_consumers::Projection for LagProbe {
 
     fn ownership_changed(&mut self) {
         self.inner.ownership_changed();
+        self.folded.clear();
     }
 
     fn committed(&mut self, events: &[otaledger_consumers::Positioned]) {
         self.inner.committed(events);
         let now = now_micros();
         if let Ok(mut s) = self.samples.lock() {
-            s.extend(events.iter().map(|e| now - e.event.meta.occurred_at));
+            s.extend(self.folded.drain(..).map(|at| now - at));
         }
+    }
+
+    fn fold(&mut self, events: &[otaledger_consumers::Positioned]) -> bool {
+        self.folded
+            .extend(events.iter().map(|e| e.event.meta.occurred_at));
+        self.inner.fold(events)
+    }
+
+    fn folded_rows(&self) -> usize {
+        self.inner.folded_rows()
     }
 }
 
@@ -941,6 +954,7 @@ async fn steady_lag(
     let probe = LagProbe {
         inner: FleetProjector::new(),
         samples: samples.clone(),
+        folded: Vec::new(),
     };
     let runner_cfg = crate::components::projector_runner_config(cfg, schema, "lag");
     let shutdown = Shutdown::new();

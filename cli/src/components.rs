@@ -87,6 +87,9 @@ pub fn projector_runner_config(cfg: &Config, schema: &str, member: &str) -> Runn
         member: member.to_owned(),
         batch_max: cfg.projector.batch_max,
         batch_wait: Duration::from_millis(cfg.projector.batch_wait_ms),
+        fold_max_events: cfg.projector.fold_max_events,
+        fold_max_rows: cfg.projector.fold_max_rows,
+        fold_max_wait: Duration::from_millis(cfg.projector.fold_max_wait_ms),
         rebalance_every: Duration::from_millis(cfg.projector.rebalance_ms),
         kafka: cfg.kafka.clone(),
         stop_at: None,
@@ -183,7 +186,7 @@ pub async fn run(
         Component::History => {
             let pool = migrated_pool(&cfg).await?;
             let rc = runner_config(&cfg, "history", cfg.kafka.topics().device_events);
-            Runner::new(rc, HistoryProjector, producer.clone(), pool)
+            Runner::new(rc, HistoryProjector::new(), producer.clone(), pool)
                 .run(shutdown)
                 .await
                 .map_err(Into::into)

@@ -49,6 +49,13 @@ impl Default for HttpConfig {
 pub struct ProjectorConfig {
     pub batch_max: usize,
     pub batch_wait_ms: u64,
+    /// While batches arrive full (catching up), projections that fold (the fleet view, the
+    /// device history) write up to this many events ...
+    pub fold_max_events: usize,
+    /// ... or this many rows ...
+    pub fold_max_rows: usize,
+    /// ... or this long's worth in one transaction.
+    pub fold_max_wait_ms: u64,
     /// How often ownership is rechecked: the failover time after an instance dies.
     pub rebalance_ms: u64,
     /// Unique per instance; host name and process id when empty.
@@ -60,6 +67,9 @@ impl Default for ProjectorConfig {
         ProjectorConfig {
             batch_max: 5000,
             batch_wait_ms: 20,
+            fold_max_events: 100_000,
+            fold_max_rows: 50_000,
+            fold_max_wait_ms: 1000,
             rebalance_ms: 2000,
             member: String::new(),
         }

@@ -132,16 +132,25 @@ pub async fn verify(cfg: &Config, keep_shadow: bool) -> Result<usize, BoxError> 
     };
     let p = rebuild::build_shadow(&plan, progress("verify")).await?;
     done_line("verify rebuild", &p);
-    let live_counts = rebuild::row_counts(&pool, &live).await?;
-    let rebuilt_counts = rebuild::row_counts(&pool, &shadow).await?;
-    for (t, n) in &live_counts {
-        let r = rebuilt_counts.get(t).copied().unwrap_or(0);
-        let mark = if *n == r { "" } else { "  <- differs" };
+    let c = rebuild::compare(&pool, &cfg.kafka, &live, &shadow, &positions, 50).await?;
+    for (t, n, r) in &c.counts {
+        let mark = if n == r { "" } else { "  <- differs" };
         println!("{t:<18} live {n:>10}  rebuilt {r:>10}{mark}");
     }
-    let stop = positions.get("projector").cloned().unwrap_or_default();
-    let diffs = rebuild::diff(&pool, &live, &shadow, &stop, 50).await?;
-    for d in &diffs {
+    if !c.moved.devices.is_empty() || !c.moved.rollouts.is_empty() {
+        println!(
+            "left out: {} device(s) and {} rollout(s) with events the live projections applied \
+             during verify{}",
+            c.moved.devices.len(),
+            c.moved.rollouts.len(),
+            if c.moved.devices.is_empty() {
+                ""
+            } else {
+                "; fleet_counts checked against the live devices"
+            }
+        );
+    }
+    for d in &c.diffs {
         println!(
             "{} {}:\n  live:    {}\n  rebuilt: {}",
             d.table,
@@ -150,15 +159,11 @@ pub async fn verify(cfg: &Config, keep_shadow: bool) -> Result<usize, BoxError> 
             d.rebuilt.as_deref().unwrap_or("(missing)")
         );
     }
-    let count_diffs = live_counts
-        .iter()
-        .filter(|(t, n)| rebuilt_counts.get(*t) != Some(n))
-        .count();
-    let n = diffs.len().max(count_diffs);
+    let n = c.differences();
     if n == 0 {
         println!("verify: the live projections equal a rebuild from the ledger");
     } else {
-        println!("verify: {} differing rows", diffs.len());
+        println!("verify: {} differing rows", c.diffs.len());
     }
     if !keep_shadow {
         drop_schema(&pool, &shadow).await?;

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use otaledger_domain::device_view::Position;
+use otaledger_domain::time::Micros;
 use otaledger_domain::Event;
 use otaledger_producers::config::KafkaConfig;
 use otaledger_producers::dead_letters::{dead_letter, Origin, Rejection};
@@ -39,8 +40,25 @@ pub trait Projection: Send {
     fn committed(&mut self, _events: &[Positioned]) {}
 
     /// Called when the owned partitions changed or this instance was fenced: anything the
-    /// projection remembers about rows of other partitions may be stale.
+    /// projection remembers about rows of other partitions may be stale, and anything it
+    /// folded but did not write is void (those events will be read again).
     fn ownership_changed(&mut self) {}
+
+    /// Folds a decoded batch into what the next [`Projection::apply`] writes, for projections
+    /// whose rows absorb many events (a device's heartbeats). Returns `false` when the
+    /// projection does not fold: the runner then keeps the events and passes them to `apply`.
+    /// A folding projection lets the runner gather several batches into one transaction
+    /// without holding their events, so catching up writes each row once per transaction
+    /// instead of once per batch.
+    fn fold(&mut self, _events: &[Positioned]) -> bool {
+        false
+    }
+
+    /// Rows a folding projection would write now (the runner commits before it exceeds
+    /// `RunnerConfig::fold_max_rows`).
+    fn folded_rows(&self) -> usize {
+        0
+    }
 }
 
 /// A boxed, sendable future (naming the type sidesteps rustc's higher-ranked `Send` inference
@@ -58,6 +76,13 @@ pub struct RunnerConfig {
     pub member: String,
     pub batch_max: usize,
     pub batch_wait: Duration,
+    /// Folding projections gather batches into one transaction while batches arrive full (the
+    /// consumer is behind), up to this many events ...
+    pub fold_max_events: usize,
+    /// ... or this many folded rows ...
+    pub fold_max_rows: usize,
+    /// ... or for this long. A batch that is not full (caught up) commits at once.
+    pub fold_max_wait: Duration,
     pub rebalance_every: Duration,
     pub kafka: KafkaConfig,
     /// Rebuilds stop at these offsets (per partition, exclusive): records at or past them are
@@ -92,8 +117,8 @@ impl<P: Projection> Runner<P> {
         }
     }
 
-    /// Consumes until shutdown. Stopping between batches loses nothing: offsets and rows were
-    /// committed together.
+    /// Consumes until shutdown. Stopping between transactions loses nothing: offsets and rows
+    /// were committed together, and whatever was read but not committed is read again.
     pub async fn run(mut self, mut shutdown: ShutdownSignal) -> Result<()> {
         let cfg = self.cfg.clone();
         let (mut ownership, consumer) = join_partitions(
@@ -106,131 +131,243 @@ impl<P: Projection> Runner<P> {
             &cfg.member,
         )
         .await?;
-        let applied = REGISTRY.counter(
-            "otaledger_consumer_events_total",
-            "Events applied by a ledger consumer",
-            &[("consumer", &cfg.consumer)],
-        );
-        let batch_seconds = REGISTRY.histogram(
-            "otaledger_consumer_batch_seconds",
-            "Time to apply one batch and commit it with its offsets",
-            &[("consumer", &cfg.consumer)],
-        );
-        let lag_seconds = REGISTRY.histogram(
-            "otaledger_consumer_commit_lag_seconds",
-            "From an event's recorded-at time to the commit of the batch that applied it",
-            &[("consumer", &cfg.consumer)],
-        );
-        let owned_gauge = REGISTRY.gauge(
-            "otaledger_consumer_owned_partitions",
-            "Partitions this instance owns",
-            &[("consumer", &cfg.consumer)],
-        );
+        let m = Metrics::new(&cfg.consumer);
         tracing::info!(consumer = %cfg.consumer, topic = %cfg.topic, member = %cfg.member, "consumer starting");
         let mut next_rebalance = tokio::time::Instant::now();
+        let mut pending = Pending::default();
+        // A read that was started while the previous transaction committed (so that fetching
+        // and decoding overlap the database's work), and its batch if it already finished.
+        let mut reading: Option<BoxFuture<'_, Vec<Raw>>> = None;
+        let mut prefetched: Option<Vec<Raw>> = None;
         loop {
             if shutdown.is_triggered() {
                 break;
             }
-            if tokio::time::Instant::now() >= next_rebalance {
+            if pending.is_empty() && tokio::time::Instant::now() >= next_rebalance {
                 if ownership.rebalance().await? {
                     self.projection.ownership_changed();
+                    // Reassigning seeks every partition to its stored offset: records already
+                    // read for the old assignment are dropped and read again if still owned.
+                    reading = None;
+                    prefetched = None;
                     assign(&consumer, &cfg.topic, &ownership)?;
                 }
-                owned_gauge.set(i64::try_from(ownership.owned().len()).unwrap_or(0));
+                m.owned
+                    .set(i64::try_from(ownership.owned().len()).unwrap_or(0));
                 next_rebalance = tokio::time::Instant::now() + cfg.rebalance_every;
             }
-            let batch = tokio::select! {
-                () = shutdown.wait() => break,
-                b = collect(&consumer, &cfg, next_rebalance) => b?,
-            };
-            let started = Instant::now();
-            let mut next: BTreeMap<i32, i64> = BTreeMap::new();
-            let mut events = Vec::with_capacity(batch.len());
-            let mut dead = Vec::new();
-            for raw in batch {
-                let Some(owned) = ownership.owned().get(&raw.partition) else {
-                    continue;
-                };
-                if cfg
-                    .stop_at
-                    .as_ref()
-                    .is_some_and(|s| raw.offset >= s.get(&raw.partition).copied().unwrap_or(0))
-                {
-                    continue;
-                }
-                let expected = next
-                    .get(&raw.partition)
-                    .copied()
-                    .unwrap_or(owned.next_offset);
-                if raw.offset < expected {
-                    continue; // already applied: a redelivery after reassignment
-                }
-                next.insert(raw.partition, raw.offset + 1);
-                match otaledger_schemas::decode(&raw.payload) {
-                    Ok(d) => events.push(Positioned {
-                        position: Position {
-                            partition: raw.partition,
-                            offset: raw.offset,
-                        },
-                        event: d.event,
-                    }),
-                    Err(e) => {
-                        let origin = Origin {
-                            source: "kafka",
-                            channel: &cfg.topic,
-                            partition: Some(raw.partition),
-                            offset: Some(raw.offset),
-                        };
-                        let rejection = Rejection::new("undecodable", e.to_string());
-                        dead.push(
-                            dead_letter(
-                                &self.producer,
-                                &origin,
-                                &raw.key,
-                                &raw.payload,
-                                &rejection,
-                            )
-                            .await?,
-                        );
+            let batch = match prefetched.take() {
+                Some(b) => b,
+                None => {
+                    let until = pending.started.map_or(next_rebalance, |s| {
+                        (tokio::time::Instant::from_std(s) + cfg.fold_max_wait).min(next_rebalance)
+                    });
+                    let read = reading
+                        .take()
+                        .unwrap_or_else(|| Box::pin(collect(&consumer, &cfg, until)));
+                    tokio::select! {
+                        () = shutdown.wait() => break,
+                        b = read => b,
                     }
                 }
-            }
-            if next.is_empty() {
+            };
+            let full = batch.len() >= cfg.batch_max;
+            self.stage(batch, &ownership, &mut pending).await?;
+            if pending.is_empty() {
                 continue;
             }
-            // Dead letters must be safe in Kafka before the offsets that skip them are stored.
-            for d in dead {
-                d.acked().await?;
+            let started = *pending.started.get_or_insert_with(Instant::now);
+            let gather = full
+                && pending.events.is_empty()
+                && pending.recorded_at.len() < cfg.fold_max_events
+                && self.projection.folded_rows() < cfg.fold_max_rows
+                && started.elapsed() < cfg.fold_max_wait;
+            if gather {
+                continue;
             }
-            let mut tx = self.pool.begin().await.db("beginning batch")?;
-            self.projection.apply(&mut tx, &events).await?;
-            if !ownership.store_offsets(&mut tx, &next).await? {
-                tx.rollback().await.db("rolling back fenced batch")?;
+            let mut read = reading
+                .take()
+                .unwrap_or_else(|| Box::pin(collect(&consumer, &cfg, next_rebalance)));
+            let mut read_done = None;
+            let committed = {
+                let commit = commit(&mut self.projection, &self.pool, &mut ownership, &pending);
+                tokio::pin!(commit);
+                loop {
+                    tokio::select! {
+                        r = &mut commit => break r?,
+                        b = &mut read, if read_done.is_none() => read_done = Some(b),
+                    }
+                }
+            };
+            if !committed {
                 tracing::warn!(consumer = %cfg.consumer, "fenced by a newer owner; giving up partitions");
                 ownership.release_all().await?;
                 self.projection.ownership_changed();
+                pending = Pending::default();
                 next_rebalance = tokio::time::Instant::now();
                 continue;
             }
-            tx.commit().await.db("committing batch")?;
-            for (p, n) in next {
-                if let Some(o) = ownership.owned_mut().get_mut(&p) {
-                    o.next_offset = n;
+            match read_done {
+                Some(b) => prefetched = Some(b),
+                None => reading = Some(read),
+            }
+            for (p, n) in &pending.next {
+                if let Some(o) = ownership.owned_mut().get_mut(p) {
+                    o.next_offset = *n;
                 }
             }
-            applied.add(events.len() as u64);
-            batch_seconds.observe(started.elapsed().as_secs_f64());
+            m.applied.add(pending.recorded_at.len() as u64);
+            m.batch_seconds.observe(started.elapsed().as_secs_f64());
             let now = otaledger_domain::time::now_micros();
-            for e in &events {
+            for r in &pending.recorded_at {
                 #[allow(clippy::cast_precision_loss)]
-                lag_seconds.observe((now - e.event.meta.recorded_at).max(0) as f64 / 1e6);
+                m.lag_seconds.observe((now - r).max(0) as f64 / 1e6);
             }
-            self.projection.committed(&events);
+            self.projection.committed(&pending.events);
+            pending = Pending::default();
         }
+        drop(reading);
         ownership.release_all().await?;
         tracing::info!(consumer = %cfg.consumer, "consumer stopped");
         Ok(())
+    }
+
+    /// Decodes the records of owned partitions not applied yet, dead-letters what cannot be
+    /// decoded, and folds or keeps the rest for the next transaction.
+    async fn stage(
+        &mut self,
+        batch: Vec<Raw>,
+        ownership: &Ownership,
+        pending: &mut Pending,
+    ) -> Result<()> {
+        let mut events = Vec::with_capacity(batch.len());
+        let mut dead = Vec::new();
+        for raw in batch {
+            let Some(owned) = ownership.owned().get(&raw.partition) else {
+                continue;
+            };
+            if self
+                .cfg
+                .stop_at
+                .as_ref()
+                .is_some_and(|s| raw.offset >= s.get(&raw.partition).copied().unwrap_or(0))
+            {
+                continue;
+            }
+            let expected = pending
+                .next
+                .get(&raw.partition)
+                .copied()
+                .unwrap_or(owned.next_offset);
+            if raw.offset < expected {
+                continue; // already applied: a redelivery after reassignment
+            }
+            pending.next.insert(raw.partition, raw.offset + 1);
+            match otaledger_schemas::decode(&raw.payload) {
+                Ok(d) => events.push(Positioned {
+                    position: Position {
+                        partition: raw.partition,
+                        offset: raw.offset,
+                    },
+                    event: d.event,
+                }),
+                Err(e) => {
+                    let origin = Origin {
+                        source: "kafka",
+                        channel: &self.cfg.topic,
+                        partition: Some(raw.partition),
+                        offset: Some(raw.offset),
+                    };
+                    let rejection = Rejection::new("undecodable", e.to_string());
+                    dead.push(
+                        dead_letter(&self.producer, &origin, &raw.key, &raw.payload, &rejection)
+                            .await?,
+                    );
+                }
+            }
+        }
+        // Dead letters must be safe in Kafka before the offsets that skip them are stored.
+        for d in dead {
+            d.acked().await?;
+        }
+        pending
+            .recorded_at
+            .extend(events.iter().map(|e| e.event.meta.recorded_at));
+        if !events.is_empty() && !self.projection.fold(&events) {
+            pending.events.extend(events);
+        }
+        Ok(())
+    }
+}
+
+/// What has been read but not yet committed.
+#[derive(Default)]
+struct Pending {
+    /// Per partition, the offset after the last record read.
+    next: BTreeMap<i32, i64>,
+    /// Events of a projection that does not fold.
+    events: Vec<Positioned>,
+    /// Of every event in the transaction, for the commit-lag metric.
+    recorded_at: Vec<Micros>,
+    /// When the first batch of the transaction was read.
+    started: Option<Instant>,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.next.is_empty()
+    }
+}
+
+/// Applies what is pending and stores its offsets in one transaction; `false` when this
+/// instance was fenced (nothing committed).
+async fn commit<P: Projection>(
+    projection: &mut P,
+    pool: &PgPool,
+    ownership: &mut Ownership,
+    pending: &Pending,
+) -> Result<bool> {
+    let mut tx = pool.begin().await.db("beginning batch")?;
+    projection.apply(&mut tx, &pending.events).await?;
+    if !ownership.store_offsets(&mut tx, &pending.next).await? {
+        tx.rollback().await.db("rolling back fenced batch")?;
+        return Ok(false);
+    }
+    tx.commit().await.db("committing batch")?;
+    Ok(true)
+}
+
+struct Metrics {
+    applied: otaledger_producers::metrics::Counter,
+    batch_seconds: otaledger_producers::metrics::Histogram,
+    lag_seconds: otaledger_producers::metrics::Histogram,
+    owned: otaledger_producers::metrics::Gauge,
+}
+
+impl Metrics {
+    fn new(consumer: &str) -> Self {
+        Metrics {
+            applied: REGISTRY.counter(
+                "otaledger_consumer_events_total",
+                "Events applied by a ledger consumer",
+                &[("consumer", consumer)],
+            ),
+            batch_seconds: REGISTRY.histogram(
+                "otaledger_consumer_batch_seconds",
+                "From reading a transaction's first batch to its commit with its offsets",
+                &[("consumer", consumer)],
+            ),
+            lag_seconds: REGISTRY.histogram(
+                "otaledger_consumer_commit_lag_seconds",
+                "From an event's recorded-at time to the commit of the batch that applied it",
+                &[("consumer", consumer)],
+            ),
+            owned: REGISTRY.gauge(
+                "otaledger_consumer_owned_partitions",
+                "Partitions this instance owns",
+                &[("consumer", consumer)],
+            ),
+        }
     }
 }
 
@@ -289,46 +426,40 @@ fn assign(consumer: &StreamConsumer, topic: &str, ownership: &Ownership) -> Resu
     })
 }
 
-/// Waits for a first record (until the next rebalance is due), then gathers more for up to
-/// `batch_wait` or `batch_max` records.
+/// Waits for a first record (until `until`), then gathers more for up to `batch_wait` or
+/// `batch_max` records.
 async fn collect(
     consumer: &StreamConsumer,
     cfg: &RunnerConfig,
     until: tokio::time::Instant,
-) -> Result<Vec<Raw>> {
+) -> Vec<Raw> {
     let mut batch = Vec::new();
     let first = tokio::time::timeout_at(until, consumer.recv()).await;
-    let Ok(first) = first else { return Ok(batch) };
-    push(&mut batch, first)?;
+    let Ok(first) = first else { return batch };
+    push(&mut batch, first);
     let deadline = tokio::time::Instant::now() + cfg.batch_wait;
     while batch.len() < cfg.batch_max {
         match tokio::time::timeout_at(deadline, consumer.recv()).await {
-            Ok(m) => push(&mut batch, m)?,
+            Ok(m) => push(&mut batch, m),
             Err(_) => break,
         }
     }
-    Ok(batch)
+    batch
 }
 
 fn push(
     batch: &mut Vec<Raw>,
     m: std::result::Result<rdkafka::message::BorrowedMessage<'_>, rdkafka::error::KafkaError>,
-) -> Result<()> {
+) {
     match m {
-        Ok(m) => {
-            batch.push(Raw {
-                partition: m.partition(),
-                offset: m.offset(),
-                key: m.key().map(<[u8]>::to_vec).unwrap_or_default(),
-                payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-            });
-            Ok(())
-        }
-        Err(e) => {
-            // Transient fetch errors (broker restart, leader change) are retried by librdkafka.
-            tracing::warn!(error = %e, "kafka fetch error");
-            Ok(())
-        }
+        Ok(m) => batch.push(Raw {
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec).unwrap_or_default(),
+            payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+        }),
+        // Transient fetch errors (broker restart, leader change) are retried by librdkafka.
+        Err(e) => tracing::warn!(error = %e, "kafka fetch error"),
     }
 }
 

@@ -19,14 +19,28 @@ use crate::{DbContext, Error, Result};
 /// A silence longer than this starts a new heartbeat run.
 pub const RUN_GAP_MICROS: Micros = 10 * 60 * 1_000_000;
 
-/// Projects `ota.device-events` into `device_history`.
+/// Projects `ota.device-events` into `device_history`. Heartbeats fold into runs across
+/// batches; each device's newest run is remembered once committed, so extending it needs no
+/// read while this instance owns the device's partition.
 #[derive(Debug, Default)]
-pub struct HistoryProjector;
+pub struct HistoryProjector {
+    /// The newest committed run per device.
+    open: HashMap<String, OpenRun>,
+    /// What the last `apply` wrote as each device's newest run, kept once it committed.
+    staged_open: Vec<(String, OpenRun)>,
+    /// Registrations and install reports folded since the last transaction.
+    rows: Vec<Row_>,
+    /// Heartbeat runs folded since the last transaction, per device.
+    runs: HashMap<String, DeviceRuns>,
+}
+
+/// The most devices whose newest run is remembered before the memory starts over.
+const OPEN_LIMIT: usize = 1_000_000;
 
 /// (device, partition, offset, version, until, count, first heartbeat) of a stored run.
 type RunRow = (String, i32, i64, String, DateTime<Utc>, i64, DateTime<Utc>);
 
-/// The open heartbeat run of a device: its row key, version and last heartbeat.
+/// A heartbeat run of a device: its row key (first heartbeat), version and last heartbeat.
 #[derive(Debug, Clone)]
 struct OpenRun {
     partition: i32,
@@ -37,6 +51,24 @@ struct OpenRun {
     first: DateTime<Utc>,
 }
 
+impl OpenRun {
+    /// Whether a heartbeat on `version` at `at` continues this run.
+    fn continued_by(&self, version: &str, at: DateTime<Utc>) -> bool {
+        self.version == version
+            && (at - self.until).num_microseconds().unwrap_or(i64::MAX) <= RUN_GAP_MICROS
+    }
+}
+
+/// A device's runs folded since the last transaction, oldest first.
+#[derive(Debug)]
+struct DeviceRuns {
+    runs: Vec<OpenRun>,
+    /// `false` while the first run may continue the device's stored run, which was not in
+    /// memory when the run began (resolved in `apply` with one read for all such devices).
+    resolved: bool,
+}
+
+#[derive(Debug)]
 struct Row_ {
     device_id: String,
     partition: i32,
@@ -52,73 +84,53 @@ fn run_summary(r: &OpenRun) -> String {
 }
 
 impl HistoryProjector {
-    async fn apply_batch(tx: &mut PgConnection, events: &[Positioned]) -> Result<()> {
-        let beating: Vec<String> = events
-            .iter()
-            .filter_map(|p| match &p.event.payload {
-                Payload::Heartbeat(h) => Some(h.device_id.clone()),
-                _ => None,
-            })
-            .collect();
-        let mut runs: HashMap<String, OpenRun> = HashMap::new();
-        if !beating.is_empty() {
-            let rows: Vec<RunRow> = sqlx::query_as(
-                "SELECT DISTINCT ON (device_id) device_id, partition, \"offset\", version,
-                            until_at, count, occurred_at
-                     FROM device_history WHERE device_id = ANY($1) AND event_type = 'Heartbeat'
-                     ORDER BY device_id, occurred_at DESC, partition DESC, \"offset\" DESC",
-            )
-            .bind(&beating)
-            .fetch_all(&mut *tx)
-            .await
-            .db("reading open heartbeat runs")?;
-            for (d, partition, offset, version, until, count, first) in rows {
-                runs.insert(
-                    d,
-                    OpenRun {
-                        partition,
-                        offset,
-                        version,
-                        until,
-                        count,
-                        first,
-                    },
-                );
-            }
-        }
-        let mut rows = Vec::new();
-        let mut touched: HashMap<String, OpenRun> = HashMap::new();
-        // Runs this batch extended and then closed with a new version or a silence.
-        let mut closed: Vec<(String, OpenRun)> = Vec::new();
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn fold_events(&mut self, events: &[Positioned]) {
         for p in events {
             let e = &p.event;
             let at = ts(e.meta.occurred_at);
             if let Payload::Heartbeat(h) = &e.payload {
-                let current = touched.get(&h.device_id).or_else(|| runs.get(&h.device_id));
-                let extends = current.is_some_and(|r| {
-                    r.version == h.firmware_version
-                        && (at - r.until).num_microseconds().unwrap_or(i64::MAX) <= RUN_GAP_MICROS
-                });
-                let next = match current {
-                    Some(r) if extends => OpenRun {
-                        until: r.until.max(at),
-                        count: r.count + 1,
-                        ..r.clone()
+                let fresh = || OpenRun {
+                    partition: p.position.partition,
+                    offset: p.position.offset,
+                    version: h.firmware_version.clone(),
+                    until: at,
+                    count: 1,
+                    first: at,
+                };
+                if let Some(d) = self.runs.get_mut(&h.device_id) {
+                    match d.runs.last_mut() {
+                        Some(r) if r.continued_by(&h.firmware_version, at) => {
+                            r.until = r.until.max(at);
+                            r.count += 1;
+                        }
+                        _ => d.runs.push(fresh()),
+                    }
+                    continue;
+                }
+                let d = match self.open.get(&h.device_id) {
+                    Some(r) if r.continued_by(&h.firmware_version, at) => DeviceRuns {
+                        runs: vec![OpenRun {
+                            until: r.until.max(at),
+                            count: r.count + 1,
+                            ..r.clone()
+                        }],
+                        resolved: true,
                     },
-                    _ => OpenRun {
-                        partition: p.position.partition,
-                        offset: p.position.offset,
-                        version: h.firmware_version.clone(),
-                        until: at,
-                        count: 1,
-                        first: at,
+                    Some(_) => DeviceRuns {
+                        runs: vec![fresh()],
+                        resolved: true,
+                    },
+                    None => DeviceRuns {
+                        runs: vec![fresh()],
+                        resolved: false,
                     },
                 };
-                if let Some(previous) = touched.insert(h.device_id.clone(), next) {
-                    if !extends {
-                        closed.push((h.device_id.clone(), previous));
-                    }
-                }
+                self.runs.insert(h.device_id.clone(), d);
                 continue;
             }
             let Some(summary) = describe(&e.payload) else {
@@ -130,7 +142,7 @@ impl HistoryProjector {
                 Payload::InstallResult(x) => &x.device_id,
                 _ => continue,
             };
-            rows.push(Row_ {
+            self.rows.push(Row_ {
                 device_id: device.clone(),
                 partition: p.position.partition,
                 offset: p.position.offset,
@@ -138,6 +150,51 @@ impl HistoryProjector {
                 event_type: e.event_type().name(),
                 summary,
             });
+        }
+    }
+
+    /// Writes what was folded. Runs whose device was not in memory are first joined to the
+    /// device's stored newest run when they continue it.
+    async fn write(&mut self, tx: &mut PgConnection) -> Result<()> {
+        self.staged_open.clear();
+        let mut runs = std::mem::take(&mut self.runs);
+        let rows = std::mem::take(&mut self.rows);
+        let unresolved: Vec<&String> = runs
+            .iter()
+            .filter(|(_, d)| !d.resolved)
+            .map(|(id, _)| id)
+            .collect();
+        if !unresolved.is_empty() {
+            let stored: Vec<RunRow> = sqlx::query_as(
+                "SELECT DISTINCT ON (device_id) device_id, partition, \"offset\", version,
+                            until_at, count, occurred_at
+                     FROM device_history WHERE device_id = ANY($1) AND event_type = 'Heartbeat'
+                     ORDER BY device_id, occurred_at DESC, partition DESC, \"offset\" DESC",
+            )
+            .bind(&unresolved)
+            .fetch_all(&mut *tx)
+            .await
+            .db("reading stored heartbeat runs")?;
+            for (d, partition, offset, version, until, count, first) in stored {
+                let Some(dr) = runs.get_mut(&d) else { continue };
+                let stored = OpenRun {
+                    partition,
+                    offset,
+                    version,
+                    until,
+                    count,
+                    first,
+                };
+                if let Some(r) = dr.runs.first_mut() {
+                    if stored.continued_by(&r.version, r.first) {
+                        *r = OpenRun {
+                            until: stored.until.max(r.until),
+                            count: stored.count + r.count,
+                            ..stored
+                        };
+                    }
+                }
+            }
         }
         // A run is keyed by its first heartbeat: a new run is a new row, a longer one updates
         // its row.
@@ -163,16 +220,21 @@ impl HistoryProjector {
             cols.7.push(None::<DateTime<Utc>>);
             cols.8.push(1_i64);
         }
-        for (d, r) in closed.into_iter().chain(touched) {
-            cols.0.push(d);
-            cols.1.push(r.partition);
-            cols.2.push(r.offset);
-            cols.3.push(r.first);
-            cols.4.push("Heartbeat".to_owned());
-            cols.5.push(run_summary(&r));
-            cols.6.push(Some(r.version.clone()));
-            cols.7.push(Some(r.until));
-            cols.8.push(r.count);
+        for (d, dr) in runs {
+            for r in &dr.runs {
+                cols.0.push(d.clone());
+                cols.1.push(r.partition);
+                cols.2.push(r.offset);
+                cols.3.push(r.first);
+                cols.4.push("Heartbeat".to_owned());
+                cols.5.push(run_summary(r));
+                cols.6.push(Some(r.version.clone()));
+                cols.7.push(Some(r.until));
+                cols.8.push(r.count);
+            }
+            if let Some(last) = dr.runs.into_iter().last() {
+                self.staged_open.push((d, last));
+            }
         }
         if cols.0.is_empty() {
             return Ok(());
@@ -207,11 +269,35 @@ impl Projection for HistoryProjector {
         tx: &'a mut PgConnection,
         events: &'a [Positioned],
     ) -> BoxFuture<'a, otaledger_consumers::Result<()>> {
+        self.fold_events(events);
         Box::pin(async move {
-            Self::apply_batch(tx, events)
+            self.write(tx)
                 .await
                 .map_err(|e| otaledger_consumers::Error::Other(e.to_string()))
         })
+    }
+
+    fn committed(&mut self, _events: &[Positioned]) {
+        if self.open.len() + self.staged_open.len() > OPEN_LIMIT {
+            self.open.clear();
+        }
+        self.open.extend(self.staged_open.drain(..));
+    }
+
+    fn ownership_changed(&mut self) {
+        self.open.clear();
+        self.staged_open.clear();
+        self.rows.clear();
+        self.runs.clear();
+    }
+
+    fn fold(&mut self, events: &[Positioned]) -> bool {
+        self.fold_events(events);
+        true
+    }
+
+    fn folded_rows(&self) -> usize {
+        self.rows.len() + self.runs.len()
     }
 }
 

@@ -15,6 +15,8 @@ use crate::DbContext;
 #[derive(Debug, Default)]
 pub struct FleetProjector {
     dims: DimensionCache,
+    /// One patch per device of the batches folded since the last transaction.
+    folded: BTreeMap<String, DeviceView>,
 }
 
 /// Each device's committed firmware, model and site, so that a batch need not read them back
@@ -67,6 +69,7 @@ impl FleetProjector {
     pub fn new() -> Self {
         FleetProjector {
             dims: DimensionCache::new(),
+            folded: BTreeMap::new(),
         }
     }
 }
@@ -83,6 +86,12 @@ pub(crate) fn ts(micros: i64) -> DateTime<Utc> {
 #[must_use]
 pub fn fold_batch(events: &[Positioned]) -> BTreeMap<String, DeviceView> {
     let mut patches: BTreeMap<String, DeviceView> = BTreeMap::new();
+    fold_into(&mut patches, events);
+    patches
+}
+
+/// Folds events into existing patches (a device's later events onto its patch).
+pub fn fold_into(patches: &mut BTreeMap<String, DeviceView>, events: &[Positioned]) {
     for p in events {
         if !DeviceView::is_relevant(&p.event) {
             continue;
@@ -93,7 +102,6 @@ pub fn fold_batch(events: &[Positioned]) -> BTreeMap<String, DeviceView> {
             patches.insert(key.to_owned(), v);
         }
     }
-    patches
 }
 
 const MERGE: &str = r"
@@ -315,8 +323,10 @@ impl Projection for FleetProjector {
         tx: &'a mut PgConnection,
         events: &'a [Positioned],
     ) -> BoxFuture<'a, otaledger_consumers::Result<()>> {
+        let mut patches = std::mem::take(&mut self.folded);
+        fold_into(&mut patches, events);
         Box::pin(async move {
-            merge_patches(tx, fold_batch(events), &mut self.dims)
+            merge_patches(tx, patches, &mut self.dims)
                 .await
                 .map_err(|e| otaledger_consumers::Error::Other(e.to_string()))
         })
@@ -328,5 +338,15 @@ impl Projection for FleetProjector {
 
     fn ownership_changed(&mut self) {
         self.dims.clear();
+        self.folded.clear();
+    }
+
+    fn fold(&mut self, events: &[Positioned]) -> bool {
+        fold_into(&mut self.folded, events);
+        true
+    }
+
+    fn folded_rows(&self) -> usize {
+        self.folded.len()
     }
 }

@@ -14,7 +14,7 @@ use otaledger_producers::shutdown::Shutdown;
 use sqlx::{PgConnection, PgPool};
 
 use crate::history::HistoryProjector;
-use crate::projector::FleetProjector;
+use crate::projector::{FleetProjector, UNKNOWN};
 use crate::rollouts::RolloutProjector;
 use crate::{DbContext, Error, Result};
 
@@ -37,7 +37,7 @@ pub const PROJECTION_TABLES: [&str; 7] = [
     "schema_migrations",
 ];
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Topic {
     DeviceEvents,
     RolloutEvents,
@@ -83,6 +83,20 @@ impl<P: Projection> Projection for Until<P> {
 
     fn ownership_changed(&mut self) {
         self.inner.ownership_changed();
+    }
+
+    fn fold(&mut self, events: &[Positioned]) -> bool {
+        let kept: Vec<Positioned> = events
+            .iter()
+            .filter(|p| p.event.meta.occurred_at <= self.until)
+            .cloned()
+            .collect();
+        // A projection that does not fold gets the events in `apply`, filtered there.
+        self.inner.fold(&kept)
+    }
+
+    fn folded_rows(&self) -> usize {
+        self.inner.folded_rows()
     }
 }
 
@@ -183,8 +197,13 @@ pub async fn build_shadow(
             database_url: plan.database_url.clone(),
             schema: plan.shadow.clone(),
             member: format!("rebuild-{}", std::process::id()),
-            batch_max: 5000,
+            batch_max: 20_000,
             batch_wait: Duration::from_millis(20),
+            // A rebuild folds far more per transaction than a live projector: nobody waits
+            // for its rows, and each device's row is written once per window, not per batch.
+            fold_max_events: 5_000_000,
+            fold_max_rows: 250_000,
+            fold_max_wait: Duration::from_secs(30),
             rebalance_every: Duration::from_secs(3600),
             kafka: plan.kafka.clone(),
             stop_at: stop,
@@ -193,7 +212,7 @@ pub async fn build_shadow(
         let (p, pool, until) = (producer.clone(), pool.clone(), plan.until);
         tasks.push(tokio::spawn(async move {
             match (consumer, t) {
-                ("history", _) => fold(rc, HistoryProjector, until, p, pool, signal).await,
+                ("history", _) => fold(rc, HistoryProjector::new(), until, p, pool, signal).await,
                 (_, Topic::DeviceEvents) => {
                     fold(rc, FleetProjector::new(), until, p, pool, signal).await
                 }
@@ -328,75 +347,255 @@ pub struct Difference {
     pub rebuilt: Option<String>,
 }
 
-/// Tables compared by verify: (table, key expression).
-const COMPARED: [(&str, &str); 6] = [
-    ("devices", "device_id"),
+/// Per partition, an offset.
+type Offsets = BTreeMap<i32, i64>;
+
+/// Tables compared by verify: (table, key expression, the entity whose events change a row:
+/// a device or a rollout id column; none for the fleet counts, which every device changes).
+const COMPARED: [(&str, &str, Option<Entity>); 6] = [
+    ("devices", "device_id", Some(Entity::Device("device_id"))),
     (
         "device_history",
         "device_id || '/' || partition || '/' || \"offset\"",
+        Some(Entity::Device("device_id")),
     ),
-    ("fleet_counts", "dimension || '/' || value"),
-    ("rollouts", "rollout_id"),
-    ("rollout_devices", "rollout_id || '/' || device_id"),
+    ("fleet_counts", "dimension || '/' || value", None),
+    (
+        "rollouts",
+        "rollout_id",
+        Some(Entity::Rollout("rollout_id")),
+    ),
+    (
+        "rollout_devices",
+        "rollout_id || '/' || device_id",
+        Some(Entity::Rollout("rollout_id")),
+    ),
     (
         "rollout_decisions",
         "rollout_id || '/' || partition || '/' || \"offset\"",
+        Some(Entity::Rollout("rollout_id")),
     ),
 ];
 
-/// Row counts of each compared table in a schema.
-pub async fn row_counts(pool: &PgPool, schema: &str) -> Result<BTreeMap<&'static str, i64>> {
-    let mut out = BTreeMap::new();
-    for (t, _) in COMPARED {
-        let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {schema}.{t}"))
-            .fetch_one(pool)
-            .await
-            .db("counting rows")?;
-        out.insert(t, n);
-    }
-    Ok(out)
+#[derive(Debug, Clone, Copy)]
+enum Entity {
+    Device(&'static str),
+    Rollout(&'static str),
 }
 
-/// Rows whose checksums differ (or that exist on one side only), up to `limit` per table.
-/// Device rows the live projector changed after `stop` (it kept running) are left out.
-pub async fn diff(
+/// Devices and rollouts with events the live projections applied after the rebuild's stop
+/// positions (the live projectors kept running during verify): their rows are not compared.
+#[derive(Debug, Clone, Default)]
+pub struct Moved {
+    pub devices: Vec<String>,
+    pub rollouts: Vec<String>,
+}
+
+/// Row counts and differing rows of a verify.
+#[derive(Debug, Clone, Default)]
+pub struct Comparison {
+    /// (table, live rows, rebuilt rows), both without the rows of moved entities.
+    pub counts: Vec<(&'static str, i64, i64)>,
+    /// Differing rows, up to the limit per table.
+    pub diffs: Vec<Difference>,
+    /// Devices and rollouts left out because the live side moved on.
+    pub moved: Moved,
+}
+
+impl Comparison {
+    /// Tables whose counts differ, or differing rows, whichever is more.
+    #[must_use]
+    pub fn differences(&self) -> usize {
+        let counts = self.counts.iter().filter(|(_, l, r)| l != r).count();
+        self.diffs.len().max(counts)
+    }
+}
+
+/// Compares a rebuild stopped at `stop` with the live projections, in one snapshot of the live
+/// schema: the live positions read in it tell which devices and rollouts moved on since the
+/// stop (their keys are read from the ledger between the two positions), and their rows are
+/// left out. When devices moved, the live fleet counts are checked against the live devices
+/// they count instead of the rebuild.
+pub async fn compare(
     pool: &PgPool,
+    kafka: &KafkaConfig,
     live: &str,
     rebuilt: &str,
-    stop: &BTreeMap<i32, i64>,
+    stop: &BTreeMap<String, BTreeMap<i32, i64>>,
     limit: i64,
-) -> Result<Vec<Difference>> {
-    let mut out = Vec::new();
-    let moved: String = stop
-        .iter()
-        .map(|(p, o)| format!(" OR (x.last_partition = {p} AND x.last_offset >= {o})"))
-        .collect();
-    for (t, key) in COMPARED {
-        let moved_expr = if t == "devices" {
-            format!("(false{moved})")
-        } else {
-            "false".to_owned()
+) -> Result<Comparison> {
+    otaledger_consumers::db::validate_schema(live).map_err(|e| Error::Other(e.to_string()))?;
+    otaledger_consumers::db::validate_schema(rebuilt).map_err(|e| Error::Other(e.to_string()))?;
+    let mut tx = pool.begin().await.db("beginning the comparison")?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await
+        .db("taking a snapshot of the live schema")?;
+    let rows: Vec<(String, i32, i64)> = sqlx::query_as(&format!(
+        "SELECT consumer, partition, next_offset FROM {live}.consumer_offsets
+         WHERE consumer = ANY($1)"
+    ))
+    .bind(PROJECTIONS.iter().map(|(c, _)| *c).collect::<Vec<_>>())
+    .fetch_all(&mut *tx)
+    .await
+    .db("reading live positions")?;
+    let mut ranges: BTreeMap<Topic, (Offsets, Offsets)> = BTreeMap::new();
+    for (consumer, partition, now) in rows {
+        let Some((_, topic)) = PROJECTIONS.iter().find(|(c, _)| *c == consumer) else {
+            continue;
         };
+        let from = stop
+            .get(&consumer)
+            .and_then(|s| s.get(&partition))
+            .copied()
+            .unwrap_or(0);
+        if now <= from {
+            continue;
+        }
+        let (froms, tos) = ranges.entry(*topic).or_default();
+        let f = froms.entry(partition).or_insert(from);
+        *f = (*f).min(from);
+        let t = tos.entry(partition).or_insert(now);
+        *t = (*t).max(now);
+    }
+    let mut moved = Moved::default();
+    for (topic, (from, to)) in ranges {
+        let name = topic_name(kafka, topic);
+        let kafka = kafka.clone();
+        let keys = tokio::task::spawn_blocking(move || keys_between(&kafka, &name, &from, &to))
+            .await
+            .map_err(|e| Error::Other(e.to_string()))??;
+        match topic {
+            Topic::DeviceEvents => moved.devices = keys,
+            Topic::RolloutEvents => moved.rollouts = keys,
+        }
+    }
+    let mut out = Comparison {
+        moved,
+        ..Comparison::default()
+    };
+    for (t, key, entity) in COMPARED {
+        let (keep, ids): (String, &[String]) = match entity {
+            Some(Entity::Device(c)) => (format!("NOT (x.{c} = ANY($2))"), &out.moved.devices),
+            Some(Entity::Rollout(c)) => (format!("NOT (x.{c} = ANY($2))"), &out.moved.rollouts),
+            // A count that went back to zero is kept as a row or never written, depending on
+            // how events fell into transactions.
+            None => ("x.devices <> 0 AND $2::text[] IS NOT NULL".to_owned(), &[]),
+        };
+        // Every device changes the counts: with devices moved, the live counts are compared
+        // with the live devices they count (same snapshot) instead of the rebuild.
+        let right = if t == "fleet_counts" && !out.moved.devices.is_empty() {
+            format!("({})", counts_of_devices(live))
+        } else {
+            format!("{rebuilt}.{t}")
+        };
+        let counts: (i64, i64) = sqlx::query_as(&format!(
+            "SELECT (SELECT count(*) FROM {live}.{t} x WHERE {keep} AND $1::int IS NOT NULL),
+                    (SELECT count(*) FROM {right} x WHERE {keep})"
+        ))
+        .bind(0_i32)
+        .bind(ids)
+        .fetch_one(&mut *tx)
+        .await
+        .db("counting rows")?;
+        out.counts.push((t, counts.0, counts.1));
         let rows: Vec<(String, Option<String>, Option<String>)> = sqlx::query_as(&format!(
-            "WITH l AS (SELECT {key} AS k, md5(x::text) AS h, row_to_json(x)::text AS j,
-                               {moved_expr} AS moved FROM {live}.{t} x),
-                  r AS (SELECT {key} AS k, md5(x::text) AS h, row_to_json(x)::text AS j FROM {rebuilt}.{t} x)
+            "WITH l AS (SELECT {key} AS k, md5(x::text) AS h, row_to_json(x)::text AS j
+                        FROM {live}.{t} x WHERE {keep}),
+                  r AS (SELECT {key} AS k, md5(x::text) AS h, row_to_json(x)::text AS j
+                        FROM {right} x WHERE {keep})
              SELECT coalesce(l.k, r.k), l.j, r.j FROM l FULL JOIN r ON l.k = r.k
-             WHERE l.h IS DISTINCT FROM r.h AND NOT coalesce(l.moved, false)
+             WHERE l.h IS DISTINCT FROM r.h
              ORDER BY 1 LIMIT $1"
         ))
         .bind(limit)
-        .fetch_all(pool)
+        .bind(ids)
+        .fetch_all(&mut *tx)
         .await
         .db("comparing rows")?;
-        out.extend(rows.into_iter().map(|(key, live, rebuilt)| Difference {
-            table: t,
-            key,
-            live,
-            rebuilt,
-        }));
+        out.diffs
+            .extend(rows.into_iter().map(|(key, live, rebuilt)| Difference {
+                table: t,
+                key,
+                live,
+                rebuilt,
+            }));
     }
+    tx.rollback().await.db("ending the comparison")?;
     Ok(out)
+}
+
+/// `fleet_counts` as it should be for the devices of a schema (zero counts are kept by the
+/// projector, so those rows are left out on both sides).
+fn counts_of_devices(schema: &str) -> String {
+    let dim = |name: &str, col: &str| {
+        format!(
+            "SELECT '{name}'::text AS dimension, coalesce({col}, '{UNKNOWN}') AS value,
+                    count(*)::bigint AS devices FROM {schema}.devices GROUP BY 2"
+        )
+    };
+    format!(
+        "{} UNION ALL {} UNION ALL {} UNION ALL
+         SELECT 'total', 'all', count(*)::bigint FROM {schema}.devices",
+        dim("firmware", "firmware_version"),
+        dim("model", "model"),
+        dim("site", "site")
+    )
+}
+
+/// The keys of the records in `[from, to)` of each partition of a topic (a device or rollout
+/// id: the key that partitions the topic).
+fn keys_between(
+    kafka: &KafkaConfig,
+    topic: &str,
+    from: &BTreeMap<i32, i64>,
+    to: &BTreeMap<i32, i64>,
+) -> Result<Vec<String>> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    let other = |e: rdkafka::error::KafkaError| Error::Other(format!("kafka: {e}"));
+    let consumer: BaseConsumer = otaledger_producers::kafka::client_config(kafka)
+        .set("group.id", "otaledger-verify")
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(other)?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+    for (p, end) in to {
+        let start = from.get(p).copied().unwrap_or(0);
+        if *end > start {
+            tpl.add_partition_offset(topic, *p, otaledger_producers::kafka::resume_from(start))
+                .map_err(other)?;
+            next.insert(*p, start);
+        }
+    }
+    if next.is_empty() {
+        return Ok(Vec::new());
+    }
+    consumer.assign(&tpl).map_err(other)?;
+    let mut keys = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while next.iter().any(|(p, n)| to.get(p).is_some_and(|e| n < e)) {
+        if Instant::now() > deadline {
+            return Err(Error::Other(format!(
+                "could not read {topic} up to the live positions"
+            )));
+        }
+        let Some(m) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let m = m.map_err(other)?;
+        let (Some(n), Some(end)) = (next.get_mut(&m.partition()), to.get(&m.partition())) else {
+            continue;
+        };
+        // Read early on purpose (kafka::SEEK_BACK) or twice (tansu, at batch edges).
+        if m.offset() < *n || m.offset() >= *end {
+            continue;
+        }
+        *n = m.offset() + 1;
+        keys.insert(String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned());
+    }
+    Ok(keys.into_iter().collect())
 }
 
 /// Records a snapshot of the fleet as of `until` in the live schema.
