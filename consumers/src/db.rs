@@ -4,7 +4,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 
 use crate::{DbContext, Error, Result};
 
@@ -30,9 +30,12 @@ pub fn validate_schema(schema: &str) -> Result<()> {
 /// Connection options whose `search_path` is `schema`.
 pub fn options(url: &str, schema: &str) -> Result<PgConnectOptions> {
     validate_schema(schema)?;
+    // A catch-up transaction merges tens of thousands of rows in one statement and takes
+    // seconds by design; only statements slower than that are worth a warning.
     Ok(PgConnectOptions::from_str(url)
         .db("parsing database url")?
-        .options([("search_path", schema)]))
+        .options([("search_path", schema)])
+        .log_slow_statements(log::LevelFilter::Warn, Duration::from_secs(30)))
 }
 
 /// Creates the schema if needed and returns a pool whose connections use it.
