@@ -173,9 +173,10 @@ impl Report {
     }
 }
 
-fn heartbeats(events: usize, devices: usize) -> Vec<Event> {
-    let now = now_micros();
-    (0..events)
+/// Heartbeats `range` of a run of heartbeats from `devices` devices in turn (each round on
+/// the next firmware version), as if starting at `now`.
+fn heartbeats(range: std::ops::Range<usize>, devices: usize, now: i64) -> Vec<Event> {
+    range
         .map(|i| {
             let d = i % devices.max(1);
             Event {
@@ -202,6 +203,9 @@ fn heartbeats(events: usize, devices: usize) -> Vec<Event> {
         })
         .collect()
 }
+
+/// Events generated and produced at a time.
+const CHUNK: usize = 100_000;
 
 fn rate(n: usize, elapsed: Duration) -> f64 {
     n as f64 / elapsed.as_secs_f64().max(1e-9)
@@ -351,7 +355,11 @@ pub async fn run(cfg: &Config, args: &BenchArgs) -> Result<Report, BoxError> {
         args.events, args.devices
     );
 
-    let events = heartbeats(args.events, args.devices);
+    // Generated in chunks where possible: 10,000,000 events held at once (decoded and encoded)
+    // take more memory than this machine has beside an in-memory broker.
+    let now = now_micros();
+    let codec_sample = args.events.min(1_000_000);
+    let events = heartbeats(0..codec_sample, args.devices, now);
     let started = Instant::now();
     let encoded: Vec<(String, Vec<u8>)> = events
         .iter()
@@ -382,13 +390,13 @@ pub async fn run(cfg: &Config, args: &BenchArgs) -> Result<Report, BoxError> {
         )
     {
         let t = raw_produce(&kafka, &raw_topic, &encoded).await?;
-        report.add("limits", "raw produce", rate(args.events, t), "msg/s");
-        let (k, topic, n) = (kafka.clone(), raw_topic.clone(), args.events);
+        report.add("limits", "raw produce", rate(encoded.len(), t), "msg/s");
+        let (k, topic, n) = (kafka.clone(), raw_topic.clone(), encoded.len());
         let t = tokio::task::spawn_blocking(move || {
             raw_consume(&k, &topic, n).map_err(|e| e.to_string())
         })
         .await??;
-        report.add("limits", "raw consume", rate(args.events, t), "msg/s");
+        report.add("limits", "raw consume", rate(n, t), "msg/s");
         let rows = args.events.min(1_000_000);
         let t = copy_rate(&bench_cfg, &name, rows).await?;
         report.add("limits", "postgres COPY", rate(rows, t), "rows/s");
@@ -403,14 +411,32 @@ pub async fn run(cfg: &Config, args: &BenchArgs) -> Result<Report, BoxError> {
     {
         let producer = EventProducer::new(&kafka)?;
         let started = Instant::now();
-        let mut pending = Vec::with_capacity(events.len());
-        for e in &events {
-            pending.push(producer.enqueue(e).await?);
-        }
-        for p in pending {
-            let d = p.acked().await?;
+        let mut pending = std::collections::VecDeque::new();
+        let mut note = |d: otaledger_producers::kafka::Delivered| {
             let end = ends.entry(d.partition).or_insert(0);
             *end = (*end).max(d.offset + 1);
+        };
+        for chunk in (0..args.events).step_by(CHUNK) {
+            let generated;
+            let slice = if chunk + CHUNK <= events.len() {
+                &events[chunk..chunk + CHUNK]
+            } else if chunk < events.len() {
+                &events[chunk..]
+            } else {
+                generated = heartbeats(chunk..(chunk + CHUNK).min(args.events), args.devices, now);
+                &generated[..]
+            };
+            for e in slice {
+                pending.push_back(producer.enqueue(e).await?);
+            }
+            while pending.len() > 4 * CHUNK {
+                if let Some(p) = pending.pop_front() {
+                    note(p.acked().await?);
+                }
+            }
+        }
+        for p in pending {
+            note(p.acked().await?);
         }
         report.add(
             "ingest",
@@ -975,7 +1001,7 @@ async fn steady_lag(
         budget += per_tick;
         while budget >= 1.0 {
             budget -= 1.0;
-            let mut e = heartbeats(1, 1).remove(0);
+            let mut e = heartbeats(0..1, 1, now_micros()).remove(0);
             if let Payload::Heartbeat(h) = &mut e.payload {
                 h.device_id = format!("bench-{:07}", sent % devices.max(1));
             }

@@ -1,7 +1,7 @@
 //! The batch loop: read owned partitions, decode, dead-letter what cannot be decoded, apply a
 //! batch to PostgreSQL and store the next offsets in the same transaction.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -99,11 +99,24 @@ pub struct Runner<P> {
     pool: PgPool,
 }
 
-struct Raw {
+/// A batch as read and decoded, before it is filtered by ownership and position.
+struct Batch {
+    records: Vec<Record>,
+    /// The read stopped at `batch_max`: more is probably waiting.
+    full: bool,
+}
+
+struct Record {
     partition: i32,
     offset: i64,
+    decoded: std::result::Result<Event, Undecodable>,
+}
+
+/// A record that did not decode, kept whole for its dead letter.
+struct Undecodable {
     key: Vec<u8>,
     payload: Vec<u8>,
+    error: String,
 }
 
 impl<P: Projection> Runner<P> {
@@ -135,10 +148,11 @@ impl<P: Projection> Runner<P> {
         tracing::info!(consumer = %cfg.consumer, topic = %cfg.topic, member = %cfg.member, "consumer starting");
         let mut next_rebalance = tokio::time::Instant::now();
         let mut pending = Pending::default();
-        // A read that was started while the previous transaction committed (so that fetching
-        // and decoding overlap the database's work), and its batch if it already finished.
-        let mut reading: Option<BoxFuture<'_, Vec<Raw>>> = None;
-        let mut prefetched: Option<Vec<Raw>> = None;
+        // While a transaction commits the runner goes on reading and decoding (so that Kafka
+        // and the decoder work while PostgreSQL does): batches read ahead, and a read still in
+        // flight when the commit ended.
+        let mut reading: Option<BoxFuture<'_, Batch>> = None;
+        let mut prefetched: VecDeque<Batch> = VecDeque::new();
         loop {
             if shutdown.is_triggered() {
                 break;
@@ -149,14 +163,14 @@ impl<P: Projection> Runner<P> {
                     // Reassigning seeks every partition to its stored offset: records already
                     // read for the old assignment are dropped and read again if still owned.
                     reading = None;
-                    prefetched = None;
+                    prefetched.clear();
                     assign(&consumer, &cfg.topic, &ownership)?;
                 }
                 m.owned
                     .set(i64::try_from(ownership.owned().len()).unwrap_or(0));
                 next_rebalance = tokio::time::Instant::now() + cfg.rebalance_every;
             }
-            let batch = match prefetched.take() {
+            let batch = match prefetched.pop_front() {
                 Some(b) => b,
                 None => {
                     let until = pending.started.map_or(next_rebalance, |s| {
@@ -171,7 +185,7 @@ impl<P: Projection> Runner<P> {
                     }
                 }
             };
-            let full = batch.len() >= cfg.batch_max;
+            let full = batch.full;
             self.stage(batch, &ownership, &mut pending).await?;
             if pending.is_empty() {
                 continue;
@@ -188,14 +202,25 @@ impl<P: Projection> Runner<P> {
             let mut read = reading
                 .take()
                 .unwrap_or_else(|| Box::pin(collect(&consumer, &cfg, next_rebalance)));
-            let mut read_done = None;
+            let mut read_live = true;
+            let mut ahead: usize = prefetched.iter().map(|b| b.records.len()).sum();
             let committed = {
                 let commit = commit(&mut self.projection, &self.pool, &mut ownership, &pending);
                 tokio::pin!(commit);
                 loop {
                     tokio::select! {
                         r = &mut commit => break r?,
-                        b = &mut read, if read_done.is_none() => read_done = Some(b),
+                        batch = &mut read, if read_live => {
+                            ahead += batch.records.len();
+                            // Read on while the stream is behind, up to one more transaction.
+                            let more = batch.full && ahead < cfg.fold_max_events;
+                            prefetched.push_back(batch);
+                            if more {
+                                read = Box::pin(collect(&consumer, &cfg, next_rebalance));
+                            } else {
+                                read_live = false;
+                            }
+                        }
                     }
                 }
             };
@@ -204,12 +229,12 @@ impl<P: Projection> Runner<P> {
                 ownership.release_all().await?;
                 self.projection.ownership_changed();
                 pending = Pending::default();
+                prefetched.clear();
                 next_rebalance = tokio::time::Instant::now();
                 continue;
             }
-            match read_done {
-                Some(b) => prefetched = Some(b),
-                None => reading = Some(read),
+            if read_live {
+                reading = Some(read);
             }
             for (p, n) in &pending.next {
                 if let Some(o) = ownership.owned_mut().get_mut(p) {
@@ -236,13 +261,13 @@ impl<P: Projection> Runner<P> {
     /// decoded, and folds or keeps the rest for the next transaction.
     async fn stage(
         &mut self,
-        batch: Vec<Raw>,
+        batch: Batch,
         ownership: &Ownership,
         pending: &mut Pending,
     ) -> Result<()> {
-        let mut events = Vec::with_capacity(batch.len());
+        let mut events = Vec::with_capacity(batch.records.len());
         let mut dead = Vec::new();
-        for raw in batch {
+        for raw in batch.records {
             let Some(owned) = ownership.owned().get(&raw.partition) else {
                 continue;
             };
@@ -263,24 +288,24 @@ impl<P: Projection> Runner<P> {
                 continue; // already applied: a redelivery after reassignment
             }
             pending.next.insert(raw.partition, raw.offset + 1);
-            match otaledger_schemas::decode(&raw.payload) {
-                Ok(d) => events.push(Positioned {
+            match raw.decoded {
+                Ok(event) => events.push(Positioned {
                     position: Position {
                         partition: raw.partition,
                         offset: raw.offset,
                     },
-                    event: d.event,
+                    event,
                 }),
-                Err(e) => {
+                Err(u) => {
                     let origin = Origin {
                         source: "kafka",
                         channel: &self.cfg.topic,
                         partition: Some(raw.partition),
                         offset: Some(raw.offset),
                     };
-                    let rejection = Rejection::new("undecodable", e.to_string());
+                    let rejection = Rejection::new("undecodable", u.error);
                     dead.push(
-                        dead_letter(&self.producer, &origin, &raw.key, &raw.payload, &rejection)
+                        dead_letter(&self.producer, &origin, &u.key, &u.payload, &rejection)
                             .await?,
                     );
                 }
@@ -427,37 +452,51 @@ fn assign(consumer: &StreamConsumer, topic: &str, ownership: &Ownership) -> Resu
 }
 
 /// Waits for a first record (until `until`), then gathers more for up to `batch_wait` or
-/// `batch_max` records.
+/// `batch_max` records, decoding each from the consumer's buffer.
 async fn collect(
     consumer: &StreamConsumer,
     cfg: &RunnerConfig,
     until: tokio::time::Instant,
-) -> Vec<Raw> {
-    let mut batch = Vec::new();
+) -> Batch {
+    let mut batch = Batch {
+        records: Vec::new(),
+        full: false,
+    };
     let first = tokio::time::timeout_at(until, consumer.recv()).await;
     let Ok(first) = first else { return batch };
-    push(&mut batch, first);
+    push(&mut batch.records, first);
     let deadline = tokio::time::Instant::now() + cfg.batch_wait;
-    while batch.len() < cfg.batch_max {
+    while batch.records.len() < cfg.batch_max {
         match tokio::time::timeout_at(deadline, consumer.recv()).await {
-            Ok(m) => push(&mut batch, m),
+            Ok(m) => push(&mut batch.records, m),
             Err(_) => break,
         }
     }
+    batch.full = batch.records.len() >= cfg.batch_max;
     batch
 }
 
 fn push(
-    batch: &mut Vec<Raw>,
+    records: &mut Vec<Record>,
     m: std::result::Result<rdkafka::message::BorrowedMessage<'_>, rdkafka::error::KafkaError>,
 ) {
     match m {
-        Ok(m) => batch.push(Raw {
-            partition: m.partition(),
-            offset: m.offset(),
-            key: m.key().map(<[u8]>::to_vec).unwrap_or_default(),
-            payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-        }),
+        Ok(m) => {
+            let payload = m.payload().unwrap_or_default();
+            records.push(Record {
+                partition: m.partition(),
+                offset: m.offset(),
+                decoded: match otaledger_schemas::decode(payload) {
+                    Ok(d) => Ok(d.event),
+                    // Only a record that did not decode is kept whole, for its dead letter.
+                    Err(e) => Err(Undecodable {
+                        key: m.key().map(<[u8]>::to_vec).unwrap_or_default(),
+                        payload: payload.to_vec(),
+                        error: e.to_string(),
+                    }),
+                },
+            });
+        }
         // Transient fetch errors (broker restart, leader change) are retried by librdkafka.
         Err(e) => tracing::warn!(error = %e, "kafka fetch error"),
     }

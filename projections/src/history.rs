@@ -66,6 +66,8 @@ struct DeviceRuns {
     /// `false` while the first run may continue the device's stored run, which was not in
     /// memory when the run began (resolved in `apply` with one read for all such devices).
     resolved: bool,
+    /// The first run is a stored row that this fold extends (every other run is a new row).
+    extends_stored: bool,
 }
 
 #[derive(Debug)]
@@ -120,14 +122,17 @@ impl HistoryProjector {
                             ..r.clone()
                         }],
                         resolved: true,
+                        extends_stored: true,
                     },
                     Some(_) => DeviceRuns {
                         runs: vec![fresh()],
                         resolved: true,
+                        extends_stored: false,
                     },
                     None => DeviceRuns {
                         runs: vec![fresh()],
                         resolved: false,
+                        extends_stored: false,
                     },
                 };
                 self.runs.insert(h.device_id.clone(), d);
@@ -187,6 +192,7 @@ impl HistoryProjector {
                 };
                 if let Some(r) = dr.runs.first_mut() {
                     if stored.continued_by(&r.version, r.first) {
+                        dr.extends_stored = true;
                         *r = OpenRun {
                             until: stored.until.max(r.until),
                             count: stored.count + r.count,
@@ -196,70 +202,122 @@ impl HistoryProjector {
                 }
             }
         }
-        // A run is keyed by its first heartbeat: a new run is a new row, a longer one updates
-        // its row.
-        let mut cols = (
-            vec![],
-            vec![],
-            vec![],
-            vec![],
-            vec![],
-            vec![],
-            vec![],
-            vec![],
-            vec![],
-        );
-        for r in rows {
-            cols.0.push(r.device_id);
-            cols.1.push(r.partition);
-            cols.2.push(r.offset);
-            cols.3.push(r.at);
-            cols.4.push(r.event_type.to_owned());
-            cols.5.push(r.summary);
-            cols.6.push(None::<String>);
-            cols.7.push(None::<DateTime<Utc>>);
-            cols.8.push(1_i64);
+        // A run is keyed by its first heartbeat. Rows keyed by a position in this transaction
+        // cannot exist yet (positions are applied once, with their offsets), so they are
+        // copied in; only runs extending a stored row are updated.
+        let mut copy = String::new();
+        for r in &rows {
+            copy_row(
+                &mut copy,
+                &r.device_id,
+                (r.partition, r.offset),
+                r.at,
+                r.event_type,
+                &r.summary,
+                None,
+            );
         }
+        let mut updates = (vec![], vec![], vec![], vec![], vec![], vec![]);
         for (d, dr) in runs {
-            for r in &dr.runs {
-                cols.0.push(d.clone());
-                cols.1.push(r.partition);
-                cols.2.push(r.offset);
-                cols.3.push(r.first);
-                cols.4.push("Heartbeat".to_owned());
-                cols.5.push(run_summary(r));
-                cols.6.push(Some(r.version.clone()));
-                cols.7.push(Some(r.until));
-                cols.8.push(r.count);
+            for (i, r) in dr.runs.iter().enumerate() {
+                if i == 0 && dr.extends_stored {
+                    updates.0.push(d.clone());
+                    updates.1.push(r.partition);
+                    updates.2.push(r.offset);
+                    updates.3.push(run_summary(r));
+                    updates.4.push(r.until);
+                    updates.5.push(r.count);
+                } else {
+                    copy_row(
+                        &mut copy,
+                        &d,
+                        (r.partition, r.offset),
+                        r.first,
+                        "Heartbeat",
+                        &run_summary(r),
+                        Some(r),
+                    );
+                }
             }
             if let Some(last) = dr.runs.into_iter().last() {
                 self.staged_open.push((d, last));
             }
         }
-        if cols.0.is_empty() {
-            return Ok(());
+        if !copy.is_empty() {
+            let mut c = tx
+                .copy_in_raw(
+                    "COPY device_history (device_id, partition, \"offset\", occurred_at,
+                                          event_type, summary, version, until_at, count)
+                     FROM STDIN",
+                )
+                .await
+                .db("copying device history")?;
+            c.send(copy.into_bytes())
+                .await
+                .db("copying device history")?;
+            c.finish().await.db("copying device history")?;
         }
-        sqlx::query(
-            "INSERT INTO device_history AS h (device_id, partition, \"offset\", occurred_at,
-                                             event_type, summary, version, until_at, count)
-             SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[], $4::timestamptz[],
-                                  $5::text[], $6::text[], $7::text[], $8::timestamptz[], $9::bigint[])
-             ON CONFLICT (device_id, partition, \"offset\") DO UPDATE SET
-                summary = excluded.summary, until_at = excluded.until_at, count = excluded.count",
-        )
-        .bind(&cols.0)
-        .bind(&cols.1)
-        .bind(&cols.2)
-        .bind(&cols.3)
-        .bind(&cols.4)
-        .bind(&cols.5)
-        .bind(&cols.6)
-        .bind(&cols.7)
-        .bind(&cols.8)
-        .execute(&mut *tx)
-        .await
-        .db("merging device history")?;
+        if !updates.0.is_empty() {
+            sqlx::query(
+                "UPDATE device_history h SET summary = u.summary, until_at = u.until_at,
+                        count = u.count
+                 FROM unnest($1::text[], $2::int[], $3::bigint[], $4::text[],
+                             $5::timestamptz[], $6::bigint[])
+                      AS u(device_id, partition, \"offset\", summary, until_at, count)
+                 WHERE h.device_id = u.device_id AND h.partition = u.partition
+                   AND h.\"offset\" = u.\"offset\"",
+            )
+            .bind(&updates.0)
+            .bind(&updates.1)
+            .bind(&updates.2)
+            .bind(&updates.3)
+            .bind(&updates.4)
+            .bind(&updates.5)
+            .execute(&mut *tx)
+            .await
+            .db("extending heartbeat runs")?;
+        }
         Ok(())
+    }
+}
+
+/// One `device_history` row in COPY's text format.
+fn copy_row(
+    out: &mut String,
+    device: &str,
+    (partition, offset): (i32, i64),
+    at: DateTime<Utc>,
+    event_type: &str,
+    summary: &str,
+    run: Option<&OpenRun>,
+) {
+    use std::fmt::Write;
+    let time = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    copy_text(out, device);
+    let _ = write!(out, "\t{partition}\t{offset}\t{}\t", time(at));
+    copy_text(out, event_type);
+    out.push('\t');
+    copy_text(out, summary);
+    match run {
+        Some(r) => {
+            out.push('\t');
+            copy_text(out, &r.version);
+            let _ = writeln!(out, "\t{}\t{}", time(r.until), r.count);
+        }
+        None => out.push_str("\t\\N\t\\N\t1\n"),
+    }
+}
+
+/// A value escaped for COPY's text format.
+fn copy_text(out: &mut String, value: &str) {
+    for ch in value.chars() {
+        match ch {
+            '\\' => out.push_str("\\\\"),
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c => out.push(c),
+        }
     }
 }
 
@@ -382,4 +440,29 @@ pub fn cursor_after(e: &HistoryEntry) -> String {
         e.partition,
         e.offset
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_rows_escape_what_copy_text_format_would_misread() {
+        let at = ts(1_700_000_000_123_456);
+        let mut out = String::new();
+        copy_row(
+            &mut out,
+            "dev\t1",
+            (2, 42),
+            at,
+            "InstallResult",
+            "failed: disk\\full\nretry",
+            None,
+        );
+        assert_eq!(
+            out,
+            "dev\\t1\t2\t42\t2023-11-14T22:13:20.123456Z\tInstallResult\t\
+             failed: disk\\\\full\\nretry\t\\N\t\\N\t1\n"
+        );
+    }
 }

@@ -100,6 +100,57 @@ impl<P: Projection> Projection for Until<P> {
     }
 }
 
+/// The fleet view and the device history fed by one reader of the device events, written in
+/// the same transactions.
+#[derive(Debug)]
+struct DeviceProjections {
+    fleet: FleetProjector,
+    history: HistoryProjector,
+}
+
+impl Default for DeviceProjections {
+    fn default() -> Self {
+        DeviceProjections {
+            fleet: FleetProjector::new(),
+            history: HistoryProjector::new(),
+        }
+    }
+}
+
+impl Projection for DeviceProjections {
+    fn apply<'a>(
+        &'a mut self,
+        tx: &'a mut PgConnection,
+        events: &'a [Positioned],
+    ) -> BoxFuture<'a, otaledger_consumers::Result<()>> {
+        Box::pin(async move {
+            self.fleet.apply(tx, events).await?;
+            self.history.apply(tx, events).await
+        })
+    }
+
+    fn committed(&mut self, events: &[Positioned]) {
+        self.fleet.committed(events);
+        self.history.committed(events);
+    }
+
+    fn ownership_changed(&mut self) {
+        self.fleet.ownership_changed();
+        self.history.ownership_changed();
+    }
+
+    fn fold(&mut self, events: &[Positioned]) -> bool {
+        // Both always fold (so neither sees these events again in `apply`).
+        let fleet = self.fleet.fold(events);
+        let history = self.history.fold(events);
+        fleet && history
+    }
+
+    fn folded_rows(&self) -> usize {
+        self.fleet.folded_rows() + self.history.folded_rows()
+    }
+}
+
 /// Runs one projection's rebuild, filtered by `until` when given.
 async fn fold<P: Projection + std::fmt::Debug>(
     rc: RunnerConfig,
@@ -175,12 +226,25 @@ pub async fn build_shadow(
     otaledger_consumers::db::create_if_missing(&pool, otaledger_consumers::ownership::OFFSETS_DDL)
         .await
         .map_err(|e| Error::Other(e.to_string()))?;
+    let deferred = defer_indexes(&pool, &plan.shadow).await?;
     let producer = EventProducer::new(&plan.kafka).map_err(|e| Error::Other(e.to_string()))?;
     let shutdown = Shutdown::new();
     let started = Instant::now();
     let mut tasks = Vec::new();
     let mut targets: BTreeMap<String, (String, BTreeMap<i32, i64>)> = BTreeMap::new();
+    // The fleet view and the history read the same topic: when they stop at the same place
+    // (always, except a verify racing live projectors), one reader feeds both and the
+    // history's offsets are the fleet view's (they commit in the same transactions).
+    let stop_of = |c: &str| {
+        plan.stop_at
+            .as_ref()
+            .map(|s| s.get(c).cloned().unwrap_or_default())
+    };
+    let shared = stop_of("projector") == stop_of("history");
     for (consumer, t) in PROJECTIONS {
+        if shared && consumer == "history" {
+            continue;
+        }
         let topic = topic_name(&plan.kafka, t);
         let stop = plan
             .stop_at
@@ -201,8 +265,8 @@ pub async fn build_shadow(
             batch_wait: Duration::from_millis(20),
             // A rebuild folds far more per transaction than a live projector: nobody waits
             // for its rows, and each device's row is written once per window, not per batch.
-            fold_max_events: 5_000_000,
-            fold_max_rows: 250_000,
+            fold_max_events: 250_000,
+            fold_max_rows: 500_000,
             fold_max_wait: Duration::from_secs(30),
             rebalance_every: Duration::from_secs(3600),
             kafka: plan.kafka.clone(),
@@ -213,6 +277,10 @@ pub async fn build_shadow(
         tasks.push(tokio::spawn(async move {
             match (consumer, t) {
                 ("history", _) => fold(rc, HistoryProjector::new(), until, p, pool, signal).await,
+                (_, Topic::DeviceEvents) if shared => {
+                    let both = DeviceProjections::default();
+                    fold(rc, both, until, p, pool, signal).await
+                }
                 (_, Topic::DeviceEvents) => {
                     fold(rc, FleetProjector::new(), until, p, pool, signal).await
                 }
@@ -260,8 +328,65 @@ pub async fn build_shadow(
     for t in tasks {
         let _ = t.await;
     }
+    create_indexes(&pool, deferred).await?;
+    if shared {
+        sqlx::query(
+            "INSERT INTO consumer_offsets (consumer, topic, partition, next_offset, epoch, owner)
+             SELECT 'history', topic, partition, next_offset, epoch, owner
+             FROM consumer_offsets WHERE consumer = 'projector'
+             ON CONFLICT (consumer, topic, partition) DO UPDATE
+                SET next_offset = EXCLUDED.next_offset",
+        )
+        .execute(&pool)
+        .await
+        .db("recording the history's offsets")?;
+    }
     pool.close().await;
     Ok(progress)
+}
+
+/// Drops the shadow's secondary indexes (those no constraint needs: the merges' `ON CONFLICT`
+/// keys stay) and returns their definitions. Building an index once over the finished table
+/// costs a fraction of maintaining it through every row write of a rebuild.
+async fn defer_indexes(pool: &PgPool, schema: &str) -> Result<Vec<String>> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT i.indexname, i.indexdef FROM pg_indexes i
+         WHERE i.schemaname = $1
+           AND NOT EXISTS (SELECT 1 FROM pg_constraint c
+                           JOIN pg_namespace n ON n.oid = c.connamespace
+                           WHERE n.nspname = $1 AND c.conname = i.indexname)",
+    )
+    .bind(schema)
+    .fetch_all(pool)
+    .await
+    .db("listing the shadow's indexes")?;
+    for (name, _) in &rows {
+        sqlx::query(&format!("DROP INDEX {schema}.{name}"))
+            .execute(pool)
+            .await
+            .db("deferring an index")?;
+    }
+    Ok(rows.into_iter().map(|(_, def)| def).collect())
+}
+
+/// Builds the deferred indexes, two at a time (one per core here).
+async fn create_indexes(pool: &PgPool, definitions: Vec<String>) -> Result<()> {
+    let mut pending = definitions.into_iter();
+    loop {
+        let (a, b) = (pending.next(), pending.next());
+        let Some(a) = a else { return Ok(()) };
+        let first = sqlx::query(&a).execute(pool);
+        match b {
+            Some(b) => {
+                let (x, y) = tokio::join!(first, sqlx::query(&b).execute(pool));
+                x.db("building an index")?;
+                y.db("building an index")?;
+            }
+            None => {
+                first.await.db("building an index")?;
+            }
+        }
+    }
 }
 
 /// The live projections' positions: where a verify rebuild stops.
