@@ -113,7 +113,13 @@ pub async fn run(cfg: &Config, devices: usize) -> Result<RolloutFigures, BoxErro
     let sim = tokio::spawn(async move { simulator::run(sim_cfg, signal).await });
     let registered = Instant::now();
     loop {
-        let n = scalar(&pool, "SELECT count(*) FROM devices").await?;
+        // Only the simulator's devices: in `bench all` the device topic already holds the
+        // heartbeat scenarios' 100,000 devices, which the projector folds in first.
+        let n = scalar(
+            &pool,
+            "SELECT count(*) FROM devices WHERE device_id LIKE 'rb-%'",
+        )
+        .await?;
         if usize::try_from(n).unwrap_or(0) >= devices {
             break;
         }

@@ -90,6 +90,7 @@ pub fn projector_runner_config(cfg: &Config, schema: &str, member: &str) -> Runn
         fold_max_events: cfg.projector.fold_max_events,
         fold_max_rows: cfg.projector.fold_max_rows,
         fold_max_wait: Duration::from_millis(cfg.projector.fold_max_wait_ms),
+        fold_when_behind: Duration::from_millis(cfg.projector.fold_when_behind_ms),
         rebalance_every: Duration::from_millis(cfg.projector.rebalance_ms),
         kafka: cfg.kafka.clone(),
         stop_at: None,

@@ -54,8 +54,10 @@ pub struct ProjectorConfig {
     pub fold_max_events: usize,
     /// ... or this many rows ...
     pub fold_max_rows: usize,
-    /// ... or this long's worth in one transaction.
+    /// ... or this long's worth in one transaction ...
     pub fold_max_wait_ms: u64,
+    /// ... and only while the events read are older than this (fresh events commit at once).
+    pub fold_when_behind_ms: u64,
     /// How often ownership is rechecked: the failover time after an instance dies.
     pub rebalance_ms: u64,
     /// Unique per instance; host name and process id when empty.
@@ -70,6 +72,7 @@ impl Default for ProjectorConfig {
             fold_max_events: 100_000,
             fold_max_rows: 50_000,
             fold_max_wait_ms: 1000,
+            fold_when_behind_ms: 1000,
             rebalance_ms: 2000,
             member: String::new(),
         }

@@ -83,6 +83,9 @@ pub struct RunnerConfig {
     pub fold_max_rows: usize,
     /// ... or for this long. A batch that is not full (caught up) commits at once.
     pub fold_max_wait: Duration,
+    /// Batches are gathered only while the newest event read was recorded longer ago than
+    /// this (the consumer is behind): fresh events commit at once, keeping the lag low.
+    pub fold_when_behind: Duration,
     pub rebalance_every: Duration,
     pub kafka: KafkaConfig,
     /// Rebuilds stop at these offsets (per partition, exclusive): records at or past them are
@@ -191,7 +194,12 @@ impl<P: Projection> Runner<P> {
                 continue;
             }
             let started = *pending.started.get_or_insert_with(Instant::now);
+            let behind = pending.recorded_at.last().is_some_and(|r| {
+                let age = otaledger_domain::time::now_micros() - r;
+                u128::try_from(age).unwrap_or(0) > cfg.fold_when_behind.as_micros()
+            });
             let gather = full
+                && behind
                 && pending.events.is_empty()
                 && pending.recorded_at.len() < cfg.fold_max_events
                 && self.projection.folded_rows() < cfg.fold_max_rows

@@ -268,6 +268,7 @@ pub async fn build_shadow(
             fold_max_events: 250_000,
             fold_max_rows: 500_000,
             fold_max_wait: Duration::from_secs(30),
+            fold_when_behind: Duration::ZERO,
             rebalance_every: Duration::from_secs(3600),
             kafka: plan.kafka.clone(),
             stop_at: stop,
