@@ -417,11 +417,10 @@ pub async fn run(cfg: &Config, args: &BenchArgs) -> Result<Report, BoxError> {
             *end = (*end).max(d.offset + 1);
         };
         for chunk in (0..args.events).step_by(CHUNK) {
+            // The first million are the codec sample, generated already; the rest as they go.
             let generated;
-            let slice = if chunk + CHUNK <= events.len() {
-                &events[chunk..chunk + CHUNK]
-            } else if chunk < events.len() {
-                &events[chunk..]
+            let slice = if chunk < events.len() {
+                &events[chunk..(chunk + CHUNK).min(events.len())]
             } else {
                 generated = heartbeats(chunk..(chunk + CHUNK).min(args.events), args.devices, now);
                 &generated[..]

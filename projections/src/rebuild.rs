@@ -391,7 +391,9 @@ async fn create_indexes(pool: &PgPool, definitions: Vec<String>) -> Result<()> {
 }
 
 /// The live projections' positions: where a verify rebuild stops.
-pub async fn live_positions(live: &PgPool) -> Result<BTreeMap<String, BTreeMap<i32, i64>>> {
+pub async fn live_positions(
+    live: impl sqlx::PgExecutor<'_>,
+) -> Result<BTreeMap<String, BTreeMap<i32, i64>>> {
     let rows: Vec<(String, i32, i64)> = sqlx::query_as(
         "SELECT consumer, partition, next_offset FROM consumer_offsets
          WHERE consumer = ANY($1)",
@@ -476,37 +478,34 @@ pub struct Difference {
 /// Per partition, an offset.
 type Offsets = BTreeMap<i32, i64>;
 
-/// Tables compared by verify: (table, key expression, the entity whose events change a row:
-/// a device or a rollout id column; none for the fleet counts, which every device changes).
+/// Tables compared by verify: (table, key expression, the entity whose events change a row;
+/// none for the fleet counts, which every device changes).
 const COMPARED: [(&str, &str, Option<Entity>); 6] = [
-    ("devices", "device_id", Some(Entity::Device("device_id"))),
+    ("devices", "device_id", Some(Entity::Device)),
     (
         "device_history",
         "device_id || '/' || partition || '/' || \"offset\"",
-        Some(Entity::Device("device_id")),
+        Some(Entity::Device),
     ),
     ("fleet_counts", "dimension || '/' || value", None),
-    (
-        "rollouts",
-        "rollout_id",
-        Some(Entity::Rollout("rollout_id")),
-    ),
+    ("rollouts", "rollout_id", Some(Entity::Rollout)),
     (
         "rollout_devices",
         "rollout_id || '/' || device_id",
-        Some(Entity::Rollout("rollout_id")),
+        Some(Entity::Rollout),
     ),
     (
         "rollout_decisions",
         "rollout_id || '/' || partition || '/' || \"offset\"",
-        Some(Entity::Rollout("rollout_id")),
+        Some(Entity::Rollout),
     ),
 ];
 
+/// Whose events change a row: a device (`device_id`) or a rollout (`rollout_id`).
 #[derive(Debug, Clone, Copy)]
 enum Entity {
-    Device(&'static str),
-    Rollout(&'static str),
+    Device,
+    Rollout,
 }
 
 /// Devices and rollouts with events the live projections applied after the rebuild's stop
@@ -557,32 +556,28 @@ pub async fn compare(
         .execute(&mut *tx)
         .await
         .db("taking a snapshot of the live schema")?;
-    let rows: Vec<(String, i32, i64)> = sqlx::query_as(&format!(
-        "SELECT consumer, partition, next_offset FROM {live}.consumer_offsets
-         WHERE consumer = ANY($1)"
-    ))
-    .bind(PROJECTIONS.iter().map(|(c, _)| *c).collect::<Vec<_>>())
-    .fetch_all(&mut *tx)
-    .await
-    .db("reading live positions")?;
+    // `pool` addresses the live schema: its positions, read inside the snapshot.
+    let positions = live_positions(&mut *tx).await?;
     let mut ranges: BTreeMap<Topic, (Offsets, Offsets)> = BTreeMap::new();
-    for (consumer, partition, now) in rows {
+    for (consumer, partitions) in positions {
         let Some((_, topic)) = PROJECTIONS.iter().find(|(c, _)| *c == consumer) else {
             continue;
         };
-        let from = stop
-            .get(&consumer)
-            .and_then(|s| s.get(&partition))
-            .copied()
-            .unwrap_or(0);
-        if now <= from {
-            continue;
+        for (partition, now) in partitions {
+            let from = stop
+                .get(&consumer)
+                .and_then(|s| s.get(&partition))
+                .copied()
+                .unwrap_or(0);
+            if now <= from {
+                continue;
+            }
+            let (froms, tos) = ranges.entry(*topic).or_default();
+            let f = froms.entry(partition).or_insert(from);
+            *f = (*f).min(from);
+            let t = tos.entry(partition).or_insert(now);
+            *t = (*t).max(now);
         }
-        let (froms, tos) = ranges.entry(*topic).or_default();
-        let f = froms.entry(partition).or_insert(from);
-        *f = (*f).min(from);
-        let t = tos.entry(partition).or_insert(now);
-        *t = (*t).max(now);
     }
     let mut moved = Moved::default();
     for (topic, (from, to)) in ranges {
@@ -601,12 +596,13 @@ pub async fn compare(
         ..Comparison::default()
     };
     for (t, key, entity) in COMPARED {
-        let (keep, ids): (String, &[String]) = match entity {
-            Some(Entity::Device(c)) => (format!("NOT (x.{c} = ANY($2))"), &out.moved.devices),
-            Some(Entity::Rollout(c)) => (format!("NOT (x.{c} = ANY($2))"), &out.moved.rollouts),
+        // `$1`: the moved entities' ids.
+        let (keep, ids): (&str, &[String]) = match entity {
+            Some(Entity::Device) => ("NOT (x.device_id = ANY($1))", &out.moved.devices),
+            Some(Entity::Rollout) => ("NOT (x.rollout_id = ANY($1))", &out.moved.rollouts),
             // A count that went back to zero is kept as a row or never written, depending on
             // how events fell into transactions.
-            None => ("x.devices <> 0 AND $2::text[] IS NOT NULL".to_owned(), &[]),
+            None => ("x.devices <> 0 AND $1::text[] IS NOT NULL", &[]),
         };
         // Every device changes the counts: with devices moved, the live counts are compared
         // with the live devices they count (same snapshot) instead of the rebuild.
@@ -616,10 +612,9 @@ pub async fn compare(
             format!("{rebuilt}.{t}")
         };
         let counts: (i64, i64) = sqlx::query_as(&format!(
-            "SELECT (SELECT count(*) FROM {live}.{t} x WHERE {keep} AND $1::int IS NOT NULL),
+            "SELECT (SELECT count(*) FROM {live}.{t} x WHERE {keep}),
                     (SELECT count(*) FROM {right} x WHERE {keep})"
         ))
-        .bind(0_i32)
         .bind(ids)
         .fetch_one(&mut *tx)
         .await
@@ -632,10 +627,10 @@ pub async fn compare(
                         FROM {right} x WHERE {keep})
              SELECT coalesce(l.k, r.k), l.j, r.j FROM l FULL JOIN r ON l.k = r.k
              WHERE l.h IS DISTINCT FROM r.h
-             ORDER BY 1 LIMIT $1"
+             ORDER BY 1 LIMIT $2"
         ))
-        .bind(limit)
         .bind(ids)
+        .bind(limit)
         .fetch_all(&mut *tx)
         .await
         .db("comparing rows")?;
