@@ -647,6 +647,26 @@ pub async fn run(cfg: &Config, args: &BenchArgs) -> Result<Report, BoxError> {
         rc.mqtt.topic_root = format!("{name}/devices");
         rc.amqp.reports_queue = format!("{name}.reports");
         rc.amqp.commands_exchange = format!("{name}.gateway-commands");
+        let (alone, alone_mqtt, alone_amqp) =
+            crate::bench_rollout::dispatch_only(&rc, args.rollout_devices).await?;
+        report.add(
+            "rollout",
+            "dispatcher alone, commands queued",
+            alone,
+            "commands/s",
+        );
+        report.add(
+            "rollout",
+            "dispatcher alone, over MQTT",
+            alone_mqtt,
+            "commands/s",
+        );
+        report.add(
+            "rollout",
+            "dispatcher alone, over AMQP",
+            alone_amqp,
+            "commands/s",
+        );
         let f = crate::bench_rollout::run(&rc, args.rollout_devices).await?;
         #[allow(clippy::cast_precision_loss)]
         {
@@ -655,6 +675,18 @@ pub async fn run(cfg: &Config, args: &BenchArgs) -> Result<Report, BoxError> {
                 "rollout",
                 "commands dispatched",
                 f.commands_per_s,
+                "commands/s",
+            );
+            report.add(
+                "rollout",
+                "commands dispatched while waiting",
+                f.dispatch_busy_per_s,
+                "commands/s",
+            );
+            report.add(
+                "rollout",
+                "commands dispatched, best second",
+                f.peak_per_s,
                 "commands/s",
             );
             report.add("rollout", "commands over MQTT", f.mqtt_per_s, "commands/s");

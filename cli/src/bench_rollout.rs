@@ -35,11 +35,64 @@ pub struct RolloutFigures {
     pub amqp_per_s: f64,
     pub mqtt_commands: u64,
     pub amqp_commands: u64,
+    /// Commands dispatched per second of the time the dispatcher had commands waiting (issued
+    /// by the saga, not yet handed to a broker): its throughput, apart from the waits between
+    /// waves.
+    pub dispatch_busy_per_s: f64,
+    /// The most commands dispatched within one second.
+    pub peak_per_s: f64,
     pub request_to_last_command_s: f64,
     pub request_to_completion_s: f64,
     pub decision_p50_ms: f64,
     pub decision_p99_ms: f64,
     pub peak_rss_mib: f64,
+}
+
+fn issued() -> u64 {
+    REGISTRY
+        .counter(
+            "otaledger_saga_commands_total",
+            "Commands the rollout saga issued to devices",
+            &[],
+        )
+        .get()
+}
+
+/// One sample of the scenario's progress: time since the request, commands issued by the saga,
+/// commands dispatched.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    at: f64,
+    issued: u64,
+    dispatched: u64,
+}
+
+/// Dispatch throughput while commands were waiting, and the best one-second window.
+fn dispatch_rates(samples: &[Sample]) -> (f64, f64) {
+    let mut busy = 0.0;
+    let mut moved = 0;
+    for w in samples.windows(2) {
+        if w[0].issued > w[0].dispatched || w[1].dispatched > w[0].dispatched {
+            busy += w[1].at - w[0].at;
+            moved += w[1].dispatched - w[0].dispatched;
+        }
+    }
+    let mut peak: f64 = 0.0;
+    let mut j = 0;
+    for i in 0..samples.len() {
+        while samples[i].at - samples[j].at > 1.0 {
+            j += 1;
+        }
+        if samples[i].at - samples[j].at >= 0.5 {
+            #[allow(clippy::cast_precision_loss)]
+            let r = (samples[i].dispatched - samples[j].dispatched) as f64
+                / (samples[i].at - samples[j].at);
+            peak = peak.max(r);
+        }
+    }
+    #[allow(clippy::cast_precision_loss)]
+    let rate = if busy > 0.0 { moved as f64 / busy } else { 0.0 };
+    (rate, peak)
 }
 
 fn dispatched(channel: &str) -> u64 {
@@ -68,6 +121,135 @@ pub fn peak_rss_mib() -> f64 {
 
 async fn scalar(pool: &sqlx::PgPool, sql: &str) -> Result<i64, BoxError> {
     Ok(sqlx::query_scalar(sql).fetch_one(pool).await?)
+}
+
+/// The dispatcher alone: `n` update commands (a fifth of them for devices behind 20 gateways)
+/// are in `ota.device-commands` before it starts; measured from its first to its last
+/// dispatch. One MQTT client subscribed to every device's commands and one AMQP queue bound to
+/// every gateway take them, so both brokers route each command as they would to devices.
+pub async fn dispatch_only(cfg: &Config, n: usize) -> Result<(f64, f64, f64), BoxError> {
+    use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::FieldTable;
+    use otaledger_domain::events::UpdateCommand;
+
+    let mut dc = cfg.clone();
+    dc.kafka.topic_prefix = format!("{}dispatch.", cfg.kafka.topic_prefix);
+    dc.database.schema = format!("{}_dispatch", cfg.database.schema);
+    dc.mqtt.topic_root = format!("{}-dispatch", cfg.mqtt.topic_root);
+    dc.amqp.commands_exchange = format!("{}.dispatch", cfg.amqp.commands_exchange);
+    components::prepare(&dc).await?;
+
+    // Receivers: the brokers route every command somewhere, as they would to devices.
+    let amqp = otaledger_producers::amqp_bridge::connect(&dc.amqp).await?;
+    let ch = amqp.create_channel().await?;
+    ch.exchange_declare(
+        dc.amqp.commands_exchange.as_str().into(),
+        lapin::ExchangeKind::Topic,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        },
+        FieldTable::default(),
+    )
+    .await?;
+    let queue = ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    ch.queue_bind(
+        queue.name().as_str().into(),
+        dc.amqp.commands_exchange.as_str().into(),
+        "#".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    let mut opts = dc
+        .mqtt
+        .options(&format!("otaledger-bench-devices-{}", std::process::id()));
+    opts.set_clean_session(true);
+    let (mqtt, mut eventloop) = rumqttc::AsyncClient::new(opts, 100);
+    mqtt.subscribe(
+        format!("{}/+/commands", dc.mqtt.topic_root),
+        rumqttc::QoS::AtLeastOnce,
+    )
+    .await?;
+    let devices_rx = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+
+    let producer = EventProducer::new(&dc.kafka)?;
+    let release = Release {
+        version: "99.0.0".into(),
+        artifact_uri: "https://artifacts.example/fw/99.0.0.bin".into(),
+        sha256: "ab".repeat(32),
+        size_bytes: 1,
+        signature: "bench".into(),
+    };
+    let mut pending = Vec::with_capacity(n);
+    for i in 0..n {
+        let command_id = new_event_id();
+        let e = Event {
+            meta: EventMeta {
+                event_id: command_id,
+                occurred_at: now_micros(),
+                recorded_at: now_micros(),
+                trace_id: "bench".into(),
+            },
+            payload: Payload::UpdateCommand(UpdateCommand {
+                command_id,
+                device_id: format!("dd-{i:07}"),
+                rollout_id: "bench-dispatch".into(),
+                gateway_id: (i % 5 == 0).then(|| format!("gw-{:02}", i % 20)),
+                release: release.clone(),
+                deadline: now_micros() + 600_000_000,
+            }),
+        };
+        pending.push(producer.enqueue(&e).await?);
+    }
+    for p in pending {
+        p.acked().await?;
+    }
+
+    let before = (dispatched("mqtt"), dispatched("amqp"));
+    let stop = Shutdown::new();
+    let signal = stop.signal();
+    let task =
+        tokio::spawn(async move { components::run(Component::Dispatcher, dc, signal).await });
+    let started = Instant::now();
+    let mut first = None;
+    let last = loop {
+        let (m, a) = (dispatched("mqtt") - before.0, dispatched("amqp") - before.1);
+        if m + a > 0 && first.is_none() {
+            first = Some(Instant::now());
+        }
+        if usize::try_from(m + a).unwrap_or(0) >= n {
+            break Instant::now();
+        }
+        if started.elapsed() > Duration::from_secs(300) || task.is_finished() {
+            return Err(format!("the dispatcher sent {} of {n} commands", m + a).into());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let span = last
+        .duration_since(first.unwrap_or(started))
+        .as_secs_f64()
+        .max(0.001);
+    stop.trigger();
+    let _ = task.await;
+    devices_rx.abort();
+    let _ = amqp.close(0, "bench done".into()).await;
+    #[allow(clippy::cast_precision_loss)]
+    Ok((
+        n as f64 / span,
+        (dispatched("mqtt") - before.0) as f64 / span,
+        (dispatched("amqp") - before.1) as f64 / span,
+    ))
 }
 
 /// Runs the scenario in the namespace of `cfg` (its own topics, schema, MQTT root, queues).
@@ -175,6 +357,8 @@ pub async fn run(cfg: &Config, devices: usize) -> Result<RolloutFigures, BoxErro
         }),
     };
     let before = (dispatched("mqtt"), dispatched("amqp"));
+    let issued_before = issued();
+    let mut samples = Vec::new();
     let producer = EventProducer::new(&cfg.kafka)?;
     let requested = Instant::now();
     producer.append(&request).await?;
@@ -199,6 +383,11 @@ pub async fn run(cfg: &Config, devices: usize) -> Result<RolloutFigures, BoxErro
             }
         }
         let total = counts[0].1 + counts[1].1;
+        samples.push(Sample {
+            at: now.duration_since(requested).as_secs_f64(),
+            issued: issued() - issued_before,
+            dispatched: total,
+        });
         if last_command.is_none() && usize::try_from(total).unwrap_or(0) >= devices {
             last_command = Some(now);
         }
@@ -223,6 +412,20 @@ pub async fn run(cfg: &Config, devices: usize) -> Result<RolloutFigures, BoxErro
         r
     };
     let last_command = last_command.unwrap_or(completed);
+    let (dispatch_busy_per_s, peak_per_s) = dispatch_rates(&samples);
+    // Where the time went, second by second (RUST_LOG=otaledger_cli=debug).
+    let mut next = 0.0;
+    for s in &samples {
+        if s.at >= next {
+            tracing::debug!(
+                at = format!("{:.1}", s.at),
+                issued = s.issued,
+                dispatched = s.dispatched,
+                "rollout progress"
+            );
+            next += 1.0;
+        }
+    }
     let first_any = first.values().min().copied().unwrap_or(requested);
     #[allow(clippy::cast_precision_loss)]
     let mut figures = RolloutFigures {
@@ -236,6 +439,8 @@ pub async fn run(cfg: &Config, devices: usize) -> Result<RolloutFigures, BoxErro
         amqp_per_s: span("amqp", amqp_n),
         mqtt_commands: mqtt_n,
         amqp_commands: amqp_n,
+        dispatch_busy_per_s,
+        peak_per_s,
         request_to_last_command_s: last_command.duration_since(requested).as_secs_f64(),
         request_to_completion_s: completed.duration_since(requested).as_secs_f64(),
         peak_rss_mib: peak_rss_mib(),

@@ -139,10 +139,16 @@ impl Dispatcher {
         producer: EventProducer,
         member: &str,
     ) -> Result<Self> {
-        // Unique per process: two dispatchers sharing an id would take the session from each
-        // other forever (seen with a stray process of the same member name). Commands need no
+        // Unique per process and instance: two dispatchers sharing an id would take the session
+        // from each other forever (seen with a stray process of the same member name, and with
+        // two dispatchers one after the other in one bench process). Commands need no
         // persistent session: they are published, never subscribed to.
-        let client_id = format!("otaledger-dispatcher-{member}-{}", std::process::id());
+        static INSTANCE: AtomicU64 = AtomicU64::new(0);
+        let client_id = format!(
+            "otaledger-dispatcher-{member}-{}-{}",
+            std::process::id(),
+            INSTANCE.fetch_add(1, Ordering::Relaxed)
+        );
         let mut opts = cfg.mqtt.options(&client_id);
         opts.set_clean_session(true);
         opts.set_inflight(1000);
@@ -157,6 +163,8 @@ impl Dispatcher {
                     }
                     Ok(MqttEvent::Outgoing(rumqttc::Outgoing::Disconnect)) => break,
                     Ok(_) => {}
+                    // The dispatcher is gone: its client was dropped.
+                    Err(rumqttc::ConnectionError::RequestsDone) => break,
                     Err(e) => {
                         tracing::warn!(error = %e, "dispatcher MQTT connection error");
                         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -220,11 +228,13 @@ impl Dispatcher {
     }
 
     /// Publishes to devices over MQTT and waits for the broker's PUBACKs.
-    async fn send_mqtt(&mut self, cmds: &[&Outgoing]) -> std::result::Result<(), String> {
-        let root = &self.cfg.mqtt.topic_root;
+    async fn send_mqtt(
+        link: &mut MqttLink,
+        root: &str,
+        cmds: &[&Outgoing],
+    ) -> std::result::Result<(), String> {
         for c in cmds {
-            self.mqtt
-                .client
+            link.client
                 .publish(
                     format!("{root}/{}/commands", c.device_id),
                     QoS::AtLeastOnce,
@@ -233,13 +243,13 @@ impl Dispatcher {
                 )
                 .await
                 .map_err(|e| e.to_string())?;
-            self.mqtt.sent += 1;
+            link.sent += 1;
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while self.mqtt.acked.load(Ordering::Relaxed) < self.mqtt.sent {
+        while link.acked.load(Ordering::Relaxed) < link.sent {
             if tokio::time::Instant::now() > deadline {
                 // Unknown which were acknowledged: count them all as unacknowledged and resend.
-                self.mqtt.sent = self.mqtt.acked.load(Ordering::Relaxed);
+                link.sent = link.acked.load(Ordering::Relaxed);
                 return Err("MQTT broker did not acknowledge within 10 s".into());
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -248,14 +258,17 @@ impl Dispatcher {
     }
 
     /// Publishes to gateways over AMQP; returns the commands that failed with why.
-    async fn send_amqp<'c>(&self, cmds: &[&'c Outgoing]) -> Result<Vec<(&'c Outgoing, String)>> {
+    async fn send_amqp<'c>(
+        channel: &lapin::Channel,
+        exchange: &str,
+        cmds: &[&'c Outgoing],
+    ) -> Vec<(&'c Outgoing, String)> {
         let mut confirms = Vec::with_capacity(cmds.len());
         for c in cmds {
             let gw = c.gateway_id.as_deref().unwrap_or_default();
-            let confirm = self
-                .amqp
+            let confirm = channel
                 .basic_publish(
-                    self.cfg.amqp.commands_exchange.as_str().into(),
+                    exchange.into(),
                     gw.into(),
                     BasicPublishOptions {
                         mandatory: true,
@@ -288,7 +301,7 @@ impl Dispatcher {
                 failed.push((*c, why));
             }
         }
-        Ok(failed)
+        failed
     }
 
     async fn record_failure(
@@ -342,6 +355,7 @@ impl Dispatcher {
     }
 
     async fn apply_batch(&mut self, tx: &mut PgConnection, events: &[Positioned]) -> Result<()> {
+        let started = std::time::Instant::now();
         let all: Vec<Outgoing> = events.iter().filter_map(outgoing).collect();
         if all.is_empty() {
             return Ok(());
@@ -364,8 +378,20 @@ impl Dispatcher {
         let mut sent: Vec<(&Outgoing, &str)> = Vec::new();
         for attempt in 1..=self.cfg.attempts.max(1) {
             let last = attempt == self.cfg.attempts.max(1);
+            // Both brokers at once: a batch holds devices of either kind.
+            let (link, root) = (&mut self.mqtt, &self.cfg.mqtt.topic_root);
+            let mqtt_cmds = &pending_mqtt;
+            let mqtt = async move {
+                if mqtt_cmds.is_empty() {
+                    Ok(())
+                } else {
+                    Self::send_mqtt(link, root, mqtt_cmds).await
+                }
+            };
+            let amqp = Self::send_amqp(&self.amqp, &self.cfg.amqp.commands_exchange, &pending_amqp);
+            let (mqtt, failed) = tokio::join!(mqtt, amqp);
             if !pending_mqtt.is_empty() {
-                match self.send_mqtt(&pending_mqtt).await {
+                match mqtt {
                     Ok(()) => {
                         self.delivered_mqtt.add(pending_mqtt.len() as u64);
                         sent.extend(pending_mqtt.drain(..).map(|c| (c, "mqtt")));
@@ -379,7 +405,6 @@ impl Dispatcher {
                 }
             }
             if !pending_amqp.is_empty() {
-                let failed = self.send_amqp(&pending_amqp).await?;
                 let failed_ids: std::collections::HashSet<Uuid> =
                     failed.iter().map(|(c, _)| c.command_id).collect();
                 for c in pending_amqp
@@ -405,6 +430,7 @@ impl Dispatcher {
                 backoff *= 2;
             }
         }
+        let until_sent = started.elapsed();
         let ids: Vec<Uuid> = sent.iter().map(|(c, _)| c.command_id).collect();
         let devices: Vec<&str> = sent.iter().map(|(c, _)| c.device_id.as_str()).collect();
         let channels: Vec<&str> = sent.iter().map(|(_, ch)| *ch).collect();
@@ -418,6 +444,7 @@ impl Dispatcher {
         .execute(&mut *tx)
         .await
         .db("recording dispatched commands")?;
+        tracing::debug!(commands = all.len(), ?until_sent, total = ?started.elapsed(), "batch dispatched");
         Ok(())
     }
 }

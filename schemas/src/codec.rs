@@ -1,8 +1,6 @@
 //! Single-object encoding and decoding of [`Event`]s.
 
-use apache_avro::{
-    from_avro_datum, from_value, to_avro_datum, to_value, types::Value, write_avro_datum_ref,
-};
+use apache_avro::{from_value, to_avro_datum, to_value, types::Value, write_avro_datum_ref};
 use otaledger_domain::events::{
     CancelCommand, CommandDeliveryFailed, DeviceCommanded, DeviceOutcome, DeviceRegistered,
     DeviceReportRouted, DeviceTimedOut, DevicesJoined, Heartbeat, InstallProgress, InstallResult,
@@ -104,8 +102,10 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded> {
     let mut body = &bytes[HEADER_LEN..];
     // Decode with the writer schema alone, then resolve: decoding straight into the reader
     // schema lets a payload cut before a defaulted field pass as complete.
-    let value =
-        from_avro_datum(&writer.schema, &mut body, None).map_err(|e| fail(e.to_string()))?;
+    let value = writer
+        .datum
+        .read(&mut body)
+        .map_err(|e| fail(e.to_string()))?;
     if !body.is_empty() {
         return Err(Error::TrailingBytes(body.len()));
     }
