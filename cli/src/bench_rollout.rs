@@ -123,12 +123,23 @@ async fn scalar(pool: &sqlx::PgPool, sql: &str) -> Result<i64, BoxError> {
     Ok(sqlx::query_scalar(sql).fetch_one(pool).await?)
 }
 
+/// The release every bench rollout installs.
+fn release() -> Release {
+    Release {
+        version: "99.0.0".into(),
+        artifact_uri: "https://artifacts.example/fw/99.0.0.bin".into(),
+        sha256: "ab".repeat(32),
+        size_bytes: 1,
+        signature: "bench".into(),
+    }
+}
+
 /// The dispatcher alone: `n` update commands (a fifth of them for devices behind 20 gateways)
 /// are in `ota.device-commands` before it starts; measured from its first to its last
 /// dispatch. One MQTT client subscribed to every device's commands and one AMQP queue bound to
 /// every gateway take them, so both brokers route each command as they would to devices.
 pub async fn dispatch_only(cfg: &Config, n: usize) -> Result<(f64, f64, f64), BoxError> {
-    use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+    use lapin::options::{QueueBindOptions, QueueDeclareOptions};
     use lapin::types::FieldTable;
     use otaledger_domain::events::UpdateCommand;
 
@@ -142,16 +153,7 @@ pub async fn dispatch_only(cfg: &Config, n: usize) -> Result<(f64, f64, f64), Bo
     // Receivers: the brokers route every command somewhere, as they would to devices.
     let amqp = otaledger_producers::amqp_bridge::connect(&dc.amqp).await?;
     let ch = amqp.create_channel().await?;
-    ch.exchange_declare(
-        dc.amqp.commands_exchange.as_str().into(),
-        lapin::ExchangeKind::Topic,
-        ExchangeDeclareOptions {
-            durable: true,
-            ..ExchangeDeclareOptions::default()
-        },
-        FieldTable::default(),
-    )
-    .await?;
+    otaledger_producers::amqp_bridge::declare_commands_exchange(&ch, &dc.amqp).await?;
     let queue = ch
         .queue_declare(
             "".into(),
@@ -184,13 +186,6 @@ pub async fn dispatch_only(cfg: &Config, n: usize) -> Result<(f64, f64, f64), Bo
     let devices_rx = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
 
     let producer = EventProducer::new(&dc.kafka)?;
-    let release = Release {
-        version: "99.0.0".into(),
-        artifact_uri: "https://artifacts.example/fw/99.0.0.bin".into(),
-        sha256: "ab".repeat(32),
-        size_bytes: 1,
-        signature: "bench".into(),
-    };
     let mut pending = Vec::with_capacity(n);
     for i in 0..n {
         let command_id = new_event_id();
@@ -206,7 +201,7 @@ pub async fn dispatch_only(cfg: &Config, n: usize) -> Result<(f64, f64, f64), Bo
                 device_id: format!("dd-{i:07}"),
                 rollout_id: "bench-dispatch".into(),
                 gateway_id: (i % 5 == 0).then(|| format!("gw-{:02}", i % 20)),
-                release: release.clone(),
+                release: release(),
                 deadline: now_micros() + 600_000_000,
             }),
         };
@@ -326,13 +321,7 @@ pub async fn run(cfg: &Config, devices: usize) -> Result<RolloutFigures, BoxErro
         payload: Payload::UpdateRequested(UpdateRequested {
             rollout_id: rollout_id.clone(),
             requested_by: "bench".into(),
-            release: Release {
-                version: "99.0.0".into(),
-                artifact_uri: "https://artifacts.example/fw/99.0.0.bin".into(),
-                sha256: "ab".repeat(32),
-                size_bytes: 1,
-                signature: "bench".into(),
-            },
+            release: release(),
             selector: TargetSelector {
                 models: simulator::model_names()
                     .into_iter()

@@ -13,14 +13,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, ExchangeKind};
+use lapin::BasicProperties;
 use otaledger_domain::events::{CommandDeliveryFailed, Payload};
 use otaledger_domain::ids::derived_event_id;
 use otaledger_domain::time::now_micros;
 use otaledger_domain::{Event, EventMeta};
-use otaledger_producers::amqp_bridge::{connect, AmqpConfig};
+use otaledger_producers::amqp_bridge::{connect, declare_commands_exchange, AmqpConfig};
 use otaledger_producers::dead_letters::{dead_letter, Origin, Rejection};
 use otaledger_producers::kafka::EventProducer;
 use otaledger_producers::metrics::{Counter, REGISTRY};
@@ -180,17 +180,7 @@ impl Dispatcher {
         amqp.confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(amqp_err("enabling publisher confirms"))?;
-        amqp.exchange_declare(
-            cfg.amqp.commands_exchange.as_str().into(),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..ExchangeDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map_err(amqp_err("declaring the commands exchange"))?;
+        declare_commands_exchange(&amqp, &cfg.amqp).await?;
         let c = |channel: &str, help: &'static str, name: &'static str| {
             REGISTRY.counter(name, help, &[("channel", channel)])
         };

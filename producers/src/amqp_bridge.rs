@@ -61,6 +61,23 @@ pub async fn declare_reports_queue(channel: &lapin::Channel, cfg: &AmqpConfig) -
     Ok(())
 }
 
+/// Declares the topic exchange commands to gateways are published on (routing key: gateway id).
+/// The dispatcher publishes to it; gateways bind their queues to it.
+pub async fn declare_commands_exchange(channel: &lapin::Channel, cfg: &AmqpConfig) -> Result<()> {
+    channel
+        .exchange_declare(
+            cfg.commands_exchange.as_str().into(),
+            lapin::ExchangeKind::Topic,
+            lapin::options::ExchangeDeclareOptions {
+                durable: true,
+                ..lapin::options::ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .amqp("declaring the commands exchange")
+}
+
 static AMQP_INGESTED: std::sync::LazyLock<metrics::Counter> =
     std::sync::LazyLock::new(|| metrics::ingested("amqp"));
 

@@ -10,10 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
-};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use otaledger_domain::events::{DeviceRegistered, Release};
 use rand::rngs::SmallRng;
@@ -25,7 +22,9 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::amqp_bridge::{connect, declare_reports_queue, publish_batch, AmqpConfig};
+use crate::amqp_bridge::{
+    connect, declare_commands_exchange, declare_reports_queue, publish_batch, AmqpConfig,
+};
 use crate::mqtt_bridge::{MqttConfig, COMMANDS_KIND};
 use crate::shutdown::ShutdownSignal;
 use crate::{AmqpContext, Error, Result};
@@ -308,18 +307,7 @@ async fn consume_gateway_commands(
         .create_channel()
         .await
         .amqp("opening gateway channel")?;
-    channel
-        .exchange_declare(
-            cfg.commands_exchange.as_str().into(),
-            lapin::ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..ExchangeDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .amqp("declaring the commands exchange")?;
+    declare_commands_exchange(&channel, cfg).await?;
     for gw in gateways {
         let queue = format!("{}.{gw}", cfg.commands_exchange);
         channel

@@ -38,6 +38,8 @@ async fn bench_all_reports_every_figure_and_writes_json() {
         "summary p99",
         "rebuild into a shadow schema",
         "commands dispatched",
+        "commands dispatched while waiting",
+        "dispatcher alone, commands queued",
         "commands over MQTT",
         "commands over AMQP",
         "request to completion",
