@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::types::FieldTable;
 use lapin::BasicProperties;
 use otaledger_domain::events::{CommandDeliveryFailed, Payload};
 use otaledger_domain::ids::derived_event_id;
