@@ -83,7 +83,8 @@ async fn one(
     Path(id): Path<String>,
 ) -> Result<Json<fleet::Device>, ApiError> {
     check_device_id(&id)?;
-    fleet::get_device(&s.pool, &id, s.offline_after)
+    s.devices
+        .get(id.clone())
         .await
         .map_err(|e| ApiError::unavailable(&e))?
         .map(Json)

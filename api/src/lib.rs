@@ -1,6 +1,7 @@
 //! The HTTP API: `fn app(state) -> Router`, so tests drive it with `oneshot` and binaries serve
 //! it. Errors are JSON `{ "error", "reason" }` and never expose internals.
 
+pub mod device_lookup;
 mod devices;
 mod ops;
 mod rollout_views;
@@ -32,6 +33,7 @@ pub struct AppState {
     pub kafka: KafkaConfig,
     pub offline_after: Duration,
     pub summary: Arc<summary_cache::SummaryCache>,
+    pub devices: device_lookup::DeviceLookup,
 }
 
 impl std::fmt::Debug for AppState {
@@ -43,6 +45,7 @@ impl std::fmt::Debug for AppState {
 }
 
 impl AppState {
+    /// Must be called within a Tokio runtime: it starts the device lookup batcher.
     pub fn new(
         pool: PgPool,
         producer: EventProducer,
@@ -53,6 +56,7 @@ impl AppState {
             .create()
             .map_err(|e| format!("creating Kafka probe: {e}"))?;
         Ok(AppState {
+            devices: device_lookup::DeviceLookup::spawn(pool.clone(), offline_after),
             pool,
             producer,
             kafka_probe: Arc::new(probe),

@@ -259,6 +259,23 @@ pub async fn get_device(
     Ok(row.map(|r| r.into_device(online_since(offline_after))))
 }
 
+/// Several devices in one round trip (the API's lookup batcher); absent ids are left out.
+pub async fn get_devices(
+    pool: &PgPool,
+    device_ids: &[String],
+    offline_after: Duration,
+) -> Result<Vec<Device>> {
+    let rows: Vec<Row> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM devices WHERE device_id = ANY($1)"
+    ))
+    .bind(device_ids)
+    .fetch_all(pool)
+    .await
+    .db("reading devices")?;
+    let since = online_since(offline_after);
+    Ok(rows.into_iter().map(|r| r.into_device(since)).collect())
+}
+
 /// `GET /v1/fleet/summary`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Summary {

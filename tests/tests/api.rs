@@ -405,3 +405,48 @@ async fn operations_endpoints_answer() {
     );
     otaledger_tests::drop_schema(&f.services, &f.cfg.database.schema).await;
 }
+
+/// A burst of concurrent lookups (the batcher answers them with shared queries): every one gets
+/// its own device, duplicates included, and the unknown ids get 404 among them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_lookups_each_get_their_own_device() {
+    let f = fixture("concurrent_lookups").await;
+    let (lookups, queries) = otaledger_api::device_lookup::counters();
+    let before = (lookups.get(), queries.get());
+    let mut calls = tokio::task::JoinSet::new();
+    for n in 0..1_200usize {
+        let app = f.app.clone();
+        // 300 unknown ids among 900 known ones, every known device asked for three to four times.
+        let id = if n % 4 == 3 {
+            format!("nope-{n}")
+        } else {
+            format!("dev-{:04}", n % 257)
+        };
+        calls.spawn(async move {
+            let (status, body) = get(&app, &format!("/v1/devices/{id}")).await;
+            (id, status, body)
+        });
+    }
+    let mut found = 0;
+    while let Some(r) = calls.join_next().await {
+        let (id, status, body) = r.unwrap();
+        if id.starts_with("nope-") {
+            assert_eq!(status, StatusCode::NOT_FOUND, "{id}: {body}");
+            assert_eq!(body["error"], "not_found");
+            continue;
+        }
+        assert_eq!(status, StatusCode::OK, "{id}: {body}");
+        assert_eq!(body["device_id"], id.as_str());
+        let want = &f.devices[id[4..].parse::<usize>().unwrap()];
+        assert_eq!(body["site"], want.site.as_deref().unwrap());
+        assert_eq!(body["position"]["offset"], want.last_position.offset);
+        found += 1;
+    }
+    assert_eq!(found, 900);
+    let (asked, queried) = (lookups.get() - before.0, queries.get() - before.1);
+    assert!(asked >= 1_200, "{asked} lookups counted");
+    assert!(
+        queried < asked,
+        "{asked} lookups took {queried} queries: none shared"
+    );
+}
