@@ -217,11 +217,13 @@ pub async fn dispatch_only(cfg: &Config, n: usize) -> Result<(f64, f64, f64), Bo
     let task =
         tokio::spawn(async move { components::run(Component::Dispatcher, dc, signal).await });
     let started = Instant::now();
+    // Counters move once a batch is delivered, so the span starts at the first delivered batch
+    // and only the commands delivered after it count (the first batch's time is unknown).
     let mut first = None;
     let last = loop {
         let (m, a) = (dispatched("mqtt") - before.0, dispatched("amqp") - before.1);
         if m + a > 0 && first.is_none() {
-            first = Some(Instant::now());
+            first = Some((Instant::now(), m, a));
         }
         if usize::try_from(m + a).unwrap_or(0) >= n {
             break Instant::now();
@@ -231,20 +233,18 @@ pub async fn dispatch_only(cfg: &Config, n: usize) -> Result<(f64, f64, f64), Bo
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
-    let span = last
-        .duration_since(first.unwrap_or(started))
-        .as_secs_f64()
-        .max(0.001);
+    let (first_at, first_m, first_a) = first.unwrap_or((started, 0, 0));
+    let span = last.duration_since(first_at).as_secs_f64().max(0.001);
     stop.trigger();
     let _ = task.await;
     devices_rx.abort();
     let _ = amqp.close(0, "bench done".into()).await;
+    let (m, a) = (
+        dispatched("mqtt") - before.0 - first_m,
+        dispatched("amqp") - before.1 - first_a,
+    );
     #[allow(clippy::cast_precision_loss)]
-    Ok((
-        n as f64 / span,
-        (dispatched("mqtt") - before.0) as f64 / span,
-        (dispatched("amqp") - before.1) as f64 / span,
-    ))
+    Ok(((m + a) as f64 / span, m as f64 / span, a as f64 / span))
 }
 
 /// Runs the scenario in the namespace of `cfg` (its own topics, schema, MQTT root, queues).
