@@ -50,113 +50,16 @@ pub struct DispatcherConfig {
     pub commands_topic: String,
 }
 
-/// MQTT connections of one dispatcher. rumqttc's event loop writes and flushes every publish
-/// on its own, on one task; a second connection lets the two cores share that work (measured:
-/// 23,700–24,100 against 20,400–23,000 commands/s with one; four were slower, 19,100).
-const MQTT_LINKS: usize = 2;
-
 struct MqttLink {
     client: AsyncClient,
     acked: Arc<AtomicU64>,
     sent: u64,
 }
 
-impl MqttLink {
-    fn connect(cfg: &MqttConfig, member: &str) -> MqttLink {
-        // Unique per process and link: two connections sharing an id would take the session
-        // from each other forever (seen with a stray process of the same member name, and with
-        // two dispatchers one after the other in one bench process). Commands need no
-        // persistent session: they are published, never subscribed to.
-        static INSTANCE: AtomicU64 = AtomicU64::new(0);
-        let client_id = format!(
-            "otaledger-dispatcher-{member}-{}-{}",
-            std::process::id(),
-            INSTANCE.fetch_add(1, Ordering::Relaxed)
-        );
-        let mut opts = cfg.options(&client_id);
-        opts.set_clean_session(true);
-        opts.set_inflight(1000);
-        let (client, mut eventloop) = AsyncClient::new(opts, 10_000);
-        let acked = Arc::new(AtomicU64::new(0));
-        let counter = acked.clone();
-        tokio::spawn(async move {
-            loop {
-                match eventloop.poll().await {
-                    Ok(MqttEvent::Incoming(Packet::PubAck(_))) => {
-                        counter.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(MqttEvent::Outgoing(rumqttc::Outgoing::Disconnect)) => break,
-                    Ok(_) => {}
-                    // The dispatcher is gone: its client was dropped.
-                    Err(rumqttc::ConnectionError::RequestsDone) => break,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "dispatcher MQTT connection error");
-                        tokio::time::sleep(Duration::from_millis(300)).await;
-                    }
-                }
-            }
-        });
-        MqttLink {
-            client,
-            acked,
-            sent: 0,
-        }
-    }
-
-    /// Publishes and waits for the broker's PUBACKs.
-    async fn send(&mut self, root: &str, cmds: &[&Outgoing]) -> std::result::Result<(), String> {
-        for c in cmds {
-            self.client
-                .publish(
-                    format!("{root}/{}/commands", c.device_id),
-                    QoS::AtLeastOnce,
-                    false,
-                    c.body.clone(),
-                )
-                .await
-                .map_err(|e| e.to_string())?;
-            self.sent += 1;
-        }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while self.acked.load(Ordering::Relaxed) < self.sent {
-            if tokio::time::Instant::now() > deadline {
-                // Unknown which were acknowledged: count them all as unacknowledged and resend.
-                self.sent = self.acked.load(Ordering::Relaxed);
-                return Err("MQTT broker did not acknowledge within 10 s".into());
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        Ok(())
-    }
-}
-
-/// The link a device's commands always take.
-fn link_of(device_id: &str, links: usize) -> usize {
-    use std::hash::{Hash, Hasher};
-    // FNV-1a: stable across processes and releases, unlike the std hasher's keys.
-    let mut h = Fnv(0xcbf2_9ce4_8422_2325);
-    device_id.hash(&mut h);
-    usize::try_from(h.finish() % links.max(1) as u64).unwrap_or(0)
-}
-
-struct Fnv(u64);
-
-impl std::hash::Hasher for Fnv {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-}
-
 pub struct Dispatcher {
     cfg: DispatcherConfig,
     producer: EventProducer,
-    /// Commands are spread over these by device, so a device's commands keep their order.
-    mqtt: Vec<MqttLink>,
+    mqtt: MqttLink,
     amqp: lapin::Channel,
     _amqp_conn: lapin::Connection,
     delivered_mqtt: Counter,
@@ -235,9 +138,39 @@ impl Dispatcher {
         producer: EventProducer,
         member: &str,
     ) -> Result<Self> {
-        let mqtt = (0..MQTT_LINKS)
-            .map(|_| MqttLink::connect(&cfg.mqtt, member))
-            .collect();
+        // Unique per process and instance: two dispatchers sharing an id would take the session
+        // from each other forever (seen with a stray process of the same member name, and with
+        // two dispatchers one after the other in one bench process). Commands need no
+        // persistent session: they are published, never subscribed to.
+        static INSTANCE: AtomicU64 = AtomicU64::new(0);
+        let client_id = format!(
+            "otaledger-dispatcher-{member}-{}-{}",
+            std::process::id(),
+            INSTANCE.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut opts = cfg.mqtt.options(&client_id);
+        opts.set_clean_session(true);
+        opts.set_inflight(1000);
+        let (client, mut eventloop) = AsyncClient::new(opts, 10_000);
+        let acked = Arc::new(AtomicU64::new(0));
+        let counter = acked.clone();
+        tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(MqttEvent::Incoming(Packet::PubAck(_))) => {
+                        counter.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(MqttEvent::Outgoing(rumqttc::Outgoing::Disconnect)) => break,
+                    Ok(_) => {}
+                    // The dispatcher is gone: its client was dropped.
+                    Err(rumqttc::ConnectionError::RequestsDone) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "dispatcher MQTT connection error");
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                    }
+                }
+            }
+        });
         let conn = connect(&cfg.amqp).await?;
         let amqp = conn
             .create_channel()
@@ -253,7 +186,11 @@ impl Dispatcher {
         Ok(Dispatcher {
             cfg,
             producer,
-            mqtt,
+            mqtt: MqttLink {
+                client,
+                acked,
+                sent: 0,
+            },
             amqp,
             _amqp_conn: conn,
             delivered_mqtt: c(
@@ -279,25 +216,34 @@ impl Dispatcher {
         })
     }
 
-    /// Publishes to devices over MQTT, spread over the links, and waits for every PUBACK.
+    /// Publishes to devices over MQTT and waits for the broker's PUBACKs.
     async fn send_mqtt(
-        links: &mut [MqttLink],
+        link: &mut MqttLink,
         root: &str,
         cmds: &[&Outgoing],
     ) -> std::result::Result<(), String> {
-        let mut shards: Vec<Vec<&Outgoing>> = vec![Vec::new(); links.len()];
         for c in cmds {
-            shards[link_of(&c.device_id, links.len())].push(c);
+            link.client
+                .publish(
+                    format!("{root}/{}/commands", c.device_id),
+                    QoS::AtLeastOnce,
+                    false,
+                    c.body.clone(),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            link.sent += 1;
         }
-        let sends = links
-            .iter_mut()
-            .zip(&shards)
-            .filter(|(_, shard)| !shard.is_empty())
-            .map(|(link, shard)| link.send(root, shard));
-        futures_util::future::join_all(sends)
-            .await
-            .into_iter()
-            .collect()
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while link.acked.load(Ordering::Relaxed) < link.sent {
+            if tokio::time::Instant::now() > deadline {
+                // Unknown which were acknowledged: count them all as unacknowledged and resend.
+                link.sent = link.acked.load(Ordering::Relaxed);
+                return Err("MQTT broker did not acknowledge within 10 s".into());
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        Ok(())
     }
 
     /// Publishes to gateways over AMQP; returns the commands that failed with why.
