@@ -124,7 +124,8 @@ async fn history(
             e => ApiError::unavailable(&e),
         })?;
     if items.is_empty() && q.cursor.is_none() {
-        fleet::get_device(&s.pool, &id, s.offline_after)
+        s.devices
+            .get(id.clone())
             .await
             .map_err(|e| ApiError::unavailable(&e))?
             .ok_or_else(|| ApiError::not_found(format!("no device {id:?}")))?;

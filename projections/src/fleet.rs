@@ -244,21 +244,6 @@ pub async fn list_devices(
     })
 }
 
-pub async fn get_device(
-    pool: &PgPool,
-    device_id: &str,
-    offline_after: Duration,
-) -> Result<Option<Device>> {
-    let row: Option<Row> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM devices WHERE device_id = $1"
-    ))
-    .bind(device_id)
-    .fetch_optional(pool)
-    .await
-    .db("reading device")?;
-    Ok(row.map(|r| r.into_device(online_since(offline_after))))
-}
-
 /// Several devices in one round trip (the API's lookup batcher); absent ids are left out.
 pub async fn get_devices(
     pool: &PgPool,
