@@ -135,8 +135,8 @@ fn release() -> Release {
 }
 
 /// The dispatcher alone: `n` update commands (a fifth of them for devices behind 20 gateways)
-/// are in `ota.device-commands` before it starts; measured from its first to its last
-/// dispatch. One MQTT client subscribed to every device's commands and one AMQP queue bound to
+/// are in `ota.device-commands` before it starts; the commands delivered after its first batch,
+/// over the time from that batch to its last. One MQTT client subscribed to every device's commands and one AMQP queue bound to
 /// every gateway take them, so both brokers route each command as they would to devices.
 pub async fn dispatch_only(cfg: &Config, n: usize) -> Result<(f64, f64, f64), BoxError> {
     use lapin::options::{QueueBindOptions, QueueDeclareOptions};
@@ -233,11 +233,11 @@ pub async fn dispatch_only(cfg: &Config, n: usize) -> Result<(f64, f64, f64), Bo
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
-    let (mut first_at, mut first_m, mut first_a) = first.unwrap_or((started, 0, 0));
-    if usize::try_from(first_m + first_a).unwrap_or(0) >= n {
-        // All in one batch (small sizes): time it from the dispatcher's start instead.
-        (first_at, first_m, first_a) = (started, 0, 0);
-    }
+    let (first_at, first_m, first_a) = match first {
+        Some((at, m, a)) if usize::try_from(m + a).unwrap_or(0) < n => (at, m, a),
+        // All in one batch (small sizes): timed from the dispatcher's start instead.
+        _ => (started, 0, 0),
+    };
     let span = last.duration_since(first_at).as_secs_f64().max(0.001);
     stop.trigger();
     let _ = task.await;
