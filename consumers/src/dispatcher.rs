@@ -10,7 +10,6 @@
 //! broker's acknowledgement and the commit sends a command again, which devices de-duplicate.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
@@ -23,8 +22,8 @@ use otaledger_producers::amqp_bridge::{connect, declare_commands_exchange, AmqpC
 use otaledger_producers::dead_letters::{dead_letter, Origin, Rejection};
 use otaledger_producers::kafka::EventProducer;
 use otaledger_producers::metrics::{Counter, REGISTRY};
-use otaledger_producers::mqtt_bridge::MqttConfig;
-use rumqttc::{AsyncClient, Event as MqttEvent, Packet, QoS};
+use otaledger_producers::mqtt_bridge::{MqttConfig, COMMANDS_KIND};
+use otaledger_producers::mqtt_publisher::{Message, MqttPublisher};
 use serde_json::json;
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -50,16 +49,10 @@ pub struct DispatcherConfig {
     pub commands_topic: String,
 }
 
-struct MqttLink {
-    client: AsyncClient,
-    acked: Arc<AtomicU64>,
-    sent: u64,
-}
-
 pub struct Dispatcher {
     cfg: DispatcherConfig,
     producer: EventProducer,
-    mqtt: MqttLink,
+    mqtt: MqttPublisher,
     amqp: lapin::Channel,
     _amqp_conn: lapin::Connection,
     delivered_mqtt: Counter,
@@ -74,18 +67,17 @@ impl std::fmt::Debug for Dispatcher {
     }
 }
 
-/// A command as devices and gateways receive it (JSON).
-struct Outgoing {
+/// A command as devices and gateways receive it (JSON), and the event it came from.
+struct Outgoing<'e> {
     command_id: Uuid,
-    device_id: String,
-    rollout_id: String,
-    gateway_id: Option<String>,
+    device_id: &'e str,
+    rollout_id: &'e str,
+    gateway_id: Option<&'e str>,
     body: Vec<u8>,
-    position: (i32, i64),
-    bytes: Vec<u8>,
+    source: &'e Positioned,
 }
 
-fn outgoing(p: &Positioned) -> Option<Outgoing> {
+fn outgoing(p: &Positioned) -> Option<Outgoing<'_>> {
     let (command_id, device_id, rollout_id, gateway_id, body) = match &p.event.payload {
         Payload::UpdateCommand(c) => (
             c.command_id,
@@ -122,12 +114,11 @@ fn outgoing(p: &Positioned) -> Option<Outgoing> {
     };
     Some(Outgoing {
         command_id,
-        device_id: device_id.clone(),
-        rollout_id: rollout_id.clone(),
-        gateway_id: gateway_id.clone(),
+        device_id,
+        rollout_id,
+        gateway_id: gateway_id.as_deref(),
         body: body.to_string().into_bytes(),
-        position: (p.position.partition, p.position.offset),
-        bytes: otaledger_schemas::encode(&p.event).unwrap_or_default(),
+        source: p,
     })
 }
 
@@ -148,29 +139,7 @@ impl Dispatcher {
             std::process::id(),
             INSTANCE.fetch_add(1, Ordering::Relaxed)
         );
-        let mut opts = cfg.mqtt.options(&client_id);
-        opts.set_clean_session(true);
-        opts.set_inflight(1000);
-        let (client, mut eventloop) = AsyncClient::new(opts, 10_000);
-        let acked = Arc::new(AtomicU64::new(0));
-        let counter = acked.clone();
-        tokio::spawn(async move {
-            loop {
-                match eventloop.poll().await {
-                    Ok(MqttEvent::Incoming(Packet::PubAck(_))) => {
-                        counter.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(MqttEvent::Outgoing(rumqttc::Outgoing::Disconnect)) => break,
-                    Ok(_) => {}
-                    // The dispatcher is gone: its client was dropped.
-                    Err(rumqttc::ConnectionError::RequestsDone) => break,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "dispatcher MQTT connection error");
-                        tokio::time::sleep(Duration::from_millis(300)).await;
-                    }
-                }
-            }
-        });
+        let mqtt = MqttPublisher::new(cfg.mqtt.clone(), client_id);
         let conn = connect(&cfg.amqp).await?;
         let amqp = conn
             .create_channel()
@@ -186,11 +155,7 @@ impl Dispatcher {
         Ok(Dispatcher {
             cfg,
             producer,
-            mqtt: MqttLink {
-                client,
-                acked,
-                sent: 0,
-            },
+            mqtt,
             amqp,
             _amqp_conn: conn,
             delivered_mqtt: c(
@@ -218,43 +183,37 @@ impl Dispatcher {
 
     /// Publishes to devices over MQTT and waits for the broker's PUBACKs.
     async fn send_mqtt(
-        link: &mut MqttLink,
+        publisher: &mut MqttPublisher,
         root: &str,
-        cmds: &[&Outgoing],
+        cmds: &[&Outgoing<'_>],
     ) -> std::result::Result<(), String> {
-        for c in cmds {
-            link.client
-                .publish(
-                    format!("{root}/{}/commands", c.device_id),
-                    QoS::AtLeastOnce,
-                    false,
-                    c.body.clone(),
-                )
-                .await
-                .map_err(|e| e.to_string())?;
-            link.sent += 1;
-        }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while link.acked.load(Ordering::Relaxed) < link.sent {
-            if tokio::time::Instant::now() > deadline {
-                // Unknown which were acknowledged: count them all as unacknowledged and resend.
-                link.sent = link.acked.load(Ordering::Relaxed);
-                return Err("MQTT broker did not acknowledge within 10 s".into());
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        Ok(())
+        let topics: Vec<String> = cmds
+            .iter()
+            .map(|c| format!("{root}/{}/{COMMANDS_KIND}", c.device_id))
+            .collect();
+        let msgs: Vec<Message<'_>> = cmds
+            .iter()
+            .zip(&topics)
+            .map(|(c, topic)| Message {
+                topic,
+                payload: &c.body,
+            })
+            .collect();
+        publisher.publish_all(&msgs).await.map_err(|e| {
+            tracing::warn!(error = %e, commands = cmds.len(), "MQTT command delivery failed");
+            e.to_string()
+        })
     }
 
     /// Publishes to gateways over AMQP; returns the commands that failed with why.
     async fn send_amqp<'c>(
         channel: &lapin::Channel,
         exchange: &str,
-        cmds: &[&'c Outgoing],
-    ) -> Vec<(&'c Outgoing, String)> {
+        cmds: &[&'c Outgoing<'c>],
+    ) -> Vec<(&'c Outgoing<'c>, String)> {
         let mut confirms = Vec::with_capacity(cmds.len());
         for c in cmds {
-            let gw = c.gateway_id.as_deref().unwrap_or_default();
+            let gw = c.gateway_id.unwrap_or_default();
             let confirm = channel
                 .basic_publish(
                     exchange.into(),
@@ -295,7 +254,7 @@ impl Dispatcher {
 
     async fn record_failure(
         &self,
-        c: &Outgoing,
+        c: &Outgoing<'_>,
         channel: &str,
         attempt: i32,
         error: &str,
@@ -311,10 +270,10 @@ impl Dispatcher {
             },
             payload: Payload::CommandDeliveryFailed(CommandDeliveryFailed {
                 command_id: c.command_id,
-                device_id: c.device_id.clone(),
-                rollout_id: c.rollout_id.clone(),
+                device_id: c.device_id.to_owned(),
+                rollout_id: c.rollout_id.to_owned(),
                 channel: channel.to_owned(),
-                gateway_id: c.gateway_id.clone(),
+                gateway_id: c.gateway_id.map(str::to_owned),
                 attempt,
                 error: error.to_owned(),
                 gave_up,
@@ -325,15 +284,18 @@ impl Dispatcher {
             let origin = Origin {
                 source: "kafka",
                 channel: &self.cfg.commands_topic,
-                partition: Some(c.position.0),
-                offset: Some(c.position.1),
+                partition: Some(c.source.position.partition),
+                offset: Some(c.source.position.offset),
             };
             let rejection = Rejection::new("undeliverable", error.to_owned());
+            // Only given-up commands need their Avro bytes, so they are encoded here.
+            let bytes = otaledger_schemas::encode(&c.source.event)
+                .map_err(otaledger_producers::Error::from)?;
             dead_letter(
                 &self.producer,
                 &origin,
                 c.device_id.as_bytes(),
-                &c.bytes,
+                &bytes,
                 &rejection,
             )
             .await?
@@ -345,7 +307,7 @@ impl Dispatcher {
 
     async fn apply_batch(&mut self, tx: &mut PgConnection, events: &[Positioned]) -> Result<()> {
         let started = std::time::Instant::now();
-        let all: Vec<Outgoing> = events.iter().filter_map(outgoing).collect();
+        let all: Vec<Outgoing<'_>> = events.iter().filter_map(outgoing).collect();
         if all.is_empty() {
             return Ok(());
         }
@@ -358,13 +320,13 @@ impl Dispatcher {
         .await
         .db("reading dispatched commands")?;
         let mut seen: std::collections::HashSet<Uuid> = done.into_iter().collect();
-        let todo: Vec<&Outgoing> = all.iter().filter(|c| seen.insert(c.command_id)).collect();
-        let (gw, direct): (Vec<&Outgoing>, Vec<&Outgoing>) =
+        let todo: Vec<&Outgoing<'_>> = all.iter().filter(|c| seen.insert(c.command_id)).collect();
+        let (gw, direct): (Vec<&Outgoing<'_>>, Vec<&Outgoing<'_>>) =
             todo.iter().partition(|c| c.gateway_id.is_some());
         let mut backoff = self.cfg.backoff;
         let mut pending_mqtt = direct;
         let mut pending_amqp = gw;
-        let mut sent: Vec<(&Outgoing, &str)> = Vec::new();
+        let mut sent: Vec<(&Outgoing<'_>, &str)> = Vec::new();
         for attempt in 1..=self.cfg.attempts.max(1) {
             let last = attempt == self.cfg.attempts.max(1);
             // Both brokers at once: a batch holds devices of either kind.
@@ -421,7 +383,7 @@ impl Dispatcher {
         }
         let until_sent = started.elapsed();
         let ids: Vec<Uuid> = sent.iter().map(|(c, _)| c.command_id).collect();
-        let devices: Vec<&str> = sent.iter().map(|(c, _)| c.device_id.as_str()).collect();
+        let devices: Vec<&str> = sent.iter().map(|(c, _)| c.device_id).collect();
         let channels: Vec<&str> = sent.iter().map(|(_, ch)| *ch).collect();
         sqlx::query(
             "INSERT INTO dispatched_commands (command_id, device_id, channel)

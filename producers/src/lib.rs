@@ -9,6 +9,7 @@ pub mod ingest;
 pub mod kafka;
 pub mod metrics;
 pub mod mqtt_bridge;
+pub mod mqtt_publisher;
 pub mod shutdown;
 pub mod simulator;
 
