@@ -333,14 +333,29 @@ impl Dispatcher {
             let (link, root) = (&mut self.mqtt, &self.cfg.mqtt.topic_root);
             let mqtt_cmds = &pending_mqtt;
             let mqtt = async move {
+                let t = std::time::Instant::now();
                 if mqtt_cmds.is_empty() {
-                    Ok(())
+                    (Ok(()), t.elapsed())
                 } else {
-                    Self::send_mqtt(link, root, mqtt_cmds).await
+                    (Self::send_mqtt(link, root, mqtt_cmds).await, t.elapsed())
                 }
             };
-            let amqp = Self::send_amqp(&self.amqp, &self.cfg.amqp.commands_exchange, &pending_amqp);
-            let (mqtt, failed) = tokio::join!(mqtt, amqp);
+            let amqp = async {
+                let t = std::time::Instant::now();
+                let failed =
+                    Self::send_amqp(&self.amqp, &self.cfg.amqp.commands_exchange, &pending_amqp)
+                        .await;
+                (failed, t.elapsed())
+            };
+            let ((mqtt, mqtt_took), (failed, amqp_took)) = tokio::join!(mqtt, amqp);
+            tracing::debug!(
+                attempt,
+                mqtt = pending_mqtt.len(),
+                ?mqtt_took,
+                amqp = pending_amqp.len(),
+                ?amqp_took,
+                "commands handed to the brokers"
+            );
             if !pending_mqtt.is_empty() {
                 match mqtt {
                     Ok(()) => {
