@@ -210,6 +210,9 @@ pub async fn dispatch_only(cfg: &Config, n: usize) -> Result<(f64, f64, f64), Bo
     for p in pending {
         p.acked().await?;
     }
+    // The command writer is done: its librdkafka threads must not share the cores with the
+    // dispatcher under measurement.
+    drop(producer);
 
     let before = (dispatched("mqtt"), dispatched("amqp"));
     let stop = Shutdown::new();
