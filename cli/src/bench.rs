@@ -55,6 +55,8 @@ pub struct BenchArgs {
     pub naive_events: usize,
     /// How long the steady-rate lag scenario runs.
     pub lag_duration: Duration,
+    /// Events/s of the lag scenario; `None`: half the catch-up rate.
+    pub lag_rate: Option<f64>,
     /// Devices in the fleet the API scenario queries.
     pub api_devices: usize,
     /// Requests per second and seconds per endpoint in the API scenario.
@@ -75,6 +77,7 @@ impl BenchArgs {
                 devices: 10_000,
                 naive_events: 3_000,
                 lag_duration: Duration::from_secs(10),
+                lag_rate: None,
                 api_devices: 100_000,
                 api_rate: 5_000.0,
                 api_duration: Duration::from_secs(5),
@@ -88,6 +91,7 @@ impl BenchArgs {
                 devices: 100_000,
                 naive_events: 20_000,
                 lag_duration: Duration::from_secs(60),
+                lag_rate: None,
                 api_devices: 1_000_000,
                 api_rate: 5_000.0,
                 api_duration: Duration::from_secs(20),
@@ -528,7 +532,7 @@ pub async fn run(cfg: &Config, args: &BenchArgs) -> Result<Report, BoxError> {
             .iter()
             .find(|f| f.name == "projector catch-up")
             .map_or(20_000.0, |f| f.value);
-        let rate = (catch_up / 2.0).max(100.0);
+        let rate = args.lag_rate.unwrap_or(catch_up / 2.0).max(100.0);
         let mut lag_cfg = bench_cfg.clone();
         lag_cfg.kafka.topic_prefix = format!("{name}.lag.");
         let samples = steady_lag(
@@ -539,7 +543,12 @@ pub async fn run(cfg: &Config, args: &BenchArgs) -> Result<Report, BoxError> {
             args.devices,
         )
         .await?;
-        report.add("lag", "steady rate (half of catch-up)", rate, "events/s");
+        let rate_name = if args.lag_rate.is_some() {
+            "steady rate (--lag-rate)"
+        } else {
+            "steady rate (half of catch-up)"
+        };
+        report.add("lag", rate_name, rate, "events/s");
         let pct = |q: f64| {
             #[allow(
                 clippy::cast_possible_truncation,

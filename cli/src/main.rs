@@ -136,6 +136,10 @@ enum Command {
         /// Seconds the steady-rate lag scenario runs (overrides the size).
         #[arg(long)]
         lag_seconds: Option<u64>,
+        /// Events/s of the lag scenario (default: half the catch-up rate measured in the same
+        /// run, or 10,000 when the projection scenario does not run).
+        #[arg(long)]
+        lag_rate: Option<f64>,
         /// Devices in the rollout scenario's fleet (overrides the size).
         #[arg(long)]
         rollout_devices: Option<usize>,
@@ -289,11 +293,12 @@ async fn main() -> ExitCode {
                 stack.await;
                 Ok(())
             }
-            Command::Bench { scenario, quick, events, devices, lag_seconds, rollout_devices, out } => {
+            Command::Bench { scenario, quick, events, devices, lag_seconds, lag_rate, rollout_devices, out } => {
                 let mut args = bench::BenchArgs::sized(scenario, quick, out);
                 if let Some(secs) = lag_seconds {
                     args.lag_duration = std::time::Duration::from_secs(secs);
                 }
+                args.lag_rate = lag_rate;
                 args.events = events.unwrap_or(args.events);
                 args.devices = devices.unwrap_or(args.devices);
                 args.rollout_devices = rollout_devices.unwrap_or(args.rollout_devices);

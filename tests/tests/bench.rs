@@ -16,6 +16,7 @@ async fn bench_all_reports_every_figure_and_writes_json() {
         devices: 150,
         naive_events: 300,
         lag_duration: std::time::Duration::from_secs(2),
+        lag_rate: None,
         api_devices: 2_000,
         api_rate: 200.0,
         api_duration: std::time::Duration::from_secs(1),
