@@ -22,6 +22,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "device_history",
         include_str!("../migrations/0004_device_history.sql"),
     ),
+    (
+        5,
+        "heartbeats_update_in_place",
+        include_str!("../migrations/0005_heartbeats_update_in_place.sql"),
+    ),
 ];
 
 /// Applies the migrations missing from the pool's schema (its `search_path`).
