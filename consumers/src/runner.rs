@@ -212,6 +212,7 @@ impl<P: Projection> Runner<P> {
                 .unwrap_or_else(|| Box::pin(collect(&consumer, &cfg, next_rebalance)));
             let mut read_live = true;
             let mut ahead: usize = prefetched.iter().map(|b| b.records.len()).sum();
+            let commit_started = Instant::now();
             let committed = {
                 let commit = commit(&mut self.projection, &self.pool, &mut ownership, &pending);
                 tokio::pin!(commit);
@@ -249,6 +250,14 @@ impl<P: Projection> Runner<P> {
                     o.next_offset = *n;
                 }
             }
+            tracing::debug!(
+                consumer = %cfg.consumer,
+                events = pending.recorded_at.len(),
+                gathered = ?commit_started.duration_since(started),
+                commit = ?commit_started.elapsed(),
+                ahead,
+                "transaction committed"
+            );
             m.applied.add(pending.recorded_at.len() as u64);
             m.batch_seconds.observe(started.elapsed().as_secs_f64());
             let now = otaledger_domain::time::now_micros();
