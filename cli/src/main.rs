@@ -133,7 +133,7 @@ enum Command {
         /// Distinct devices the events come from (overrides the size).
         #[arg(long)]
         devices: Option<usize>,
-        /// Seconds the steady-rate lag scenario runs (overrides the size).
+        /// Seconds the steady-rate lag scenario is measured, after a warm-up of a quarter of that (at most 5 s) (overrides the size).
         #[arg(long)]
         lag_seconds: Option<u64>,
         /// Events/s of the lag scenario (default: half the catch-up rate measured in the same
