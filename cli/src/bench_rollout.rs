@@ -136,8 +136,9 @@ fn release() -> Release {
 
 /// The dispatcher alone: `n` update commands (a fifth of them for devices behind 20 gateways)
 /// are in `ota.device-commands` before it starts; the commands delivered after its first batch,
-/// over the time from that batch to its last. One MQTT client subscribed to every device's commands and one AMQP queue bound to
-/// every gateway take them, so both brokers route each command as they would to devices.
+/// over the time from that batch to its last. One MQTT client subscribed to every device's
+/// commands and one AMQP queue bound to every gateway take them, so both brokers route each
+/// command as they would to devices.
 pub async fn dispatch_only(cfg: &Config, n: usize) -> Result<(f64, f64, f64), BoxError> {
     use lapin::options::{QueueBindOptions, QueueDeclareOptions};
     use lapin::types::FieldTable;

@@ -334,11 +334,7 @@ impl Dispatcher {
             let mqtt_cmds = &pending_mqtt;
             let mqtt = async move {
                 let t = std::time::Instant::now();
-                if mqtt_cmds.is_empty() {
-                    (Ok(()), t.elapsed())
-                } else {
-                    (Self::send_mqtt(link, root, mqtt_cmds).await, t.elapsed())
-                }
+                (Self::send_mqtt(link, root, mqtt_cmds).await, t.elapsed())
             };
             let amqp = async {
                 let t = std::time::Instant::now();

@@ -89,6 +89,9 @@ impl MqttPublisher {
     /// # Errors
     /// Connection, network or protocol failures, or no acknowledgement within 10 s.
     pub async fn publish_all(&mut self, msgs: &[Message<'_>]) -> Result<(), PublishError> {
+        if msgs.is_empty() {
+            return Ok(()); // nothing to send is no reason to connect
+        }
         let outcome = self.publish_windows(msgs).await;
         if outcome.is_err() {
             self.conn = None;
