@@ -174,22 +174,33 @@ impl<P: Projection> Runner<P> {
                 next_rebalance = tokio::time::Instant::now() + cfg.rebalance_every;
             }
             let batch = match prefetched.pop_front() {
-                Some(b) => b,
+                Some(b) => Some(b),
                 None => {
-                    let until = pending.started.map_or(next_rebalance, |s| {
-                        (tokio::time::Instant::from_std(s) + cfg.fold_max_wait).min(next_rebalance)
-                    });
-                    let read = reading
+                    let mut read = reading
                         .take()
-                        .unwrap_or_else(|| Box::pin(collect(&consumer, &cfg, until)));
+                        .unwrap_or_else(|| Box::pin(collect(&consumer, &cfg, next_rebalance)));
+                    // While gathering, the next record of a consumer that is behind is already
+                    // buffered: a pause of `batch_wait` means it caught up (the last batch only
+                    // happened to be full), so what is pending commits now instead of waiting
+                    // for more. The read goes on during the commit.
+                    let gathering_until = pending.started.map(|s| {
+                        (tokio::time::Instant::from_std(s) + cfg.fold_max_wait)
+                            .min(tokio::time::Instant::now() + cfg.batch_wait)
+                    });
                     tokio::select! {
                         () = shutdown.wait() => break,
-                        b = read => b,
+                        b = &mut read => Some(b),
+                        () = sleep_until_some(gathering_until) => {
+                            reading = Some(read);
+                            None
+                        }
                     }
                 }
             };
-            let full = batch.full;
-            self.stage(batch, &ownership, &mut pending).await?;
+            let full = batch.as_ref().is_some_and(|b| b.full);
+            if let Some(batch) = batch {
+                self.stage(batch, &ownership, &mut pending).await?;
+            }
             if pending.is_empty() {
                 continue;
             }
@@ -466,6 +477,14 @@ fn assign(consumer: &StreamConsumer, topic: &str, ownership: &Ownership) -> Resu
         context: "assigning partitions".into(),
         source,
     })
+}
+
+/// Sleeps until `until`, or forever when there is none.
+async fn sleep_until_some(until: Option<tokio::time::Instant>) {
+    match until {
+        Some(u) => tokio::time::sleep_until(u).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Waits for a first record (until `until`), then gathers more for up to `batch_wait` or

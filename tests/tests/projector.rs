@@ -343,3 +343,34 @@ async fn the_dimension_cache_must_be_cleared_when_ownership_changes() {
     assert_eq!(firmware_counts(&pool).await, vec![("3.0".to_owned(), 1)]);
     otaledger_tests::drop_schema(&services, &cfg.database.schema).await;
 }
+
+/// A projector that is behind gathers full batches into one transaction. When the stream ends
+/// right after a full batch, the pause must commit what was gathered: waiting for the fold
+/// window (here an hour) would leave the last events unapplied (a rebuild seemed to hang).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gathering_projector_commits_when_the_stream_pauses_after_a_full_batch() {
+    let services = Services::get().await;
+    let name = unique("proj_pause");
+    let mut cfg = config(&services, &name);
+    cfg.projector.batch_max = 50;
+    cfg.projector.fold_max_events = 1_000_000;
+    cfg.projector.fold_max_rows = 1_000_000;
+    cfg.projector.fold_max_wait_ms = 3_600_000;
+    cfg.projector.fold_when_behind_ms = 0;
+    cfg.projector.rebalance_ms = 3_600_000;
+    prepare(&cfg).await.unwrap();
+    let pool = otaledger_consumers::db::pool(&cfg.database.url, &cfg.database.schema, 2)
+        .await
+        .unwrap();
+    // 200 events, all in Kafka before the projector starts: it reads four full batches.
+    let ends = produce(&cfg, 100, 0..2).await.unwrap();
+    assert_eq!(ends.values().sum::<i64>(), 200);
+    let (shutdown, handles) =
+        otaledger_tests::spawn_components(&cfg, &[otaledger_cli::components::Component::Projector]);
+    caught_up(&cfg, &pool, ends).await;
+    assert_table_equals_fold(&cfg, &pool).await;
+    shutdown.trigger();
+    for h in handles {
+        h.await.unwrap();
+    }
+}
