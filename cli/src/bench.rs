@@ -237,7 +237,7 @@ async fn raw_produce(
     payloads: &[(String, Vec<u8>)],
 ) -> Result<Duration, BoxError> {
     let producer: FutureProducer = client_config(kafka)
-        .set("linger.ms", "2")
+        .set("linger.ms", "10") // as otaledger's producer
         .set("batch.num.messages", "10000")
         .set("queue.buffering.max.messages", "500000")
         .create()?;

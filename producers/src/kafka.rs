@@ -76,7 +76,9 @@ impl EventProducer {
         let producer: FutureProducer = client_config(cfg)
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("linger.ms", "2")
+            // Batches of 10 ms, not 2: tansu lists every stored batch of a partition on each
+            // fetch, so small batches made consumers fall behind as topics grew (ADR 0016).
+            .set("linger.ms", "10")
             .set("batch.num.messages", "10000")
             .set("queue.buffering.max.messages", "500000")
             .set("queue.buffering.max.kbytes", "1048576")
