@@ -179,7 +179,7 @@ impl Report {
 
 /// Heartbeats `range` of a run of heartbeats from `devices` devices in turn (each round on
 /// the next firmware version), as if starting at `now`.
-fn heartbeats(range: std::ops::Range<usize>, devices: usize, now: i64) -> Vec<Event> {
+pub(crate) fn heartbeats(range: std::ops::Range<usize>, devices: usize, now: i64) -> Vec<Event> {
     range
         .map(|i| {
             let d = i % devices.max(1);
@@ -231,34 +231,56 @@ fn peak_rss_mib() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// The `q` quantile (0 to 1) of sorted microseconds, in milliseconds; 0 when there are none.
+fn percentile(sorted_micros: &[i64], q: f64) -> f64 {
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
+    let i = ((sorted_micros.len().max(1) as f64 - 1.0) * q).round() as usize;
+    #[allow(clippy::cast_precision_loss)]
+    sorted_micros.get(i).map_or(0.0, |v| *v as f64 / 1000.0)
+}
+
+/// A plain producer (no idempotence, Avro or headers) batching as otaledger's does.
+pub(crate) fn raw_producer(kafka: &KafkaConfig) -> Result<FutureProducer, BoxError> {
+    Ok(client_config(kafka)
+        .set("linger.ms", "10")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "500000")
+        .create()?)
+}
+
+/// Enqueues one record, waiting while the producer's queue is full.
+pub(crate) async fn raw_send(
+    producer: &FutureProducer,
+    topic: &str,
+    key: &str,
+    payload: &[u8],
+) -> rdkafka::producer::DeliveryFuture {
+    let mut record = FutureRecord::to(topic).key(key).payload(payload);
+    loop {
+        match producer.send_result(record) {
+            Ok(f) => return f,
+            Err((_, r)) => {
+                record = r;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    }
+}
+
 async fn raw_produce(
     kafka: &KafkaConfig,
     topic: &str,
     payloads: &[(String, Vec<u8>)],
 ) -> Result<Duration, BoxError> {
-    let producer: FutureProducer = client_config(kafka)
-        .set("linger.ms", "10") // as otaledger's producer
-        .set("batch.num.messages", "10000")
-        .set("queue.buffering.max.messages", "500000")
-        .create()?;
+    let producer = raw_producer(kafka)?;
     let started = Instant::now();
     let mut pending = Vec::with_capacity(payloads.len());
     for (key, payload) in payloads {
-        let mut record = FutureRecord::to(topic)
-            .key(key.as_str())
-            .payload(payload.as_slice());
-        loop {
-            match producer.send_result(record) {
-                Ok(f) => {
-                    pending.push(f);
-                    break;
-                }
-                Err((_, r)) => {
-                    record = r;
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-            }
-        }
+        pending.push(raw_send(&producer, topic, key, payload).await);
     }
     for p in pending {
         p.await?.map_err(|(e, _)| e)?;
@@ -535,7 +557,7 @@ pub async fn run(cfg: &Config, args: &BenchArgs) -> Result<Report, BoxError> {
         let rate = args.lag_rate.unwrap_or(catch_up / 2.0).max(100.0);
         let mut lag_cfg = bench_cfg.clone();
         lag_cfg.kafka.topic_prefix = format!("{name}.lag.");
-        let samples = steady_lag(
+        let samples = crate::bench_lag::steady_lag(
             &lag_cfg,
             &format!("{name}_lag"),
             rate,
@@ -549,19 +571,23 @@ pub async fn run(cfg: &Config, args: &BenchArgs) -> Result<Report, BoxError> {
             "steady rate (half of catch-up)"
         };
         report.add("lag", rate_name, rate, "events/s");
-        let pct = |q: f64| {
-            #[allow(
-                clippy::cast_possible_truncation,
-                clippy::cast_sign_loss,
-                clippy::cast_precision_loss
-            )]
-            let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
-            #[allow(clippy::cast_precision_loss)]
-            samples.get(i).map_or(0.0, |v| *v as f64 / 1000.0)
-        };
+        let pct = |q: f64| percentile(&samples, q);
         report.add("lag", "occurred-at to commit p50", pct(0.50), "ms");
         report.add("lag", "occurred-at to commit p99", pct(0.99), "ms");
         report.add("lag", "occurred-at to commit max", pct(1.0), "ms");
+        let samples = crate::bench_lag::raw_lag(
+            &lag_cfg.kafka,
+            &format!("{name}.lag.raw"),
+            rate,
+            args.lag_duration,
+            args.devices,
+        )
+        .await?;
+        let pct = |q: f64| percentile(&samples, q);
+        report.add("lag", "raw produce to consume p50", pct(0.50), "ms");
+        report.add("lag", "raw produce to consume p99", pct(0.99), "ms");
+        report.add("lag", "raw produce to consume max", pct(1.0), "ms");
+        report.ratio("occurred-at to commit p99", "raw produce to consume p99");
     }
 
     if all || args.scenario == Scenario::Api {
@@ -599,16 +625,7 @@ pub async fn run(cfg: &Config, args: &BenchArgs) -> Result<Report, BoxError> {
                 args.api_devices,
             )
             .await?;
-            let pct = |q: f64| {
-                #[allow(
-                    clippy::cast_possible_truncation,
-                    clippy::cast_sign_loss,
-                    clippy::cast_precision_loss
-                )]
-                let i = ((lat.len().max(1) as f64 - 1.0) * q).round() as usize;
-                #[allow(clippy::cast_precision_loss)]
-                lat.get(i).map_or(0.0, |v| *v as f64 / 1000.0)
-            };
+            let pct = |q: f64| percentile(&lat, q);
             println!(
                 "  api         {label} at {:.0} req/s for {:?}",
                 args.api_rate, args.api_duration
@@ -1006,134 +1023,7 @@ fn generate(
     Ok((lat, errors))
 }
 
-/// The fleet projector, noting each event's lag once its batch committed.
-struct LagProbe {
-    inner: FleetProjector,
-    /// Occurred-at and lag of every event applied.
-    samples: std::sync::Arc<std::sync::Mutex<Vec<(i64, i64)>>>,
-    /// Occurred-at of the events folded into the pending transaction.
-    folded: Vec<i64>,
-}
-
-impl otaledger_consumers::Projection for LagProbe {
-    fn apply<'a>(
-        &'a mut self,
-        tx: &'a mut sqlx::PgConnection,
-        events: &'a [otaledger_consumers::Positioned],
-    ) -> otaledger_consumers::BoxFuture<'a, otaledger_consumers::Result<()>> {
-        self.inner.apply(tx, events)
-    }
-
-    fn ownership_changed(&mut self) {
-        self.inner.ownership_changed();
-        self.folded.clear();
-    }
-
-    fn committed(&mut self, events: &[otaledger_consumers::Positioned]) {
-        self.inner.committed(events);
-        let now = now_micros();
-        if let Ok(mut s) = self.samples.lock() {
-            s.extend(self.folded.drain(..).map(|at| (at, now - at)));
-        }
-    }
-
-    fn fold(&mut self, events: &[otaledger_consumers::Positioned]) -> bool {
-        self.folded
-            .extend(events.iter().map(|e| e.event.meta.occurred_at));
-        self.inner.fold(events)
-    }
-
-    fn folded_rows(&self) -> usize {
-        self.inner.folded_rows()
-    }
-}
-
-/// Produces heartbeats at `rate` for a warm-up and then `duration` while a projector follows;
-/// returns the sorted lags (µs) from each heartbeat's occurred-at to the commit that applied
-/// it, for the heartbeats after the warm-up. The warm-up (a quarter of `duration`, at most 5 s)
-/// leaves out the projector's first fetches and transactions on a new topic: they took up to
-/// 1.5 s behind a steady 21,600 events/s, enough to set p99 of a 30 s run on their own.
-async fn steady_lag(
-    cfg: &Config,
-    schema: &str,
-    rate: f64,
-    duration: Duration,
-    devices: usize,
-) -> Result<Vec<i64>, BoxError> {
-    let kafka = &cfg.kafka;
-    ensure_topics(kafka).await?;
-    let pool = otaledger_consumers::db::pool(&cfg.database.url, schema, 4).await?;
-    otaledger_projections::migrations::migrate(&pool).await?;
-    let samples = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let probe = LagProbe {
-        inner: FleetProjector::new(),
-        samples: samples.clone(),
-        folded: Vec::new(),
-    };
-    let runner_cfg = crate::components::projector_runner_config(cfg, schema, "lag");
-    let shutdown = Shutdown::new();
-    let task = tokio::spawn(
-        Runner::new(runner_cfg, probe, EventProducer::new(kafka)?, pool.clone())
-            .run(shutdown.signal()),
-    );
-    tokio::time::sleep(Duration::from_secs(1)).await; // ownership taken, partitions assigned
-    let producer = EventProducer::new(kafka)?;
-    let tick = Duration::from_millis(5);
-    let per_tick = rate * tick.as_secs_f64();
-    let mut interval = tokio::time::interval(tick);
-    let warm_up = (duration / 4).min(Duration::from_secs(5));
-    let measured_from = now_micros() + i64::try_from(warm_up.as_micros()).unwrap_or(0);
-    let duration = duration + warm_up;
-    let started = Instant::now();
-    let (mut sent, mut budget) = (0usize, 0.0_f64);
-    let mut pending = Vec::new();
-    while started.elapsed() < duration {
-        interval.tick().await;
-        budget += per_tick;
-        while budget >= 1.0 {
-            budget -= 1.0;
-            let mut e = heartbeats(0..1, 1, now_micros()).remove(0);
-            if let Payload::Heartbeat(h) = &mut e.payload {
-                h.device_id = format!("bench-{:07}", sent % devices.max(1));
-            }
-            let now = now_micros();
-            e.meta.occurred_at = now;
-            e.meta.recorded_at = now;
-            pending.push(producer.enqueue(&e).await?);
-            sent += 1;
-        }
-    }
-    for p in pending {
-        p.acked().await?;
-    }
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let n = samples.lock().map_or(0, |s| s.len());
-        if n >= sent {
-            break;
-        }
-        if Instant::now() > deadline || task.is_finished() {
-            return Err(format!("only {n} of {sent} heartbeats were projected").into());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    shutdown.trigger();
-    let _ = task.await;
-    pool.close().await;
-    let mut out: Vec<i64> = samples
-        .lock()
-        .map(|s| {
-            s.iter()
-                .filter(|(at, _)| *at >= measured_from)
-                .map(|(_, lag)| *lag)
-                .collect()
-        })
-        .unwrap_or_default();
-    out.sort_unstable();
-    Ok(out)
-}
-
-async fn create_topic(kafka: &KafkaConfig, topic: &str) -> Result<(), BoxError> {
+pub(crate) async fn create_topic(kafka: &KafkaConfig, topic: &str) -> Result<(), BoxError> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     let admin: AdminClient<rdkafka::client::DefaultClientContext> =
         client_config(kafka).create()?;

@@ -447,8 +447,21 @@ pub async fn join_partitions(
         partitions,
     )
     .await?;
-    let stream: StreamConsumer = client_config(kafka)
-        .set("group.id", format!("otaledger-{consumer}"))
+    let stream: StreamConsumer = consumer_config(kafka, consumer)
+        .create()
+        .map_err(|source| Error::Kafka {
+            context: format!("creating the {consumer} consumer"),
+            source,
+        })?;
+    Ok((ownership, stream))
+}
+
+/// How every ledger consumer reads: offsets are kept in PostgreSQL, never in Kafka, and only
+/// `assign()` is used (the group id is a label).
+#[must_use]
+pub fn consumer_config(kafka: &KafkaConfig, consumer: &str) -> rdkafka::ClientConfig {
+    let mut c = client_config(kafka);
+    c.set("group.id", format!("otaledger-{consumer}"))
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
@@ -459,13 +472,8 @@ pub async fn join_partitions(
         // projector idle, then flooded (60 s at 21,600 events/s: 4-13 pauses of over 0.3 s,
         // lag p99 1,257-1,477 ms; with these, 2 pauses and 645-762 ms).
         .set("fetch.queue.backoff.ms", "10")
-        .set("fetch.error.backoff.ms", "50")
-        .create()
-        .map_err(|source| Error::Kafka {
-            context: format!("creating the {consumer} consumer"),
-            source,
-        })?;
-    Ok((ownership, stream))
+        .set("fetch.error.backoff.ms", "50");
+    c
 }
 
 fn assign(consumer: &StreamConsumer, topic: &str, ownership: &Ownership) -> Result<()> {

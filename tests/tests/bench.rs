@@ -35,6 +35,7 @@ async fn bench_all_reports_every_figure_and_writes_json() {
         "2 projector instances catch-up",
         "naive projector (1 event per tx)",
         "occurred-at to commit p99",
+        "raw produce to consume p99",
         "devices/{id} p99",
         "summary p99",
         "rebuild into a shadow schema",
@@ -66,6 +67,12 @@ async fn bench_all_reports_every_figure_and_writes_json() {
         .find(|f| f.name == "otaledger producer (Avro, acks=all)")
         .unwrap();
     assert_eq!(ingest.against, Some("raw produce"));
+    let lag = report
+        .figures
+        .iter()
+        .find(|f| f.name == "occurred-at to commit p99")
+        .unwrap();
+    assert_eq!(lag.against, Some("raw produce to consume p99"));
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     assert_eq!(json["events"], 2000);
