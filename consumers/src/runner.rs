@@ -81,7 +81,8 @@ pub struct RunnerConfig {
     pub fold_max_events: usize,
     /// ... or this many folded rows ...
     pub fold_max_rows: usize,
-    /// ... or for this long. A batch that is not full (caught up) commits at once.
+    /// ... or for this long. A batch that is not full (caught up) commits at once, and so
+    /// does what was gathered when no record arrives for `batch_wait`.
     pub fold_max_wait: Duration,
     /// Batches are gathered only while the newest event read was recorded longer ago than
     /// this (the consumer is behind): fresh events commit at once, keeping the lag low.
