@@ -289,11 +289,9 @@ async fn raw_produce(
 }
 
 fn raw_consume(kafka: &KafkaConfig, topic: &str, expected: usize) -> Result<Duration, BoxError> {
-    let consumer: BaseConsumer = client_config(kafka)
-        .set("group.id", "otaledger-bench")
-        .set("enable.auto.commit", "false")
-        .set("queued.min.messages", "200000")
-        .create()?;
+    // Configured as otaledger's consumers are, so that the limit is theirs.
+    let consumer: BaseConsumer =
+        otaledger_consumers::runner::consumer_config(kafka, "bench-raw-consume").create()?;
     let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let mut tpl = TopicPartitionList::new();
     for p in md.topics()[0].partitions() {
