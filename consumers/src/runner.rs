@@ -21,6 +21,11 @@ use sqlx::{PgConnection, PgPool};
 use crate::ownership::Ownership;
 use crate::{db, DbContext, Error, Result};
 
+/// Decoded events read ahead while a transaction commits, at most: reading is about twenty
+/// times faster than committing, so a larger read-ahead saves little time and holds memory in
+/// every consumer (500,000 events held 1.3 GB more across a rollout's consumers).
+const READ_AHEAD_MAX: usize = 100_000;
+
 /// A decoded event and where it sits in its topic.
 #[derive(Debug, Clone)]
 pub struct Positioned {
@@ -233,8 +238,10 @@ impl<P: Projection> Runner<P> {
                         r = &mut commit => break r?,
                         batch = &mut read, if read_live => {
                             ahead += batch.records.len();
-                            // Read on while the stream is behind, up to one more transaction.
-                            let more = batch.full && ahead < cfg.fold_max_events;
+                            // Read on while the stream is behind, up to one more transaction
+                            // or `READ_AHEAD_MAX` (decoded events held in memory).
+                            let more = batch.full
+                                && ahead < cfg.fold_max_events.min(READ_AHEAD_MAX);
                             prefetched.push_back(batch);
                             if more {
                                 read = Box::pin(collect(&consumer, &cfg, next_rebalance));
