@@ -69,8 +69,8 @@ impl Default for ProjectorConfig {
         ProjectorConfig {
             batch_max: 5000,
             batch_wait_ms: 20,
-            fold_max_events: 500_000,
-            fold_max_rows: 200_000,
+            fold_max_events: 100_000,
+            fold_max_rows: 50_000,
             fold_max_wait_ms: 1000,
             fold_when_behind_ms: 1000,
             rebalance_ms: 2000,
