@@ -288,16 +288,31 @@ async fn raw_produce(
     Ok(started.elapsed())
 }
 
-fn raw_consume(kafka: &KafkaConfig, topic: &str, expected: usize) -> Result<Duration, BoxError> {
-    // Configured as otaledger's consumers are, so that the limit is theirs.
+/// A plain consumer of every partition of `topic` from its start, configured as otaledger's
+/// consumers are, so that the limits it measures are theirs.
+pub(crate) fn raw_reader(
+    kafka: &KafkaConfig,
+    name: &str,
+    topic: &str,
+) -> Result<BaseConsumer, BoxError> {
     let consumer: BaseConsumer =
-        otaledger_consumers::runner::consumer_config(kafka, "bench-raw-consume").create()?;
+        otaledger_consumers::runner::consumer_config(kafka, name).create()?;
     let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let mut tpl = TopicPartitionList::new();
-    for p in md.topics()[0].partitions() {
+    for p in md
+        .topics()
+        .first()
+        .map(|t| t.partitions())
+        .unwrap_or_default()
+    {
         tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
     }
     consumer.assign(&tpl)?;
+    Ok(consumer)
+}
+
+fn raw_consume(kafka: &KafkaConfig, topic: &str, expected: usize) -> Result<Duration, BoxError> {
+    let consumer = raw_reader(kafka, "bench-raw-consume", topic)?;
     let started = Instant::now();
     let mut n = 0usize;
     let mut bytes = 0usize;

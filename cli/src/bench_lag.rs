@@ -12,9 +12,7 @@ use otaledger_producers::config::KafkaConfig;
 use otaledger_producers::kafka::{ensure_topics, EventProducer};
 use otaledger_producers::shutdown::Shutdown;
 use otaledger_projections::projector::FleetProjector;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 
 use crate::bench::{create_topic, heartbeats};
 use crate::components::BoxError;
@@ -92,20 +90,12 @@ pub(crate) async fn steady_lag(
     );
     tokio::time::sleep(Duration::from_secs(1)).await; // ownership taken, partitions assigned
     let producer = EventProducer::new(kafka)?;
-    let tick = Duration::from_millis(5);
-    let per_tick = rate * tick.as_secs_f64();
-    let mut interval = tokio::time::interval(tick);
-    let warm_up = (duration / 4).min(Duration::from_secs(5));
-    let measured_from = now_micros() + i64::try_from(warm_up.as_micros()).unwrap_or(0);
-    let duration = duration + warm_up;
-    let started = Instant::now();
-    let (mut sent, mut budget) = (0usize, 0.0_f64);
+    let measured_from = now_micros() + micros(warm_up(duration));
+    let mut pacer = Pacer::new(rate, duration + warm_up(duration));
+    let mut sent = 0usize;
     let mut pending = Vec::new();
-    while started.elapsed() < duration {
-        interval.tick().await;
-        budget += per_tick;
-        while budget >= 1.0 {
-            budget -= 1.0;
+    while let Some(due) = pacer.due().await {
+        for _ in 0..due {
             let mut e = heartbeats(0..1, 1, now_micros()).remove(0);
             if let Payload::Heartbeat(h) = &mut e.payload {
                 h.device_id = format!("bench-{:07}", sent % devices.max(1));
@@ -159,25 +149,12 @@ pub(crate) async fn raw_lag(
     devices: usize,
 ) -> Result<Vec<i64>, BoxError> {
     create_topic(kafka, topic).await?;
-    let warm_up = (duration / 4).min(Duration::from_secs(5));
     // Known once producing ended; until then the consumer reads on.
     let sent = Arc::new(AtomicUsize::new(usize::MAX));
-    let measured_from_ms = Arc::new(std::sync::atomic::AtomicI64::new(i64::MAX));
+    let from_ms = (now_micros() + micros(warm_up(duration))) / 1000;
     let reader = {
-        let consumer: BaseConsumer =
-            otaledger_consumers::runner::consumer_config(kafka, "bench-raw-lag").create()?;
-        let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-        let mut tpl = TopicPartitionList::new();
-        for p in md
-            .topics()
-            .first()
-            .map(|t| t.partitions())
-            .unwrap_or_default()
-        {
-            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
-        }
-        consumer.assign(&tpl)?;
-        let (sent, from) = (sent.clone(), measured_from_ms.clone());
+        let consumer = crate::bench::raw_reader(kafka, "bench-raw-lag", topic)?;
+        let sent = sent.clone();
         tokio::task::spawn_blocking(move || -> Result<Vec<i64>, String> {
             let mut lags = Vec::new();
             let mut read = 0usize;
@@ -195,7 +172,7 @@ pub(crate) async fn raw_lag(
                 let m = m.map_err(|e| e.to_string())?;
                 read += 1;
                 if let Some(ms) = m.timestamp().to_millis() {
-                    if ms >= from.load(Ordering::Acquire) {
+                    if ms >= from_ms {
                         lags.push(now_micros() - ms * 1000);
                     }
                 }
@@ -206,21 +183,11 @@ pub(crate) async fn raw_lag(
     };
     let producer = crate::bench::raw_producer(kafka)?;
     let payload = otaledger_schemas::encode(&heartbeats(0..1, 1, now_micros()).remove(0))?;
-    let tick = Duration::from_millis(5);
-    let per_tick = rate * tick.as_secs_f64();
-    let mut interval = tokio::time::interval(tick);
-    measured_from_ms.store(
-        (now_micros() / 1000) + i64::try_from(warm_up.as_millis()).unwrap_or(0),
-        Ordering::Release,
-    );
-    let started = Instant::now();
-    let (mut n, mut budget) = (0usize, 0.0_f64);
+    let mut pacer = Pacer::new(rate, duration + warm_up(duration));
+    let mut n = 0usize;
     let mut pending = Vec::new();
-    while started.elapsed() < duration + warm_up {
-        interval.tick().await;
-        budget += per_tick;
-        while budget >= 1.0 {
-            budget -= 1.0;
+    while let Some(due) = pacer.due().await {
+        for _ in 0..due {
             let key = format!("bench-{:07}", n % devices.max(1));
             pending.push(crate::bench::raw_send(&producer, topic, &key, &payload).await);
             n += 1;
@@ -231,4 +198,46 @@ pub(crate) async fn raw_lag(
     }
     sent.store(n, Ordering::Release);
     Ok(reader.await??)
+}
+
+/// What both lag runs leave out at their start: a quarter of the run, at most 5 s.
+fn warm_up(duration: Duration) -> Duration {
+    (duration / 4).min(Duration::from_secs(5))
+}
+
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// Releases records at a steady rate, in 5 ms ticks, for a given time.
+struct Pacer {
+    interval: tokio::time::Interval,
+    per_tick: f64,
+    budget: f64,
+    until: Instant,
+}
+
+impl Pacer {
+    fn new(rate: f64, run: Duration) -> Self {
+        let tick = Duration::from_millis(5);
+        Pacer {
+            interval: tokio::time::interval(tick),
+            per_tick: rate * tick.as_secs_f64(),
+            budget: 0.0,
+            until: Instant::now() + run,
+        }
+    }
+
+    /// Waits for the next tick and returns how many records are due; `None` once the run is over.
+    async fn due(&mut self) -> Option<usize> {
+        if Instant::now() >= self.until {
+            return None;
+        }
+        self.interval.tick().await;
+        self.budget += self.per_tick;
+        let n = self.budget.floor();
+        self.budget -= n;
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        Some(n as usize)
+    }
 }
