@@ -5,7 +5,7 @@ use std::time::Duration;
 use otaledger_consumers::dispatcher::{Dispatcher, DispatcherConfig, DISPATCHER_DDL};
 use otaledger_consumers::router::{Router, ROUTER_DDL};
 use otaledger_consumers::saga::{Saga, SagaConfig};
-use otaledger_consumers::{Runner, RunnerConfig};
+use otaledger_consumers::{FoldWindow, Runner, RunnerConfig};
 use otaledger_producers::kafka::{ensure_topics, EventProducer};
 use otaledger_producers::shutdown::{Shutdown, ShutdownSignal};
 use otaledger_projections::history::HistoryProjector;
@@ -79,6 +79,7 @@ pub async fn prepare(cfg: &Config) -> Result<(), BoxError> {
 /// The fleet projector's runner settings for `schema`, as this instance `member`.
 #[must_use]
 pub fn projector_runner_config(cfg: &Config, schema: &str, member: &str) -> RunnerConfig {
+    let p = &cfg.projector;
     RunnerConfig {
         consumer: "projector".into(),
         topic: cfg.kafka.topics().device_events,
@@ -87,10 +88,18 @@ pub fn projector_runner_config(cfg: &Config, schema: &str, member: &str) -> Runn
         member: member.to_owned(),
         batch_max: cfg.projector.batch_max,
         batch_wait: Duration::from_millis(cfg.projector.batch_wait_ms),
-        fold_max_events: cfg.projector.fold_max_events,
-        fold_max_rows: cfg.projector.fold_max_rows,
-        fold_max_wait: Duration::from_millis(cfg.projector.fold_max_wait_ms),
-        fold_when_behind: Duration::from_millis(cfg.projector.fold_when_behind_ms),
+        fold: FoldWindow {
+            when_behind: Duration::from_millis(p.fold_when_behind_ms),
+            max_events: p.fold_max_events,
+            max_rows: p.fold_max_rows,
+            max_wait: Duration::from_millis(p.fold_max_wait_ms),
+        },
+        deep_fold: (p.deep_fold_max_events > 0).then(|| FoldWindow {
+            when_behind: Duration::from_millis(p.deep_fold_when_behind_ms),
+            max_events: p.deep_fold_max_events,
+            max_rows: p.deep_fold_max_rows,
+            max_wait: Duration::from_millis(p.deep_fold_max_wait_ms),
+        }),
         rebalance_every: Duration::from_millis(cfg.projector.rebalance_ms),
         kafka: cfg.kafka.clone(),
         stop_at: None,

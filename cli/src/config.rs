@@ -58,6 +58,13 @@ pub struct ProjectorConfig {
     pub fold_max_wait_ms: u64,
     /// ... and only while the events read are older than this (fresh events commit at once).
     pub fold_when_behind_ms: u64,
+    /// Far behind (the events read are older than `deep_fold_when_behind_ms`), the windows
+    /// grow to these limits, so that each device's row absorbs more of the backlog per write.
+    /// 0 events: no deep windows.
+    pub deep_fold_max_events: usize,
+    pub deep_fold_max_rows: usize,
+    pub deep_fold_max_wait_ms: u64,
+    pub deep_fold_when_behind_ms: u64,
     /// How often ownership is rechecked: the failover time after an instance dies.
     pub rebalance_ms: u64,
     /// Unique per instance; host name and process id when empty.
@@ -73,6 +80,10 @@ impl Default for ProjectorConfig {
             fold_max_rows: 50_000,
             fold_max_wait_ms: 1000,
             fold_when_behind_ms: 1000,
+            deep_fold_max_events: 5_000_000,
+            deep_fold_max_rows: 250_000,
+            deep_fold_max_wait_ms: 10_000,
+            deep_fold_when_behind_ms: 5000,
             rebalance_ms: 2000,
             member: String::new(),
         }

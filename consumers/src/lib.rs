@@ -48,4 +48,4 @@ impl<T> DbContext<T> for std::result::Result<T, sqlx::Error> {
     }
 }
 
-pub use runner::{BoxFuture, Positioned, Projection, Runner, RunnerConfig};
+pub use runner::{BoxFuture, FoldWindow, Positioned, Projection, Runner, RunnerConfig};

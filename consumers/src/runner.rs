@@ -60,7 +60,7 @@ pub trait Projection: Send {
     }
 
     /// Rows a folding projection would write now (the runner commits before it exceeds
-    /// `RunnerConfig::fold_max_rows`).
+    /// `FoldWindow::max_rows`).
     fn folded_rows(&self) -> usize {
         0
     }
@@ -81,22 +81,38 @@ pub struct RunnerConfig {
     pub member: String,
     pub batch_max: usize,
     pub batch_wait: Duration,
-    /// Folding projections gather batches into one transaction while batches arrive full (the
-    /// consumer is behind), up to this many events ...
-    pub fold_max_events: usize,
-    /// ... or this many folded rows ...
-    pub fold_max_rows: usize,
-    /// ... or for this long. A batch that is not full (caught up) commits at once, and so
-    /// does what was gathered when no record arrives for `batch_wait`.
-    pub fold_max_wait: Duration,
-    /// Batches are gathered only while the newest event read was recorded longer ago than
-    /// this (the consumer is behind): fresh events commit at once, keeping the lag low.
-    pub fold_when_behind: Duration,
+    /// How much a folding projection gathers into one transaction while it is behind.
+    pub fold: FoldWindow,
+    /// Larger windows while it is far behind (a backlog of seconds or hours): each device's row
+    /// absorbs more events per write, and nobody is waiting for a row within the second.
+    pub deep_fold: Option<FoldWindow>,
     pub rebalance_every: Duration,
     pub kafka: KafkaConfig,
     /// Rebuilds stop at these offsets (per partition, exclusive): records at or past them are
     /// not applied, so a rebuilt projection can be compared with a live one at its position.
     pub stop_at: Option<BTreeMap<i32, i64>>,
+}
+
+/// Folding projections gather batches into one transaction while batches arrive full and the
+/// newest event read was recorded more than `when_behind` ago, up to `max_events` events,
+/// `max_rows` folded rows or `max_wait`. A batch that is not full (caught up) commits at
+/// once, and so does what was gathered when no record arrives for `batch_wait`.
+#[derive(Debug, Clone, Copy)]
+pub struct FoldWindow {
+    pub when_behind: Duration,
+    pub max_events: usize,
+    pub max_rows: usize,
+    pub max_wait: Duration,
+}
+
+impl RunnerConfig {
+    /// The window for a consumer whose newest event read is `age` old, if it is behind.
+    fn window(&self, age: Duration) -> Option<&FoldWindow> {
+        match &self.deep_fold {
+            Some(deep) if age > deep.when_behind => Some(deep),
+            _ => (age > self.fold.when_behind).then_some(&self.fold),
+        }
+    }
 }
 
 /// Runs a [`Projection`] over the partitions this instance owns.
@@ -190,7 +206,7 @@ impl<P: Projection> Runner<P> {
                     // happened to be full), so what is pending commits now instead of waiting
                     // for more. The read goes on during the commit.
                     let gathering_until = pending.started.map(|s| {
-                        (tokio::time::Instant::from_std(s) + cfg.fold_max_wait)
+                        (tokio::time::Instant::from_std(s) + pending.max_wait)
                             .min(tokio::time::Instant::now() + cfg.batch_wait)
                     });
                     tokio::select! {
@@ -211,16 +227,19 @@ impl<P: Projection> Runner<P> {
                 continue;
             }
             let started = *pending.started.get_or_insert_with(Instant::now);
-            let behind = pending.recorded_at.last().is_some_and(|r| {
-                let age = otaledger_domain::time::now_micros() - r;
-                u128::try_from(age).unwrap_or(0) > cfg.fold_when_behind.as_micros()
+            let age = pending.recorded_at.last().map_or(Duration::ZERO, |r| {
+                let micros = otaledger_domain::time::now_micros() - r;
+                Duration::from_micros(u64::try_from(micros).unwrap_or(0))
             });
+            let window = cfg.window(age);
+            pending.max_wait = window.map_or(Duration::ZERO, |w| w.max_wait);
             let gather = full
-                && behind
                 && pending.events.is_empty()
-                && pending.recorded_at.len() < cfg.fold_max_events
-                && self.projection.folded_rows() < cfg.fold_max_rows
-                && started.elapsed() < cfg.fold_max_wait;
+                && window.is_some_and(|w| {
+                    pending.recorded_at.len() < w.max_events
+                        && self.projection.folded_rows() < w.max_rows
+                        && started.elapsed() < w.max_wait
+                });
             if gather {
                 continue;
             }
@@ -241,7 +260,7 @@ impl<P: Projection> Runner<P> {
                             // Read on while the stream is behind, up to one more transaction
                             // or `READ_AHEAD_MAX` (decoded events held in memory).
                             let more = batch.full
-                                && ahead < cfg.fold_max_events.min(READ_AHEAD_MAX);
+                                && ahead < cfg.fold.max_events.min(READ_AHEAD_MAX);
                             prefetched.push_back(batch);
                             if more {
                                 read = Box::pin(collect(&consumer, &cfg, next_rebalance));
@@ -372,6 +391,8 @@ struct Pending {
     recorded_at: Vec<Micros>,
     /// When the first batch of the transaction was read.
     started: Option<Instant>,
+    /// How long the current window may gather.
+    max_wait: Duration,
 }
 
 impl Pending {

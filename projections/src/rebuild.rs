@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use otaledger_consumers::{BoxFuture, Positioned, Projection, Runner, RunnerConfig};
+use otaledger_consumers::{BoxFuture, FoldWindow, Positioned, Projection, Runner, RunnerConfig};
 use otaledger_domain::time::Micros;
 use otaledger_producers::config::KafkaConfig;
 use otaledger_producers::kafka::EventProducer;
@@ -265,10 +265,13 @@ pub async fn build_shadow(
             batch_wait: Duration::from_millis(20),
             // A rebuild folds far more per transaction than a live projector: nobody waits
             // for its rows, and each device's row is written once per window, not per batch.
-            fold_max_events: 250_000,
-            fold_max_rows: 500_000,
-            fold_max_wait: Duration::from_secs(30),
-            fold_when_behind: Duration::ZERO,
+            fold: FoldWindow {
+                when_behind: Duration::ZERO,
+                max_events: 250_000,
+                max_rows: 500_000,
+                max_wait: Duration::from_secs(30),
+            },
+            deep_fold: None,
             rebalance_every: Duration::from_secs(3600),
             kafka: plan.kafka.clone(),
             stop_at: stop,

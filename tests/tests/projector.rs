@@ -374,3 +374,69 @@ async fn a_gathering_projector_commits_when_the_stream_pauses_after_a_full_batch
         h.await.unwrap();
     }
 }
+
+/// Transactions the projector has committed in this test process.
+fn projector_transactions() -> u64 {
+    otaledger_producers::metrics::REGISTRY
+        .histogram(
+            "otaledger_consumer_batch_seconds",
+            "",
+            &[("consumer", "projector")],
+        )
+        .count()
+}
+
+/// Projects the whole topic into a fresh schema; resolves to the transactions it took.
+async fn project_once(cfg: &Config, ends: &BTreeMap<i32, i64>) -> u64 {
+    prepare(cfg).await.unwrap();
+    let pool = otaledger_consumers::db::pool(&cfg.database.url, &cfg.database.schema, 2)
+        .await
+        .unwrap();
+    let before = projector_transactions();
+    let (shutdown, handles) =
+        otaledger_tests::spawn_components(cfg, &[otaledger_cli::components::Component::Projector]);
+    caught_up(cfg, &pool, ends.clone()).await;
+    assert_table_equals_fold(cfg, &pool).await;
+    shutdown.trigger();
+    for h in handles {
+        h.await.unwrap();
+    }
+    pool.close().await;
+    projector_transactions() - before
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_projector_far_behind_folds_its_backlog_in_deep_windows() {
+    let services = Services::get().await;
+    let name = unique("proj_deep");
+    let mut cfg = config(&services, &name);
+    cfg.projector.batch_max = 50;
+    // Live windows of one round (100 events), gathered whenever batches arrive full.
+    cfg.projector.fold_max_events = 100;
+    cfg.projector.fold_max_rows = 1_000_000;
+    cfg.projector.fold_max_wait_ms = 3_600_000;
+    cfg.projector.fold_when_behind_ms = 0;
+    cfg.projector.deep_fold_max_events = 1_000_000;
+    cfg.projector.deep_fold_max_rows = 1_000_000;
+    cfg.projector.deep_fold_max_wait_ms = 3_600_000;
+    cfg.projector.deep_fold_when_behind_ms = 1000;
+    cfg.projector.rebalance_ms = 3_600_000;
+    prepare(&cfg).await.unwrap();
+    let ends = produce(&cfg, 100, 0..10).await.unwrap();
+    assert_eq!(ends.values().sum::<i64>(), 1000);
+    // Older than the deep threshold before any projector reads them.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let deep = project_once(&cfg, &ends).await;
+    cfg.projector.deep_fold_max_events = 0;
+    cfg.database.schema = format!("{}_live", cfg.database.schema);
+    let live = project_once(&cfg, &ends).await;
+    assert!(
+        live >= 10,
+        "live windows of 100 events need at least 10 transactions for 1,000 events, took {live}"
+    );
+    assert!(
+        deep <= 2,
+        "the backlog fits one deep window, but it took {deep} transactions (live: {live})"
+    );
+}
