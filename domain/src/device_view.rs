@@ -53,8 +53,15 @@ impl DeviceView {
         if !Self::is_relevant(event) {
             return view;
         }
+        let mut v = view.unwrap_or_else(|| Self::unseen(event, position));
+        v.absorb(event, position);
+        Some(v)
+    }
+
+    /// The view of a device before its first event.
+    fn unseen(event: &Event, position: Position) -> Self {
         let recorded = event.meta.recorded_at;
-        let mut v = view.unwrap_or_else(|| DeviceView {
+        DeviceView {
             device_id: event.key().to_owned(),
             model: None,
             site: None,
@@ -68,41 +75,49 @@ impl DeviceView {
             health: None,
             events: 0,
             last_position: position,
-        });
-        v.first_seen_at = v.first_seen_at.min(recorded);
-        v.last_seen_at = v.last_seen_at.max(recorded);
-        v.events += 1;
-        v.last_position = position;
+        }
+    }
+
+    /// Folds one event of this device into the view in place (a fold over a large backlog
+    /// keeps each view where it is instead of moving it out and back per event).
+    pub fn absorb(&mut self, event: &Event, position: Position) {
+        if !Self::is_relevant(event) {
+            return;
+        }
+        let recorded = event.meta.recorded_at;
+        self.first_seen_at = self.first_seen_at.min(recorded);
+        self.last_seen_at = self.last_seen_at.max(recorded);
+        self.events += 1;
+        self.last_position = position;
         match &event.payload {
             Payload::DeviceRegistered(r) => {
-                v.model = Some(r.model.clone());
-                v.site = Some(r.site.clone());
-                v.tags = Some(r.tags.clone());
-                v.firmware_version = Some(r.firmware_version.clone());
+                self.model = Some(r.model.clone());
+                self.site = Some(r.site.clone());
+                self.tags = Some(r.tags.clone());
+                self.firmware_version = Some(r.firmware_version.clone());
                 if r.gateway_id.is_some() {
-                    v.gateway_id.clone_from(&r.gateway_id);
+                    self.gateway_id.clone_from(&r.gateway_id);
                 }
                 if r.hardware_rev.is_some() {
-                    v.hardware_rev.clone_from(&r.hardware_rev);
+                    self.hardware_rev.clone_from(&r.hardware_rev);
                 }
             }
             Payload::Heartbeat(h) => {
-                v.firmware_version = Some(h.firmware_version.clone());
+                self.firmware_version = Some(h.firmware_version.clone());
                 if h.gateway_id.is_some() {
-                    v.gateway_id.clone_from(&h.gateway_id);
+                    self.gateway_id.clone_from(&h.gateway_id);
                 }
-                v.health = Some(h.health.clone());
-                v.last_heartbeat_at = Some(
-                    v.last_heartbeat_at
+                self.health = Some(h.health.clone());
+                self.last_heartbeat_at = Some(
+                    self.last_heartbeat_at
                         .map_or(event.meta.occurred_at, |t| t.max(event.meta.occurred_at)),
                 );
             }
             Payload::InstallResult(r) if r.outcome != InstallOutcome::Rejected => {
-                v.firmware_version = Some(r.firmware_version.clone());
+                self.firmware_version = Some(r.firmware_version.clone());
             }
             _ => {}
         }
-        Some(v)
     }
 
     /// Merges a patch (the fold of later events) into an older view.

@@ -2,7 +2,7 @@
 //! repeated heartbeats), merges all patches with one statement and adjusts the per-dimension
 //! counts, inside the transaction that also stores the consumed offsets.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use otaledger_consumers::{BoxFuture, Positioned, Projection};
@@ -16,7 +16,7 @@ use crate::DbContext;
 pub struct FleetProjector {
     dims: DimensionCache,
     /// One patch per device of the batches folded since the last transaction.
-    folded: BTreeMap<String, DeviceView>,
+    folded: Patches,
 }
 
 /// Each device's committed firmware, model and site, so that a batch need not read them back
@@ -69,7 +69,7 @@ impl FleetProjector {
     pub fn new() -> Self {
         FleetProjector {
             dims: DimensionCache::new(),
-            folded: BTreeMap::new(),
+            folded: Patches::new(),
         }
     }
 }
@@ -82,23 +82,29 @@ pub(crate) fn ts(micros: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(micros).unwrap_or_default()
 }
 
+/// One patch per device: the fold of its events since the last write. Hashed, not ordered: a
+/// fold over a backlog touches a patch per event, and an ordered map spent most of that time
+/// comparing ids and moving patches within its nodes. The merge sorts once.
+pub type Patches = HashMap<String, DeviceView>;
+
 /// Folds a batch into one patch per device, in batch order.
 #[must_use]
-pub fn fold_batch(events: &[Positioned]) -> BTreeMap<String, DeviceView> {
-    let mut patches: BTreeMap<String, DeviceView> = BTreeMap::new();
+pub fn fold_batch(events: &[Positioned]) -> Patches {
+    let mut patches = Patches::new();
     fold_into(&mut patches, events);
     patches
 }
 
 /// Folds events into existing patches (a device's later events onto its patch).
-pub fn fold_into(patches: &mut BTreeMap<String, DeviceView>, events: &[Positioned]) {
+pub fn fold_into(patches: &mut Patches, events: &[Positioned]) {
     for p in events {
         if !DeviceView::is_relevant(&p.event) {
             continue;
         }
         let key = p.event.key();
-        let prev = patches.remove(key);
-        if let Some(v) = DeviceView::apply(prev, &p.event, p.position) {
+        if let Some(v) = patches.get_mut(key) {
+            v.absorb(&p.event, p.position);
+        } else if let Some(v) = DeviceView::apply(None, &p.event, p.position) {
             patches.insert(key.to_owned(), v);
         }
     }
@@ -160,17 +166,20 @@ type DimensionRow = (String, Option<String>, Option<String>, Option<String>);
 /// Merges patches into `devices` and adjusts `fleet_counts`.
 pub async fn merge_patches(
     tx: &mut PgConnection,
-    patches: BTreeMap<String, DeviceView>,
+    patches: impl IntoIterator<Item = (String, DeviceView)>,
     cache: &mut DimensionCache,
 ) -> crate::Result<()> {
     // Whatever an earlier, uncommitted batch staged is void.
     cache.staged.clear();
+    let mut patches: Vec<DeviceView> = patches.into_iter().map(|(_, v)| v).collect();
     if patches.is_empty() {
         return Ok(());
     }
+    // In id order: the rows are written in index order, and the same input writes the same way.
+    patches.sort_unstable_by(|a, b| a.device_id.cmp(&b.device_id));
     let n = patches.len();
     let mut c = Columns::default();
-    for (_, v) in patches {
+    for v in patches {
         c.push(v);
     }
     let mut old: HashMap<String, Dimensions> = HashMap::with_capacity(n);

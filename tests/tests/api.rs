@@ -79,7 +79,7 @@ async fn fixture(test: &str) -> Fixture {
         .unwrap();
     let devices = devices();
     let mut tx = pool.begin().await.unwrap();
-    let patches = devices
+    let patches: Vec<(String, DeviceView)> = devices
         .iter()
         .map(|d| (d.device_id.clone(), d.clone()))
         .collect();
