@@ -531,53 +531,111 @@ async fn sleep_until_some(until: Option<tokio::time::Instant>) {
 }
 
 /// Waits for a first record (until `until`), then gathers more for up to `batch_wait` or
-/// `batch_max` records, decoding each from the consumer's buffer.
+/// `batch_max` records and decodes them.
 async fn collect(
     consumer: &StreamConsumer,
     cfg: &RunnerConfig,
     until: tokio::time::Instant,
 ) -> Batch {
-    let mut batch = Batch {
-        records: Vec::new(),
-        full: false,
-    };
+    let mut raw = RawBatch::default();
     let first = tokio::time::timeout_at(until, consumer.recv()).await;
-    let Ok(first) = first else { return batch };
-    push(&mut batch.records, first);
+    let Ok(first) = first else {
+        return Batch {
+            records: Vec::new(),
+            full: false,
+        };
+    };
+    raw.push(first);
     let deadline = tokio::time::Instant::now() + cfg.batch_wait;
-    while batch.records.len() < cfg.batch_max {
+    while raw.len() < cfg.batch_max {
         match tokio::time::timeout_at(deadline, consumer.recv()).await {
-            Ok(m) => push(&mut batch.records, m),
+            Ok(m) => raw.push(m),
             Err(_) => break,
         }
     }
-    batch.full = batch.records.len() >= cfg.batch_max;
-    batch
+    let full = raw.len() >= cfg.batch_max;
+    Batch {
+        records: raw.decode().await,
+        full,
+    }
 }
 
-fn push(
-    records: &mut Vec<Record>,
-    m: std::result::Result<rdkafka::message::BorrowedMessage<'_>, rdkafka::error::KafkaError>,
-) {
-    match m {
-        Ok(m) => {
-            let payload = m.payload().unwrap_or_default();
+/// Records from this many on are decoded on two threads: decoding is the largest part of
+/// reading a backlog, and the task that folds would otherwise do it alone on one core.
+const PARALLEL_DECODE_FROM: usize = 1000;
+
+/// Records as read, their bytes copied into one buffer (no allocation per record), so that
+/// they can be decoded on another thread.
+#[derive(Default)]
+struct RawBatch {
+    bytes: Vec<u8>,
+    /// Partition, offset, and where the record's key and payload end in `bytes`.
+    items: Vec<(i32, i64, usize, usize)>,
+}
+
+impl RawBatch {
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    fn push(
+        &mut self,
+        m: std::result::Result<rdkafka::message::BorrowedMessage<'_>, rdkafka::error::KafkaError>,
+    ) {
+        match m {
+            Ok(m) => {
+                self.bytes.extend_from_slice(m.key().unwrap_or_default());
+                let key_end = self.bytes.len();
+                self.bytes
+                    .extend_from_slice(m.payload().unwrap_or_default());
+                self.items
+                    .push((m.partition(), m.offset(), key_end, self.bytes.len()));
+            }
+            // Transient fetch errors (broker restart, leader change) are retried by librdkafka.
+            Err(e) => tracing::warn!(error = %e, "kafka fetch error"),
+        }
+    }
+
+    /// Decodes every record, in order: the second half on a blocking thread while this task
+    /// decodes the first.
+    async fn decode(self) -> Vec<Record> {
+        let n = self.items.len();
+        if n < PARALLEL_DECODE_FROM {
+            return self.decode_range(0..n);
+        }
+        let raw = std::sync::Arc::new(self);
+        let other = std::sync::Arc::clone(&raw);
+        let second = tokio::task::spawn_blocking(move || other.decode_range(n / 2..n));
+        let mut records = raw.decode_range(0..n / 2);
+        match second.await {
+            Ok(rest) => records.extend(rest),
+            // Only a panic in the decoder gets here; decode the half again on this task.
+            Err(_) => records.extend(raw.decode_range(n / 2..n)),
+        }
+        records
+    }
+
+    fn decode_range(&self, range: std::ops::Range<usize>) -> Vec<Record> {
+        let mut records = Vec::with_capacity(range.len());
+        for i in range {
+            let (partition, offset, key_end, end) = self.items[i];
+            let start = if i == 0 { 0 } else { self.items[i - 1].3 };
+            let (key, payload) = (&self.bytes[start..key_end], &self.bytes[key_end..end]);
             records.push(Record {
-                partition: m.partition(),
-                offset: m.offset(),
+                partition,
+                offset,
                 decoded: match otaledger_schemas::decode(payload) {
                     Ok(d) => Ok(d.event),
                     // Only a record that did not decode is kept whole, for its dead letter.
                     Err(e) => Err(Undecodable {
-                        key: m.key().map(<[u8]>::to_vec).unwrap_or_default(),
+                        key: key.to_vec(),
                         payload: payload.to_vec(),
                         error: e.to_string(),
                     }),
                 },
             });
         }
-        // Transient fetch errors (broker restart, leader change) are retried by librdkafka.
-        Err(e) => tracing::warn!(error = %e, "kafka fetch error"),
+        records
     }
 }
 
@@ -596,4 +654,74 @@ pub async fn committed_offsets(
     .await
     .db("reading offsets")?;
     Ok(rows.into_iter().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use otaledger_domain::events::{Health, Heartbeat};
+    use otaledger_domain::{EventMeta, Payload};
+
+    fn heartbeat(i: usize) -> Event {
+        Event {
+            meta: EventMeta {
+                event_id: otaledger_domain::ids::new_event_id(),
+                occurred_at: 1,
+                recorded_at: 2,
+                trace_id: String::new(),
+            },
+            payload: Payload::Heartbeat(Heartbeat {
+                device_id: format!("d-{i}"),
+                firmware_version: "1.0.0".into(),
+                gateway_id: None,
+                health: Health {
+                    uptime_s: 1,
+                    cpu_pct: 1.0,
+                    mem_pct: 1.0,
+                    temperature_c: 1.0,
+                    error_count: 0,
+                    signal_dbm: None,
+                },
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_decoded_on_two_threads_keeps_its_order_and_its_undecodable_bytes() {
+        let n = PARALLEL_DECODE_FROM * 3 + 1;
+        let mut raw = RawBatch::default();
+        for i in 0..n {
+            let key = format!("d-{i}").into_bytes();
+            let payload = if i % 500 == 7 {
+                format!("garbage {i}").into_bytes()
+            } else {
+                otaledger_schemas::encode(&heartbeat(i)).unwrap_or_default()
+            };
+            raw.bytes.extend_from_slice(&key);
+            let key_end = raw.bytes.len();
+            raw.bytes.extend_from_slice(&payload);
+            raw.items.push((
+                i32::try_from(i % 3).unwrap_or(0),
+                i as i64,
+                key_end,
+                raw.bytes.len(),
+            ));
+        }
+        let records = raw.decode().await;
+        assert_eq!(records.len(), n);
+        for (i, r) in records.iter().enumerate() {
+            assert_eq!(
+                (r.partition, r.offset),
+                (i32::try_from(i % 3).unwrap_or(0), i as i64)
+            );
+            match &r.decoded {
+                Ok(e) => assert_eq!(e.key(), format!("d-{i}"), "record {i}"),
+                Err(u) => {
+                    assert_eq!(i % 500, 7, "record {i} should have decoded: {}", u.error);
+                    assert_eq!(u.key, format!("d-{i}").into_bytes());
+                    assert_eq!(u.payload, format!("garbage {i}").into_bytes());
+                }
+            }
+        }
+    }
 }
