@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use otaledger_domain::device_view::Position;
@@ -176,6 +177,9 @@ impl<P: Projection> Runner<P> {
         // While a transaction commits the runner goes on reading and decoding (so that Kafka
         // and the decoder work while PostgreSQL does): batches read ahead, and a read still in
         // flight when the commit ended.
+        // Set while the read in flight has its first record and gathers the rest (so never
+        // while a read waits for its first record, which may take until the next rebalance).
+        let receiving = AtomicBool::new(false);
         let mut reading: Option<BoxFuture<'_, Batch>> = None;
         let mut prefetched: VecDeque<Batch> = VecDeque::new();
         loop {
@@ -198,9 +202,9 @@ impl<P: Projection> Runner<P> {
             let batch = match prefetched.pop_front() {
                 Some(b) => Some(b),
                 None => {
-                    let mut read = reading
-                        .take()
-                        .unwrap_or_else(|| Box::pin(collect(&consumer, &cfg, next_rebalance)));
+                    let mut read = reading.take().unwrap_or_else(|| {
+                        Box::pin(collect(&consumer, &cfg, next_rebalance, &receiving))
+                    });
                     // While gathering, the next record of a consumer that is behind is already
                     // buffered: a pause of `batch_wait` means it caught up (the last batch only
                     // happened to be full), so what is pending commits now instead of waiting
@@ -213,8 +217,14 @@ impl<P: Projection> Runner<P> {
                         () = shutdown.wait() => break,
                         b = &mut read => Some(b),
                         () = sleep_until_some(gathering_until) => {
-                            reading = Some(read);
-                            None
+                            if receiving.load(Ordering::Relaxed) {
+                                // Records are arriving (a large batch takes longer than
+                                // `batch_wait` to gather and decode): no pause.
+                                Some(read.await)
+                            } else {
+                                reading = Some(read);
+                                None
+                            }
                         }
                     }
                 }
@@ -245,7 +255,7 @@ impl<P: Projection> Runner<P> {
             }
             let mut read = reading
                 .take()
-                .unwrap_or_else(|| Box::pin(collect(&consumer, &cfg, next_rebalance)));
+                .unwrap_or_else(|| Box::pin(collect(&consumer, &cfg, next_rebalance, &receiving)));
             let mut read_live = true;
             let mut ahead: usize = prefetched.iter().map(|b| b.records.len()).sum();
             let commit_started = Instant::now();
@@ -263,7 +273,7 @@ impl<P: Projection> Runner<P> {
                                 && ahead < cfg.fold.max_events.min(READ_AHEAD_MAX);
                             prefetched.push_back(batch);
                             if more {
-                                read = Box::pin(collect(&consumer, &cfg, next_rebalance));
+                                read = Box::pin(collect(&consumer, &cfg, next_rebalance, &receiving));
                             } else {
                                 read_live = false;
                             }
@@ -536,8 +546,10 @@ async fn collect(
     consumer: &StreamConsumer,
     cfg: &RunnerConfig,
     until: tokio::time::Instant,
+    receiving: &AtomicBool,
 ) -> Batch {
     let mut raw = RawBatch::default();
+    receiving.store(false, Ordering::Relaxed);
     let first = tokio::time::timeout_at(until, consumer.recv()).await;
     let Ok(first) = first else {
         return Batch {
@@ -545,6 +557,7 @@ async fn collect(
             full: false,
         };
     };
+    receiving.store(true, Ordering::Relaxed);
     raw.push(first);
     let deadline = tokio::time::Instant::now() + cfg.batch_wait;
     while raw.len() < cfg.batch_max {
@@ -554,10 +567,9 @@ async fn collect(
         }
     }
     let full = raw.len() >= cfg.batch_max;
-    Batch {
-        records: raw.decode().await,
-        full,
-    }
+    let records = raw.decode().await;
+    receiving.store(false, Ordering::Relaxed);
+    Batch { records, full }
 }
 
 /// Records from this many on are decoded on two threads: decoding is the largest part of
