@@ -267,7 +267,7 @@ pub async fn build_shadow(
             // for its rows, and each device's row is written once per window, not per batch.
             fold: FoldWindow {
                 when_behind: Duration::ZERO,
-                max_events: 250_000,
+                max_events: 1_000_000,
                 max_rows: 500_000,
                 max_wait: Duration::from_secs(30),
             },
