@@ -343,13 +343,22 @@ async fn consume_gateway_commands(
             .amqp("consuming gateway commands")?;
         let commands = commands.clone();
         let keep = channel.clone();
+        let gw = gw.clone();
         tokio::spawn(async move {
             // The channel lives as long as its consumer.
             let _channel = keep;
-            while let Some(Ok(delivery)) = consumer.next().await {
-                let _ = commands.send(delivery.data.clone());
-                let _ = delivery.ack(BasicAckOptions::default()).await;
+            // A delivery error is logged, not the end of the gateway: a gateway that stopped
+            // silently would leave its devices' commands unanswered for good.
+            while let Some(delivery) = consumer.next().await {
+                match delivery {
+                    Ok(delivery) => {
+                        let _ = commands.send(delivery.data.clone());
+                        let _ = delivery.ack(BasicAckOptions::default()).await;
+                    }
+                    Err(e) => tracing::warn!(gateway = %gw, error = %e, "gateway delivery failed"),
+                }
             }
+            tracing::debug!(gateway = %gw, "gateway command stream ended");
         });
     }
     Ok(())
