@@ -86,8 +86,8 @@ pub fn projector_runner_config(cfg: &Config, schema: &str, member: &str) -> Runn
         database_url: cfg.database.url.clone(),
         schema: schema.to_owned(),
         member: member.to_owned(),
-        batch_max: cfg.projector.batch_max,
-        batch_wait: Duration::from_millis(cfg.projector.batch_wait_ms),
+        batch_max: p.batch_max,
+        batch_wait: Duration::from_millis(p.batch_wait_ms),
         fold: FoldWindow {
             when_behind: Duration::from_millis(p.fold_when_behind_ms),
             max_events: p.fold_max_events,
@@ -100,7 +100,7 @@ pub fn projector_runner_config(cfg: &Config, schema: &str, member: &str) -> Runn
             max_rows: p.deep_fold_max_rows,
             max_wait: Duration::from_millis(p.deep_fold_max_wait_ms),
         }),
-        rebalance_every: Duration::from_millis(cfg.projector.rebalance_ms),
+        rebalance_every: Duration::from_millis(p.rebalance_ms),
         kafka: cfg.kafka.clone(),
         stop_at: None,
     }

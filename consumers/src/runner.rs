@@ -174,12 +174,12 @@ impl<P: Projection> Runner<P> {
         tracing::info!(consumer = %cfg.consumer, topic = %cfg.topic, member = %cfg.member, "consumer starting");
         let mut next_rebalance = tokio::time::Instant::now();
         let mut pending = Pending::default();
-        // While a transaction commits the runner goes on reading and decoding (so that Kafka
-        // and the decoder work while PostgreSQL does): batches read ahead, and a read still in
-        // flight when the commit ended.
         // Set while the read in flight has its first record and gathers the rest (so never
         // while a read waits for its first record, which may take until the next rebalance).
         let receiving = AtomicBool::new(false);
+        // While a transaction commits the runner goes on reading and decoding (so that Kafka
+        // and the decoder work while PostgreSQL does): batches read ahead, and a read still in
+        // flight when the commit ended.
         let mut reading: Option<BoxFuture<'_, Batch>> = None;
         let mut prefetched: VecDeque<Batch> = VecDeque::new();
         loop {
