@@ -487,39 +487,24 @@ pub async fn run(cfg: &Config, args: &BenchArgs) -> Result<Report, BoxError> {
 
     if all || args.scenario == Scenario::Projection {
         // Live windows (at most 50,000 rows a transaction): what the projector sustains while
-        // it follows the stream, and the rate the lag scenario halves.
-        let elapsed = project(&bench_cfg, &name, &["bench"], &ends, false).await?;
-        report.add(
-            "projection",
-            "projector catch-up",
-            rate(args.events, elapsed),
-            "events/s",
-        );
-        report.ratio("projector catch-up", "raw consume");
-        // Far behind, deep windows fold the backlog (the whole of it here) before writing.
-        let elapsed = project(&bench_cfg, &format!("{name}_deep"), &["bench"], &ends, true).await?;
-        report.add(
-            "projection",
-            "projector catch-up, far behind",
-            rate(args.events, elapsed),
-            "events/s",
-        );
-        report.ratio("projector catch-up, far behind", "raw consume");
-        let elapsed = project(
-            &bench_cfg,
-            &format!("{name}_pair"),
-            &["bench-a", "bench-b"],
-            &ends,
-            true,
-        )
-        .await?;
-        report.add(
-            "projection",
-            "2 instances catch-up, far behind",
-            rate(args.events, elapsed),
-            "events/s",
-        );
-        report.ratio("2 instances catch-up, far behind", "raw consume");
+        // it follows the stream, and the rate the lag scenario halves. Far behind, deep
+        // windows fold the backlog (the whole of it here) before writing.
+        let runs: [(&'static str, &str, &[&str], bool); 3] = [
+            ("projector catch-up", "", &["bench"], false),
+            ("projector catch-up, far behind", "_deep", &["bench"], true),
+            (
+                "2 instances catch-up, far behind",
+                "_pair",
+                &["bench-a", "bench-b"],
+                true,
+            ),
+        ];
+        for (figure, suffix, members, far_behind) in runs {
+            let schema = format!("{name}{suffix}");
+            let elapsed = project(&bench_cfg, &schema, members, &ends, far_behind).await?;
+            report.add("projection", figure, rate(args.events, elapsed), "events/s");
+            report.ratio(figure, "raw consume");
+        }
 
         // The naive projector: the same merge, one event per transaction.
         let naive_schema = format!("{name}_naive");
