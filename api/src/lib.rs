@@ -4,6 +4,7 @@
 pub mod device_lookup;
 mod devices;
 mod ops;
+pub use ops::metrics_routes;
 mod rollout_views;
 pub mod rollouts;
 pub mod summary_cache;

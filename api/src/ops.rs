@@ -27,6 +27,13 @@ pub(crate) fn routes(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// `/metrics` and `/healthz` alone, for processes that run a worker component without the API.
+pub fn metrics_routes() -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/metrics", get(metrics))
+}
+
 async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     let db = match tokio::time::timeout(
         Duration::from_secs(2),

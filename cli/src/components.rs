@@ -243,6 +243,27 @@ async fn run_api(
     Ok(())
 }
 
+/// Serves `/metrics` and `/healthz` on `http.metrics_listen` until shutdown, for a process
+/// that runs a worker component (the API serves them itself); nothing when it is empty.
+pub async fn serve_metrics(
+    cfg: &Config,
+    mut shutdown: ShutdownSignal,
+) -> Result<Option<tokio::task::JoinHandle<()>>, BoxError> {
+    if cfg.http.metrics_listen.is_empty() {
+        return Ok(None);
+    }
+    let listener = tokio::net::TcpListener::bind(&cfg.http.metrics_listen).await?;
+    tracing::info!(listen = %listener.local_addr()?, "metrics listening");
+    Ok(Some(tokio::spawn(async move {
+        let served = axum::serve(listener, otaledger_api::metrics_routes())
+            .with_graceful_shutdown(async move { shutdown.wait().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "metrics endpoint failed");
+        }
+    })))
+}
+
 /// Runs components together, restarting any that fails (with backoff) until shutdown.
 pub async fn supervise(components: Vec<Component>, cfg: Config, shutdown: &Shutdown) {
     let mut tasks = Vec::new();

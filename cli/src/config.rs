@@ -31,6 +31,9 @@ impl Default for DatabaseConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
     pub listen: String,
+    /// Where `otaledger run <component>` serves `/metrics` and `/healthz` for a component other
+    /// than the API (which serves them on `listen`); empty: not served.
+    pub metrics_listen: String,
     /// A device is offline when nothing was recorded from it for this long.
     pub offline_after_s: u64,
 }
@@ -39,6 +42,7 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: "127.0.0.1:8080".into(),
+            metrics_listen: String::new(),
             offline_after_s: 300,
         }
     }
@@ -157,6 +161,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("OTALEDGER_AMQP_QUEUE", "amqp.reports_queue"),
     ("OTALEDGER_AMQP_EXCHANGE", "amqp.commands_exchange"),
     ("OTALEDGER_HTTP_LISTEN", "http.listen"),
+    ("OTALEDGER_METRICS_LISTEN", "http.metrics_listen"),
     ("OTALEDGER_PROJECTOR_MEMBER", "projector.member"),
     ("OTALEDGER_REBALANCE_MS", "projector.rebalance_ms"),
 ];
@@ -196,6 +201,7 @@ impl Config {
                 "OTALEDGER_AMQP_QUEUE" => self.amqp.reports_queue = v,
                 "OTALEDGER_AMQP_EXCHANGE" => self.amqp.commands_exchange = v,
                 "OTALEDGER_HTTP_LISTEN" => self.http.listen = v,
+                "OTALEDGER_METRICS_LISTEN" => self.http.metrics_listen = v,
                 "OTALEDGER_PROJECTOR_MEMBER" => self.projector.member = v,
                 "OTALEDGER_REBALANCE_MS" => {
                     self.projector.rebalance_ms = v.parse().map_err(|_| num("number"))?;

@@ -274,7 +274,17 @@ async fn main() -> ExitCode {
             Command::Init => components::prepare(&cfg).await,
             Command::Run { component } => {
                 components::prepare(&cfg).await?;
-                components::run(component, cfg, shutdown.signal()).await
+                let metrics = if component == Component::Api {
+                    None
+                } else {
+                    components::serve_metrics(&cfg, shutdown.signal()).await?
+                };
+                let result = components::run(component, cfg, shutdown.signal()).await;
+                shutdown.trigger();
+                if let Some(m) = metrics {
+                    let _ = m.await;
+                }
+                result
             }
             Command::Up { simulate, sim } => {
                 components::prepare(&cfg).await?;

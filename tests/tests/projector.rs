@@ -440,3 +440,61 @@ async fn a_projector_far_behind_folds_its_backlog_in_deep_windows() {
         "the backlog fits one deep window, but it took {deep} transactions (live: {live})"
     );
 }
+
+/// The body of `GET path` on `addr`, if it answered.
+async fn http_get(addr: &str, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.ok()?;
+    out.starts_with("HTTP/1.1 200").then_some(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_projector_process_serves_its_metrics() {
+    let services = Services::get().await;
+    let name = unique("proj_metrics");
+    let cfg = config(&services, &name);
+    prepare(&cfg).await.unwrap();
+    let pool = otaledger_consumers::db::pool(&cfg.database.url, &cfg.database.schema, 2)
+        .await
+        .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let log = std::fs::File::create(log_path(&name, "p")).unwrap();
+    let mut child = otaledger_tests::Process(
+        otaledger_tests::otaledger_command(&cfg, &["run", "projector"], "p")
+            .env("OTALEDGER_METRICS_LISTEN", &addr)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let ends = produce(&cfg, 50, 0..2).await.unwrap();
+    caught_up(&cfg, &pool, ends).await;
+    let line = "otaledger_consumer_events_total{consumer=\"projector\"} 100";
+    eventually(
+        Duration::from_secs(30),
+        "the projector's /metrics to count its 100 events",
+        || {
+            let addr = addr.clone();
+            async move {
+                http_get(&addr, "/metrics")
+                    .await
+                    .filter(|body| body.lines().any(|l| l == line))
+                    .map(drop)
+            }
+        },
+    )
+    .await;
+    assert!(http_get(&addr, "/healthz").await.is_some());
+    kill(&mut child);
+    otaledger_tests::drop_schema(&services, &cfg.database.schema).await;
+}
