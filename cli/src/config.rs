@@ -181,6 +181,39 @@ impl Config {
         Ok(cfg)
     }
 
+    /// The environment that gives another `otaledger` process this configuration's endpoints
+    /// and namespace (every variable of [`ENV_OVERRIDES`]; the other settings are the file's).
+    #[must_use]
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("OTALEDGER_KAFKA_BROKERS", self.kafka.brokers.clone()),
+            ("OTALEDGER_TOPIC_PREFIX", self.kafka.topic_prefix.clone()),
+            (
+                "OTALEDGER_KAFKA_PARTITIONS",
+                self.kafka.partitions.to_string(),
+            ),
+            ("OTALEDGER_DATABASE_URL", self.database.url.clone()),
+            ("OTALEDGER_DB_SCHEMA", self.database.schema.clone()),
+            ("OTALEDGER_MQTT_HOST", self.mqtt.host.clone()),
+            ("OTALEDGER_MQTT_PORT", self.mqtt.port.to_string()),
+            ("OTALEDGER_MQTT_CLIENT_ID", self.mqtt.client_id.clone()),
+            ("OTALEDGER_MQTT_TOPIC_ROOT", self.mqtt.topic_root.clone()),
+            ("OTALEDGER_AMQP_URL", self.amqp.url.clone()),
+            ("OTALEDGER_AMQP_QUEUE", self.amqp.reports_queue.clone()),
+            (
+                "OTALEDGER_AMQP_EXCHANGE",
+                self.amqp.commands_exchange.clone(),
+            ),
+            ("OTALEDGER_HTTP_LISTEN", self.http.listen.clone()),
+            ("OTALEDGER_METRICS_LISTEN", self.http.metrics_listen.clone()),
+            ("OTALEDGER_PROJECTOR_MEMBER", self.projector.member.clone()),
+            (
+                "OTALEDGER_REBALANCE_MS",
+                self.projector.rebalance_ms.to_string(),
+            ),
+        ]
+    }
+
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), String> {
         for (var, _) in ENV_OVERRIDES {
             let Some(v) = get(var) else { continue };
@@ -234,6 +267,32 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn env_gives_another_process_every_override() {
+        let mut cfg = Config::default();
+        cfg.kafka.topic_prefix = "p.".into();
+        cfg.database.schema = "s".into();
+        cfg.mqtt.port = 1999;
+        cfg.http.metrics_listen = "127.0.0.1:1".into();
+        cfg.projector.rebalance_ms = 77;
+        let env = cfg.env();
+        for (var, _) in ENV_OVERRIDES {
+            assert!(
+                env.iter().any(|(v, _)| v == var),
+                "{var} missing from env()"
+            );
+        }
+        let mut other = Config::default();
+        other
+            .apply_env(|k| env.iter().find(|(v, _)| *v == k).map(|(_, x)| x.clone()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(other.kafka.topic_prefix, "p.");
+        assert_eq!(other.database.schema, "s");
+        assert_eq!(other.mqtt.port, 1999);
+        assert_eq!(other.http.metrics_listen, "127.0.0.1:1");
+        assert_eq!(other.projector.rebalance_ms, 77);
+    }
 
     #[test]
     fn file_then_environment() {

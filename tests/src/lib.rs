@@ -322,26 +322,8 @@ pub fn spawn_process(
 pub fn otaledger_command(cfg: &Config, args: &[&str], member: &str) -> Command {
     let mut c = Command::new(binary());
     c.args(args)
-        .env("OTALEDGER_KAFKA_BROKERS", &cfg.kafka.brokers)
-        .env("OTALEDGER_TOPIC_PREFIX", &cfg.kafka.topic_prefix)
-        .env(
-            "OTALEDGER_KAFKA_PARTITIONS",
-            cfg.kafka.partitions.to_string(),
-        )
-        .env("OTALEDGER_DATABASE_URL", &cfg.database.url)
-        .env("OTALEDGER_DB_SCHEMA", &cfg.database.schema)
-        .env("OTALEDGER_MQTT_HOST", &cfg.mqtt.host)
-        .env("OTALEDGER_MQTT_PORT", cfg.mqtt.port.to_string())
-        .env("OTALEDGER_MQTT_TOPIC_ROOT", &cfg.mqtt.topic_root)
-        .env("OTALEDGER_AMQP_URL", &cfg.amqp.url)
-        .env("OTALEDGER_AMQP_QUEUE", &cfg.amqp.reports_queue)
-        .env("OTALEDGER_AMQP_EXCHANGE", &cfg.amqp.commands_exchange)
-        .env("OTALEDGER_HTTP_LISTEN", &cfg.http.listen)
+        .envs(cfg.env())
         .env("OTALEDGER_PROJECTOR_MEMBER", member)
-        .env(
-            "OTALEDGER_REBALANCE_MS",
-            cfg.projector.rebalance_ms.to_string(),
-        )
         .env("RUST_LOG", "info");
     c
 }
