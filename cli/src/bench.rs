@@ -8,15 +8,13 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use otaledger_consumers::Runner;
 use otaledger_domain::events::{Health, Heartbeat};
 use otaledger_domain::ids::{new_event_id, new_trace_id};
 use otaledger_domain::time::now_micros;
 use otaledger_domain::{Event, EventMeta, Payload};
 use otaledger_producers::config::KafkaConfig;
 use otaledger_producers::kafka::{client_config, ensure_topics, EventProducer};
-use otaledger_producers::shutdown::Shutdown;
-use otaledger_projections::projector::{fold_batch, merge_patches, DimensionCache, FleetProjector};
+use otaledger_projections::projector::{fold_batch, merge_patches, DimensionCache};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -65,11 +63,15 @@ pub struct BenchArgs {
     /// Devices in the rollout scenario's fleet.
     pub rollout_devices: usize,
     pub out: std::path::PathBuf,
+    /// The `otaledger` binary the rollout scenario runs each component with, a process each.
+    pub components: std::path::PathBuf,
 }
 
 impl BenchArgs {
     #[must_use]
     pub fn sized(scenario: Scenario, quick: bool, out: std::path::PathBuf) -> Self {
+        // This very binary runs the rollout's components.
+        let components = std::env::current_exe().unwrap_or_else(|_| "otaledger".into());
         if quick {
             BenchArgs {
                 scenario,
@@ -83,6 +85,7 @@ impl BenchArgs {
                 api_duration: Duration::from_secs(5),
                 rollout_devices: 10_000,
                 out,
+                components,
             }
         } else {
             BenchArgs {
@@ -97,6 +100,7 @@ impl BenchArgs {
                 api_duration: Duration::from_secs(20),
                 rollout_devices: 100_000,
                 out,
+                components,
             }
         }
     }
@@ -208,6 +212,22 @@ pub(crate) fn heartbeats(range: std::ops::Range<usize>, devices: usize, now: i64
         .collect()
 }
 
+/// The figure of a component's peak RSS in the rollout scenario.
+fn rss_figure(c: crate::components::Component) -> &'static str {
+    use crate::components::Component;
+    match c {
+        Component::Api => "peak RSS, api",
+        Component::Projector => "peak RSS, projector",
+        Component::MqttBridge => "peak RSS, mqtt-bridge",
+        Component::AmqpBridge => "peak RSS, amqp-bridge",
+        Component::Router => "peak RSS, router",
+        Component::Saga => "peak RSS, saga",
+        Component::Dispatcher => "peak RSS, dispatcher",
+        Component::RolloutProjector => "peak RSS, rollout-projector",
+        Component::History => "peak RSS, history",
+    }
+}
+
 /// Events generated and produced at a time.
 const CHUNK: usize = 100_000;
 
@@ -216,19 +236,7 @@ fn rate(n: usize, elapsed: Duration) -> f64 {
 }
 
 fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .map(str::to_owned)
-        })
-        .and_then(|l| {
-            l.split_whitespace()
-                .nth(1)
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
+    crate::bench_rollout::peak_rss_mib("self")
 }
 
 /// The `q` quantile (0 to 1) of sorted microseconds, in milliseconds; 0 when there are none.
@@ -501,9 +509,25 @@ pub async fn run(cfg: &Config, args: &BenchArgs) -> Result<Report, BoxError> {
         ];
         for (figure, suffix, members, far_behind) in runs {
             let schema = format!("{name}{suffix}");
-            let elapsed = project(&bench_cfg, &schema, members, &ends, far_behind).await?;
+            let (elapsed, rss) = project(
+                &bench_cfg,
+                &schema,
+                members,
+                &ends,
+                far_behind,
+                &args.components,
+            )
+            .await?;
             report.add("projection", figure, rate(args.events, elapsed), "events/s");
             report.ratio(figure, "raw consume");
+            if let [one] = rss[..] {
+                let name = if far_behind {
+                    "peak RSS, projector far behind"
+                } else {
+                    "peak RSS, projector"
+                };
+                report.add("projection", name, one, "MiB");
+            }
         }
 
         // The naive projector: the same merge, one event per transaction.
@@ -551,7 +575,7 @@ pub async fn run(cfg: &Config, args: &BenchArgs) -> Result<Report, BoxError> {
         }
         report.add(
             "projection",
-            "peak RSS (bench process)",
+            "peak RSS, bench process (naive projector, event sample)",
             peak_rss_mib(),
             "MiB",
         );
@@ -711,7 +735,7 @@ pub async fn run(cfg: &Config, args: &BenchArgs) -> Result<Report, BoxError> {
             alone_amqp,
             "commands/s",
         );
-        let f = crate::bench_rollout::run(&rc, args.rollout_devices).await?;
+        let f = crate::bench_rollout::run(&rc, args.rollout_devices, &args.components).await?;
         #[allow(clippy::cast_precision_loss)]
         {
             report.add("rollout", "fleet size", f.devices as f64, "devices");
@@ -762,10 +786,13 @@ pub async fn run(cfg: &Config, args: &BenchArgs) -> Result<Report, BoxError> {
         );
         report.add("rollout", "saga decision p50", f.decision_p50_ms, "ms");
         report.add("rollout", "saga decision p99", f.decision_p99_ms, "ms");
+        for (c, mib) in &f.peak_rss_mib {
+            report.add("rollout", rss_figure(*c), *mib, "MiB");
+        }
         report.add(
             "rollout",
-            "peak RSS, every component",
-            f.peak_rss_mib,
+            "peak RSS, bench process (simulated fleet)",
+            f.simulator_peak_rss_mib,
             "MiB",
         );
     }
@@ -776,6 +803,7 @@ pub async fn run(cfg: &Config, args: &BenchArgs) -> Result<Report, BoxError> {
     for schema in [
         name.clone(),
         format!("{name}_naive"),
+        format!("{name}_deep"),
         format!("{name}_pair"),
         format!("{name}_rollout"),
         format!("{name}_rebuild"),
@@ -795,59 +823,67 @@ pub async fn run(cfg: &Config, args: &BenchArgs) -> Result<Report, BoxError> {
 
 /// Projects the device-events topic into a fresh schema with one projector instance per member
 /// (sharing the partitions), and returns the time until every partition reached `ends`.
+/// Runs one projector process per member over the topic into `schema` until every partition
+/// reached `ends`; resolves to the time taken and each process's peak RSS in MiB.
 async fn project(
     cfg: &Config,
     schema: &str,
     members: &[&str],
     ends: &BTreeMap<i32, i64>,
     far_behind: bool,
-) -> Result<Duration, BoxError> {
-    let kafka = &cfg.kafka;
-    let topic = kafka.topics().device_events;
+    bin: &std::path::Path,
+) -> Result<(Duration, Vec<f64>), BoxError> {
+    let topic = cfg.kafka.topics().device_events;
     let pool = otaledger_consumers::db::pool(&cfg.database.url, schema, 8).await?;
     otaledger_projections::migrations::migrate(&pool).await?;
     otaledger_consumers::db::create_if_missing(&pool, otaledger_consumers::ownership::OFFSETS_DDL)
         .await?;
-    let shutdown = Shutdown::new();
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for member in members {
-        let mut runner_cfg = crate::components::projector_runner_config(cfg, schema, member);
+    // The bench's backlog is seconds old, not the minutes or hours of an outage: far behind, it
+    // counts as far behind whatever its age; otherwise only live windows are used.
+    let settings = std::env::temp_dir().join(format!("{schema}.toml"));
+    std::fs::write(
+        &settings,
         if far_behind {
-            // The bench's backlog is seconds old, not the minutes or hours of an outage: it
-            // counts as far behind whatever its age.
-            if let Some(deep) = &mut runner_cfg.deep_fold {
-                deep.when_behind = Duration::ZERO;
-            }
+            "[projector]\ndeep_fold_when_behind_ms = 0\n"
         } else {
-            runner_cfg.deep_fold = None;
-        }
-        let producer = EventProducer::new(kafka)?;
-        tasks.push(tokio::spawn(
-            Runner::new(runner_cfg, FleetProjector::new(), producer, pool.clone())
-                .run(shutdown.signal()),
-        ));
+            "[projector]\ndeep_fold_max_events = 0\n"
+        },
+    )?;
+    let started = Instant::now();
+    let mut processes = Vec::new();
+    for member in members {
+        let mut pc = cfg.clone();
+        pc.database.schema = schema.to_owned();
+        pc.projector.member = (*member).to_owned();
+        processes.push(crate::bench_rollout::ComponentProcess::start(
+            bin,
+            &pc,
+            crate::components::Component::Projector,
+            Some(&settings),
+        )?);
     }
-    loop {
+    let outcome = loop {
         let done =
             otaledger_consumers::runner::committed_offsets(&pool, "projector", &topic).await?;
         if ends.iter().all(|(p, e)| done.get(p) >= Some(e)) {
-            break;
+            break Ok(started.elapsed());
         }
-        if tasks.iter().any(tokio::task::JoinHandle::is_finished)
+        if processes
+            .iter_mut()
+            .any(crate::bench_rollout::ComponentProcess::exited)
             || started.elapsed() > Duration::from_secs(1800)
         {
-            return Err("a projector stopped before catching up".into());
+            break Err("a projector stopped before catching up".into());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let rss = processes.iter().map(|p| p.peak_rss_mib()).collect();
+    for p in processes {
+        p.stop().await;
     }
-    let elapsed = started.elapsed();
-    shutdown.trigger();
-    for t in tasks {
-        let _ = t.await;
-    }
+    let _ = std::fs::remove_file(&settings);
     pool.close().await;
-    Ok(elapsed)
+    outcome.map(|elapsed| (elapsed, rss))
 }
 
 /// Fills a fleet of `devices` rows and serves the API over it on a free loopback port.

@@ -1,10 +1,12 @@
 //! The rollout scenario of `otaledger bench`: a whole fleet of instant simulated devices (a share
 //! behind gateways) registers over MQTT/AMQP, then one rollout of four waves updates every one of
-//! them. Every component runs in this process against the real brokers.
+//! them. Every component runs as its own `otaledger run` process against the real brokers, as
+//! in production; the simulated fleet runs in this process.
 //!
-//! Figures: commands dispatched per second over MQTT and over AMQP, request to last command,
-//! request to completion, the saga's decision latency (from a routed result's recording to the
-//! recording of the decision it caused, read back from the ledger) and the process's peak RSS.
+//! Figures: commands dispatched per second over MQTT and over AMQP (from the dispatcher's
+//! `/metrics`), request to last command, request to completion, the saga's decision latency
+//! (from a routed result's recording to the recording of the decision it caused, read back
+//! from the ledger) and each process's peak RSS.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -45,17 +47,10 @@ pub struct RolloutFigures {
     pub request_to_completion_s: f64,
     pub decision_p50_ms: f64,
     pub decision_p99_ms: f64,
-    pub peak_rss_mib: f64,
-}
-
-fn issued() -> u64 {
-    REGISTRY
-        .counter(
-            "otaledger_saga_commands_total",
-            "Commands the rollout saga issued to devices",
-            &[],
-        )
-        .get()
+    /// Peak RSS of each component's process.
+    pub peak_rss_mib: Vec<(Component, f64)>,
+    /// Peak RSS of the bench process, which runs the simulated fleet.
+    pub simulator_peak_rss_mib: f64,
 }
 
 /// One sample of the scenario's progress: time since the request, commands issued by the saga,
@@ -105,10 +100,10 @@ fn dispatched(channel: &str) -> u64 {
         .get()
 }
 
-/// Peak resident memory of this process (every component of the scenario runs in it).
+/// Peak resident memory of process `pid` (`self`: this one), in MiB.
 #[must_use]
-pub fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
+pub fn peak_rss_mib(pid: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
@@ -117,6 +112,97 @@ pub fn peak_rss_mib() -> f64 {
                 .and_then(|kb| kb.parse::<f64>().ok())
         })
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// A component running as `otaledger run <component>`, its metrics on a port of its own.
+pub(crate) struct ComponentProcess {
+    pub(crate) component: Component,
+    child: std::process::Child,
+    metrics: String,
+}
+
+impl ComponentProcess {
+    /// Starts `component` in `cfg`'s namespace; `settings` is a configuration file for the
+    /// rest (the defaults, or `OTALEDGER_CONFIG`, without one).
+    pub(crate) fn start(
+        bin: &std::path::Path,
+        cfg: &Config,
+        component: Component,
+        settings: Option<&std::path::Path>,
+    ) -> Result<Self, BoxError> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let metrics = format!("127.0.0.1:{port}");
+        let mut command = std::process::Command::new(bin);
+        if let Some(file) = settings {
+            command.arg("-c").arg(file);
+        }
+        let child = command
+            .args(["run", component.name()])
+            .envs(cfg.env())
+            .env("OTALEDGER_METRICS_LISTEN", &metrics)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| format!("starting {} {}: {e}", bin.display(), component.name()))?;
+        Ok(ComponentProcess {
+            component,
+            child,
+            metrics,
+        })
+    }
+
+    /// A series of its `/metrics` (0 until it answers).
+    async fn metric(&self, series: &str) -> f64 {
+        scrape(&self.metrics)
+            .await
+            .and_then(|body| {
+                body.lines()
+                    .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            })
+            .unwrap_or(0.0)
+    }
+
+    pub(crate) fn peak_rss_mib(&self) -> f64 {
+        peak_rss_mib(&self.child.id().to_string())
+    }
+
+    /// Whether it has exited.
+    pub(crate) fn exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGTERM, then up to 10 s for a graceful stop, then SIGKILL.
+    pub(crate) async fn stop(mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        for _ in 0..100 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The body of `GET /metrics` on `addr`, if it answered.
+async fn scrape(addr: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: bench\r\nconnection: close\r\n\r\n")
+        .await
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.ok()?;
+    out.starts_with("HTTP/1.1 200").then_some(out)
 }
 
 async fn scalar(pool: &sqlx::PgPool, sql: &str) -> Result<i64, BoxError> {
@@ -256,11 +342,14 @@ pub async fn dispatch_only(cfg: &Config, n: usize) -> Result<(f64, f64, f64), Bo
 }
 
 /// Runs the scenario in the namespace of `cfg` (its own topics, schema, MQTT root, queues).
-pub async fn run(cfg: &Config, devices: usize) -> Result<RolloutFigures, BoxError> {
+pub async fn run(
+    cfg: &Config,
+    devices: usize,
+    bin: &std::path::Path,
+) -> Result<RolloutFigures, BoxError> {
     let pool = otaledger_consumers::db::pool(&cfg.database.url, &cfg.database.schema, 2).await?;
     otaledger_projections::migrations::migrate(&pool).await?;
-    let stack = Shutdown::new();
-    let mut tasks = Vec::new();
+    let mut stack = Vec::new();
     for c in [
         Component::Projector,
         Component::MqttBridge,
@@ -270,14 +359,47 @@ pub async fn run(cfg: &Config, devices: usize) -> Result<RolloutFigures, BoxErro
         Component::Dispatcher,
         Component::RolloutProjector,
     ] {
-        let cfg = cfg.clone();
-        let signal = stack.signal();
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = components::run(c, cfg, signal).await {
-                tracing::error!(component = c.name(), error = %e, "bench component failed");
-            }
-        }));
+        stack.push(ComponentProcess::start(bin, cfg, c, None)?);
     }
+    let result = drive(cfg, devices, &pool, &stack).await;
+    let peak: Vec<(Component, f64)> = stack
+        .iter()
+        .map(|p| (p.component, p.peak_rss_mib()))
+        .collect();
+    for p in stack {
+        p.stop().await;
+    }
+    let mut figures = result?;
+    figures.peak_rss_mib = peak;
+    figures.simulator_peak_rss_mib = peak_rss_mib("self");
+    let kafka = cfg.kafka.clone();
+    let topic = cfg.kafka.topics().rollout_events;
+    let latencies =
+        tokio::task::spawn_blocking(move || decision_latencies(&kafka, &topic)).await??;
+    figures.decision_p50_ms = percentile(&latencies, 0.50);
+    figures.decision_p99_ms = percentile(&latencies, 0.99);
+    pool.close().await;
+    Ok(figures)
+}
+
+/// Registers the simulated fleet with the component processes running, then runs the rollout.
+async fn drive(
+    cfg: &Config,
+    devices: usize,
+    pool: &sqlx::PgPool,
+    stack: &[ComponentProcess],
+) -> Result<RolloutFigures, BoxError> {
+    let of = |c: Component| stack.iter().find(|p| p.component == c);
+    let (Some(saga), Some(dispatcher)) = (of(Component::Saga), of(Component::Dispatcher)) else {
+        return Err("the saga and the dispatcher must run".into());
+    };
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let dispatched = |channel: &'static str| async move {
+        let series = format!("otaledger_commands_dispatched_total{{channel=\"{channel}\"}}");
+        dispatcher.metric(&series).await as u64
+    };
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let issued = || async { saga.metric("otaledger_saga_commands_total").await as u64 };
     // Give the bridges a moment to subscribe before the fleet registers.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let sim_stop = Shutdown::new();
@@ -301,7 +423,7 @@ pub async fn run(cfg: &Config, devices: usize) -> Result<RolloutFigures, BoxErro
         // Only the simulator's devices: in `bench all` the device topic already holds the
         // heartbeat scenarios' 100,000 devices, which the projector folds in first.
         let n = scalar(
-            &pool,
+            pool,
             "SELECT count(*) FROM devices WHERE device_id LIKE 'rb-%'",
         )
         .await?;
@@ -353,8 +475,8 @@ pub async fn run(cfg: &Config, devices: usize) -> Result<RolloutFigures, BoxErro
             },
         }),
     };
-    let before = (dispatched("mqtt"), dispatched("amqp"));
-    let issued_before = issued();
+    let before = (dispatched("mqtt").await, dispatched("amqp").await);
+    let issued_before = issued().await;
     let mut samples = Vec::new();
     let producer = EventProducer::new(&cfg.kafka)?;
     let requested = Instant::now();
@@ -368,8 +490,8 @@ pub async fn run(cfg: &Config, devices: usize) -> Result<RolloutFigures, BoxErro
     let completed = loop {
         let now = Instant::now();
         let counts = [
-            ("mqtt", dispatched("mqtt") - before.0),
-            ("amqp", dispatched("amqp") - before.1),
+            ("mqtt", dispatched("mqtt").await - before.0),
+            ("amqp", dispatched("amqp").await - before.1),
         ];
         for (ch, n) in counts {
             if n > 0 {
@@ -382,13 +504,13 @@ pub async fn run(cfg: &Config, devices: usize) -> Result<RolloutFigures, BoxErro
         let total = counts[0].1 + counts[1].1;
         samples.push(Sample {
             at: now.duration_since(requested).as_secs_f64(),
-            issued: issued() - issued_before,
+            issued: issued().await - issued_before,
             dispatched: total,
         });
         if last_command.is_none() && usize::try_from(total).unwrap_or(0) >= devices {
             last_command = Some(now);
         }
-        if last_command.is_some() && scalar(&pool, &state_sql).await? == 1 {
+        if last_command.is_some() && scalar(pool, &state_sql).await? == 1 {
             break now;
         }
         if requested.elapsed() > Duration::from_secs(900) {
@@ -398,8 +520,8 @@ pub async fn run(cfg: &Config, devices: usize) -> Result<RolloutFigures, BoxErro
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let mqtt_n = dispatched("mqtt") - before.0;
-    let amqp_n = dispatched("amqp") - before.1;
+    let mqtt_n = dispatched("mqtt").await - before.0;
+    let amqp_n = dispatched("amqp").await - before.1;
     let span = |ch: &str, n: u64| {
         let (Some(f), Some(l)) = (first.get(ch), last.get(ch)) else {
             return 0.0;
@@ -425,7 +547,7 @@ pub async fn run(cfg: &Config, devices: usize) -> Result<RolloutFigures, BoxErro
     }
     let first_any = first.values().min().copied().unwrap_or(requested);
     #[allow(clippy::cast_precision_loss)]
-    let mut figures = RolloutFigures {
+    let figures = RolloutFigures {
         devices,
         commands_per_s: (mqtt_n + amqp_n) as f64
             / last_command
@@ -440,35 +562,26 @@ pub async fn run(cfg: &Config, devices: usize) -> Result<RolloutFigures, BoxErro
         peak_per_s,
         request_to_last_command_s: last_command.duration_since(requested).as_secs_f64(),
         request_to_completion_s: completed.duration_since(requested).as_secs_f64(),
-        peak_rss_mib: peak_rss_mib(),
         ..RolloutFigures::default()
     };
     // Where the time went: each consumer's time inside its batches (they overlap).
-    for c in ["projector", "router", "dispatcher", "rollout-projector"] {
-        let h = REGISTRY.histogram(
-            "otaledger_consumer_batch_seconds",
-            "Time to apply one batch and commit it with its offsets",
-            &[("consumer", c)],
-        );
+    for (c, name) in [
+        (Component::Projector, "projector"),
+        (Component::Router, "router"),
+        (Component::Dispatcher, "dispatcher"),
+        (Component::RolloutProjector, "rollout-projector"),
+    ] {
+        let Some(p) = of(c) else { continue };
+        let series =
+            |part: &str| format!("otaledger_consumer_batch_seconds_{part}{{consumer=\"{name}\"}}");
         println!(
-            "  rollout     {c:<18} {:>6} batches, {:>7.1} s busy",
-            h.count(),
-            h.sum_seconds()
+            "  rollout     {name:<18} {:>6} batches, {:>7.1} s busy",
+            p.metric(&series("count")).await,
+            p.metric(&series("sum")).await
         );
     }
     sim_stop.trigger();
     let _ = sim.await;
-    stack.trigger();
-    for t in tasks {
-        let _ = t.await;
-    }
-    let kafka = cfg.kafka.clone();
-    let topic = cfg.kafka.topics().rollout_events;
-    let latencies =
-        tokio::task::spawn_blocking(move || decision_latencies(&kafka, &topic)).await??;
-    figures.decision_p50_ms = percentile(&latencies, 0.50);
-    figures.decision_p99_ms = percentile(&latencies, 0.99);
-    pool.close().await;
     Ok(figures)
 }
 

@@ -22,6 +22,7 @@ async fn bench_all_reports_every_figure_and_writes_json() {
         api_duration: std::time::Duration::from_secs(1),
         rollout_devices: 300,
         out: out.clone(),
+        components: otaledger_tests::binary(),
     };
     let report = run(&cfg, &args).await.unwrap();
     let names: Vec<&str> = report.figures.iter().map(|f| f.name).collect();
@@ -47,6 +48,9 @@ async fn bench_all_reports_every_figure_and_writes_json() {
         "commands over AMQP",
         "request to completion",
         "saga decision p99",
+        "peak RSS, projector",
+        "peak RSS, dispatcher",
+        "peak RSS, saga",
     ] {
         let f = report
             .figures
