@@ -193,6 +193,16 @@ impl ComponentProcess {
     }
 }
 
+/// A process left behind by an error path is killed, not orphaned.
+impl Drop for ComponentProcess {
+    fn drop(&mut self) {
+        if !self.exited() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// The body of `GET /metrics` on `addr`, if it answered.
 async fn scrape(addr: &str) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
