@@ -159,7 +159,7 @@ impl ComponentProcess {
 
     /// A series of its `/metrics` (0 until it answers).
     async fn metric(&self, series: &str) -> f64 {
-        scrape(&self.metrics)
+        http_get(&self.metrics, "/metrics")
             .await
             .and_then(|body| {
                 body.lines()
@@ -203,13 +203,16 @@ impl Drop for ComponentProcess {
     }
 }
 
-/// The body of `GET /metrics` on `addr`, if it answered.
-async fn scrape(addr: &str) -> Option<String> {
+/// The response to `GET path` on `addr` (status line, headers and body), if it answered 200.
+/// Enough HTTP for scraping `/metrics` and probing health endpoints.
+pub async fn http_get(addr: &str, path: &str) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: bench\r\nconnection: close\r\n\r\n")
-        .await
-        .ok()?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nhost: otaledger\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).await.ok()?;
     out.starts_with("HTTP/1.1 200").then_some(out)

@@ -24,16 +24,7 @@ async fn up_serves_and_stops_gracefully_on_sigterm() {
         Duration::from_secs(60),
         "the API to be ready",
         || async move {
-            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .ok()?;
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            s.write_all(b"GET /readyz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-                .await
-                .ok()?;
-            let mut out = String::new();
-            s.read_to_string(&mut out).await.ok()?;
-            out.starts_with("HTTP/1.1 200").then_some(out)
+            otaledger_cli::bench_rollout::http_get(&format!("127.0.0.1:{port}"), "/readyz").await
         },
     )
     .await;

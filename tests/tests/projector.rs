@@ -441,18 +441,6 @@ async fn a_projector_far_behind_folds_its_backlog_in_deep_windows() {
     );
 }
 
-/// The body of `GET path` on `addr`, if it answered.
-async fn http_get(addr: &str, path: &str) -> Option<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.ok()?;
-    out.starts_with("HTTP/1.1 200").then_some(out)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_projector_process_serves_its_metrics() {
     let services = Services::get().await;
@@ -486,7 +474,7 @@ async fn a_projector_process_serves_its_metrics() {
         || {
             let addr = addr.clone();
             async move {
-                http_get(&addr, "/metrics")
+                otaledger_cli::bench_rollout::http_get(&addr, "/metrics")
                     .await
                     .filter(|body| body.lines().any(|l| l == line))
                     .map(drop)
@@ -494,7 +482,9 @@ async fn a_projector_process_serves_its_metrics() {
         },
     )
     .await;
-    assert!(http_get(&addr, "/healthz").await.is_some());
+    assert!(otaledger_cli::bench_rollout::http_get(&addr, "/healthz")
+        .await
+        .is_some());
     kill(&mut child);
     otaledger_tests::drop_schema(&services, &cfg.database.schema).await;
 }
