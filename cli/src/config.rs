@@ -146,24 +146,64 @@ pub struct Config {
     pub dispatcher: DispatcherConfig,
 }
 
+/// An environment variable that overrides one setting of the file.
+pub struct EnvOverride {
+    pub var: &'static str,
+    /// The setting it overrides, as `section.key`.
+    pub setting: &'static str,
+    get: fn(&Config) -> String,
+    /// `Err` names what the value should have been.
+    set: fn(&mut Config, String) -> Result<(), &'static str>,
+}
+
+/// A text setting.
+macro_rules! text {
+    ($var:literal, $section:ident . $key:ident) => {
+        EnvOverride {
+            var: $var,
+            setting: concat!(stringify!($section), ".", stringify!($key)),
+            get: |c| c.$section.$key.clone(),
+            set: |c, v| {
+                c.$section.$key = v;
+                Ok(())
+            },
+        }
+    };
+}
+
+/// A numeric setting; `$what` names it in the error.
+macro_rules! number {
+    ($var:literal, $section:ident . $key:ident, $what:literal) => {
+        EnvOverride {
+            var: $var,
+            setting: concat!(stringify!($section), ".", stringify!($key)),
+            get: |c| c.$section.$key.to_string(),
+            set: |c, v| {
+                c.$section.$key = v.parse().map_err(|_| $what)?;
+                Ok(())
+            },
+        }
+    };
+}
+
 /// The environment variables that override the file, and what they set.
-pub const ENV_OVERRIDES: &[(&str, &str)] = &[
-    ("OTALEDGER_KAFKA_BROKERS", "kafka.brokers"),
-    ("OTALEDGER_TOPIC_PREFIX", "kafka.topic_prefix"),
-    ("OTALEDGER_KAFKA_PARTITIONS", "kafka.partitions"),
-    ("OTALEDGER_DATABASE_URL", "database.url"),
-    ("OTALEDGER_DB_SCHEMA", "database.schema"),
-    ("OTALEDGER_MQTT_HOST", "mqtt.host"),
-    ("OTALEDGER_MQTT_PORT", "mqtt.port"),
-    ("OTALEDGER_MQTT_CLIENT_ID", "mqtt.client_id"),
-    ("OTALEDGER_MQTT_TOPIC_ROOT", "mqtt.topic_root"),
-    ("OTALEDGER_AMQP_URL", "amqp.url"),
-    ("OTALEDGER_AMQP_QUEUE", "amqp.reports_queue"),
-    ("OTALEDGER_AMQP_EXCHANGE", "amqp.commands_exchange"),
-    ("OTALEDGER_HTTP_LISTEN", "http.listen"),
-    ("OTALEDGER_METRICS_LISTEN", "http.metrics_listen"),
-    ("OTALEDGER_PROJECTOR_MEMBER", "projector.member"),
-    ("OTALEDGER_REBALANCE_MS", "projector.rebalance_ms"),
+pub const ENV_OVERRIDES: &[EnvOverride] = &[
+    text!("OTALEDGER_KAFKA_BROKERS", kafka.brokers),
+    text!("OTALEDGER_TOPIC_PREFIX", kafka.topic_prefix),
+    number!("OTALEDGER_KAFKA_PARTITIONS", kafka.partitions, "number"),
+    text!("OTALEDGER_DATABASE_URL", database.url),
+    text!("OTALEDGER_DB_SCHEMA", database.schema),
+    text!("OTALEDGER_MQTT_HOST", mqtt.host),
+    number!("OTALEDGER_MQTT_PORT", mqtt.port, "port"),
+    text!("OTALEDGER_MQTT_CLIENT_ID", mqtt.client_id),
+    text!("OTALEDGER_MQTT_TOPIC_ROOT", mqtt.topic_root),
+    text!("OTALEDGER_AMQP_URL", amqp.url),
+    text!("OTALEDGER_AMQP_QUEUE", amqp.reports_queue),
+    text!("OTALEDGER_AMQP_EXCHANGE", amqp.commands_exchange),
+    text!("OTALEDGER_HTTP_LISTEN", http.listen),
+    text!("OTALEDGER_METRICS_LISTEN", http.metrics_listen),
+    text!("OTALEDGER_PROJECTOR_MEMBER", projector.member),
+    number!("OTALEDGER_REBALANCE_MS", projector.rebalance_ms, "number"),
 ];
 
 impl Config {
@@ -185,62 +225,17 @@ impl Config {
     /// and namespace (every variable of [`ENV_OVERRIDES`]; the other settings are the file's).
     #[must_use]
     pub fn env(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("OTALEDGER_KAFKA_BROKERS", self.kafka.brokers.clone()),
-            ("OTALEDGER_TOPIC_PREFIX", self.kafka.topic_prefix.clone()),
-            (
-                "OTALEDGER_KAFKA_PARTITIONS",
-                self.kafka.partitions.to_string(),
-            ),
-            ("OTALEDGER_DATABASE_URL", self.database.url.clone()),
-            ("OTALEDGER_DB_SCHEMA", self.database.schema.clone()),
-            ("OTALEDGER_MQTT_HOST", self.mqtt.host.clone()),
-            ("OTALEDGER_MQTT_PORT", self.mqtt.port.to_string()),
-            ("OTALEDGER_MQTT_CLIENT_ID", self.mqtt.client_id.clone()),
-            ("OTALEDGER_MQTT_TOPIC_ROOT", self.mqtt.topic_root.clone()),
-            ("OTALEDGER_AMQP_URL", self.amqp.url.clone()),
-            ("OTALEDGER_AMQP_QUEUE", self.amqp.reports_queue.clone()),
-            (
-                "OTALEDGER_AMQP_EXCHANGE",
-                self.amqp.commands_exchange.clone(),
-            ),
-            ("OTALEDGER_HTTP_LISTEN", self.http.listen.clone()),
-            ("OTALEDGER_METRICS_LISTEN", self.http.metrics_listen.clone()),
-            ("OTALEDGER_PROJECTOR_MEMBER", self.projector.member.clone()),
-            (
-                "OTALEDGER_REBALANCE_MS",
-                self.projector.rebalance_ms.to_string(),
-            ),
-        ]
+        ENV_OVERRIDES
+            .iter()
+            .map(|o| (o.var, (o.get)(self)))
+            .collect()
     }
 
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), String> {
-        for (var, _) in ENV_OVERRIDES {
-            let Some(v) = get(var) else { continue };
-            let num = |what: &str| format!("{var}={v:?} is not a valid {what}");
-            match *var {
-                "OTALEDGER_KAFKA_BROKERS" => self.kafka.brokers = v,
-                "OTALEDGER_TOPIC_PREFIX" => self.kafka.topic_prefix = v,
-                "OTALEDGER_KAFKA_PARTITIONS" => {
-                    self.kafka.partitions = v.parse().map_err(|_| num("number"))?;
-                }
-                "OTALEDGER_DATABASE_URL" => self.database.url = v,
-                "OTALEDGER_DB_SCHEMA" => self.database.schema = v,
-                "OTALEDGER_MQTT_HOST" => self.mqtt.host = v,
-                "OTALEDGER_MQTT_PORT" => self.mqtt.port = v.parse().map_err(|_| num("port"))?,
-                "OTALEDGER_MQTT_CLIENT_ID" => self.mqtt.client_id = v,
-                "OTALEDGER_MQTT_TOPIC_ROOT" => self.mqtt.topic_root = v,
-                "OTALEDGER_AMQP_URL" => self.amqp.url = v,
-                "OTALEDGER_AMQP_QUEUE" => self.amqp.reports_queue = v,
-                "OTALEDGER_AMQP_EXCHANGE" => self.amqp.commands_exchange = v,
-                "OTALEDGER_HTTP_LISTEN" => self.http.listen = v,
-                "OTALEDGER_METRICS_LISTEN" => self.http.metrics_listen = v,
-                "OTALEDGER_PROJECTOR_MEMBER" => self.projector.member = v,
-                "OTALEDGER_REBALANCE_MS" => {
-                    self.projector.rebalance_ms = v.parse().map_err(|_| num("number"))?;
-                }
-                _ => {}
-            }
+        for o in ENV_OVERRIDES {
+            let Some(v) = get(o.var) else { continue };
+            let shown = format!("{v:?}");
+            (o.set)(self, v).map_err(|what| format!("{}={shown} is not a valid {what}", o.var))?;
         }
         Ok(())
     }
@@ -269,7 +264,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn env_gives_another_process_every_override() {
+    fn env_round_trips_through_apply_env() {
         let mut cfg = Config::default();
         cfg.kafka.topic_prefix = "p.".into();
         cfg.database.schema = "s".into();
@@ -277,12 +272,6 @@ mod tests {
         cfg.http.metrics_listen = "127.0.0.1:1".into();
         cfg.projector.rebalance_ms = 77;
         let env = cfg.env();
-        for (var, _) in ENV_OVERRIDES {
-            assert!(
-                env.iter().any(|(v, _)| v == var),
-                "{var} missing from env()"
-            );
-        }
         let mut other = Config::default();
         other
             .apply_env(|k| env.iter().find(|(v, _)| *v == k).map(|(_, x)| x.clone()))

@@ -30,8 +30,8 @@ struct Cli {
 
 fn env_help() -> String {
     let mut s = String::from("Environment overrides:\n");
-    for (var, key) in ENV_OVERRIDES {
-        s.push_str(&format!("  {var:<28} {key}\n"));
+    for o in ENV_OVERRIDES {
+        s.push_str(&format!("  {:<28} {}\n", o.var, o.setting));
     }
     s.push_str("  RUST_LOG                     log filter, e.g. info or otaledger_consumers=debug");
     s
