@@ -352,27 +352,23 @@ async fn a_gathering_projector_commits_when_the_stream_pauses_after_a_full_batch
     let services = Services::get().await;
     let name = unique("proj_pause");
     let mut cfg = config(&services, &name);
-    cfg.projector.batch_max = 50;
+    gather_for_an_hour(&mut cfg);
     cfg.projector.fold_max_events = 1_000_000;
+    prepare(&cfg).await.unwrap();
+    // 200 events, all in Kafka before the projector starts: it reads four full batches.
+    let ends = produce(&cfg, 100, 0..2).await.unwrap();
+    assert_eq!(ends.values().sum::<i64>(), 200);
+    project_once(&cfg, &ends).await;
+}
+
+/// Batches of 50, gathered whatever their age into live windows that only their event and row
+/// limits end, and no rebalancing: each test sets the limit it is about.
+fn gather_for_an_hour(cfg: &mut Config) {
+    cfg.projector.batch_max = 50;
     cfg.projector.fold_max_rows = 1_000_000;
     cfg.projector.fold_max_wait_ms = 3_600_000;
     cfg.projector.fold_when_behind_ms = 0;
     cfg.projector.rebalance_ms = 3_600_000;
-    prepare(&cfg).await.unwrap();
-    let pool = otaledger_consumers::db::pool(&cfg.database.url, &cfg.database.schema, 2)
-        .await
-        .unwrap();
-    // 200 events, all in Kafka before the projector starts: it reads four full batches.
-    let ends = produce(&cfg, 100, 0..2).await.unwrap();
-    assert_eq!(ends.values().sum::<i64>(), 200);
-    let (shutdown, handles) =
-        otaledger_tests::spawn_components(&cfg, &[otaledger_cli::components::Component::Projector]);
-    caught_up(&cfg, &pool, ends).await;
-    assert_table_equals_fold(&cfg, &pool).await;
-    shutdown.trigger();
-    for h in handles {
-        h.await.unwrap();
-    }
 }
 
 /// Transactions the projector has committed in this test process.
@@ -410,17 +406,13 @@ async fn a_projector_far_behind_folds_its_backlog_in_deep_windows() {
     let services = Services::get().await;
     let name = unique("proj_deep");
     let mut cfg = config(&services, &name);
-    cfg.projector.batch_max = 50;
+    gather_for_an_hour(&mut cfg);
     // Live windows of one round (100 events), gathered whenever batches arrive full.
     cfg.projector.fold_max_events = 100;
-    cfg.projector.fold_max_rows = 1_000_000;
-    cfg.projector.fold_max_wait_ms = 3_600_000;
-    cfg.projector.fold_when_behind_ms = 0;
     cfg.projector.deep_fold_max_events = 1_000_000;
     cfg.projector.deep_fold_max_rows = 1_000_000;
     cfg.projector.deep_fold_max_wait_ms = 3_600_000;
     cfg.projector.deep_fold_when_behind_ms = 1000;
-    cfg.projector.rebalance_ms = 3_600_000;
     prepare(&cfg).await.unwrap();
     let ends = produce(&cfg, 100, 0..10).await.unwrap();
     assert_eq!(ends.values().sum::<i64>(), 1000);
