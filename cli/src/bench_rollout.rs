@@ -130,10 +130,7 @@ impl ComponentProcess {
         component: Component,
         settings: Option<&std::path::Path>,
     ) -> Result<Self, BoxError> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let metrics = format!("127.0.0.1:{port}");
+        let metrics = free_loopback_addr()?;
         let mut command = std::process::Command::new(bin);
         if let Some(file) = settings {
             command.arg("-c").arg(file);
@@ -201,6 +198,14 @@ impl Drop for ComponentProcess {
             let _ = self.child.wait();
         }
     }
+}
+
+/// A loopback address whose port was free a moment ago, for another process to listen on.
+pub fn free_loopback_addr() -> std::io::Result<String> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    Ok(format!("127.0.0.1:{port}"))
 }
 
 /// The response to `GET path` on `addr` (status line, headers and body), if it answered 200.

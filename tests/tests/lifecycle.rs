@@ -10,23 +10,14 @@ async fn up_serves_and_stops_gracefully_on_sigterm() {
     let services = Services::get().await;
     let name = unique("lifecycle");
     let mut cfg = config(&services, &name);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    cfg.http.listen = format!("127.0.0.1:{port}");
+    cfg.http.listen = otaledger_cli::bench_rollout::free_loopback_addr().unwrap();
     let log = std::env::temp_dir().join(format!("{name}-up.log"));
     let mut child = spawn_command(&cfg, &["up"], "up", &log);
 
     // Every component comes up: the API answers ready, the projector owns its partitions.
-    let ready = eventually(
-        Duration::from_secs(60),
-        "the API to be ready",
-        || async move {
-            otaledger_cli::bench_rollout::http_get(&format!("127.0.0.1:{port}"), "/readyz").await
-        },
-    )
+    let ready = eventually(Duration::from_secs(60), "the API to be ready", || {
+        otaledger_cli::bench_rollout::http_get(&cfg.http.listen, "/readyz")
+    })
     .await;
     assert!(ready.contains("\"ready\":true"), "{ready}");
     eventually(

@@ -437,26 +437,14 @@ async fn a_projector_far_behind_folds_its_backlog_in_deep_windows() {
 async fn a_projector_process_serves_its_metrics() {
     let services = Services::get().await;
     let name = unique("proj_metrics");
-    let cfg = config(&services, &name);
+    let mut cfg = config(&services, &name);
+    cfg.http.metrics_listen = otaledger_cli::bench_rollout::free_loopback_addr().unwrap();
+    let addr = cfg.http.metrics_listen.clone();
     prepare(&cfg).await.unwrap();
     let pool = otaledger_consumers::db::pool(&cfg.database.url, &cfg.database.schema, 2)
         .await
         .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    let log = std::fs::File::create(log_path(&name, "p")).unwrap();
-    let mut child = otaledger_tests::Process(
-        otaledger_tests::otaledger_command(&cfg, &["run", "projector"], "p")
-            .env("OTALEDGER_METRICS_LISTEN", &addr)
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
+    let mut child = spawn_process(&cfg, "projector", "p", &log_path(&name, "p"));
     let ends = produce(&cfg, 50, 0..2).await.unwrap();
     caught_up(&cfg, &pool, ends).await;
     let line = "otaledger_consumer_events_total{consumer=\"projector\"} 100";
