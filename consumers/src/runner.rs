@@ -595,17 +595,23 @@ impl RawBatch {
         m: std::result::Result<rdkafka::message::BorrowedMessage<'_>, rdkafka::error::KafkaError>,
     ) {
         match m {
-            Ok(m) => {
-                self.bytes.extend_from_slice(m.key().unwrap_or_default());
-                let key_end = self.bytes.len();
-                self.bytes
-                    .extend_from_slice(m.payload().unwrap_or_default());
-                self.items
-                    .push((m.partition(), m.offset(), key_end, self.bytes.len()));
-            }
+            Ok(m) => self.push_record(
+                m.partition(),
+                m.offset(),
+                m.key().unwrap_or_default(),
+                m.payload().unwrap_or_default(),
+            ),
             // Transient fetch errors (broker restart, leader change) are retried by librdkafka.
             Err(e) => tracing::warn!(error = %e, "kafka fetch error"),
         }
+    }
+
+    fn push_record(&mut self, partition: i32, offset: i64, key: &[u8], payload: &[u8]) {
+        self.bytes.extend_from_slice(key);
+        let key_end = self.bytes.len();
+        self.bytes.extend_from_slice(payload);
+        self.items
+            .push((partition, offset, key_end, self.bytes.len()));
     }
 
     /// Decodes every record, in order: the second half on a blocking thread while this task
@@ -621,7 +627,7 @@ impl RawBatch {
         let mut records = raw.decode_range(0..n / 2);
         match second.await {
             Ok(rest) => records.extend(rest),
-            // Only a panic in the decoder gets here; decode the half again on this task.
+            // A panic in the decoder, or a runtime shutting down: decode the half here.
             Err(_) => records.extend(raw.decode_range(n / 2..n)),
         }
         records
@@ -709,15 +715,7 @@ mod tests {
             } else {
                 otaledger_schemas::encode(&heartbeat(i)).unwrap_or_default()
             };
-            raw.bytes.extend_from_slice(&key);
-            let key_end = raw.bytes.len();
-            raw.bytes.extend_from_slice(&payload);
-            raw.items.push((
-                i32::try_from(i % 3).unwrap_or(0),
-                i as i64,
-                key_end,
-                raw.bytes.len(),
-            ));
+            raw.push_record(i32::try_from(i % 3).unwrap_or(0), i as i64, &key, &payload);
         }
         let records = raw.decode().await;
         assert_eq!(records.len(), n);
