@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use otaledger_producers::metrics::{Counter, REGISTRY};
+use otaledger_ledger::metrics::{Counter, REGISTRY};
 use otaledger_projections::fleet::{self, Device};
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot, Semaphore};

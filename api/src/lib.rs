@@ -3,6 +3,8 @@
 
 pub mod device_lookup;
 mod devices;
+mod error;
+pub mod ingest;
 mod ops;
 pub use ops::metrics_routes;
 mod rollout_views;
@@ -16,13 +18,13 @@ use axum::extract::{MatchedPath, Request};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::Router;
-use otaledger_producers::config::KafkaConfig;
-use otaledger_producers::kafka::EventProducer;
-use otaledger_producers::metrics::REGISTRY;
+use otaledger_ledger::config::KafkaConfig;
+use otaledger_ledger::kafka::EventProducer;
+use otaledger_ledger::metrics::REGISTRY;
 use rdkafka::consumer::BaseConsumer;
 use sqlx::PgPool;
 
-pub use otaledger_producers::ingest::{ApiError, ErrorBody};
+pub use error::{ApiError, ErrorBody};
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -53,7 +55,7 @@ impl AppState {
         kafka: KafkaConfig,
         offline_after: Duration,
     ) -> Result<Self, String> {
-        let probe: BaseConsumer = otaledger_producers::kafka::client_config(&kafka)
+        let probe: BaseConsumer = otaledger_ledger::kafka::client_config(&kafka)
             .create()
             .map_err(|e| format!("creating Kafka probe: {e}"))?;
         Ok(AppState {
@@ -74,7 +76,7 @@ pub fn app(state: AppState) -> Router {
         .merge(devices::routes(state.clone()))
         .merge(rollouts::routes(state.clone()))
         .merge(rollout_views::routes(state.clone()))
-        .merge(otaledger_producers::ingest::router(state.producer.clone()))
+        .merge(ingest::router(state.producer.clone()))
         .merge(ops::routes(state))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(middleware::from_fn(track))

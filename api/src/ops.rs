@@ -7,7 +7,7 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
-use otaledger_producers::metrics::REGISTRY;
+use otaledger_ledger::metrics::REGISTRY;
 use rdkafka::consumer::Consumer;
 use serde_json::json;
 

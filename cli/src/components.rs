@@ -5,14 +5,14 @@ use std::time::Duration;
 use otaledger_consumers::dispatcher::{Dispatcher, DispatcherConfig, DISPATCHER_DDL};
 use otaledger_consumers::router::{Router, ROUTER_DDL};
 use otaledger_consumers::saga::{Saga, SagaConfig};
-use otaledger_consumers::{FoldWindow, Runner, RunnerConfig};
-use otaledger_producers::kafka::{ensure_topics, EventProducer};
-use otaledger_producers::shutdown::{Shutdown, ShutdownSignal};
+use otaledger_ledger::kafka::{ensure_topics, EventProducer};
+use otaledger_ledger::shutdown::{Shutdown, ShutdownSignal};
+use otaledger_ledger::{FoldWindow, Runner, RunnerConfig};
 use otaledger_projections::history::HistoryProjector;
 use otaledger_projections::projector::FleetProjector;
 use otaledger_projections::rollouts::RolloutProjector;
 
-use crate::config::Config;
+use otaledger_ledger::config::Config;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -70,7 +70,7 @@ impl Component {
 /// Creates topics, schema and tables that do not exist yet.
 pub async fn prepare(cfg: &Config) -> Result<(), BoxError> {
     ensure_topics(&cfg.kafka).await?;
-    let pool = otaledger_consumers::db::pool(&cfg.database.url, &cfg.database.schema, 2).await?;
+    let pool = otaledger_ledger::db::pool(&cfg.database.url, &cfg.database.schema, 2).await?;
     otaledger_projections::migrations::migrate(&pool).await?;
     pool.close().await;
     Ok(())
@@ -134,7 +134,7 @@ pub fn saga_config(cfg: &Config) -> SagaConfig {
 /// A pool on the configured schema, migrated.
 async fn migrated_pool(cfg: &Config) -> Result<sqlx::PgPool, BoxError> {
     let db = &cfg.database;
-    let pool = otaledger_consumers::db::pool(&db.url, &db.schema, db.max_connections).await?;
+    let pool = otaledger_ledger::db::pool(&db.url, &db.schema, db.max_connections).await?;
     otaledger_projections::migrations::migrate(&pool).await?;
     Ok(pool)
 }
@@ -161,7 +161,7 @@ pub async fn run(
         }
         Component::Router => {
             let pool = migrated_pool(&cfg).await?;
-            otaledger_consumers::db::create_if_missing(&pool, ROUTER_DDL).await?;
+            otaledger_ledger::db::create_if_missing(&pool, ROUTER_DDL).await?;
             let rc = runner_config(&cfg, "router", cfg.kafka.topics().device_events);
             Runner::new(rc, Router::new(producer.clone()), producer.clone(), pool)
                 .run(shutdown)
@@ -177,7 +177,7 @@ pub async fn run(
         }
         Component::Dispatcher => {
             let pool = migrated_pool(&cfg).await?;
-            otaledger_consumers::db::create_if_missing(&pool, DISPATCHER_DDL).await?;
+            otaledger_ledger::db::create_if_missing(&pool, DISPATCHER_DDL).await?;
             let topic = cfg.kafka.topics().device_commands;
             let dc = DispatcherConfig {
                 mqtt: cfg.mqtt.clone(),

@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use apache_avro::Schema as Avro;
 use arrow_schema::{DataType, Field, Fields, Schema, TimeUnit};
 use otaledger_domain::{Event, EventType};
-use otaledger_producers::config::KafkaConfig;
-use otaledger_producers::kafka::client_config;
+use otaledger_ledger::config::KafkaConfig;
+use otaledger_ledger::kafka::client_config;
 use otaledger_schemas::Schemas;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
@@ -49,7 +49,7 @@ pub struct ExportArgs {
     /// Without `follow`, the export ends once no event arrived for this long.
     pub idle: Duration,
     /// With `follow`, the export flushes what it has and stops once this is triggered.
-    pub stop: Option<otaledger_producers::shutdown::ShutdownSignal>,
+    pub stop: Option<otaledger_ledger::shutdown::ShutdownSignal>,
 }
 
 /// What an export run did.
@@ -289,7 +289,7 @@ pub fn export(kafka: &KafkaConfig, args: &ExportArgs) -> Result<ExportStats, Box
                 .get(t)
                 .and_then(|m| m.get(&p.id()))
                 .map_or(Offset::Beginning, |o| {
-                    otaledger_producers::kafka::resume_from(*o)
+                    otaledger_ledger::kafka::resume_from(*o)
                 });
             tpl.add_partition_offset(t, p.id(), offset)?;
         }

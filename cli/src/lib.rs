@@ -1,10 +1,7 @@
-//! The pieces behind the `otaledger` command: configuration and the components it runs.
+//! The pieces behind the `otaledger` command: the components it runs and supervises, and the
+//! commands that read the ledger back (rebuild and verify, replay and audit, export).
 
-pub mod bench;
-pub mod bench_lag;
-pub mod bench_rollout;
 pub mod components;
-pub mod config;
 pub mod export;
 pub mod rebuild;
 pub mod replay;

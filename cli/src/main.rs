@@ -5,10 +5,10 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use otaledger_cli::components::{self, Component};
-use otaledger_cli::config::{Config, ENV_OVERRIDES};
-use otaledger_cli::{bench, rebuild, replay};
-use otaledger_producers::shutdown::Shutdown;
-use otaledger_producers::simulator::{self, Behaviour, OutcomeRule, SimConfig};
+use otaledger_cli::{rebuild, replay};
+use otaledger_ledger::config::{Config, ENV_OVERRIDES};
+use otaledger_ledger::shutdown::Shutdown;
+use otaledger_simulator::{self as simulator, Behaviour, OutcomeRule, SimConfig};
 
 #[derive(Debug, Parser)]
 #[command(name = "otaledger", version, about = "Event-sourced over-the-air update ledger for IoT fleets",
@@ -118,34 +118,6 @@ enum Command {
         until: Option<String>,
         #[arg(long, value_enum, default_value = "json")]
         format: replay::Format,
-    },
-    /// Measure speed against the machine's limits in the same run (own topics and schema);
-    /// prints a table and writes a JSON report.
-    Bench {
-        #[arg(value_enum, default_value = "all")]
-        scenario: bench::Scenario,
-        /// The everyday size (100,000 events) instead of the full one (1,000,000).
-        #[arg(long)]
-        quick: bool,
-        /// Events to produce and project (overrides the size).
-        #[arg(long)]
-        events: Option<usize>,
-        /// Distinct devices the events come from (overrides the size).
-        #[arg(long)]
-        devices: Option<usize>,
-        /// Seconds the steady-rate lag scenario is measured, after a warm-up of a quarter of that (at most 5 s) (overrides the size).
-        #[arg(long)]
-        lag_seconds: Option<u64>,
-        /// Events/s of the lag scenario (default: half the catch-up rate measured in the same
-        /// run, or 10,000 when the projection scenario does not run).
-        #[arg(long)]
-        lag_rate: Option<f64>,
-        /// Devices in the rollout scenario's fleet (overrides the size).
-        #[arg(long)]
-        rollout_devices: Option<usize>,
-        /// Where to write the JSON report.
-        #[arg(long, default_value = "bench/results.json")]
-        out: PathBuf,
     },
 }
 
@@ -302,17 +274,6 @@ async fn main() -> ExitCode {
                 }
                 stack.await;
                 Ok(())
-            }
-            Command::Bench { scenario, quick, events, devices, lag_seconds, lag_rate, rollout_devices, out } => {
-                let mut args = bench::BenchArgs::sized(scenario, quick, out);
-                if let Some(secs) = lag_seconds {
-                    args.lag_duration = std::time::Duration::from_secs(secs);
-                }
-                args.lag_rate = lag_rate;
-                args.events = events.unwrap_or(args.events);
-                args.devices = devices.unwrap_or(args.devices);
-                args.rollout_devices = rollout_devices.unwrap_or(args.rollout_devices);
-                bench::run(&cfg, &args).await.map(|_| ())
             }
             Command::Rebuild { until, into, keep_old } => {
                 let until = until

@@ -6,7 +6,7 @@ use std::io::{IsTerminal, Write};
 use otaledger_projections::rebuild::{self, Progress, RebuildPlan};
 
 use crate::components::BoxError;
-use crate::config::Config;
+use otaledger_ledger::config::Config;
 
 fn stamp() -> String {
     chrono::Utc::now().format("%Y%m%d%H%M%S").to_string()
@@ -54,10 +54,10 @@ fn done_line(what: &str, p: &Progress) {
 }
 
 async fn live_pool(cfg: &Config) -> Result<sqlx::PgPool, BoxError> {
-    let pool = otaledger_consumers::db::pool(&cfg.database.url, &cfg.database.schema, 2).await?;
+    let pool = otaledger_ledger::db::pool(&cfg.database.url, &cfg.database.schema, 2).await?;
     otaledger_projections::migrations::migrate(&pool).await?;
     // A live schema no projector has run on yet still has (empty) positions to compare and swap.
-    otaledger_consumers::db::create_if_missing(&pool, otaledger_consumers::ownership::OFFSETS_DDL)
+    otaledger_ledger::db::create_if_missing(&pool, otaledger_ledger::ownership::OFFSETS_DDL)
         .await?;
     Ok(pool)
 }
@@ -108,7 +108,7 @@ pub async fn rebuild(
 }
 
 async fn drop_schema(pool: &sqlx::PgPool, schema: &str) -> Result<(), BoxError> {
-    otaledger_consumers::db::validate_schema(schema)?;
+    otaledger_ledger::db::validate_schema(schema)?;
     sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
         .execute(pool)
         .await?;

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use otaledger_domain::EventType;
-use otaledger_producers::config::KafkaConfig;
-use otaledger_producers::kafka::client_config;
+use otaledger_ledger::config::KafkaConfig;
+use otaledger_ledger::kafka::client_config;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::TopicPartitionList;
@@ -155,7 +155,7 @@ pub fn scan(
             if high > filter.from_offset {
                 remaining.insert((topic.clone(), p.id()), high);
             }
-            let start = otaledger_producers::kafka::resume_from(filter.from_offset);
+            let start = otaledger_ledger::kafka::resume_from(filter.from_offset);
             tpl.add_partition_offset(topic, p.id(), start)?;
         }
     }

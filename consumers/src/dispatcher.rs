@@ -12,24 +12,26 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::mqtt_publisher::{Message, MqttPublisher};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::BasicProperties;
 use otaledger_domain::events::{CommandDeliveryFailed, Payload};
 use otaledger_domain::ids::derived_event_id;
 use otaledger_domain::time::now_micros;
 use otaledger_domain::{Event, EventMeta};
-use otaledger_producers::amqp_bridge::{connect, declare_commands_exchange, AmqpConfig};
-use otaledger_producers::dead_letters::{dead_letter, Origin, Rejection};
-use otaledger_producers::kafka::EventProducer;
-use otaledger_producers::metrics::{Counter, REGISTRY};
-use otaledger_producers::mqtt_bridge::{MqttConfig, COMMANDS_KIND};
-use otaledger_producers::mqtt_publisher::{Message, MqttPublisher};
+use otaledger_ledger::amqp::{connect, declare_commands_exchange, AmqpConfig};
+use otaledger_ledger::dead_letters::{dead_letter, Origin, Rejection};
+use otaledger_ledger::kafka::EventProducer;
+use otaledger_ledger::metrics::{Counter, REGISTRY};
+use otaledger_ledger::mqtt::{MqttConfig, COMMANDS_KIND};
 use serde_json::json;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::runner::{BoxFuture, Positioned, Projection};
-use crate::{DbContext, Error, Result};
+use otaledger_ledger::runner::{BoxFuture, Positioned, Projection};
+use otaledger_ledger::DbContext;
+
+use crate::{Error, Result};
 
 pub const DISPATCHER_DDL: &str = "
 CREATE TABLE IF NOT EXISTS dispatched_commands (
@@ -290,7 +292,7 @@ impl Dispatcher {
             let rejection = Rejection::new("undeliverable", error.to_owned());
             // Only given-up commands need their Avro bytes, so they are encoded here.
             let bytes = otaledger_schemas::encode(&c.source.event)
-                .map_err(otaledger_producers::Error::from)?;
+                .map_err(otaledger_ledger::Error::from)?;
             dead_letter(
                 &self.producer,
                 &origin,
@@ -412,7 +414,7 @@ impl Dispatcher {
 }
 
 fn amqp_err(context: &'static str) -> impl Fn(lapin::Error) -> Error {
-    move |e| Error::Other(format!("amqp: {context}: {e}"))
+    move |source| Error::Amqp { context, source }
 }
 
 impl Projection for Dispatcher {
@@ -420,7 +422,7 @@ impl Projection for Dispatcher {
         &'a mut self,
         tx: &'a mut PgConnection,
         events: &'a [Positioned],
-    ) -> BoxFuture<'a, Result<()>> {
-        Box::pin(self.apply_batch(tx, events))
+    ) -> BoxFuture<'a, otaledger_ledger::Result<()>> {
+        Box::pin(async move { Ok(self.apply_batch(tx, events).await?) })
     }
 }

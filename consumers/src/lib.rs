@@ -1,51 +1,37 @@
-//! The consumer runtime every otaledger reader of the ledger runs on.
-//!
-//! Correctness never depends on Kafka's group protocol: each instance owns partitions through
-//! PostgreSQL advisory locks, reads them with `assign()`, stores its offsets in the same
-//! transaction as the rows it writes, and fences stale owners with an epoch per partition.
+//! The rollout workflow: the saga (the single writer of each rollout's decisions), the router
+//! (device reports into the rollout's partition) and the dispatcher (commands to devices over
+//! MQTT and to gateways over AMQP).
 
-pub mod db;
 pub mod dispatcher;
-pub mod ownership;
+pub mod mqtt_publisher;
 pub mod router;
-pub mod runner;
 pub mod saga;
 
 use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum Error {
-    #[error("postgres: {context}: {source}")]
-    Db {
-        context: String,
-        source: sqlx::Error,
-    },
-    #[error("kafka: {context}: {source}")]
-    Kafka {
-        context: String,
-        source: rdkafka::error::KafkaError,
-    },
     #[error(transparent)]
-    Producer(#[from] otaledger_producers::Error),
-    #[error("lost ownership of {topic}[{partition}] to another instance")]
-    Fenced { topic: String, partition: i32 },
-    #[error("{0}")]
-    Other(String),
+    Ledger(#[from] otaledger_ledger::Error),
+    #[error("reading the fleet view: {0}")]
+    FleetView(#[from] otaledger_projections::Error),
+    #[error("publishing over MQTT: {0}")]
+    Publish(#[from] mqtt_publisher::PublishError),
+    #[error("amqp: {context}: {source}")]
+    Amqp {
+        context: &'static str,
+        source: lapin::Error,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-pub(crate) trait DbContext<T> {
-    fn db(self, context: &str) -> Result<T>;
-}
-
-impl<T> DbContext<T> for std::result::Result<T, sqlx::Error> {
-    fn db(self, context: &str) -> Result<T> {
-        self.map_err(|source| Error::Db {
-            context: context.to_owned(),
-            source,
-        })
+/// The runner's projections (router, dispatcher) report through the ledger's error.
+impl From<Error> for otaledger_ledger::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Ledger(e) => e,
+            other => otaledger_ledger::Error::Apply(Box::new(other)),
+        }
     }
 }
-
-pub use runner::{BoxFuture, FoldWindow, Positioned, Projection, Runner, RunnerConfig};

@@ -14,12 +14,14 @@ use otaledger_domain::events::{DeviceReportRouted, InstallOutcome, Payload, Repo
 use otaledger_domain::ids::derived_event_id;
 use otaledger_domain::time::now_micros;
 use otaledger_domain::{Event, EventMeta};
-use otaledger_producers::kafka::EventProducer;
-use otaledger_producers::metrics::{Counter, REGISTRY};
+use otaledger_ledger::kafka::EventProducer;
+use otaledger_ledger::metrics::{Counter, REGISTRY};
 use sqlx::PgConnection;
 
-use crate::runner::{BoxFuture, Positioned, Projection};
-use crate::{DbContext, Result};
+use otaledger_ledger::runner::{BoxFuture, Positioned, Projection};
+use otaledger_ledger::DbContext;
+
+use crate::Result;
 
 pub const ROUTER_DDL: &str = "
 CREATE TABLE IF NOT EXISTS router_awaiting_heartbeat (
@@ -181,8 +183,8 @@ impl Projection for Router {
         &'a mut self,
         tx: &'a mut PgConnection,
         events: &'a [Positioned],
-    ) -> BoxFuture<'a, Result<()>> {
-        Box::pin(self.apply_batch(tx, events))
+    ) -> BoxFuture<'a, otaledger_ledger::Result<()>> {
+        Box::pin(async move { Ok(self.apply_batch(tx, events).await?) })
     }
 
     fn ownership_changed(&mut self) {

@@ -17,26 +17,28 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use otaledger_domain::events::{
-    CancelCommand, CommandKind, DeviceCommanded, Payload, RollbackCommand, TargetSelector,
-    UpdateCommand,
+    CancelCommand, CommandKind, DeviceCommanded, Payload, RollbackCommand, UpdateCommand,
 };
 use otaledger_domain::ids::new_event_id;
 use otaledger_domain::rollout::{Input, Rollout, Target};
 use otaledger_domain::time::{now_micros, Micros};
 use otaledger_domain::{Event, EventMeta};
-use otaledger_producers::config::KafkaConfig;
-use otaledger_producers::dead_letters::{dead_letter, Origin, Rejection};
-use otaledger_producers::kafka::{EventProducer, Pending};
-use otaledger_producers::metrics::{Counter, Gauge, Histogram, REGISTRY};
-use otaledger_producers::shutdown::ShutdownSignal;
+use otaledger_ledger::config::KafkaConfig;
+use otaledger_ledger::dead_letters::{dead_letter, Origin, Rejection};
+use otaledger_ledger::kafka::{EventProducer, Pending};
+use otaledger_ledger::metrics::{Counter, Gauge, Histogram, REGISTRY};
+use otaledger_ledger::shutdown::ShutdownSignal;
+use otaledger_projections::targets;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::ownership::Ownership;
-use crate::{DbContext, Error, Result};
+use otaledger_ledger::ownership::Ownership;
+use otaledger_ledger::{DbContext, KafkaContext};
+
+use crate::Result;
 
 #[derive(Debug, Clone)]
 pub struct SagaConfig {
@@ -167,7 +169,7 @@ impl Saga {
     /// Runs until shutdown.
     pub async fn run(mut self, mut shutdown: ShutdownSignal) -> Result<()> {
         let cfg = self.cfg.clone();
-        let (mut ownership, consumer) = crate::runner::join_partitions(
+        let (mut ownership, consumer) = otaledger_ledger::runner::join_partitions(
             &self.pool,
             &cfg.kafka,
             &cfg.database_url,
@@ -329,24 +331,15 @@ impl Saga {
         for p in ownership.owned().keys() {
             let (_, high) = consumer
                 .fetch_watermarks(&self.cfg.topic, *p, Duration::from_secs(10))
-                .map_err(|source| Error::Kafka {
-                    context: "reading high watermarks".into(),
-                    source,
-                })?;
+                .kafka("reading high watermarks")?;
             self.fold_targets.insert(*p, high);
         }
         let mut tpl = TopicPartitionList::new();
         for p in ownership.owned().keys() {
             tpl.add_partition_offset(&self.cfg.topic, *p, Offset::Beginning)
-                .map_err(|source| Error::Kafka {
-                    context: "building assignment".into(),
-                    source,
-                })?;
+                .kafka("building assignment")?;
         }
-        consumer.assign(&tpl).map_err(|source| Error::Kafka {
-            context: "assigning partitions".into(),
-            source,
-        })?;
+        consumer.assign(&tpl).kafka("assigning partitions")?;
         self.metrics
             .rollouts
             .set(i64::try_from(self.rollouts.len()).unwrap_or(0));
@@ -542,13 +535,13 @@ impl Saga {
         else {
             return Ok(Vec::new());
         };
-        let rows = select_targets(&self.pool, &req.selector, &req.release.version, since).await?;
+        let rows = targets::select(&self.pool, &req.selector, &req.release.version, since).await?;
         let mut targets = Vec::with_capacity(rows.len());
-        for (device_id, version, gateway) in rows {
-            self.gateways.insert(device_id.clone(), gateway);
+        for c in rows {
+            self.gateways.insert(c.device_id.clone(), c.gateway_id);
             targets.push(Target {
-                device_id,
-                firmware_version: version,
+                device_id: c.device_id,
+                firmware_version: c.firmware_version,
             });
         }
         Ok(targets)
@@ -571,7 +564,7 @@ impl Saga {
             })
             .collect();
         if !missing.is_empty() {
-            for (id, gw) in lookup_gateways(&self.pool, &missing).await? {
+            for (id, gw) in targets::gateways(&self.pool, &missing).await? {
                 self.gateways.insert(id, gw);
             }
         }
@@ -679,45 +672,6 @@ fn next_offsets(records: &[Record]) -> BTreeMap<i32, i64> {
         *e = (*e).max(r.offset + 1);
     }
     next
-}
-
-/// Devices of the fleet view matching a selector (every listed tag must be present; empty
-/// lists do not constrain) that do not already run `version`.
-pub async fn select_targets(
-    pool: &PgPool,
-    s: &TargetSelector,
-    version: &str,
-    since: Option<Micros>,
-) -> Result<Vec<(String, String, Option<String>)>> {
-    sqlx::query_as(
-        "SELECT device_id, coalesce(firmware_version, ''), gateway_id FROM devices
-         WHERE (cardinality($1::text[]) = 0 OR model = ANY($1))
-           AND (cardinality($2::text[]) = 0 OR site = ANY($2))
-           AND (cardinality($3::text[]) = 0 OR tags @> $3)
-           AND (cardinality($4::text[]) = 0 OR firmware_version = ANY($4))
-           AND (cardinality($5::text[]) = 0 OR device_id = ANY($5))
-           AND firmware_version IS DISTINCT FROM $6
-           AND ($7::bigint IS NULL OR first_seen_at > to_timestamp($7::bigint / 1e6))
-         ORDER BY device_id",
-    )
-    .bind(&s.models)
-    .bind(&s.sites)
-    .bind(&s.tags)
-    .bind(&s.current_versions)
-    .bind(&s.device_ids)
-    .bind(version)
-    .bind(since)
-    .fetch_all(pool)
-    .await
-    .db("resolving rollout targets")
-}
-
-async fn lookup_gateways(pool: &PgPool, ids: &[String]) -> Result<Vec<(String, Option<String>)>> {
-    sqlx::query_as("SELECT device_id, gateway_id FROM devices WHERE device_id = ANY($1)")
-        .bind(ids)
-        .fetch_all(pool)
-        .await
-        .db("looking up gateways")
 }
 
 type Raw = (i32, i64, Vec<u8>, Vec<u8>);

@@ -3,80 +3,20 @@
 
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties};
 use otaledger_domain::ids::new_trace_id;
-use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use crate::dead_letters::{dead_letter, Origin, Rejection};
-use crate::device_json::{device_message_from_value, parse_gateway_batch, MessageKind};
-use crate::kafka::{EventProducer, Pending};
-use crate::metrics::{self, REGISTRY};
-use crate::shutdown::ShutdownSignal;
-use crate::{AmqpContext, Error, Result};
+use otaledger_domain::device_json::{device_message_from_value, parse_gateway_batch, MessageKind};
+use otaledger_ledger::amqp::{connect, declare_reports_queue, AmqpConfig};
+use otaledger_ledger::dead_letters::{dead_letter, Origin, Rejection};
+use otaledger_ledger::kafka::{EventProducer, Pending};
+use otaledger_ledger::metrics::{self, REGISTRY};
+use otaledger_ledger::shutdown::ShutdownSignal;
+use otaledger_ledger::AmqpContext;
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AmqpConfig {
-    pub url: String,
-    /// The durable queue gateways publish their report batches to.
-    pub reports_queue: String,
-    /// The topic exchange commands to gateways go to (routing key = gateway id).
-    pub commands_exchange: String,
-    pub prefetch: u16,
-}
-
-impl Default for AmqpConfig {
-    fn default() -> Self {
-        AmqpConfig {
-            url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
-            reports_queue: "ota.gateway-reports".into(),
-            commands_exchange: "ota.gateway-commands".into(),
-            prefetch: 256,
-        }
-    }
-}
-
-/// Connects to RabbitMQ.
-pub async fn connect(cfg: &AmqpConfig) -> Result<Connection> {
-    Connection::connect(&cfg.url, ConnectionProperties::default())
-        .await
-        .amqp("connecting")
-}
-
-/// Declares the durable reports queue (idempotent).
-pub async fn declare_reports_queue(channel: &lapin::Channel, cfg: &AmqpConfig) -> Result<()> {
-    channel
-        .queue_declare(
-            cfg.reports_queue.as_str().into(),
-            QueueDeclareOptions::durable(),
-            FieldTable::default(),
-        )
-        .await
-        .amqp("declaring reports queue")?;
-    Ok(())
-}
-
-/// Declares the topic exchange commands to gateways are published on (routing key: gateway id).
-/// The dispatcher publishes to it; gateways bind their queues to it.
-pub async fn declare_commands_exchange(channel: &lapin::Channel, cfg: &AmqpConfig) -> Result<()> {
-    channel
-        .exchange_declare(
-            cfg.commands_exchange.as_str().into(),
-            lapin::ExchangeKind::Topic,
-            lapin::options::ExchangeDeclareOptions {
-                durable: true,
-                ..lapin::options::ExchangeDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .amqp("declaring the commands exchange")
-}
+use crate::{Error, Result};
 
 static AMQP_INGESTED: std::sync::LazyLock<metrics::Counter> =
     std::sync::LazyLock::new(|| metrics::ingested("amqp"));
@@ -125,14 +65,11 @@ pub async fn run(
         let delivery = match next {
             Some(Ok(d)) => d,
             Some(Err(e)) => {
-                failure = Some(Error::Amqp {
-                    context: "receiving".into(),
-                    source: e,
-                });
+                failure = Some(Error::Amqp(e));
                 break;
             }
             None => {
-                failure = Some(Error::Other("AMQP consumer was cancelled".into()));
+                failure = Some(Error::Stopped("the AMQP consumer was cancelled"));
                 break;
             }
         };
@@ -151,14 +88,12 @@ pub async fn run(
             }
         };
         if tx.send(InFlight { pending, delivery }).await.is_err() {
-            failure = Some(Error::Other("AMQP acker stopped".into()));
+            failure = Some(Error::Stopped("the AMQP acker stopped"));
             break;
         }
     }
     drop(tx);
-    let acked = acker
-        .await
-        .map_err(|e| Error::Other(format!("acker: {e}")))?;
+    let acked = acker.await?;
     let _ = channel.close(200, "bridge stopping".into()).await;
     let _ = conn.close(200, "bridge stopping".into()).await;
     match failure.or(acked.err()) {
@@ -252,38 +187,13 @@ async fn ack_when_in_kafka(mut rx: mpsc::Receiver<InFlight>) -> Result<()> {
                         ..BasicNackOptions::default()
                     })
                     .await;
-                return Err(e);
+                return Err(e.into());
             }
         }
         delivery
             .ack(BasicAckOptions::default())
             .await
             .amqp("acknowledging delivery")?;
-    }
-    Ok(())
-}
-
-/// Publishes one gateway batch with publisher confirms (used by the simulator and tests).
-pub async fn publish_batch(channel: &lapin::Channel, cfg: &AmqpConfig, body: &[u8]) -> Result<()> {
-    let confirm = channel
-        .basic_publish(
-            "".into(),
-            cfg.reports_queue.as_str().into(),
-            lapin::options::BasicPublishOptions {
-                mandatory: true,
-                ..Default::default()
-            },
-            body,
-            lapin::BasicProperties::default()
-                .with_delivery_mode(2)
-                .with_content_type("application/json".into()),
-        )
-        .await
-        .amqp("publishing report batch")?
-        .await
-        .amqp("awaiting publisher confirm")?;
-    if confirm.is_nack() {
-        return Err(Error::Other("broker refused the report batch".into()));
     }
     Ok(())
 }

@@ -8,99 +8,17 @@
 use std::time::Duration;
 
 use otaledger_domain::ids::new_trace_id;
-use rumqttc::{AsyncClient, Event as MqttEvent, EventLoop, MqttOptions, Packet, Publish, QoS};
-use serde::Deserialize;
+use rumqttc::{AsyncClient, Event as MqttEvent, EventLoop, Packet, Publish, QoS};
 use tokio::sync::mpsc;
 
-use crate::dead_letters::{dead_letter, Origin, Rejection};
-use crate::device_json::{parse_device_message, MessageKind};
-use crate::kafka::{EventProducer, Pending};
-use crate::metrics::{self, REGISTRY};
-use crate::shutdown::ShutdownSignal;
+use otaledger_domain::device_json::{parse_device_message, MessageKind};
+use otaledger_ledger::dead_letters::{dead_letter, Origin, Rejection};
+use otaledger_ledger::kafka::{EventProducer, Pending};
+use otaledger_ledger::metrics::{self, REGISTRY};
+use otaledger_ledger::mqtt::{MqttConfig, COMMANDS_KIND};
+use otaledger_ledger::shutdown::ShutdownSignal;
+
 use crate::{Error, Result};
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct MqttConfig {
-    pub host: String,
-    pub port: u16,
-    /// Stable per bridge instance: the broker keeps the session (and unacknowledged messages)
-    /// for this id across restarts. Empty: derived from the topic root.
-    pub client_id: String,
-    /// The first topic level(s) before the device id.
-    pub topic_root: String,
-    /// Bridges sharing a group split the device traffic (`$share/{group}/...`).
-    pub shared_group: Option<String>,
-    pub username: Option<String>,
-    pub password: Option<String>,
-}
-
-impl Default for MqttConfig {
-    fn default() -> Self {
-        MqttConfig {
-            host: "127.0.0.1".into(),
-            port: 1883,
-            client_id: String::new(),
-            topic_root: "devices".into(),
-            shared_group: None,
-            username: None,
-            password: None,
-        }
-    }
-}
-
-impl MqttConfig {
-    #[must_use]
-    pub fn options(&self, client_id: &str) -> MqttOptions {
-        let mut o = MqttOptions::new(client_id, &self.host, self.port);
-        o.set_keep_alive(Duration::from_secs(15));
-        o.set_max_packet_size(1024 * 1024, 1024 * 1024);
-        if let (Some(u), Some(p)) = (&self.username, &self.password) {
-            o.set_credentials(u, p);
-        }
-        o
-    }
-
-    /// The configured client id, or one derived from the topic root so that ledgers with
-    /// different roots never share (and steal) a persistent session.
-    #[must_use]
-    pub fn bridge_client_id(&self) -> String {
-        if !self.client_id.is_empty() {
-            return self.client_id.clone();
-        }
-        let root: String = self
-            .topic_root
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        format!("otaledger-bridge-{root}")
-    }
-
-    fn subscription(&self) -> String {
-        match &self.shared_group {
-            Some(g) => format!("$share/{g}/{}/+/+", self.topic_root),
-            None => format!("{}/+/+", self.topic_root),
-        }
-    }
-
-    /// Splits `{root}/{device}/{kind}` into device id and kind.
-    fn route<'a>(&self, topic: &'a str) -> Option<(&'a str, &'a str)> {
-        let rest = topic
-            .strip_prefix(self.topic_root.as_str())?
-            .strip_prefix('/')?;
-        let (device, kind) = rest.split_once('/')?;
-        (!kind.contains('/')).then_some((device, kind))
-    }
-}
-
-/// The last topic level of commands to devices: `{root}/{device}/commands`.
-pub const COMMANDS_KIND: &str = "commands";
 
 struct InFlight {
     /// `None` for the dispatcher's own command messages, which the bridge only acknowledges.
@@ -150,8 +68,8 @@ pub async fn run(
                 tracing::info!("MQTT bridge connected; subscribing");
                 if let Err(e) = client.subscribe(&subscription, QoS::AtLeastOnce).await {
                     failure = Some(Error::Mqtt {
-                        context: "subscribing".into(),
-                        reason: e.to_string(),
+                        context: "subscribing",
+                        source: e,
                     });
                     break;
                 }
@@ -165,7 +83,7 @@ pub async fn run(
                             ingested.inc();
                         }
                         if tx.send(InFlight { pending, publish }).is_err() {
-                            failure = Some(Error::Other("MQTT acker stopped".into()));
+                            failure = Some(Error::Stopped("the MQTT acker stopped"));
                             break;
                         }
                     }
@@ -185,9 +103,7 @@ pub async fn run(
     }
     subscribed.set(0);
     drop(tx);
-    let acked = acker
-        .await
-        .map_err(|e| Error::Other(format!("acker: {e}")))?;
+    let acked = acker.await?;
     // Let the event loop send the remaining PUBACKs, then leave the session cleanly.
     let _ = client.disconnect().await;
     drain(&mut eventloop).await;
@@ -280,29 +196,9 @@ async fn ack_in_order(
             pending.acked().await?;
         }
         client.ack(&publish).await.map_err(|e| Error::Mqtt {
-            context: "acknowledging".into(),
-            reason: e.to_string(),
+            context: "acknowledging",
+            source: e,
         })?;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn topics_route_to_device_and_kind() {
-        let cfg = MqttConfig {
-            topic_root: "t1/devices".into(),
-            ..MqttConfig::default()
-        };
-        assert_eq!(
-            cfg.route("t1/devices/d-1/heartbeat"),
-            Some(("d-1", "heartbeat"))
-        );
-        assert_eq!(cfg.route("t1/devices/d-1/a/b"), None);
-        assert_eq!(cfg.route("other/d-1/heartbeat"), None);
-        assert_eq!(cfg.subscription(), "t1/devices/+/+");
-    }
 }

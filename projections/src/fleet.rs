@@ -316,7 +316,7 @@ pub async fn summary_of_snapshot(
     until: DateTime<Utc>,
     offline_after: Duration,
 ) -> Result<Summary> {
-    otaledger_consumers::db::validate_schema(schema)
+    otaledger_ledger::db::validate_schema(schema)
         .map_err(|e| crate::Error::InvalidQuery(e.to_string()))?;
     let counts: Vec<(String, String, i64)> = sqlx::query_as(&format!(
         "SELECT dimension, value, devices FROM {schema}.fleet_counts WHERE devices <> 0"

@@ -5,10 +5,10 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use otaledger_consumers::{BoxFuture, Positioned, Projection};
 use otaledger_domain::audit::describe;
 use otaledger_domain::events::Payload;
 use otaledger_domain::time::Micros;
+use otaledger_ledger::{BoxFuture, Positioned, Projection};
 use serde::Serialize;
 use sqlx::postgres::PgRow;
 use sqlx::{FromRow, PgConnection, PgPool, Row};
@@ -326,12 +326,12 @@ impl Projection for HistoryProjector {
         &'a mut self,
         tx: &'a mut PgConnection,
         events: &'a [Positioned],
-    ) -> BoxFuture<'a, otaledger_consumers::Result<()>> {
+    ) -> BoxFuture<'a, otaledger_ledger::Result<()>> {
         self.fold_events(events);
         Box::pin(async move {
             self.write(tx)
                 .await
-                .map_err(|e| otaledger_consumers::Error::Other(e.to_string()))
+                .map_err(|e| otaledger_ledger::Error::Other(e.to_string()))
         })
     }
 

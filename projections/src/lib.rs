@@ -8,6 +8,7 @@ pub mod migrations;
 pub mod projector;
 pub mod rebuild;
 pub mod rollouts;
+pub mod targets;
 
 use thiserror::Error;
 

@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use otaledger_consumers::{BoxFuture, Positioned, Projection};
 use otaledger_domain::device_view::DeviceView;
+use otaledger_ledger::{BoxFuture, Positioned, Projection};
 use sqlx::PgConnection;
 
 use crate::DbContext;
@@ -331,13 +331,13 @@ impl Projection for FleetProjector {
         &'a mut self,
         tx: &'a mut PgConnection,
         events: &'a [Positioned],
-    ) -> BoxFuture<'a, otaledger_consumers::Result<()>> {
+    ) -> BoxFuture<'a, otaledger_ledger::Result<()>> {
         let mut patches = std::mem::take(&mut self.folded);
         fold_into(&mut patches, events);
         Box::pin(async move {
             merge_patches(tx, patches, &mut self.dims)
                 .await
-                .map_err(|e| otaledger_consumers::Error::Other(e.to_string()))
+                .map_err(|e| otaledger_ledger::Error::Other(e.to_string()))
         })
     }
 

@@ -6,11 +6,11 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use otaledger_consumers::{BoxFuture, FoldWindow, Positioned, Projection, Runner, RunnerConfig};
 use otaledger_domain::time::Micros;
-use otaledger_producers::config::KafkaConfig;
-use otaledger_producers::kafka::EventProducer;
-use otaledger_producers::shutdown::Shutdown;
+use otaledger_ledger::config::KafkaConfig;
+use otaledger_ledger::kafka::EventProducer;
+use otaledger_ledger::shutdown::Shutdown;
+use otaledger_ledger::{BoxFuture, FoldWindow, Positioned, Projection, Runner, RunnerConfig};
 use sqlx::{PgConnection, PgPool};
 
 use crate::history::HistoryProjector;
@@ -68,7 +68,7 @@ impl<P: Projection> Projection for Until<P> {
         &'a mut self,
         tx: &'a mut PgConnection,
         events: &'a [Positioned],
-    ) -> BoxFuture<'a, otaledger_consumers::Result<()>> {
+    ) -> BoxFuture<'a, otaledger_ledger::Result<()>> {
         let kept: Vec<Positioned> = events
             .iter()
             .filter(|p| p.event.meta.occurred_at <= self.until)
@@ -122,7 +122,7 @@ impl Projection for DeviceProjections {
         &'a mut self,
         tx: &'a mut PgConnection,
         events: &'a [Positioned],
-    ) -> BoxFuture<'a, otaledger_consumers::Result<()>> {
+    ) -> BoxFuture<'a, otaledger_ledger::Result<()>> {
         Box::pin(async move {
             self.fleet.apply(tx, events).await?;
             self.history.apply(tx, events).await
@@ -158,8 +158,8 @@ async fn fold<P: Projection + std::fmt::Debug>(
     until: Option<Micros>,
     producer: EventProducer,
     pool: PgPool,
-    signal: otaledger_producers::shutdown::ShutdownSignal,
-) -> otaledger_consumers::Result<()> {
+    signal: otaledger_ledger::shutdown::ShutdownSignal,
+) -> otaledger_ledger::Result<()> {
     match until {
         None => Runner::new(rc, inner, producer, pool).run(signal).await,
         Some(u) => {
@@ -190,7 +190,7 @@ fn topic_name(kafka: &KafkaConfig, t: Topic) -> String {
 fn watermarks(kafka: &KafkaConfig, topic: &str) -> Result<BTreeMap<i32, i64>> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let other = |e: rdkafka::error::KafkaError| Error::Other(format!("kafka: {e}"));
-    let consumer: BaseConsumer = otaledger_producers::kafka::client_config(kafka)
+    let consumer: BaseConsumer = otaledger_ledger::kafka::client_config(kafka)
         .create()
         .map_err(other)?;
     let md = consumer
@@ -217,13 +217,12 @@ pub async fn build_shadow(
     plan: &RebuildPlan,
     mut report: impl FnMut(Progress),
 ) -> Result<Progress> {
-    otaledger_consumers::db::validate_schema(&plan.shadow)
-        .map_err(|e| Error::Other(e.to_string()))?;
-    let pool = otaledger_consumers::db::pool(&plan.database_url, &plan.shadow, 8)
+    otaledger_ledger::db::validate_schema(&plan.shadow).map_err(|e| Error::Other(e.to_string()))?;
+    let pool = otaledger_ledger::db::pool(&plan.database_url, &plan.shadow, 8)
         .await
         .map_err(|e| Error::Other(e.to_string()))?;
     crate::migrations::migrate(&pool).await?;
-    otaledger_consumers::db::create_if_missing(&pool, otaledger_consumers::ownership::OFFSETS_DDL)
+    otaledger_ledger::db::create_if_missing(&pool, otaledger_ledger::ownership::OFFSETS_DDL)
         .await
         .map_err(|e| Error::Other(e.to_string()))?;
     let deferred = defer_indexes(&pool, &plan.shadow).await?;
@@ -301,7 +300,7 @@ pub async fn build_shadow(
         let mut total = 0;
         let mut reached = true;
         for (consumer, (topic, ends)) in &targets {
-            let done = otaledger_consumers::runner::committed_offsets(&pool, consumer, topic)
+            let done = otaledger_ledger::runner::committed_offsets(&pool, consumer, topic)
                 .await
                 .map_err(|e| Error::Other(e.to_string()))?;
             total += done.values().sum::<i64>();
@@ -418,7 +417,7 @@ pub async fn live_positions(
 /// projectors are fenced, let go, and resume from the rebuilt position.
 pub async fn swap(live_pool: &PgPool, live: &str, shadow: &str, old: &str) -> Result<()> {
     for s in [live, shadow, old] {
-        otaledger_consumers::db::validate_schema(s).map_err(|e| Error::Other(e.to_string()))?;
+        otaledger_ledger::db::validate_schema(s).map_err(|e| Error::Other(e.to_string()))?;
     }
     let mut tx = live_pool.begin().await.db("beginning swap")?;
     let tables: Vec<String> = sqlx::query_scalar(
@@ -552,8 +551,8 @@ pub async fn compare(
     stop: &BTreeMap<String, BTreeMap<i32, i64>>,
     limit: i64,
 ) -> Result<Comparison> {
-    otaledger_consumers::db::validate_schema(live).map_err(|e| Error::Other(e.to_string()))?;
-    otaledger_consumers::db::validate_schema(rebuilt).map_err(|e| Error::Other(e.to_string()))?;
+    otaledger_ledger::db::validate_schema(live).map_err(|e| Error::Other(e.to_string()))?;
+    otaledger_ledger::db::validate_schema(rebuilt).map_err(|e| Error::Other(e.to_string()))?;
     let mut tx = pool.begin().await.db("beginning the comparison")?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *tx)
@@ -678,7 +677,7 @@ fn keys_between(
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::Message;
     let other = |e: rdkafka::error::KafkaError| Error::Other(format!("kafka: {e}"));
-    let consumer: BaseConsumer = otaledger_producers::kafka::client_config(kafka)
+    let consumer: BaseConsumer = otaledger_ledger::kafka::client_config(kafka)
         .set("group.id", "otaledger-verify")
         .set("enable.auto.commit", "false")
         .create()
@@ -688,7 +687,7 @@ fn keys_between(
     for (p, end) in to {
         let start = from.get(p).copied().unwrap_or(0);
         if *end > start {
-            tpl.add_partition_offset(topic, *p, otaledger_producers::kafka::resume_from(start))
+            tpl.add_partition_offset(topic, *p, otaledger_ledger::kafka::resume_from(start))
                 .map_err(other)?;
             next.insert(*p, start);
         }

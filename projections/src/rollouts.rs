@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use otaledger_consumers::{BoxFuture, Positioned, Projection};
 use otaledger_domain::events::{CommandKind, DeviceRolloutState, Payload, RolloutState};
+use otaledger_ledger::{BoxFuture, Positioned, Projection};
 use serde::Serialize;
 use serde_json::json;
 use sqlx::postgres::PgRow;
@@ -411,11 +411,11 @@ impl Projection for RolloutProjector {
         &'a mut self,
         tx: &'a mut PgConnection,
         events: &'a [Positioned],
-    ) -> BoxFuture<'a, otaledger_consumers::Result<()>> {
+    ) -> BoxFuture<'a, otaledger_ledger::Result<()>> {
         Box::pin(async move {
             Self::apply_batch(tx, events)
                 .await
-                .map_err(|e| otaledger_consumers::Error::Other(e.to_string()))
+                .map_err(|e| otaledger_ledger::Error::Other(e.to_string()))
         })
     }
 }

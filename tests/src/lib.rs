@@ -8,11 +8,11 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use otaledger_cli::config::Config;
 use otaledger_domain::device_view::{DeviceView, Position};
 use otaledger_domain::Event;
-use otaledger_producers::config::KafkaConfig;
-use otaledger_producers::shutdown::Shutdown;
+use otaledger_ledger::config::Config;
+use otaledger_ledger::config::KafkaConfig;
+use otaledger_ledger::shutdown::Shutdown;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
@@ -196,13 +196,13 @@ pub fn config(services: &Services, name: &str) -> Config {
 /// # Panics
 /// When PostgreSQL or Kafka cannot be reached.
 pub async fn api_app(cfg: &Config) -> axum::Router {
-    let pool = otaledger_consumers::db::pool(&cfg.database.url, &cfg.database.schema, 4)
+    let pool = otaledger_ledger::db::pool(&cfg.database.url, &cfg.database.schema, 4)
         .await
         .expect("pool");
     otaledger_projections::migrations::migrate(&pool)
         .await
         .expect("migrations");
-    let producer = otaledger_producers::kafka::EventProducer::new(&cfg.kafka).expect("producer");
+    let producer = otaledger_ledger::kafka::EventProducer::new(&cfg.kafka).expect("producer");
     let state =
         otaledger_api::AppState::new(pool, producer, cfg.kafka.clone(), cfg.offline_after())
             .expect("state");
@@ -362,7 +362,7 @@ pub async fn read_topic(kafka: &KafkaConfig, topic: &str) -> Vec<Record> {
     let kafka = kafka.clone();
     let topic = topic.to_owned();
     tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = otaledger_producers::kafka::client_config(&kafka)
+        let consumer: BaseConsumer = otaledger_ledger::kafka::client_config(&kafka)
             .set("group.id", "otaledger-tests-reader")
             .set("enable.auto.commit", "false")
             .create()
@@ -500,7 +500,7 @@ pub async fn drop_schema(services: &Services, schema: &str) {
 /// Waits until the MQTT bridge of `cfg` holds its subscription (messages published before
 /// that would have no session to wait in).
 pub async fn mqtt_bridge_subscribed(cfg: &Config) {
-    let gauge = otaledger_producers::metrics::REGISTRY.gauge(
+    let gauge = otaledger_ledger::metrics::REGISTRY.gauge(
         "otaledger_mqtt_bridge_subscribed",
         "1 while the MQTT bridge holds its subscription",
         &[("client_id", &cfg.mqtt.bridge_client_id())],

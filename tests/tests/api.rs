@@ -11,7 +11,7 @@ use http_body_util::BodyExt;
 use otaledger_domain::device_view::{DeviceView, Position};
 use otaledger_domain::events::Health;
 use otaledger_domain::time::now_micros;
-use otaledger_producers::kafka::{ensure_topics, EventProducer};
+use otaledger_ledger::kafka::{ensure_topics, EventProducer};
 use otaledger_tests::{config, read_topic, unique, Services};
 use serde_json::Value;
 use tower::ServiceExt;
@@ -19,7 +19,7 @@ use tower::ServiceExt;
 struct Fixture {
     app: axum::Router,
     devices: Vec<DeviceView>,
-    cfg: otaledger_cli::config::Config,
+    cfg: otaledger_ledger::config::Config,
     services: Services,
 }
 
@@ -71,7 +71,7 @@ async fn fixture(test: &str) -> Fixture {
     let name = unique(test);
     let cfg = config(&services, &name);
     ensure_topics(&cfg.kafka).await.unwrap();
-    let pool = otaledger_consumers::db::pool(&cfg.database.url, &cfg.database.schema, 4)
+    let pool = otaledger_ledger::db::pool(&cfg.database.url, &cfg.database.schema, 4)
         .await
         .unwrap();
     otaledger_projections::migrations::migrate(&pool)

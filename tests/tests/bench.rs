@@ -2,7 +2,7 @@
 //! `otaledger bench` runs every scenario against the real services at a tiny size and reports
 //! each figure (never asserting speed: figures are for people, not for pass/fail).
 
-use otaledger_cli::bench::{run, BenchArgs, Scenario};
+use otaledger_bench::{run, BenchArgs, Scenario};
 use otaledger_tests::{config, unique, Services};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

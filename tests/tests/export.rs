@@ -13,7 +13,7 @@ use otaledger_domain::events::{
 };
 use otaledger_domain::ids::new_event_id;
 use otaledger_domain::{Event, EventType};
-use otaledger_producers::kafka::{ensure_topics, EventProducer};
+use otaledger_ledger::kafka::{ensure_topics, EventProducer};
 use otaledger_schemas::{encode_with, Schemas};
 use otaledger_tests::{config, event_at as event, otaledger_command, read_topic, unique, Services};
 use rdkafka::message::OwnedHeaders;
@@ -90,7 +90,7 @@ fn events(n: usize) -> Vec<Event> {
     out
 }
 
-fn export(cfg: &otaledger_cli::config::Config, out: &std::path::Path) -> Command {
+fn export(cfg: &otaledger_ledger::config::Config, out: &std::path::Path) -> Command {
     otaledger_command(
         cfg,
         &[

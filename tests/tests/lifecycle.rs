@@ -10,13 +10,13 @@ async fn up_serves_and_stops_gracefully_on_sigterm() {
     let services = Services::get().await;
     let name = unique("lifecycle");
     let mut cfg = config(&services, &name);
-    cfg.http.listen = otaledger_cli::bench_rollout::free_loopback_addr().unwrap();
+    cfg.http.listen = otaledger_bench::process::free_loopback_addr().unwrap();
     let log = std::env::temp_dir().join(format!("{name}-up.log"));
     let mut child = spawn_command(&cfg, &["up"], "up", &log);
 
     // Every component comes up: the API answers ready, the projector owns its partitions.
     let ready = eventually(Duration::from_secs(60), "the API to be ready", || {
-        otaledger_cli::bench_rollout::http_get(&cfg.http.listen, "/readyz")
+        otaledger_bench::process::http_get(&cfg.http.listen, "/readyz")
     })
     .await;
     assert!(ready.contains("\"ready\":true"), "{ready}");

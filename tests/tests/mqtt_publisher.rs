@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use otaledger_producers::mqtt_publisher::{Message, MqttPublisher, PublishError};
+use otaledger_consumers::mqtt_publisher::{Message, MqttPublisher, PublishError};
 use otaledger_tests::{config, unique, Services};
 use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS};
 use tokio::sync::mpsc;

@@ -9,9 +9,9 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use otaledger_cli::components::{prepare, Component};
-use otaledger_producers::amqp_bridge::{connect, declare_reports_queue, publish_batch};
-use otaledger_producers::shutdown::Shutdown;
-use otaledger_producers::simulator::{self, SimConfig};
+use otaledger_ledger::amqp::{connect, declare_reports_queue, publish_batch};
+use otaledger_ledger::shutdown::Shutdown;
+use otaledger_simulator::{self as simulator, SimConfig};
 use otaledger_tests::{
     config, eventually, mqtt_bridge_subscribed, read_topic, records_when, spawn_components, unique,
     Services,
@@ -266,7 +266,7 @@ async fn malformed_mqtt_and_amqp_input_goes_to_dead_letters_while_good_traffic_f
         .collect();
     keys.sort();
     assert_eq!(keys, ["good-1", "gwdev-good"]);
-    let metrics = otaledger_producers::metrics::REGISTRY.render();
+    let metrics = otaledger_ledger::metrics::REGISTRY.render();
     assert!(
         metrics.contains(r#"otaledger_dead_letters_total{source="mqtt",reason="invalid_json"}"#),
         "{metrics}"

@@ -7,14 +7,14 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use otaledger_cli::components::prepare;
-use otaledger_cli::config::Config;
 use otaledger_domain::events::{
     DeviceRegistered, Health, Heartbeat, InstallOutcome, InstallResult,
 };
 use otaledger_domain::ids::{new_event_id, new_trace_id};
 use otaledger_domain::time::now_micros;
 use otaledger_domain::{Event, EventMeta, Payload};
-use otaledger_producers::kafka::EventProducer;
+use otaledger_ledger::config::Config;
+use otaledger_ledger::kafka::EventProducer;
 use otaledger_tests::{
     config, eventually, fold_topic, read_topic, spawn_process, unique, Services,
 };
@@ -117,10 +117,9 @@ async fn caught_up(cfg: &Config, pool: &PgPool, ends: BTreeMap<i32, i64>) {
             let ends = ends.clone();
             async move {
                 let topic = cfg.kafka.topics().device_events;
-                let done =
-                    otaledger_consumers::runner::committed_offsets(pool, "projector", &topic)
-                        .await
-                        .ok()?;
+                let done = otaledger_ledger::runner::committed_offsets(pool, "projector", &topic)
+                    .await
+                    .ok()?;
                 let ok = ends.iter().all(|(p, end)| done.get(p) == Some(end));
                 ok.then_some(())
             }
@@ -180,7 +179,7 @@ async fn a_projector_killed_mid_stream_and_restarted_loses_and_duplicates_nothin
     let name = unique("proj_kill");
     let cfg = config(&services, &name);
     prepare(&cfg).await.unwrap();
-    let pool = otaledger_consumers::db::pool(&cfg.database.url, &cfg.database.schema, 2)
+    let pool = otaledger_ledger::db::pool(&cfg.database.url, &cfg.database.schema, 2)
         .await
         .unwrap();
 
@@ -214,7 +213,7 @@ async fn two_projectors_share_the_partitions_and_the_survivor_takes_over() {
     let name = unique("proj_pair");
     let cfg = config(&services, &name);
     prepare(&cfg).await.unwrap();
-    let pool = otaledger_consumers::db::pool(&cfg.database.url, &cfg.database.schema, 2)
+    let pool = otaledger_ledger::db::pool(&cfg.database.url, &cfg.database.schema, 2)
         .await
         .unwrap();
 
@@ -307,7 +306,7 @@ async fn the_dimension_cache_must_be_cleared_when_ownership_changes() {
 
     let services = Services::get().await;
     let cfg = config(&services, &unique("proj_cache"));
-    let pool = otaledger_consumers::db::pool(&cfg.database.url, &cfg.database.schema, 2)
+    let pool = otaledger_ledger::db::pool(&cfg.database.url, &cfg.database.schema, 2)
         .await
         .unwrap();
     otaledger_projections::migrations::migrate(&pool)
@@ -373,7 +372,7 @@ fn gather_for_an_hour(cfg: &mut Config) {
 
 /// Transactions the projector has committed in this test process.
 fn projector_transactions() -> u64 {
-    otaledger_producers::metrics::REGISTRY
+    otaledger_ledger::metrics::REGISTRY
         .histogram(
             "otaledger_consumer_batch_seconds",
             "",
@@ -385,7 +384,7 @@ fn projector_transactions() -> u64 {
 /// Projects the whole topic into a fresh schema; resolves to the transactions it took.
 async fn project_once(cfg: &Config, ends: &BTreeMap<i32, i64>) -> u64 {
     prepare(cfg).await.unwrap();
-    let pool = otaledger_consumers::db::pool(&cfg.database.url, &cfg.database.schema, 2)
+    let pool = otaledger_ledger::db::pool(&cfg.database.url, &cfg.database.schema, 2)
         .await
         .unwrap();
     let before = projector_transactions();
@@ -438,10 +437,10 @@ async fn a_projector_process_serves_its_metrics() {
     let services = Services::get().await;
     let name = unique("proj_metrics");
     let mut cfg = config(&services, &name);
-    cfg.http.metrics_listen = otaledger_cli::bench_rollout::free_loopback_addr().unwrap();
+    cfg.http.metrics_listen = otaledger_bench::process::free_loopback_addr().unwrap();
     let addr = cfg.http.metrics_listen.clone();
     prepare(&cfg).await.unwrap();
-    let pool = otaledger_consumers::db::pool(&cfg.database.url, &cfg.database.schema, 2)
+    let pool = otaledger_ledger::db::pool(&cfg.database.url, &cfg.database.schema, 2)
         .await
         .unwrap();
     let mut child = spawn_process(&cfg, "projector", "p", &log_path(&name, "p"));
@@ -454,7 +453,7 @@ async fn a_projector_process_serves_its_metrics() {
         || {
             let addr = addr.clone();
             async move {
-                otaledger_cli::bench_rollout::http_get(&addr, "/metrics")
+                otaledger_bench::process::http_get(&addr, "/metrics")
                     .await
                     .filter(|body| body.lines().any(|l| l == line))
                     .map(drop)
@@ -462,7 +461,7 @@ async fn a_projector_process_serves_its_metrics() {
         },
     )
     .await;
-    assert!(otaledger_cli::bench_rollout::http_get(&addr, "/healthz")
+    assert!(otaledger_bench::process::http_get(&addr, "/healthz")
         .await
         .is_some());
     kill(&mut child);

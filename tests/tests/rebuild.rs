@@ -12,7 +12,7 @@ use otaledger_domain::events::{
     RolloutStateChanged, Strategy, TargetSelector, UpdateRequested,
 };
 use otaledger_domain::Event;
-use otaledger_producers::kafka::{ensure_topics, EventProducer};
+use otaledger_ledger::kafka::{ensure_topics, EventProducer};
 use otaledger_tests::{
     config, event_at as event, eventually, otaledger_command, spawn_process, unique, Services,
 };
@@ -113,7 +113,7 @@ async fn get(app: &axum::Router, uri: &str) -> (StatusCode, Value) {
     )
 }
 
-fn run(cfg: &otaledger_cli::config::Config, args: &[&str]) -> (bool, String) {
+fn run(cfg: &otaledger_ledger::config::Config, args: &[&str]) -> (bool, String) {
     let out = otaledger_command(cfg, args, "cli").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let errors = String::from_utf8_lossy(&out.stderr);
@@ -257,7 +257,7 @@ async fn verify_rebuild_and_snapshots_answer_from_the_ledger() {
     assert!(!out.contains("left out"), "{out}");
 
     // A deliberate change to one live row is reported, and only that row.
-    let pool = otaledger_consumers::db::pool(&cfg.database.url, &cfg.database.schema, 1)
+    let pool = otaledger_ledger::db::pool(&cfg.database.url, &cfg.database.schema, 1)
         .await
         .unwrap();
     sqlx::query("UPDATE devices SET site = 'tampered' WHERE device_id = 'rb-0007'")

@@ -8,7 +8,7 @@ use std::time::Duration;
 use otaledger_cli::replay::{audit, replay, AuditTarget, Filter, Format};
 use otaledger_domain::events::*;
 use otaledger_domain::{Event, EventMeta, EventType, Payload};
-use otaledger_producers::kafka::{ensure_topics, EventProducer};
+use otaledger_ledger::kafka::{ensure_topics, EventProducer};
 use otaledger_schemas::{encode_with, Schemas};
 use otaledger_tests::{config, unique, Services};
 use rdkafka::message::OwnedHeaders;
@@ -46,7 +46,7 @@ fn heartbeat(device: &str, signal: Option<i32>) -> Payload {
 }
 
 fn run(
-    kafka: &otaledger_producers::config::KafkaConfig,
+    kafka: &otaledger_ledger::config::KafkaConfig,
     filter: &Filter,
     format: Format,
 ) -> (Vec<String>, otaledger_cli::replay::Stats) {

@@ -11,12 +11,12 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use otaledger_cli::components::Component;
-use otaledger_cli::config::Config;
 use otaledger_domain::events::{CommandKind, Payload, Verdict};
 use otaledger_domain::Event;
-use otaledger_producers::kafka::ensure_topics;
-use otaledger_producers::shutdown::Shutdown;
-use otaledger_producers::simulator::{self, Behaviour, OutcomeRule, SimConfig, SimStats};
+use otaledger_ledger::config::Config;
+use otaledger_ledger::kafka::ensure_topics;
+use otaledger_ledger::shutdown::Shutdown;
+use otaledger_simulator::{self as simulator, Behaviour, OutcomeRule, SimConfig, SimStats};
 use otaledger_tests::{
     config, decode_all, eventually, read_topic, spawn_components, spawn_process, unique, Services,
 };
@@ -142,7 +142,7 @@ fn verdicts(events: &[Event]) -> Vec<(i32, Verdict, String)> {
 }
 
 async fn firmware_counts(cfg: &Config, prefix: &str) -> HashMap<String, i64> {
-    let pool = otaledger_consumers::db::pool(&cfg.database.url, &cfg.database.schema, 1)
+    let pool = otaledger_ledger::db::pool(&cfg.database.url, &cfg.database.schema, 1)
         .await
         .unwrap();
     let rows: Vec<(String, i64)> = sqlx::query_as(
@@ -670,7 +670,7 @@ async fn an_unroutable_gateway_command_is_retried_reported_and_dead_lettered() {
     cfg.dispatcher.backoff_ms = 50;
     ensure_topics(&cfg.kafka).await.unwrap();
     let (stack, _handles) = spawn_components(&cfg, &[Component::Dispatcher]);
-    let producer = otaledger_producers::kafka::EventProducer::new(&cfg.kafka).unwrap();
+    let producer = otaledger_ledger::kafka::EventProducer::new(&cfg.kafka).unwrap();
     let command_id = uuid::Uuid::from_u128(0xfeed);
     let cmd = Event {
         meta: otaledger_domain::EventMeta {

@@ -7,7 +7,7 @@ use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use otaledger_domain::events::RollbackPolicy;
 use otaledger_domain::{EventType, Payload};
-use otaledger_producers::kafka::ensure_topics;
+use otaledger_ledger::kafka::ensure_topics;
 use otaledger_tests::{config, decode_all, read_topic, unique, Services};
 use serde_json::{json, Value};
 use tower::ServiceExt;

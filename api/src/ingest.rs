@@ -12,69 +12,15 @@ use axum::{Json, Router};
 use otaledger_domain::ids::new_trace_id;
 use serde::Serialize;
 
-use crate::dead_letters::{dead_letter, Origin};
-use crate::device_json::{parse_device_message, MessageKind, MAX_DEVICE_PAYLOAD};
-use crate::kafka::EventProducer;
-use crate::metrics;
+use otaledger_domain::device_json::{parse_device_message, MessageKind, MAX_DEVICE_PAYLOAD};
+use otaledger_ledger::dead_letters::{dead_letter, Origin};
+use otaledger_ledger::kafka::EventProducer;
+use otaledger_ledger::metrics;
+
+use crate::ApiError;
 
 static HTTP_INGESTED: std::sync::LazyLock<metrics::Counter> =
     std::sync::LazyLock::new(|| metrics::ingested("http"));
-
-/// The JSON error body every otaledger endpoint answers with.
-#[derive(Debug, Serialize)]
-pub struct ErrorBody {
-    pub error: &'static str,
-    pub reason: String,
-}
-
-/// An HTTP error: a status and a reason that never exposes internals.
-#[derive(Debug)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub error: &'static str,
-    pub reason: String,
-}
-
-impl ApiError {
-    pub fn bad_request(error: &'static str, reason: impl Into<String>) -> Self {
-        ApiError {
-            status: StatusCode::BAD_REQUEST,
-            error,
-            reason: reason.into(),
-        }
-    }
-
-    pub fn not_found(reason: impl Into<String>) -> Self {
-        ApiError {
-            status: StatusCode::NOT_FOUND,
-            error: "not_found",
-            reason: reason.into(),
-        }
-    }
-
-    /// Logs the cause and answers 503 without naming it.
-    pub fn unavailable(cause: &dyn std::fmt::Display) -> Self {
-        tracing::error!(error = %cause, "request failed on a backing service");
-        ApiError {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            error: "unavailable",
-            reason: "a backing service is unavailable; retry later".into(),
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(ErrorBody {
-                error: self.error,
-                reason: self.reason,
-            }),
-        )
-            .into_response()
-    }
-}
 
 #[derive(Debug, Serialize)]
 struct Accepted {

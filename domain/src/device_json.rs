@@ -4,18 +4,18 @@
 //! a known field of the wrong type, a missing required field, an out-of-range value, an
 //! oversized payload or a device id that does not match the channel is a [`Rejection`].
 
-use otaledger_domain::events::{
+use crate::events::{
     DeviceRegistered, Health, Heartbeat, InstallOutcome, InstallPhase, InstallProgress,
     InstallResult,
 };
-use otaledger_domain::ids::{new_event_id, validate_device_id};
-use otaledger_domain::time::{now_micros, Micros};
-use otaledger_domain::{Event, EventMeta, Payload};
+use crate::ids::{new_event_id, validate_device_id};
+use crate::time::{now_micros, Micros};
+use crate::{Event, EventMeta, Payload};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use crate::dead_letters::Rejection;
+use crate::rejection::Rejection;
 
 /// The largest device message accepted.
 pub const MAX_DEVICE_PAYLOAD: usize = 64 * 1024;

@@ -5,18 +5,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use otaledger_consumers::Runner;
 use otaledger_domain::time::now_micros;
 use otaledger_domain::Payload;
-use otaledger_producers::config::KafkaConfig;
-use otaledger_producers::kafka::{ensure_topics, EventProducer};
-use otaledger_producers::shutdown::Shutdown;
+use otaledger_ledger::config::KafkaConfig;
+use otaledger_ledger::kafka::{ensure_topics, EventProducer};
+use otaledger_ledger::shutdown::Shutdown;
+use otaledger_ledger::Runner;
 use otaledger_projections::projector::FleetProjector;
 use rdkafka::message::Message;
 
-use crate::bench::{create_topic, heartbeats};
-use crate::components::BoxError;
-use crate::config::Config;
+use crate::BoxError;
+use crate::{create_topic, heartbeats};
+use otaledger_ledger::config::Config;
 
 /// The fleet projector, noting each event's lag once its batch committed.
 struct LagProbe {
@@ -27,12 +27,12 @@ struct LagProbe {
     folded: Vec<i64>,
 }
 
-impl otaledger_consumers::Projection for LagProbe {
+impl otaledger_ledger::Projection for LagProbe {
     fn apply<'a>(
         &'a mut self,
         tx: &'a mut sqlx::PgConnection,
-        events: &'a [otaledger_consumers::Positioned],
-    ) -> otaledger_consumers::BoxFuture<'a, otaledger_consumers::Result<()>> {
+        events: &'a [otaledger_ledger::Positioned],
+    ) -> otaledger_ledger::BoxFuture<'a, otaledger_ledger::Result<()>> {
         self.inner.apply(tx, events)
     }
 
@@ -41,7 +41,7 @@ impl otaledger_consumers::Projection for LagProbe {
         self.folded.clear();
     }
 
-    fn committed(&mut self, events: &[otaledger_consumers::Positioned]) {
+    fn committed(&mut self, events: &[otaledger_ledger::Positioned]) {
         self.inner.committed(events);
         let now = now_micros();
         if let Ok(mut s) = self.samples.lock() {
@@ -49,7 +49,7 @@ impl otaledger_consumers::Projection for LagProbe {
         }
     }
 
-    fn fold(&mut self, events: &[otaledger_consumers::Positioned]) -> bool {
+    fn fold(&mut self, events: &[otaledger_ledger::Positioned]) -> bool {
         self.folded
             .extend(events.iter().map(|e| e.event.meta.occurred_at));
         self.inner.fold(events)
@@ -74,7 +74,7 @@ pub(crate) async fn steady_lag(
 ) -> Result<Vec<i64>, BoxError> {
     let kafka = &cfg.kafka;
     ensure_topics(kafka).await?;
-    let pool = otaledger_consumers::db::pool(&cfg.database.url, schema, 4).await?;
+    let pool = otaledger_ledger::db::pool(&cfg.database.url, schema, 4).await?;
     otaledger_projections::migrations::migrate(&pool).await?;
     let samples = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let probe = LagProbe {
@@ -82,7 +82,7 @@ pub(crate) async fn steady_lag(
         samples: samples.clone(),
         folded: Vec::new(),
     };
-    let runner_cfg = crate::components::projector_runner_config(cfg, schema, "lag");
+    let runner_cfg = otaledger_cli::components::projector_runner_config(cfg, schema, "lag");
     let shutdown = Shutdown::new();
     let task = tokio::spawn(
         Runner::new(runner_cfg, probe, EventProducer::new(kafka)?, pool.clone())
@@ -153,7 +153,7 @@ pub(crate) async fn raw_lag(
     let sent = Arc::new(AtomicUsize::new(usize::MAX));
     let from_ms = (now_micros() + micros(warm_up(duration))) / 1000;
     let reader = {
-        let consumer = crate::bench::raw_reader(kafka, "bench-raw-lag", topic)?;
+        let consumer = crate::raw_reader(kafka, "bench-raw-lag", topic)?;
         let sent = sent.clone();
         tokio::task::spawn_blocking(move || -> Result<Vec<i64>, String> {
             let mut lags = Vec::new();
@@ -181,7 +181,7 @@ pub(crate) async fn raw_lag(
             Ok(lags)
         })
     };
-    let producer = crate::bench::raw_producer(kafka)?;
+    let producer = crate::raw_producer(kafka)?;
     let payload = otaledger_schemas::encode(&heartbeats(0..1, 1, now_micros()).remove(0))?;
     let mut pacer = Pacer::new(rate, duration + warm_up(duration));
     let mut n = 0usize;
@@ -189,7 +189,7 @@ pub(crate) async fn raw_lag(
     while let Some(due) = pacer.due().await {
         for _ in 0..due {
             let key = format!("bench-{:07}", n % devices.max(1));
-            pending.push(crate::bench::raw_send(&producer, topic, &key, &payload).await);
+            pending.push(crate::raw_send(&producer, topic, &key, &payload).await);
             n += 1;
         }
     }

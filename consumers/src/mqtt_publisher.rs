@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::mqtt_bridge::MqttConfig;
+use otaledger_ledger::mqtt::MqttConfig;
 
 /// Publishes written before waiting for their acknowledgements. Packet ids are unique within a
 /// window, and a window is fully acknowledged before the next one starts, so ids never collide.

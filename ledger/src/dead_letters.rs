@@ -7,6 +7,8 @@ use crate::kafka::{EventProducer, Pending};
 use crate::metrics;
 use crate::Result;
 
+pub use otaledger_domain::rejection::Rejection;
+
 /// Where a rejected message came from.
 #[derive(Debug, Clone)]
 pub struct Origin<'a> {
@@ -16,28 +18,6 @@ pub struct Origin<'a> {
     pub channel: &'a str,
     pub partition: Option<i32>,
     pub offset: Option<i64>,
-}
-
-/// Why it was rejected: a short stable reason for metrics and a human-readable detail.
-#[derive(Debug, Clone)]
-pub struct Rejection {
-    pub reason: &'static str,
-    pub detail: String,
-}
-
-impl Rejection {
-    pub fn new(reason: &'static str, detail: impl Into<String>) -> Self {
-        Rejection {
-            reason,
-            detail: detail.into(),
-        }
-    }
-}
-
-impl std::fmt::Display for Rejection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.reason, self.detail)
-    }
 }
 
 /// Enqueues a rejected message on the dead-letter topic and counts it.

@@ -6,14 +6,14 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::config::KafkaConfig;
+use crate::dead_letters::{dead_letter, Origin, Rejection};
+use crate::kafka::{client_config, wait_for_topic, EventProducer};
+use crate::metrics::REGISTRY;
+use crate::shutdown::ShutdownSignal;
 use otaledger_domain::device_view::Position;
 use otaledger_domain::time::Micros;
 use otaledger_domain::Event;
-use otaledger_producers::config::KafkaConfig;
-use otaledger_producers::dead_letters::{dead_letter, Origin, Rejection};
-use otaledger_producers::kafka::{client_config, wait_for_topic, EventProducer};
-use otaledger_producers::metrics::REGISTRY;
-use otaledger_producers::shutdown::ShutdownSignal;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::TopicPartitionList;
@@ -430,10 +430,10 @@ async fn commit<P: Projection>(
 }
 
 struct Metrics {
-    applied: otaledger_producers::metrics::Counter,
-    batch_seconds: otaledger_producers::metrics::Histogram,
-    lag_seconds: otaledger_producers::metrics::Histogram,
-    owned: otaledger_producers::metrics::Gauge,
+    applied: crate::metrics::Counter,
+    batch_seconds: crate::metrics::Histogram,
+    lag_seconds: crate::metrics::Histogram,
+    owned: crate::metrics::Gauge,
 }
 
 impl Metrics {
@@ -519,7 +519,7 @@ fn assign(consumer: &StreamConsumer, topic: &str, ownership: &Ownership) -> Resu
     let mut tpl = TopicPartitionList::new();
     for (p, o) in ownership.owned() {
         // Records before `next_offset` are dropped by the batch loop.
-        let offset = otaledger_producers::kafka::resume_from(o.next_offset);
+        let offset = crate::kafka::resume_from(o.next_offset);
         tpl.add_partition_offset(topic, *p, offset)
             .map_err(|source| Error::Kafka {
                 context: "building assignment".into(),

@@ -17,16 +17,20 @@ use otaledger_domain::events::{
 use otaledger_domain::ids::{new_event_id, new_trace_id};
 use otaledger_domain::time::now_micros;
 use otaledger_domain::{Event, EventMeta};
-use otaledger_producers::kafka::{client_config, EventProducer};
-use otaledger_producers::metrics::REGISTRY;
-use otaledger_producers::shutdown::Shutdown;
-use otaledger_producers::simulator::{self, Behaviour, SimConfig};
+use otaledger_ledger::kafka::{client_config, EventProducer};
+use otaledger_ledger::metrics::REGISTRY;
+use otaledger_ledger::shutdown::Shutdown;
+use otaledger_simulator::{self as simulator, Behaviour, SimConfig};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::components::{self, BoxError, Component};
-use crate::config::Config;
+use otaledger_cli::components::{self, Component};
+
+use crate::process::{peak_rss_mib, ComponentProcess};
+
+use crate::BoxError;
+use otaledger_ledger::config::Config;
 
 /// What the scenario measured.
 #[derive(Debug, Default)]
@@ -100,129 +104,6 @@ fn dispatched(channel: &str) -> u64 {
         .get()
 }
 
-/// Peak resident memory of process `pid` (`self`: this one), in MiB.
-#[must_use]
-pub fn peak_rss_mib(pid: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
-/// A component running as `otaledger run <component>`, its metrics on a port of its own.
-pub(crate) struct ComponentProcess {
-    pub(crate) component: Component,
-    child: std::process::Child,
-    metrics: String,
-}
-
-impl ComponentProcess {
-    /// Starts `component` in `cfg`'s namespace; `settings` is a configuration file for the
-    /// rest (the defaults, or `OTALEDGER_CONFIG`, without one).
-    pub(crate) fn start(
-        bin: &std::path::Path,
-        cfg: &Config,
-        component: Component,
-        settings: Option<&std::path::Path>,
-    ) -> Result<Self, BoxError> {
-        let metrics = free_loopback_addr()?;
-        let mut command = std::process::Command::new(bin);
-        if let Some(file) = settings {
-            command.arg("-c").arg(file);
-        }
-        let child = command
-            .args(["run", component.name()])
-            .envs(cfg.env())
-            .env("OTALEDGER_METRICS_LISTEN", &metrics)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .map_err(|e| format!("starting {} {}: {e}", bin.display(), component.name()))?;
-        Ok(ComponentProcess {
-            component,
-            child,
-            metrics,
-        })
-    }
-
-    /// A series of its `/metrics` (0 until it answers).
-    async fn metric(&self, series: &str) -> f64 {
-        http_get(&self.metrics, "/metrics")
-            .await
-            .and_then(|body| {
-                body.lines()
-                    .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-            })
-            .unwrap_or(0.0)
-    }
-
-    pub(crate) fn peak_rss_mib(&self) -> f64 {
-        peak_rss_mib(&self.child.id().to_string())
-    }
-
-    /// Whether it has exited.
-    pub(crate) fn exited(&mut self) -> bool {
-        !matches!(self.child.try_wait(), Ok(None))
-    }
-
-    /// SIGTERM, then up to 10 s for a graceful stop, then SIGKILL.
-    pub(crate) async fn stop(mut self) {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        for _ in 0..100 {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A process left behind by an error path is killed, not orphaned.
-impl Drop for ComponentProcess {
-    fn drop(&mut self) {
-        if !self.exited() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// A loopback address whose port was free a moment ago, for another process to listen on.
-pub fn free_loopback_addr() -> std::io::Result<String> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    Ok(format!("127.0.0.1:{port}"))
-}
-
-/// The response to `GET path` on `addr` (status line, headers and body), if it answered 200.
-/// Enough HTTP for scraping `/metrics` and probing health endpoints.
-pub async fn http_get(addr: &str, path: &str) -> Option<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nhost: otaledger\r\nconnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.ok()?;
-    out.starts_with("HTTP/1.1 200").then_some(out)
-}
-
 async fn scalar(pool: &sqlx::PgPool, sql: &str) -> Result<i64, BoxError> {
     Ok(sqlx::query_scalar(sql).fetch_one(pool).await?)
 }
@@ -256,9 +137,9 @@ pub async fn dispatch_only(cfg: &Config, n: usize) -> Result<(f64, f64, f64), Bo
     components::prepare(&dc).await?;
 
     // Receivers: the brokers route every command somewhere, as they would to devices.
-    let amqp = otaledger_producers::amqp_bridge::connect(&dc.amqp).await?;
+    let amqp = otaledger_ledger::amqp::connect(&dc.amqp).await?;
     let ch = amqp.create_channel().await?;
-    otaledger_producers::amqp_bridge::declare_commands_exchange(&ch, &dc.amqp).await?;
+    otaledger_ledger::amqp::declare_commands_exchange(&ch, &dc.amqp).await?;
     let queue = ch
         .queue_declare(
             "".into(),
@@ -365,7 +246,7 @@ pub async fn run(
     devices: usize,
     bin: &std::path::Path,
 ) -> Result<RolloutFigures, BoxError> {
-    let pool = otaledger_consumers::db::pool(&cfg.database.url, &cfg.database.schema, 2).await?;
+    let pool = otaledger_ledger::db::pool(&cfg.database.url, &cfg.database.schema, 2).await?;
     otaledger_projections::migrations::migrate(&pool).await?;
     let mut stack = Vec::new();
     for c in [
@@ -618,7 +499,7 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 
 /// From each routed result's recording to the recording of the outcome it caused, in ms.
 fn decision_latencies(
-    kafka: &otaledger_producers::config::KafkaConfig,
+    kafka: &otaledger_ledger::config::KafkaConfig,
     topic: &str,
 ) -> Result<Vec<f64>, BoxError> {
     let consumer: BaseConsumer = client_config(kafka)

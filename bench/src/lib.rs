@@ -1,4 +1,5 @@
-//! `otaledger bench`: speed against the machine's own limits, measured in the same run.
+//! `otaledger-bench`: speed against the machine's own limits, measured in the same run. A
+//! crate and binary of its own, so that no benchmark code ships in the product binary.
 //!
 //! Every scenario works in a namespace of its own (topic prefix and PostgreSQL schema) on the
 //! configured services, so it never touches a live ledger, and it prints each figure beside the
@@ -12,8 +13,8 @@ use otaledger_domain::events::{Health, Heartbeat};
 use otaledger_domain::ids::{new_event_id, new_trace_id};
 use otaledger_domain::time::now_micros;
 use otaledger_domain::{Event, EventMeta, Payload};
-use otaledger_producers::config::KafkaConfig;
-use otaledger_producers::kafka::{client_config, ensure_topics, EventProducer};
+use otaledger_ledger::config::KafkaConfig;
+use otaledger_ledger::kafka::{client_config, ensure_topics, EventProducer};
 use otaledger_projections::projector::{fold_batch, merge_patches, DimensionCache};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -21,8 +22,14 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
-use crate::components::BoxError;
-use crate::config::Config;
+use otaledger_ledger::config::Config;
+
+pub mod lag;
+pub mod process;
+pub mod rollout;
+
+/// Benchmarks report any failure as text: they are run by hand or by a test that prints it.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scenario {
@@ -70,8 +77,11 @@ pub struct BenchArgs {
 impl BenchArgs {
     #[must_use]
     pub fn sized(scenario: Scenario, quick: bool, out: std::path::PathBuf) -> Self {
-        // This very binary runs the rollout's components.
-        let components = std::env::current_exe().unwrap_or_else(|_| "otaledger".into());
+        // The product binary built beside this one runs the rollout's components.
+        let components = std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|d| d.join("otaledger")))
+            .unwrap_or_else(|| "otaledger".into());
         if quick {
             BenchArgs {
                 scenario,
@@ -213,8 +223,8 @@ pub(crate) fn heartbeats(range: std::ops::Range<usize>, devices: usize, now: i64
 }
 
 /// The figure of a component's peak RSS in the rollout scenario.
-fn rss_figure(c: crate::components::Component) -> &'static str {
-    use crate::components::Component;
+fn rss_figure(c: otaledger_cli::components::Component) -> &'static str {
+    use otaledger_cli::components::Component;
     match c {
         Component::Api => "peak RSS, api",
         Component::Projector => "peak RSS, projector",
@@ -236,7 +246,7 @@ fn rate(n: usize, elapsed: Duration) -> f64 {
 }
 
 fn peak_rss_mib() -> f64 {
-    crate::bench_rollout::peak_rss_mib("self")
+    crate::process::peak_rss_mib("self")
 }
 
 /// The `q` quantile (0 to 1) of sorted microseconds, in milliseconds; 0 when there are none.
@@ -303,8 +313,7 @@ pub(crate) fn raw_reader(
     name: &str,
     topic: &str,
 ) -> Result<BaseConsumer, BoxError> {
-    let consumer: BaseConsumer =
-        otaledger_consumers::runner::consumer_config(kafka, name).create()?;
+    let consumer: BaseConsumer = otaledger_ledger::runner::consumer_config(kafka, name).create()?;
     let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let mut tpl = TopicPartitionList::new();
     for p in md
@@ -338,7 +347,7 @@ fn raw_consume(kafka: &KafkaConfig, topic: &str, expected: usize) -> Result<Dura
 }
 
 async fn copy_rate(cfg: &Config, schema: &str, rows: usize) -> Result<Duration, BoxError> {
-    let pool = otaledger_consumers::db::pool(&cfg.database.url, schema, 2).await?;
+    let pool = otaledger_ledger::db::pool(&cfg.database.url, schema, 2).await?;
     let mut conn = pool.acquire().await?;
     sqlx::query(
         "CREATE TABLE copy_probe (device_id text, firmware_version text, last_seen_at timestamptz, \
@@ -459,7 +468,7 @@ pub async fn run(cfg: &Config, args: &BenchArgs) -> Result<Report, BoxError> {
         let producer = EventProducer::new(&kafka)?;
         let started = Instant::now();
         let mut pending = std::collections::VecDeque::new();
-        let mut note = |d: otaledger_producers::kafka::Delivered| {
+        let mut note = |d: otaledger_ledger::kafka::Delivered| {
             let end = ends.entry(d.partition).or_insert(0);
             *end = (*end).max(d.offset + 1);
         };
@@ -532,13 +541,12 @@ pub async fn run(cfg: &Config, args: &BenchArgs) -> Result<Report, BoxError> {
 
         // The naive projector: the same merge, one event per transaction.
         let naive_schema = format!("{name}_naive");
-        let naive =
-            otaledger_consumers::db::pool(&bench_cfg.database.url, &naive_schema, 2).await?;
+        let naive = otaledger_ledger::db::pool(&bench_cfg.database.url, &naive_schema, 2).await?;
         otaledger_projections::migrations::migrate(&naive).await?;
         let n = args.naive_events.min(events.len());
         let started = Instant::now();
         for (i, e) in events.iter().take(n).enumerate() {
-            let positioned = [otaledger_consumers::Positioned {
+            let positioned = [otaledger_ledger::Positioned {
                 position: otaledger_domain::device_view::Position {
                     partition: 0,
                     offset: i as i64,
@@ -591,7 +599,7 @@ pub async fn run(cfg: &Config, args: &BenchArgs) -> Result<Report, BoxError> {
         let rate = args.lag_rate.unwrap_or(catch_up / 2.0).max(100.0);
         let mut lag_cfg = bench_cfg.clone();
         lag_cfg.kafka.topic_prefix = format!("{name}.lag.");
-        let samples = crate::bench_lag::steady_lag(
+        let samples = crate::lag::steady_lag(
             &lag_cfg,
             &format!("{name}_lag"),
             rate,
@@ -609,7 +617,7 @@ pub async fn run(cfg: &Config, args: &BenchArgs) -> Result<Report, BoxError> {
         report.add("lag", "occurred-at to commit p50", pct(0.50), "ms");
         report.add("lag", "occurred-at to commit p99", pct(0.99), "ms");
         report.add("lag", "occurred-at to commit max", pct(1.0), "ms");
-        let samples = crate::bench_lag::raw_lag(
+        let samples = crate::lag::raw_lag(
             &lag_cfg.kafka,
             &format!("{name}.lag.raw"),
             rate,
@@ -716,7 +724,7 @@ pub async fn run(cfg: &Config, args: &BenchArgs) -> Result<Report, BoxError> {
         rc.amqp.reports_queue = format!("{name}.reports");
         rc.amqp.commands_exchange = format!("{name}.gateway-commands");
         let (alone, alone_mqtt, alone_amqp) =
-            crate::bench_rollout::dispatch_only(&rc, args.rollout_devices).await?;
+            crate::rollout::dispatch_only(&rc, args.rollout_devices).await?;
         report.add(
             "rollout",
             "dispatcher alone, commands queued",
@@ -735,7 +743,7 @@ pub async fn run(cfg: &Config, args: &BenchArgs) -> Result<Report, BoxError> {
             alone_amqp,
             "commands/s",
         );
-        let f = crate::bench_rollout::run(&rc, args.rollout_devices, &args.components).await?;
+        let f = crate::rollout::run(&rc, args.rollout_devices, &args.components).await?;
         #[allow(clippy::cast_precision_loss)]
         {
             report.add("rollout", "fleet size", f.devices as f64, "devices");
@@ -799,7 +807,7 @@ pub async fn run(cfg: &Config, args: &BenchArgs) -> Result<Report, BoxError> {
 
     // The bench's tables are scratch; its topics stay (Kafka topics are cheap, deleting them is
     // not supported everywhere).
-    let admin = otaledger_consumers::db::pool(&bench_cfg.database.url, &name, 1).await?;
+    let admin = otaledger_ledger::db::pool(&bench_cfg.database.url, &name, 1).await?;
     for schema in [
         name.clone(),
         format!("{name}_naive"),
@@ -834,9 +842,9 @@ async fn project(
     bin: &std::path::Path,
 ) -> Result<(Duration, Vec<f64>), BoxError> {
     let topic = cfg.kafka.topics().device_events;
-    let pool = otaledger_consumers::db::pool(&cfg.database.url, schema, 8).await?;
+    let pool = otaledger_ledger::db::pool(&cfg.database.url, schema, 8).await?;
     otaledger_projections::migrations::migrate(&pool).await?;
-    otaledger_consumers::db::create_if_missing(&pool, otaledger_consumers::ownership::OFFSETS_DDL)
+    otaledger_ledger::db::create_if_missing(&pool, otaledger_ledger::ownership::OFFSETS_DDL)
         .await?;
     // The bench's backlog is seconds old, not the minutes or hours of an outage: far behind, it
     // counts as far behind whatever its age; otherwise only live windows are used.
@@ -855,22 +863,21 @@ async fn project(
         let mut pc = cfg.clone();
         pc.database.schema = schema.to_owned();
         pc.projector.member = (*member).to_owned();
-        processes.push(crate::bench_rollout::ComponentProcess::start(
+        processes.push(crate::process::ComponentProcess::start(
             bin,
             &pc,
-            crate::components::Component::Projector,
+            otaledger_cli::components::Component::Projector,
             Some(&settings),
         )?);
     }
     let outcome = loop {
-        let done =
-            otaledger_consumers::runner::committed_offsets(&pool, "projector", &topic).await?;
+        let done = otaledger_ledger::runner::committed_offsets(&pool, "projector", &topic).await?;
         if ends.iter().all(|(p, e)| done.get(p) >= Some(e)) {
             break Ok(started.elapsed());
         }
         if processes
             .iter_mut()
-            .any(crate::bench_rollout::ComponentProcess::exited)
+            .any(crate::process::ComponentProcess::exited)
             || started.elapsed() > Duration::from_secs(1800)
         {
             break Err("a projector stopped before catching up".into());
@@ -892,7 +899,7 @@ async fn api_over_fleet(
     schema: &str,
     devices: usize,
 ) -> Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>), BoxError> {
-    let pool = otaledger_consumers::db::pool(&cfg.database.url, schema, 16).await?;
+    let pool = otaledger_ledger::db::pool(&cfg.database.url, schema, 16).await?;
     otaledger_projections::migrations::migrate(&pool).await?;
     let now = now_micros();
     for start in (0..devices).step_by(20_000) {
@@ -1089,6 +1096,6 @@ pub(crate) async fn create_topic(kafka: &KafkaConfig, topic: &str) -> Result<(),
         TopicReplication::Fixed(kafka.replication_factor),
     );
     admin.create_topics(&[new], &AdminOptions::new()).await?;
-    otaledger_producers::kafka::wait_for_topic(kafka, topic, Duration::from_secs(30)).await?;
+    otaledger_ledger::kafka::wait_for_topic(kafka, topic, Duration::from_secs(30)).await?;
     Ok(())
 }

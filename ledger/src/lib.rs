@@ -1,0 +1,95 @@
+//! The runtime every otaledger component runs on: appending to the ledger
+//! ([`kafka::EventProducer`]), reading it ([`reader`], [`runner`]), owning partitions and storing
+//! offsets with the rows ([`ownership`], [`db`]), dead letters, metrics, shutdown, configuration,
+//! and the MQTT and AMQP layouts shared by bridges, dispatcher and simulator.
+//!
+//! Correctness never depends on Kafka's group protocol: each instance owns partitions through
+//! PostgreSQL advisory locks, reads them with `assign()`, stores its offsets in the same
+//! transaction as the rows it writes, and fences stale owners with an epoch per partition.
+
+pub mod amqp;
+pub mod config;
+pub mod db;
+pub mod dead_letters;
+pub mod kafka;
+pub mod metrics;
+pub mod mqtt;
+pub mod ownership;
+pub mod runner;
+pub mod shutdown;
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("kafka: {context}: {source}")]
+    Kafka {
+        context: String,
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("encoding {0}")]
+    Encode(#[from] otaledger_schemas::Error),
+    #[error("postgres: {context}: {source}")]
+    Db {
+        context: String,
+        source: sqlx::Error,
+    },
+    #[error("amqp: {context}: {source}")]
+    Amqp {
+        context: String,
+        source: lapin::Error,
+    },
+    #[error("lost ownership of {topic}[{partition}] to another instance")]
+    Fenced { topic: String, partition: i32 },
+    /// A projection could not apply a batch.
+    #[error("applying a batch: {0}")]
+    Apply(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("{0}")]
+    Other(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Adds what was being done to a Kafka error.
+pub trait KafkaContext<T> {
+    fn kafka(self, context: impl Into<String>) -> Result<T>;
+}
+
+impl<T> KafkaContext<T> for std::result::Result<T, rdkafka::error::KafkaError> {
+    fn kafka(self, context: impl Into<String>) -> Result<T> {
+        self.map_err(|source| Error::Kafka {
+            context: context.into(),
+            source,
+        })
+    }
+}
+
+/// Adds what was being done to an AMQP error.
+pub trait AmqpContext<T> {
+    fn amqp(self, context: impl Into<String>) -> Result<T>;
+}
+
+impl<T> AmqpContext<T> for std::result::Result<T, lapin::Error> {
+    fn amqp(self, context: impl Into<String>) -> Result<T> {
+        self.map_err(|source| Error::Amqp {
+            context: context.into(),
+            source,
+        })
+    }
+}
+
+/// Adds what was being done to a PostgreSQL error.
+pub trait DbContext<T> {
+    fn db(self, context: &str) -> Result<T>;
+}
+
+impl<T> DbContext<T> for std::result::Result<T, sqlx::Error> {
+    fn db(self, context: &str) -> Result<T> {
+        self.map_err(|source| Error::Db {
+            context: context.to_owned(),
+            source,
+        })
+    }
+}
+
+pub use runner::{BoxFuture, FoldWindow, Positioned, Projection, Runner, RunnerConfig};
