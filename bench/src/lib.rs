@@ -131,6 +131,10 @@ pub struct Figure {
 #[derive(Debug, Default, Serialize)]
 pub struct Report {
     pub machine: BTreeMap<String, String>,
+    /// The commit measured (`git rev-parse --short HEAD`), so that every figure is dated by it.
+    pub commit: Option<String>,
+    /// The day of the run, UTC (`YYYY-MM-DD`).
+    pub date: String,
     pub events: usize,
     pub devices: usize,
     pub figures: Vec<Figure>,
@@ -240,6 +244,16 @@ fn rss_figure(c: otaledger_cli::components::Component) -> &'static str {
 
 /// Events generated and produced at a time.
 const CHUNK: usize = 100_000;
+
+/// The commit of the checkout the bench runs in, if it runs in one.
+fn measured_commit() -> Option<String> {
+    let out = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()?;
+    let commit = String::from_utf8(out.stdout).ok()?.trim().to_owned();
+    (out.status.success() && !commit.is_empty()).then_some(commit)
+}
 
 fn rate(n: usize, elapsed: Duration) -> f64 {
     n as f64 / elapsed.as_secs_f64().max(1e-9)
@@ -397,6 +411,8 @@ pub async fn run(cfg: &Config, args: &BenchArgs) -> Result<Report, BoxError> {
     let mut report = Report {
         events: args.events,
         devices: args.devices,
+        commit: measured_commit(),
+        date: chrono::Utc::now().format("%Y-%m-%d").to_string(),
         ..Report::default()
     };
     report.machine.insert(
