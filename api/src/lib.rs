@@ -21,6 +21,7 @@ use axum::Router;
 use otaledger_ledger::config::KafkaConfig;
 use otaledger_ledger::kafka::EventProducer;
 use otaledger_ledger::metrics::REGISTRY;
+use otaledger_ledger::KafkaContext;
 use rdkafka::consumer::BaseConsumer;
 use sqlx::PgPool;
 
@@ -54,10 +55,10 @@ impl AppState {
         producer: EventProducer,
         kafka: KafkaConfig,
         offline_after: Duration,
-    ) -> Result<Self, String> {
+    ) -> otaledger_ledger::Result<Self> {
         let probe: BaseConsumer = otaledger_ledger::kafka::client_config(&kafka)
             .create()
-            .map_err(|e| format!("creating Kafka probe: {e}"))?;
+            .kafka("creating the Kafka probe")?;
         Ok(AppState {
             devices: device_lookup::DeviceLookup::spawn(pool.clone(), offline_after),
             pool,

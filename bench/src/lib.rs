@@ -327,7 +327,7 @@ pub(crate) fn raw_reader(
     name: &str,
     topic: &str,
 ) -> Result<BaseConsumer, BoxError> {
-    let consumer: BaseConsumer = otaledger_ledger::runner::consumer_config(kafka, name).create()?;
+    let consumer: BaseConsumer = otaledger_ledger::reader::consumer_config(kafka, name).create()?;
     let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let mut tpl = TopicPartitionList::new();
     for p in md

@@ -14,8 +14,6 @@ use otaledger_projections::rollouts::RolloutProjector;
 
 use otaledger_ledger::config::Config;
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Component {
     /// The HTTP API (fleet queries, ingest, /metrics, /openapi.json).
@@ -68,7 +66,7 @@ impl Component {
 }
 
 /// Creates topics, schema and tables that do not exist yet.
-pub async fn prepare(cfg: &Config) -> Result<(), BoxError> {
+pub async fn prepare(cfg: &Config) -> anyhow::Result<()> {
     ensure_topics(&cfg.kafka).await?;
     let pool = otaledger_ledger::db::pool(&cfg.database.url, &cfg.database.schema, 2).await?;
     otaledger_projections::migrations::migrate(&pool).await?;
@@ -132,7 +130,7 @@ pub fn saga_config(cfg: &Config) -> SagaConfig {
 }
 
 /// A pool on the configured schema, migrated.
-async fn migrated_pool(cfg: &Config) -> Result<sqlx::PgPool, BoxError> {
+async fn migrated_pool(cfg: &Config) -> anyhow::Result<sqlx::PgPool> {
     let db = &cfg.database;
     let pool = otaledger_ledger::db::pool(&db.url, &db.schema, db.max_connections).await?;
     otaledger_projections::migrations::migrate(&pool).await?;
@@ -144,7 +142,7 @@ pub async fn run(
     component: Component,
     cfg: Config,
     shutdown: ShutdownSignal,
-) -> Result<(), BoxError> {
+) -> anyhow::Result<()> {
     let producer = EventProducer::new(&cfg.kafka)?;
     let result = match component {
         Component::Api => run_api(&cfg, producer.clone(), shutdown).await,
@@ -218,7 +216,7 @@ async fn run_projector(
     cfg: &Config,
     producer: EventProducer,
     shutdown: ShutdownSignal,
-) -> Result<(), BoxError> {
+) -> anyhow::Result<()> {
     let pool = migrated_pool(cfg).await?;
     let runner_cfg = projector_runner_config(cfg, &cfg.database.schema, &cfg.member());
     Runner::new(runner_cfg, FleetProjector::new(), producer, pool)
@@ -231,7 +229,7 @@ async fn run_api(
     cfg: &Config,
     producer: EventProducer,
     mut shutdown: ShutdownSignal,
-) -> Result<(), BoxError> {
+) -> anyhow::Result<()> {
     let pool = migrated_pool(cfg).await?;
     let state =
         otaledger_api::AppState::new(pool, producer, cfg.kafka.clone(), cfg.offline_after())?;
@@ -248,7 +246,7 @@ async fn run_api(
 pub async fn serve_metrics(
     cfg: &Config,
     mut shutdown: ShutdownSignal,
-) -> Result<Option<tokio::task::JoinHandle<()>>, BoxError> {
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
     if cfg.http.metrics_listen.is_empty() {
         return Ok(None);
     }
@@ -277,7 +275,11 @@ pub async fn supervise(components: Vec<Component>, cfg: Config, shutdown: &Shutd
                 match run(c, cfg.clone(), signal.clone()).await {
                     Ok(()) if signal.is_triggered() => break,
                     Ok(()) => tracing::warn!(component = c.name(), "component stopped; restarting"),
-                    Err(e) => tracing::error!(component = c.name(), error = %e, "component failed; restarting"),
+                    Err(e) => tracing::error!(
+                        component = c.name(),
+                        error = format!("{e:#}"),
+                        "component failed; restarting"
+                    ),
                 }
                 if started.elapsed() > Duration::from_secs(60) {
                     backoff = Duration::from_millis(500);

@@ -19,22 +19,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use apache_avro::Schema as Avro;
 use arrow_schema::{DataType, Field, Fields, Schema, TimeUnit};
 use otaledger_domain::{Event, EventType};
 use otaledger_ledger::config::KafkaConfig;
-use otaledger_ledger::kafka::client_config;
+use otaledger_ledger::reader::{Body, Decode, LedgerReader, ReaderConfig};
 use otaledger_schemas::Schemas;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-
-use crate::components::BoxError;
 
 const CHECKPOINT: &str = "_checkpoint.json";
 
@@ -172,7 +168,7 @@ fn segment_of(name: &str) -> Option<u64> {
 }
 
 /// Removes temporary files and the files of segments the checkpoint does not cover.
-fn clean(dir: &Path, committed: u64) -> Result<u64, BoxError> {
+fn clean(dir: &Path, committed: u64) -> anyhow::Result<u64> {
     let mut removed = 0;
     if !dir.exists() {
         return Ok(0);
@@ -194,7 +190,7 @@ fn clean(dir: &Path, committed: u64) -> Result<u64, BoxError> {
     Ok(removed)
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), BoxError> {
+fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(bytes)?;
@@ -211,7 +207,7 @@ fn flush(
     buffers: &mut Buffers,
     checkpoint: &mut Checkpoint,
     next: &BTreeMap<String, BTreeMap<i32, i64>>,
-) -> Result<u64, BoxError> {
+) -> anyhow::Result<u64> {
     let segment = checkpoint.segment + 1;
     let mut files = 0;
     for ((event_type, day), rows) in buffers.drain() {
@@ -249,12 +245,12 @@ fn flush(
 }
 
 /// Exports every ledger topic; see the module documentation.
-pub fn export(kafka: &KafkaConfig, args: &ExportArgs) -> Result<ExportStats, BoxError> {
+pub async fn export(kafka: &KafkaConfig, args: &ExportArgs) -> anyhow::Result<ExportStats> {
     std::fs::create_dir_all(&args.out)?;
     let mut checkpoint: Checkpoint = match std::fs::read(args.out.join(CHECKPOINT)) {
         Ok(bytes) => serde_json::from_slice(&bytes)?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Checkpoint::default(),
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(e).context("reading the export checkpoint"),
     };
     let removed = clean(&args.out, checkpoint.segment)?;
     if removed > 0 {
@@ -270,31 +266,20 @@ pub fn export(kafka: &KafkaConfig, args: &ExportArgs) -> Result<ExportStats, Box
         topics.rollout_events,
         topics.device_commands,
     ];
-    let consumer: BaseConsumer = client_config(kafka)
-        .set("group.id", "otaledger-export")
-        .set("enable.auto.commit", "false")
-        .set("queued.min.messages", "200000")
-        .create()?;
-    let mut tpl = TopicPartitionList::new();
-    for t in &names {
-        let md = consumer.fetch_metadata(Some(t), Duration::from_secs(10))?;
-        for p in md
-            .topics()
-            .first()
-            .map(|x| x.partitions())
-            .unwrap_or_default()
-        {
-            let offset = checkpoint
+    let reader = LedgerReader::new(
+        kafka,
+        ReaderConfig::tool("export", names.to_vec(), Decode::Events),
+    )?;
+    reader
+        .assign_to_watermarks(|t, p| {
+            checkpoint
                 .offsets
-                .get(t)
-                .and_then(|m| m.get(&p.id()))
-                .map_or(Offset::Beginning, |o| {
-                    otaledger_ledger::kafka::resume_from(*o)
-                });
-            tpl.add_partition_offset(t, p.id(), offset)?;
-        }
-    }
-    consumer.assign(&tpl)?;
+                .get(&names[t])
+                .and_then(|m| m.get(&p))
+                .copied()
+                .unwrap_or(0)
+        })
+        .await?;
     let tty = std::io::stderr().is_terminal();
     let started = Instant::now();
     let mut stats = ExportStats::default();
@@ -305,35 +290,37 @@ pub fn export(kafka: &KafkaConfig, args: &ExportArgs) -> Result<ExportStats, Box
     let mut last_flush = Instant::now();
     let mut last_progress = Instant::now();
     loop {
-        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
-            let m = m?;
+        let batch = reader
+            .read(tokio::time::Instant::now() + Duration::from_millis(100))
+            .await;
+        if !batch.records.is_empty() {
             last_event = Instant::now();
-            let topic = m.topic().to_owned();
-            let (p, o) = (m.partition(), m.offset());
-            let position = next.entry(topic.clone()).or_default().entry(p).or_insert(0);
-            if o < *position {
-                continue; // fetched early on purpose (kafka::SEEK_BACK), or already exported
-            }
-            *position = o + 1;
-            match otaledger_schemas::decode(m.payload().unwrap_or_default()) {
-                Ok(d) => {
-                    let key = (d.event.event_type(), day(d.event.meta.occurred_at));
+        }
+        for r in batch.records {
+            let topic = &names[r.topic];
+            let (p, o) = (r.position.partition, r.position.offset);
+            next.entry(topic.clone()).or_default().insert(p, o + 1);
+            match r.body {
+                Body::Event { event, .. } => {
+                    let key = (event.event_type(), day(event.meta.occurred_at));
                     buffers
                         .entry(key)
                         .or_default()
-                        .push(row(&d.event, &topic, p, o));
+                        .push(row(&event, topic, p, o));
                     buffered += 1;
                     stats.events += 1;
                 }
-                Err(e) => {
+                Body::Undecodable { error, .. } => {
                     // Undecodable records are in the dead letters already (consumers put them
                     // there); the export counts and skips them.
-                    tracing::debug!(error = %e, topic, partition = p, offset = o, "undecodable record skipped");
+                    tracing::debug!(%error, topic, partition = p, offset = o, "undecodable record skipped");
                     stats.undecodable += 1;
                 }
+                Body::Raw(_) => {}
             }
         }
-        let quiet = last_event.elapsed() >= args.idle;
+        // Read at least to the high watermarks of the start, then until the topics are quiet.
+        let quiet = last_event.elapsed() >= args.idle && reader.caught_up();
         let due = buffered >= args.segment_events
             || (buffered > 0 && (quiet || last_flush.elapsed() >= args.flush_every));
         if due {

@@ -5,7 +5,6 @@ use std::io::{IsTerminal, Write};
 
 use otaledger_projections::rebuild::{self, Progress, RebuildPlan};
 
-use crate::components::BoxError;
 use otaledger_ledger::config::Config;
 
 fn stamp() -> String {
@@ -53,7 +52,7 @@ fn done_line(what: &str, p: &Progress) {
     );
 }
 
-async fn live_pool(cfg: &Config) -> Result<sqlx::PgPool, BoxError> {
+async fn live_pool(cfg: &Config) -> anyhow::Result<sqlx::PgPool> {
     let pool = otaledger_ledger::db::pool(&cfg.database.url, &cfg.database.schema, 2).await?;
     otaledger_projections::migrations::migrate(&pool).await?;
     // A live schema no projector has run on yet still has (empty) positions to compare and swap.
@@ -68,17 +67,17 @@ pub async fn rebuild(
     until: Option<chrono::DateTime<chrono::Utc>>,
     into: Option<String>,
     keep_old: bool,
-) -> Result<(), BoxError> {
+) -> anyhow::Result<()> {
     let live = cfg.database.schema.clone();
     let pool = live_pool(cfg).await?;
     let shadow = match (&until, into) {
         (Some(_), Some(name)) => name,
         (Some(t), None) => format!("{live}_asof_{}", t.format("%Y%m%d%H%M%S")),
-        (None, Some(_)) => return Err("--into names a snapshot: use it with --until".into()),
+        (None, Some(_)) => anyhow::bail!("--into names a snapshot: use it with --until"),
         (None, None) => format!("{live}_rebuild_{}", stamp()),
     };
     if shadow == live {
-        return Err("the shadow schema cannot be the live schema".into());
+        anyhow::bail!("the shadow schema cannot be the live schema");
     }
     drop_schema(&pool, &shadow).await?;
     let plan = RebuildPlan {
@@ -107,7 +106,7 @@ pub async fn rebuild(
     Ok(())
 }
 
-async fn drop_schema(pool: &sqlx::PgPool, schema: &str) -> Result<(), BoxError> {
+async fn drop_schema(pool: &sqlx::PgPool, schema: &str) -> anyhow::Result<()> {
     otaledger_ledger::db::validate_schema(schema)?;
     sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
         .execute(pool)
@@ -117,7 +116,7 @@ async fn drop_schema(pool: &sqlx::PgPool, schema: &str) -> Result<(), BoxError> 
 
 /// Rebuilds into a shadow schema up to the live projections' positions and diffs the two.
 /// Returns the number of differences (the command exits non-zero when there are any).
-pub async fn verify(cfg: &Config, keep_shadow: bool) -> Result<usize, BoxError> {
+pub async fn verify(cfg: &Config, keep_shadow: bool) -> anyhow::Result<usize> {
     let live = cfg.database.schema.clone();
     let pool = live_pool(cfg).await?;
     let positions = rebuild::live_positions(&pool).await?;

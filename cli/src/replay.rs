@@ -6,20 +6,15 @@
 //! partitions' high watermarks taken at the start and the topics have been quiet for a moment
 //! (watermarks are a lower bound only, ADR 0005).
 
-use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use chrono::{DateTime, SecondsFormat, Utc};
 use otaledger_domain::EventType;
 use otaledger_ledger::config::KafkaConfig;
-use otaledger_ledger::kafka::client_config;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
-use rdkafka::TopicPartitionList;
+use otaledger_ledger::reader::{Body, Decode, LedgerReader, ReaderConfig};
 use serde_json::{json, Value};
-
-use crate::components::BoxError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -63,10 +58,10 @@ pub fn rfc3339(micros: i64) -> String {
 }
 
 /// Parses an RFC 3339 time into microseconds.
-pub fn parse_time(text: &str) -> Result<i64, String> {
+pub fn parse_time(text: &str) -> anyhow::Result<i64> {
     DateTime::parse_from_rfc3339(text)
         .map(|t| t.with_timezone(&Utc).timestamp_micros())
-        .map_err(|e| format!("{text:?} is not an RFC 3339 time: {e}"))
+        .with_context(|| format!("{text:?} is not an RFC 3339 time"))
 }
 
 fn field<'a>(payload: &'a Value, name: &str) -> Option<&'a str> {
@@ -86,12 +81,12 @@ pub struct Found<'a> {
 }
 
 /// Replays the ledger into `out`.
-pub fn replay(
+pub async fn replay(
     kafka: &KafkaConfig,
     filter: &Filter,
     format: Format,
     out: &mut dyn Write,
-) -> Result<Stats, BoxError> {
+) -> anyhow::Result<Stats> {
     if format == Format::Table {
         writeln!(
             out,
@@ -130,120 +125,80 @@ pub fn replay(
             }
         }
         Ok(())
-    })?;
+    })
+    .await?;
     out.flush()?;
     Ok(stats)
 }
 
 /// Reads the ledger and hands every event that passes the filter to `visit`.
-pub fn scan(
+pub async fn scan(
     kafka: &KafkaConfig,
     filter: &Filter,
-    visit: &mut dyn FnMut(Found<'_>) -> Result<(), BoxError>,
-) -> Result<Stats, BoxError> {
-    let consumer: BaseConsumer = client_config(kafka)
-        .set("group.id", "otaledger-replay")
-        .set("enable.auto.commit", "false")
-        .set("queued.min.messages", "100000")
-        .create()?;
-    let mut tpl = TopicPartitionList::new();
-    let mut remaining: BTreeMap<(String, i32), i64> = BTreeMap::new();
-    for topic in &filter.topics {
-        let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-        for p in md.topics().iter().flat_map(|t| t.partitions()) {
-            let (_, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
-            if high > filter.from_offset {
-                remaining.insert((topic.clone(), p.id()), high);
-            }
-            let start = otaledger_ledger::kafka::resume_from(filter.from_offset);
-            tpl.add_partition_offset(topic, p.id(), start)?;
-        }
-    }
-    consumer.assign(&tpl)?;
+    visit: &mut dyn FnMut(Found<'_>) -> anyhow::Result<()>,
+) -> anyhow::Result<Stats> {
+    let reader = LedgerReader::new(
+        kafka,
+        ReaderConfig::tool("replay", filter.topics.clone(), Decode::Events),
+    )?;
+    reader
+        .assign_to_watermarks(|_, _| filter.from_offset)
+        .await?;
     let progress = std::io::stderr().is_terminal();
     let started = Instant::now();
     let mut last_progress = Instant::now();
-    let mut idle_since = Instant::now();
     let mut stats = Stats::default();
-    let mut next_offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
-    loop {
-        if progress && last_progress.elapsed() > Duration::from_millis(200) {
-            let rate = stats.read as f64 / started.elapsed().as_secs_f64().max(1e-3);
-            eprint!(
-                "\r  replayed {} records ({} shown), {:.0}/s   ",
-                stats.read, stats.printed, rate
-            );
-            last_progress = Instant::now();
-        }
-        let Some(m) = consumer.poll(Duration::from_millis(100)) else {
-            if remaining.is_empty() && idle_since.elapsed() >= filter.idle {
-                break;
+    reader
+        .read_to_end(filter.idle, |batch| -> anyhow::Result<()> {
+            for r in batch.records {
+                stats.read += 1;
+                let topic = reader.topics()[r.topic].as_str();
+                let (partition, offset) = (r.position.partition, r.position.offset);
+                let (event, writer_version, key) = match r.body {
+                    Body::Event {
+                        event,
+                        writer_version,
+                    } => {
+                        let key = event.key().as_bytes().to_vec();
+                        (event, writer_version, key)
+                    }
+                    Body::Undecodable { error, .. } => {
+                        stats.undecodable += 1;
+                        eprintln!("{topic}@{partition}:{offset}: cannot decode: {error}");
+                        continue;
+                    }
+                    Body::Raw(_) => continue,
+                };
+                if !passes(filter, &event) {
+                    continue;
+                }
+                let payload = serde_json::to_value(&event.payload)?;
+                if !concerns(filter, &payload) {
+                    continue;
+                }
+                stats.printed += 1;
+                visit(Found {
+                    topic,
+                    partition,
+                    offset,
+                    key: &key,
+                    writer_version,
+                    event,
+                    payload,
+                })?;
             }
-            continue;
-        };
-        let m = m?;
-        idle_since = Instant::now();
-        // Fetched early on purpose (kafka::SEEK_BACK), or delivered twice (tansu does, around
-        // record-batch boundaries): each offset is read once.
-        let seen = next_offsets
-            .entry((m.topic().to_owned(), m.partition()))
-            .or_insert(filter.from_offset);
-        if m.offset() < *seen {
-            continue;
-        }
-        *seen = m.offset() + 1;
-        stats.read += 1;
-        let key = (m.topic().to_owned(), m.partition());
-        if remaining
-            .get(&key)
-            .is_some_and(|high| m.offset() + 1 >= *high)
-        {
-            remaining.remove(&key);
-        }
-        let decoded = match otaledger_schemas::decode(m.payload().unwrap_or_default()) {
-            Ok(d) => d,
-            Err(e) => {
-                stats.undecodable += 1;
-                eprintln!(
-                    "{}@{}:{}: cannot decode: {e}",
-                    m.topic(),
-                    m.partition(),
-                    m.offset()
+            if progress && last_progress.elapsed() > Duration::from_millis(200) {
+                #[allow(clippy::cast_precision_loss)]
+                let rate = stats.read as f64 / started.elapsed().as_secs_f64().max(1e-3);
+                eprint!(
+                    "\r  replayed {} records ({} shown), {:.0}/s   ",
+                    stats.read, stats.printed, rate
                 );
-                continue;
+                last_progress = Instant::now();
             }
-        };
-        let event = decoded.event;
-        let event_type = event.event_type();
-        if !filter.types.is_empty() && !filter.types.contains(&event_type) {
-            continue;
-        }
-        let t = event.meta.occurred_at;
-        if filter.since.is_some_and(|s| t < s) || filter.until.is_some_and(|u| t >= u) {
-            continue;
-        }
-        let payload = serde_json::to_value(&event.payload)?;
-        if let Some(device) = &filter.device {
-            if field(&payload, "device_id") != Some(device.as_str()) {
-                continue;
-            }
-        }
-        if let Some(rollout) = &filter.rollout {
-            if field(&payload, "rollout_id") != Some(rollout.as_str()) {
-                continue;
-            }
-        }
-        stats.printed += 1;
-        visit(Found {
-            topic: m.topic(),
-            partition: m.partition(),
-            offset: m.offset(),
-            key: m.key().unwrap_or_default(),
-            writer_version: decoded.writer_version,
-            event,
-            payload,
-        })?;
-    }
+            Ok(())
+        })
+        .await?;
     if progress {
         eprintln!(
             "\r  replayed {} records ({} shown, {} undecodable)        ",
@@ -251,6 +206,26 @@ pub fn scan(
         );
     }
     Ok(stats)
+}
+
+/// Whether an event's type and occurred-at time pass the filter.
+fn passes(filter: &Filter, event: &otaledger_domain::Event) -> bool {
+    let t = event.meta.occurred_at;
+    (filter.types.is_empty() || filter.types.contains(&event.event_type()))
+        && filter.since.is_none_or(|s| t >= s)
+        && filter.until.is_none_or(|u| t < u)
+}
+
+/// Whether an event's payload concerns the filter's device and rollout.
+fn concerns(filter: &Filter, payload: &Value) -> bool {
+    filter
+        .device
+        .as_deref()
+        .is_none_or(|d| field(payload, "device_id") == Some(d))
+        && filter
+            .rollout
+            .as_deref()
+            .is_none_or(|r| field(payload, "rollout_id") == Some(r))
 }
 
 fn short(topic: &str) -> &str {
@@ -273,11 +248,11 @@ pub enum AuditTarget {
 }
 
 /// The audit timeline of a device or a rollout, from every ledger topic.
-pub fn audit(
+pub async fn audit(
     kafka: &KafkaConfig,
     target: &AuditTarget,
     idle: Duration,
-) -> Result<Vec<otaledger_domain::audit::Line>, BoxError> {
+) -> anyhow::Result<Vec<otaledger_domain::audit::Line>> {
     let topics = kafka.topics();
     let mut filter = Filter {
         topics: vec![
@@ -296,7 +271,8 @@ pub fn audit(
     scan(kafka, &filter, &mut |f: Found<'_>| {
         events.push(f.event);
         Ok(())
-    })?;
+    })
+    .await?;
     // Topics interleave by time, not by offset: order by when things happened.
     events.sort_by_key(|e| e.meta.occurred_at);
     Ok(match target {

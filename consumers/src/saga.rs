@@ -16,6 +16,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use otaledger_domain::device_view::Position;
 use otaledger_domain::events::{
     CancelCommand, CommandKind, DeviceCommanded, Payload, RollbackCommand, UpdateCommand,
 };
@@ -24,19 +25,16 @@ use otaledger_domain::rollout::{Input, Rollout, Target};
 use otaledger_domain::time::{now_micros, Micros};
 use otaledger_domain::{Event, EventMeta};
 use otaledger_ledger::config::KafkaConfig;
-use otaledger_ledger::dead_letters::{dead_letter, Origin, Rejection};
 use otaledger_ledger::kafka::{EventProducer, Pending};
 use otaledger_ledger::metrics::{Counter, Gauge, Histogram, REGISTRY};
+use otaledger_ledger::reader::{dead_letter_undecodable, Body, LedgerReader, Start};
 use otaledger_ledger::shutdown::ShutdownSignal;
 use otaledger_projections::targets;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use otaledger_ledger::ownership::Ownership;
-use otaledger_ledger::{DbContext, KafkaContext};
+use otaledger_ledger::DbContext;
 
 use crate::Result;
 
@@ -88,10 +86,6 @@ pub struct Saga {
     emitted: HashSet<Uuid>,
     /// Gateway of each device, from target resolution (`None`: reached over MQTT directly).
     gateways: HashMap<String, Option<String>>,
-    /// Next offset to fold, per owned partition.
-    read_upto: HashMap<i32, i64>,
-    /// High watermarks when the fold began: it is not complete before reaching them.
-    fold_targets: HashMap<i32, i64>,
     metrics: Metrics,
 }
 
@@ -160,8 +154,6 @@ impl Saga {
             rollouts: HashMap::new(),
             emitted: HashSet::new(),
             gateways: HashMap::new(),
-            read_upto: HashMap::new(),
-            fold_targets: HashMap::new(),
             metrics,
         }
     }
@@ -169,7 +161,7 @@ impl Saga {
     /// Runs until shutdown.
     pub async fn run(mut self, mut shutdown: ShutdownSignal) -> Result<()> {
         let cfg = self.cfg.clone();
-        let (mut ownership, consumer) = otaledger_ledger::runner::join_partitions(
+        let (mut ownership, reader) = otaledger_ledger::runner::join_partitions(
             &self.pool,
             &cfg.kafka,
             &cfg.database_url,
@@ -177,6 +169,7 @@ impl Saga {
             CONSUMER,
             &cfg.topic,
             &cfg.member,
+            (5_000, Duration::from_millis(5)),
         )
         .await?;
         tracing::info!(member = %cfg.member, topic = %cfg.topic, "rollout saga starting");
@@ -193,7 +186,7 @@ impl Saga {
             let now = tokio::time::Instant::now();
             if now >= next_rebalance {
                 if ownership.rebalance().await? {
-                    self.reset(&consumer, &ownership)?;
+                    self.reset(&reader, &ownership)?;
                     settling = Some(Vec::new());
                     last_record = now;
                     fold_started = now;
@@ -202,9 +195,12 @@ impl Saga {
             }
             if let Some(pending) = settling.take() {
                 let quiet = now.duration_since(last_record) >= cfg.settle;
-                let reached = self.folded_to_watermarks();
+                // Not complete before the high watermarks of when the fold began (a lower bound
+                // on tansu; the quiet period covers the rest): without it a slow first fetch
+                // looked like an empty partition and the saga decided on an empty state.
+                let reached = reader.caught_up();
                 if quiet && !reached && now.duration_since(fold_started) > FOLD_PATIENCE {
-                    tracing::warn!(?self.fold_targets, ?self.read_upto, "the fold stays short of the high watermarks; deciding anyway");
+                    tracing::warn!(read_to = ?reader.positions(), "the fold stays short of the high watermarks; deciding anyway");
                 }
                 if quiet && (reached || now.duration_since(fold_started) > FOLD_PATIENCE) {
                     tracing::info!(
@@ -214,7 +210,7 @@ impl Saga {
                     );
                     self.decide_inputs(&pending).await?;
                     if !self.store(&mut ownership, &next_offsets(&pending)).await? {
-                        self.fenced(&mut ownership, &consumer).await?;
+                        self.fenced(&mut ownership, &reader).await?;
                         next_rebalance = now;
                         continue;
                     }
@@ -233,37 +229,26 @@ impl Saga {
             };
             let batch = tokio::select! {
                 () = shutdown.wait() => break,
-                b = collect(&consumer, until) => b,
+                b = reader.read(until) => b,
             };
-            if batch.is_empty() {
+            if batch.records.is_empty() {
                 continue;
             }
             last_record = tokio::time::Instant::now();
             let mut inputs = Vec::new();
-            for (partition, offset, key, payload) in batch {
+            // Each offset is folded once (the reader drops what tansu delivers twice), and only
+            // while its partition is owned.
+            let mut records = batch.records;
+            records.retain(|r| ownership.owned().contains_key(&r.position.partition));
+            dead_letter_undecodable(&self.producer, &cfg.topic, &records).await?;
+            for r in records {
+                let Position { partition, offset } = r.position;
                 let Some(owned) = ownership.owned().get(&partition) else {
                     continue;
                 };
-                // Each offset is folded once (tansu delivers some twice around batch edges).
-                let read = self.read_upto.entry(partition).or_insert(0);
-                if offset < *read {
-                    continue;
-                }
-                *read = offset + 1;
-                let event = match otaledger_schemas::decode(&payload) {
-                    Ok(d) => d.event,
-                    Err(e) => {
-                        let origin = Origin {
-                            source: "kafka",
-                            channel: &cfg.topic,
-                            partition: Some(partition),
-                            offset: Some(offset),
-                        };
-                        let rejection = Rejection::new("undecodable", e.to_string());
-                        dead_letter(&self.producer, &origin, &key, &payload, &rejection)
-                            .await?
-                            .acked()
-                            .await?;
+                let event = match r.body {
+                    Body::Event { event, .. } => event,
+                    Body::Undecodable { .. } | Body::Raw(_) => {
                         if offset >= owned.next_offset {
                             inputs.push(None);
                         }
@@ -298,7 +283,7 @@ impl Saga {
             }
             self.decide_inputs(&records).await?;
             if !self.store(&mut ownership, &next_offsets(&records)).await? {
-                self.fenced(&mut ownership, &consumer).await?;
+                self.fenced(&mut ownership, &reader).await?;
                 next_rebalance = tokio::time::Instant::now();
             }
         }
@@ -307,39 +292,24 @@ impl Saga {
         Ok(())
     }
 
-    async fn fenced(&mut self, ownership: &mut Ownership, consumer: &StreamConsumer) -> Result<()> {
+    async fn fenced(&mut self, ownership: &mut Ownership, reader: &LedgerReader) -> Result<()> {
         tracing::warn!("saga fenced by a newer owner; giving up partitions");
         ownership.release_all().await?;
-        self.reset(consumer, ownership)
+        self.reset(reader, ownership)
     }
 
-    /// Whether every owned partition was read at least to the high watermark seen when the fold
-    /// began (a lower bound on tansu; the quiet period covers the rest). Without it a slow first
-    /// fetch looked like an empty partition and the saga decided on an empty state.
-    fn folded_to_watermarks(&self) -> bool {
-        self.fold_targets
-            .iter()
-            .all(|(p, high)| self.read_upto.get(p).copied().unwrap_or(0) >= *high)
-    }
-
-    /// Forgets everything and reads the owned partitions from the start.
-    fn reset(&mut self, consumer: &StreamConsumer, ownership: &Ownership) -> Result<()> {
+    /// Forgets everything and reads the owned partitions from the start, aiming at their high
+    /// watermarks of this moment.
+    fn reset(&mut self, reader: &LedgerReader, ownership: &Ownership) -> Result<()> {
         self.rollouts.clear();
         self.emitted.clear();
-        self.read_upto.clear();
-        self.fold_targets.clear();
-        for p in ownership.owned().keys() {
-            let (_, high) = consumer
-                .fetch_watermarks(&self.cfg.topic, *p, Duration::from_secs(10))
-                .kafka("reading high watermarks")?;
-            self.fold_targets.insert(*p, high);
-        }
-        let mut tpl = TopicPartitionList::new();
-        for p in ownership.owned().keys() {
-            tpl.add_partition_offset(&self.cfg.topic, *p, Offset::Beginning)
-                .kafka("building assignment")?;
-        }
-        consumer.assign(&tpl).kafka("assigning partitions")?;
+        reader.assign(ownership.owned().keys().map(|p| Start {
+            topic: 0,
+            partition: *p,
+            next: 0,
+            end: None,
+        }))?;
+        reader.aim_at_watermarks()?;
         self.metrics
             .rollouts
             .set(i64::try_from(self.rollouts.len()).unwrap_or(0));
@@ -672,38 +642,4 @@ fn next_offsets(records: &[Record]) -> BTreeMap<i32, i64> {
         *e = (*e).max(r.offset + 1);
     }
     next
-}
-
-type Raw = (i32, i64, Vec<u8>, Vec<u8>);
-
-/// Waits for a first record until `until`, then takes whatever else is ready (up to 5,000).
-async fn collect(consumer: &StreamConsumer, until: tokio::time::Instant) -> Vec<Raw> {
-    let mut batch = Vec::new();
-    let Ok(first) = tokio::time::timeout_at(until, consumer.recv()).await else {
-        return batch;
-    };
-    push(&mut batch, first);
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(5);
-    while batch.len() < 5_000 {
-        match tokio::time::timeout_at(deadline, consumer.recv()).await {
-            Ok(m) => push(&mut batch, m),
-            Err(_) => break,
-        }
-    }
-    batch
-}
-
-fn push(
-    batch: &mut Vec<Raw>,
-    m: std::result::Result<rdkafka::message::BorrowedMessage<'_>, rdkafka::error::KafkaError>,
-) {
-    match m {
-        Ok(m) => batch.push((
-            m.partition(),
-            m.offset(),
-            m.key().map(<[u8]>::to_vec).unwrap_or_default(),
-            m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-        )),
-        Err(e) => tracing::warn!(error = %e, "kafka fetch error"),
-    }
 }

@@ -15,6 +15,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod mqtt;
 pub mod ownership;
+pub mod reader;
 pub mod runner;
 pub mod shutdown;
 

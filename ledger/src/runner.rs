@@ -3,24 +3,22 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::config::KafkaConfig;
-use crate::dead_letters::{dead_letter, Origin, Rejection};
-use crate::kafka::{client_config, wait_for_topic, EventProducer};
-use crate::metrics::REGISTRY;
-use crate::shutdown::ShutdownSignal;
 use otaledger_domain::device_view::Position;
 use otaledger_domain::time::Micros;
 use otaledger_domain::Event;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::Message;
-use rdkafka::TopicPartitionList;
 use sqlx::{PgConnection, PgPool};
 
+use crate::config::KafkaConfig;
+use crate::kafka::{wait_for_topic, EventProducer};
+use crate::metrics::REGISTRY;
 use crate::ownership::Ownership;
-use crate::{db, DbContext, Error, Result};
+use crate::reader::{
+    dead_letter_undecodable, Batch, Body, Decode, LedgerReader, ReaderConfig, Start,
+};
+use crate::shutdown::ShutdownSignal;
+use crate::{db, DbContext, Result};
 
 /// Decoded events read ahead while a transaction commits, at most: reading is about twenty
 /// times faster than committing, so a larger read-ahead saves little time and holds memory in
@@ -125,26 +123,6 @@ pub struct Runner<P> {
     pool: PgPool,
 }
 
-/// A batch as read and decoded, before it is filtered by ownership and position.
-struct Batch {
-    records: Vec<Record>,
-    /// The read stopped at `batch_max`: more is probably waiting.
-    full: bool,
-}
-
-struct Record {
-    partition: i32,
-    offset: i64,
-    decoded: std::result::Result<Event, Undecodable>,
-}
-
-/// A record that did not decode, kept whole for its dead letter.
-struct Undecodable {
-    key: Vec<u8>,
-    payload: Vec<u8>,
-    error: String,
-}
-
 impl<P: Projection> Runner<P> {
     #[must_use]
     pub fn new(cfg: RunnerConfig, projection: P, producer: EventProducer, pool: PgPool) -> Self {
@@ -160,7 +138,7 @@ impl<P: Projection> Runner<P> {
     /// were committed together, and whatever was read but not committed is read again.
     pub async fn run(mut self, mut shutdown: ShutdownSignal) -> Result<()> {
         let cfg = self.cfg.clone();
-        let (mut ownership, consumer) = join_partitions(
+        let (mut ownership, reader) = join_partitions(
             &self.pool,
             &cfg.kafka,
             &cfg.database_url,
@@ -168,15 +146,13 @@ impl<P: Projection> Runner<P> {
             &cfg.consumer,
             &cfg.topic,
             &cfg.member,
+            (cfg.batch_max, cfg.batch_wait),
         )
         .await?;
         let m = Metrics::new(&cfg.consumer);
         tracing::info!(consumer = %cfg.consumer, topic = %cfg.topic, member = %cfg.member, "consumer starting");
         let mut next_rebalance = tokio::time::Instant::now();
         let mut pending = Pending::default();
-        // Set while the read in flight has its first record and gathers the rest (so never
-        // while a read waits for its first record, which may take until the next rebalance).
-        let receiving = AtomicBool::new(false);
         // While a transaction commits the runner goes on reading and decoding (so that Kafka
         // and the decoder work while PostgreSQL does): batches read ahead, and a read still in
         // flight when the commit ended.
@@ -193,7 +169,7 @@ impl<P: Projection> Runner<P> {
                     // read for the old assignment are dropped and read again if still owned.
                     reading = None;
                     prefetched.clear();
-                    assign(&consumer, &cfg.topic, &ownership)?;
+                    assign(&reader, &cfg, &ownership)?;
                 }
                 m.owned
                     .set(i64::try_from(ownership.owned().len()).unwrap_or(0));
@@ -202,9 +178,9 @@ impl<P: Projection> Runner<P> {
             let batch = match prefetched.pop_front() {
                 Some(b) => Some(b),
                 None => {
-                    let mut read = reading.take().unwrap_or_else(|| {
-                        Box::pin(collect(&consumer, &cfg, next_rebalance, &receiving))
-                    });
+                    let mut read = reading
+                        .take()
+                        .unwrap_or_else(|| Box::pin(reader.read(next_rebalance)));
                     // While gathering, the next record of a consumer that is behind is already
                     // buffered: a pause of `batch_wait` means it caught up (the last batch only
                     // happened to be full), so what is pending commits now instead of waiting
@@ -217,7 +193,7 @@ impl<P: Projection> Runner<P> {
                         () = shutdown.wait() => break,
                         b = &mut read => Some(b),
                         () = sleep_until_some(gathering_until) => {
-                            if receiving.load(Ordering::Relaxed) {
+                            if reader.is_receiving() {
                                 // Records are arriving (a large batch takes longer than
                                 // `batch_wait` to gather and decode): no pause.
                                 Some(read.await)
@@ -255,7 +231,7 @@ impl<P: Projection> Runner<P> {
             }
             let mut read = reading
                 .take()
-                .unwrap_or_else(|| Box::pin(collect(&consumer, &cfg, next_rebalance, &receiving)));
+                .unwrap_or_else(|| Box::pin(reader.read(next_rebalance)));
             let mut read_live = true;
             let mut ahead: usize = prefetched.iter().map(|b| b.records.len()).sum();
             let commit_started = Instant::now();
@@ -273,7 +249,7 @@ impl<P: Projection> Runner<P> {
                                 && ahead < cfg.fold.max_events.min(READ_AHEAD_MAX);
                             prefetched.push_back(batch);
                             if more {
-                                read = Box::pin(collect(&consumer, &cfg, next_rebalance, &receiving));
+                                read = Box::pin(reader.read(next_rebalance));
                             } else {
                                 read_live = false;
                             }
@@ -287,6 +263,9 @@ impl<P: Projection> Runner<P> {
                 self.projection.ownership_changed();
                 pending = Pending::default();
                 prefetched.clear();
+                // Until the partitions are taken again, nothing is read for them; taking them
+                // back seeks each to its stored offset.
+                assign(&reader, &cfg, &ownership)?;
                 next_rebalance = tokio::time::Instant::now();
                 continue;
             }
@@ -322,64 +301,34 @@ impl<P: Projection> Runner<P> {
         Ok(())
     }
 
-    /// Decodes the records of owned partitions not applied yet, dead-letters what cannot be
-    /// decoded, and folds or keeps the rest for the next transaction.
+    /// Dead-letters what did not decode and folds or keeps the rest for the next transaction.
+    /// The reader hands on each record of the assigned partitions once, from their stored
+    /// offsets; records of a partition lost since the read began are dropped here.
     async fn stage(
         &mut self,
         batch: Batch,
         ownership: &Ownership,
         pending: &mut Pending,
     ) -> Result<()> {
-        let mut events = Vec::with_capacity(batch.records.len());
-        let mut dead = Vec::new();
-        for raw in batch.records {
-            let Some(owned) = ownership.owned().get(&raw.partition) else {
-                continue;
-            };
-            if self
-                .cfg
-                .stop_at
-                .as_ref()
-                .is_some_and(|s| raw.offset >= s.get(&raw.partition).copied().unwrap_or(0))
-            {
-                continue;
-            }
-            let expected = pending
+        let mut records = batch.records;
+        records.retain(|r| ownership.owned().contains_key(&r.position.partition));
+        for r in &records {
+            pending
                 .next
-                .get(&raw.partition)
-                .copied()
-                .unwrap_or(owned.next_offset);
-            if raw.offset < expected {
-                continue; // already applied: a redelivery after reassignment
-            }
-            pending.next.insert(raw.partition, raw.offset + 1);
-            match raw.decoded {
-                Ok(event) => events.push(Positioned {
-                    position: Position {
-                        partition: raw.partition,
-                        offset: raw.offset,
-                    },
-                    event,
-                }),
-                Err(u) => {
-                    let origin = Origin {
-                        source: "kafka",
-                        channel: &self.cfg.topic,
-                        partition: Some(raw.partition),
-                        offset: Some(raw.offset),
-                    };
-                    let rejection = Rejection::new("undecodable", u.error);
-                    dead.push(
-                        dead_letter(&self.producer, &origin, &u.key, &u.payload, &rejection)
-                            .await?,
-                    );
-                }
-            }
+                .insert(r.position.partition, r.position.offset + 1);
         }
         // Dead letters must be safe in Kafka before the offsets that skip them are stored.
-        for d in dead {
-            d.acked().await?;
-        }
+        dead_letter_undecodable(&self.producer, &self.cfg.topic, &records).await?;
+        let events: Vec<Positioned> = records
+            .into_iter()
+            .filter_map(|r| match r.body {
+                Body::Event { event, .. } => Some(Positioned {
+                    position: r.position,
+                    event,
+                }),
+                Body::Undecodable { .. } | Body::Raw(_) => None,
+            })
+            .collect();
         pending
             .recorded_at
             .extend(events.iter().map(|e| e.event.meta.recorded_at));
@@ -464,7 +413,9 @@ impl Metrics {
 }
 
 /// What every ledger consumer starts with: the topic, membership in its partition ownership
-/// (ADR 0001) and a Kafka consumer that only ever reads with `assign()`.
+/// (ADR 0001) and the ledger reader of the topic, nothing assigned yet. `batch` is the most
+/// records a read gathers and for how long after its first.
+#[allow(clippy::too_many_arguments)]
 pub async fn join_partitions(
     pool: &PgPool,
     kafka: &KafkaConfig,
@@ -473,7 +424,8 @@ pub async fn join_partitions(
     consumer: &str,
     topic: &str,
     member: &str,
-) -> Result<(Ownership, StreamConsumer)> {
+    batch: (usize, Duration),
+) -> Result<(Ownership, LedgerReader)> {
     let partitions = wait_for_topic(kafka, topic, Duration::from_secs(60)).await?;
     let lock_conn = db::connection(database_url, schema).await?;
     let ownership = Ownership::join(
@@ -486,50 +438,27 @@ pub async fn join_partitions(
         partitions,
     )
     .await?;
-    let stream: StreamConsumer = consumer_config(kafka, consumer)
-        .create()
-        .map_err(|source| Error::Kafka {
-            context: format!("creating the {consumer} consumer"),
-            source,
-        })?;
-    Ok((ownership, stream))
+    let reader = LedgerReader::new(
+        kafka,
+        ReaderConfig {
+            label: consumer.to_owned(),
+            topics: vec![topic.to_owned()],
+            batch_max: batch.0,
+            batch_wait: batch.1,
+            decode: Decode::Events,
+        },
+    )?;
+    Ok((ownership, reader))
 }
 
-/// How every ledger consumer reads: offsets are kept in PostgreSQL, never in Kafka, and only
-/// `assign()` is used (the group id is a label).
-#[must_use]
-pub fn consumer_config(kafka: &KafkaConfig, consumer: &str) -> rdkafka::ClientConfig {
-    let mut c = client_config(kafka);
-    c.set("group.id", format!("otaledger-{consumer}"))
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("queued.min.messages", "200000")
-        .set("fetch.wait.max.ms", "10")
-        // librdkafka postpones a partition's next fetch by a second when its local queue is
-        // over the thresholds, and by half a second after a fetch error. Either left a live
-        // projector idle, then flooded (60 s at 21,600 events/s: 4-13 pauses of over 0.3 s,
-        // lag p99 1,257-1,477 ms; with these, 2 pauses and 645-762 ms).
-        .set("fetch.queue.backoff.ms", "10")
-        .set("fetch.error.backoff.ms", "50");
-    c
-}
-
-fn assign(consumer: &StreamConsumer, topic: &str, ownership: &Ownership) -> Result<()> {
-    let mut tpl = TopicPartitionList::new();
-    for (p, o) in ownership.owned() {
-        // Records before `next_offset` are dropped by the batch loop.
-        let offset = crate::kafka::resume_from(o.next_offset);
-        tpl.add_partition_offset(topic, *p, offset)
-            .map_err(|source| Error::Kafka {
-                context: "building assignment".into(),
-                source,
-            })?;
-    }
-    consumer.assign(&tpl).map_err(|source| Error::Kafka {
-        context: "assigning partitions".into(),
-        source,
-    })
+/// Reads the owned partitions, each from its stored offset; a rebuild's up to where it stops.
+fn assign(reader: &LedgerReader, cfg: &RunnerConfig, ownership: &Ownership) -> Result<()> {
+    reader.assign(ownership.owned().iter().map(|(p, o)| Start {
+        topic: 0,
+        partition: *p,
+        next: o.next_offset,
+        end: cfg.stop_at.as_ref().map(|s| s.get(p).copied().unwrap_or(0)),
+    }))
 }
 
 /// Sleeps until `until`, or forever when there is none.
@@ -537,123 +466,6 @@ async fn sleep_until_some(until: Option<tokio::time::Instant>) {
     match until {
         Some(u) => tokio::time::sleep_until(u).await,
         None => std::future::pending().await,
-    }
-}
-
-/// Waits for a first record (until `until`), then gathers more for up to `batch_wait` or
-/// `batch_max` records and decodes them.
-async fn collect(
-    consumer: &StreamConsumer,
-    cfg: &RunnerConfig,
-    until: tokio::time::Instant,
-    receiving: &AtomicBool,
-) -> Batch {
-    let mut raw = RawBatch::default();
-    receiving.store(false, Ordering::Relaxed);
-    let first = tokio::time::timeout_at(until, consumer.recv()).await;
-    let Ok(first) = first else {
-        return Batch {
-            records: Vec::new(),
-            full: false,
-        };
-    };
-    receiving.store(true, Ordering::Relaxed);
-    raw.push(first);
-    let deadline = tokio::time::Instant::now() + cfg.batch_wait;
-    while raw.len() < cfg.batch_max {
-        match tokio::time::timeout_at(deadline, consumer.recv()).await {
-            Ok(m) => raw.push(m),
-            Err(_) => break,
-        }
-    }
-    let full = raw.len() >= cfg.batch_max;
-    let records = raw.decode().await;
-    receiving.store(false, Ordering::Relaxed);
-    Batch { records, full }
-}
-
-/// Records from this many on are decoded on two threads: decoding is the largest part of
-/// reading a backlog, and the task that folds would otherwise do it alone on one core.
-const PARALLEL_DECODE_FROM: usize = 1000;
-
-/// Records as read, their bytes copied into one buffer (no allocation per record), so that
-/// they can be decoded on another thread.
-#[derive(Default)]
-struct RawBatch {
-    bytes: Vec<u8>,
-    /// Partition, offset, and where the record's key and payload end in `bytes`.
-    items: Vec<(i32, i64, usize, usize)>,
-}
-
-impl RawBatch {
-    fn len(&self) -> usize {
-        self.items.len()
-    }
-
-    fn push(
-        &mut self,
-        m: std::result::Result<rdkafka::message::BorrowedMessage<'_>, rdkafka::error::KafkaError>,
-    ) {
-        match m {
-            Ok(m) => self.push_record(
-                m.partition(),
-                m.offset(),
-                m.key().unwrap_or_default(),
-                m.payload().unwrap_or_default(),
-            ),
-            // Transient fetch errors (broker restart, leader change) are retried by librdkafka.
-            Err(e) => tracing::warn!(error = %e, "kafka fetch error"),
-        }
-    }
-
-    fn push_record(&mut self, partition: i32, offset: i64, key: &[u8], payload: &[u8]) {
-        self.bytes.extend_from_slice(key);
-        let key_end = self.bytes.len();
-        self.bytes.extend_from_slice(payload);
-        self.items
-            .push((partition, offset, key_end, self.bytes.len()));
-    }
-
-    /// Decodes every record, in order: the second half on a blocking thread while this task
-    /// decodes the first.
-    async fn decode(self) -> Vec<Record> {
-        let n = self.items.len();
-        if n < PARALLEL_DECODE_FROM {
-            return self.decode_range(0..n);
-        }
-        let raw = std::sync::Arc::new(self);
-        let other = std::sync::Arc::clone(&raw);
-        let second = tokio::task::spawn_blocking(move || other.decode_range(n / 2..n));
-        let mut records = raw.decode_range(0..n / 2);
-        match second.await {
-            Ok(rest) => records.extend(rest),
-            // A panic in the decoder, or a runtime shutting down: decode the half here.
-            Err(_) => records.extend(raw.decode_range(n / 2..n)),
-        }
-        records
-    }
-
-    fn decode_range(&self, range: std::ops::Range<usize>) -> Vec<Record> {
-        let mut records = Vec::with_capacity(range.len());
-        for i in range {
-            let (partition, offset, key_end, end) = self.items[i];
-            let start = if i == 0 { 0 } else { self.items[i - 1].3 };
-            let (key, payload) = (&self.bytes[start..key_end], &self.bytes[key_end..end]);
-            records.push(Record {
-                partition,
-                offset,
-                decoded: match otaledger_schemas::decode(payload) {
-                    Ok(d) => Ok(d.event),
-                    // Only a record that did not decode is kept whole, for its dead letter.
-                    Err(e) => Err(Undecodable {
-                        key: key.to_vec(),
-                        payload: payload.to_vec(),
-                        error: e.to_string(),
-                    }),
-                },
-            });
-        }
-        records
     }
 }
 
@@ -672,66 +484,4 @@ pub async fn committed_offsets(
     .await
     .db("reading offsets")?;
     Ok(rows.into_iter().collect())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use otaledger_domain::events::{Health, Heartbeat};
-    use otaledger_domain::{EventMeta, Payload};
-
-    fn heartbeat(i: usize) -> Event {
-        Event {
-            meta: EventMeta {
-                event_id: otaledger_domain::ids::new_event_id(),
-                occurred_at: 1,
-                recorded_at: 2,
-                trace_id: String::new(),
-            },
-            payload: Payload::Heartbeat(Heartbeat {
-                device_id: format!("d-{i}"),
-                firmware_version: "1.0.0".into(),
-                gateway_id: None,
-                health: Health {
-                    uptime_s: 1,
-                    cpu_pct: 1.0,
-                    mem_pct: 1.0,
-                    temperature_c: 1.0,
-                    error_count: 0,
-                    signal_dbm: None,
-                },
-            }),
-        }
-    }
-
-    #[tokio::test]
-    async fn a_batch_decoded_on_two_threads_keeps_its_order_and_its_undecodable_bytes() {
-        let n = PARALLEL_DECODE_FROM * 3 + 1;
-        let mut raw = RawBatch::default();
-        for i in 0..n {
-            let key = format!("d-{i}").into_bytes();
-            let payload = if i % 500 == 7 {
-                format!("garbage {i}").into_bytes()
-            } else {
-                otaledger_schemas::encode(&heartbeat(i)).unwrap_or_default()
-            };
-            raw.push_record(i32::try_from(i % 3).unwrap_or(0), i as i64, &key, &payload);
-        }
-        let records = raw.decode().await;
-        assert_eq!(records.len(), n);
-        for (i, r) in records.iter().enumerate() {
-            assert_eq!(
-                (r.partition, r.offset),
-                (i32::try_from(i % 3).unwrap_or(0), i as i64)
-            );
-            match &r.decoded {
-                Ok(e) => assert_eq!(e.key(), format!("d-{i}"), "record {i}"),
-                Err(u) => {
-                    assert_eq!(i % 500, 7, "record {i} should have decoded: {}", u.error);
-                    assert_eq!(u.key, format!("d-{i}").into_bytes());
-                    assert_eq!(u.payload, format!("garbage {i}").into_bytes());
-                }
-            }
-        }
-    }
 }

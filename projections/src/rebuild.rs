@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use otaledger_domain::time::Micros;
 use otaledger_ledger::config::KafkaConfig;
 use otaledger_ledger::kafka::EventProducer;
+use otaledger_ledger::reader::{Body, Decode, LedgerReader, ReaderConfig, Start};
 use otaledger_ledger::shutdown::Shutdown;
 use otaledger_ledger::{BoxFuture, FoldWindow, Positioned, Projection, Runner, RunnerConfig};
 use sqlx::{PgConnection, PgPool};
@@ -186,47 +187,19 @@ fn topic_name(kafka: &KafkaConfig, t: Topic) -> String {
     }
 }
 
-/// High watermarks of a topic (a lower bound of its end on tansu).
-fn watermarks(kafka: &KafkaConfig, topic: &str) -> Result<BTreeMap<i32, i64>> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let other = |e: rdkafka::error::KafkaError| Error::Other(format!("kafka: {e}"));
-    let consumer: BaseConsumer = otaledger_ledger::kafka::client_config(kafka)
-        .create()
-        .map_err(other)?;
-    let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .map_err(other)?;
-    let mut out = BTreeMap::new();
-    for p in md
-        .topics()
-        .first()
-        .map(|t| t.partitions())
-        .unwrap_or_default()
-    {
-        let (_, high) = consumer
-            .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
-            .map_err(other)?;
-        out.insert(p.id(), high);
-    }
-    Ok(out)
-}
-
 /// Folds every projection into `plan.shadow` (created fresh) from offset 0, reporting progress,
 /// until each partition reached its stop offset, or its high watermark and a second of quiet.
 pub async fn build_shadow(
     plan: &RebuildPlan,
     mut report: impl FnMut(Progress),
 ) -> Result<Progress> {
-    otaledger_ledger::db::validate_schema(&plan.shadow).map_err(|e| Error::Other(e.to_string()))?;
-    let pool = otaledger_ledger::db::pool(&plan.database_url, &plan.shadow, 8)
-        .await
-        .map_err(|e| Error::Other(e.to_string()))?;
+    otaledger_ledger::db::validate_schema(&plan.shadow)?;
+    let pool = otaledger_ledger::db::pool(&plan.database_url, &plan.shadow, 8).await?;
     crate::migrations::migrate(&pool).await?;
     otaledger_ledger::db::create_if_missing(&pool, otaledger_ledger::ownership::OFFSETS_DDL)
-        .await
-        .map_err(|e| Error::Other(e.to_string()))?;
+        .await?;
     let deferred = defer_indexes(&pool, &plan.shadow).await?;
-    let producer = EventProducer::new(&plan.kafka).map_err(|e| Error::Other(e.to_string()))?;
+    let producer = EventProducer::new(&plan.kafka)?;
     let shutdown = Shutdown::new();
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -251,7 +224,7 @@ pub async fn build_shadow(
             .map(|s| s.get(consumer).cloned().unwrap_or_default());
         let ends = match &stop {
             Some(s) => s.clone(),
-            None => watermarks(&plan.kafka, &topic)?,
+            None => otaledger_ledger::reader::high_watermarks(&plan.kafka, &topic).await?,
         };
         targets.insert(consumer.to_owned(), (topic.clone(), ends));
         let rc = RunnerConfig {
@@ -300,9 +273,7 @@ pub async fn build_shadow(
         let mut total = 0;
         let mut reached = true;
         for (consumer, (topic, ends)) in &targets {
-            let done = otaledger_ledger::runner::committed_offsets(&pool, consumer, topic)
-                .await
-                .map_err(|e| Error::Other(e.to_string()))?;
+            let done = otaledger_ledger::runner::committed_offsets(&pool, consumer, topic).await?;
             total += done.values().sum::<i64>();
             reached &= ends.iter().all(|(p, e)| *e == 0 || done.get(p) >= Some(e));
         }
@@ -417,7 +388,7 @@ pub async fn live_positions(
 /// projectors are fenced, let go, and resume from the rebuilt position.
 pub async fn swap(live_pool: &PgPool, live: &str, shadow: &str, old: &str) -> Result<()> {
     for s in [live, shadow, old] {
-        otaledger_ledger::db::validate_schema(s).map_err(|e| Error::Other(e.to_string()))?;
+        otaledger_ledger::db::validate_schema(s)?;
     }
     let mut tx = live_pool.begin().await.db("beginning swap")?;
     let tables: Vec<String> = sqlx::query_scalar(
@@ -551,8 +522,8 @@ pub async fn compare(
     stop: &BTreeMap<String, BTreeMap<i32, i64>>,
     limit: i64,
 ) -> Result<Comparison> {
-    otaledger_ledger::db::validate_schema(live).map_err(|e| Error::Other(e.to_string()))?;
-    otaledger_ledger::db::validate_schema(rebuilt).map_err(|e| Error::Other(e.to_string()))?;
+    otaledger_ledger::db::validate_schema(live)?;
+    otaledger_ledger::db::validate_schema(rebuilt)?;
     let mut tx = pool.begin().await.db("beginning the comparison")?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *tx)
@@ -584,10 +555,7 @@ pub async fn compare(
     let mut moved = Moved::default();
     for (topic, (from, to)) in ranges {
         let name = topic_name(kafka, topic);
-        let kafka = kafka.clone();
-        let keys = tokio::task::spawn_blocking(move || keys_between(&kafka, &name, &from, &to))
-            .await
-            .map_err(|e| Error::Other(e.to_string()))??;
+        let keys = keys_between(kafka, &name, &from, &to).await?;
         match topic {
             Topic::DeviceEvents => moved.devices = keys,
             Topic::RolloutEvents => moved.rollouts = keys,
@@ -668,55 +636,46 @@ fn counts_of_devices(schema: &str) -> String {
 
 /// The keys of the records in `[from, to)` of each partition of a topic (a device or rollout
 /// id: the key that partitions the topic).
-fn keys_between(
+async fn keys_between(
     kafka: &KafkaConfig,
     topic: &str,
     from: &BTreeMap<i32, i64>,
     to: &BTreeMap<i32, i64>,
 ) -> Result<Vec<String>> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::message::Message;
-    let other = |e: rdkafka::error::KafkaError| Error::Other(format!("kafka: {e}"));
-    let consumer: BaseConsumer = otaledger_ledger::kafka::client_config(kafka)
-        .set("group.id", "otaledger-verify")
-        .set("enable.auto.commit", "false")
-        .create()
-        .map_err(other)?;
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    let mut next: BTreeMap<i32, i64> = BTreeMap::new();
-    for (p, end) in to {
-        let start = from.get(p).copied().unwrap_or(0);
-        if *end > start {
-            tpl.add_partition_offset(topic, *p, otaledger_ledger::kafka::resume_from(start))
-                .map_err(other)?;
-            next.insert(*p, start);
-        }
-    }
-    if next.is_empty() {
+    let starts: Vec<Start> = to
+        .iter()
+        .map(|(p, end)| Start {
+            topic: 0,
+            partition: *p,
+            next: from.get(p).copied().unwrap_or(0),
+            end: Some(*end),
+        })
+        .filter(|s| s.end.is_some_and(|e| e > s.next))
+        .collect();
+    if starts.is_empty() {
         return Ok(Vec::new());
     }
-    consumer.assign(&tpl).map_err(other)?;
+    let reader = LedgerReader::new(
+        kafka,
+        ReaderConfig::tool("verify", vec![topic.to_owned()], Decode::Raw),
+    )?;
+    reader.assign(starts)?;
     let mut keys = std::collections::BTreeSet::new();
     let deadline = Instant::now() + Duration::from_secs(120);
-    while next.iter().any(|(p, n)| to.get(p).is_some_and(|e| n < e)) {
+    while !reader.caught_up() {
         if Instant::now() > deadline {
             return Err(Error::Other(format!(
                 "could not read {topic} up to the live positions"
             )));
         }
-        let Some(m) = consumer.poll(Duration::from_millis(200)) else {
-            continue;
-        };
-        let m = m.map_err(other)?;
-        let (Some(n), Some(end)) = (next.get_mut(&m.partition()), to.get(&m.partition())) else {
-            continue;
-        };
-        // Read early on purpose (kafka::SEEK_BACK) or twice (tansu, at batch edges).
-        if m.offset() < *n || m.offset() >= *end {
-            continue;
+        let batch = reader
+            .read(tokio::time::Instant::now() + Duration::from_millis(200))
+            .await;
+        for r in batch.records {
+            if let Body::Raw(raw) = r.body {
+                keys.insert(String::from_utf8_lossy(&raw.key).into_owned());
+            }
         }
-        *n = m.offset() + 1;
-        keys.insert(String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned());
     }
     Ok(keys.into_iter().collect())
 }

@@ -12,10 +12,8 @@ use otaledger_domain::device_view::{DeviceView, Position};
 use otaledger_domain::Event;
 use otaledger_ledger::config::Config;
 use otaledger_ledger::config::KafkaConfig;
+use otaledger_ledger::reader::{Body, Decode, LedgerReader, ReaderConfig};
 use otaledger_ledger::shutdown::Shutdown;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
-use rdkafka::{Offset, TopicPartitionList};
 
 /// Service endpoints, from `OTALEDGER_TEST_*` variables.
 #[derive(Debug, Clone)]
@@ -359,77 +357,34 @@ pub struct Record {
 /// # Panics
 /// On Kafka errors.
 pub async fn read_topic(kafka: &KafkaConfig, topic: &str) -> Vec<Record> {
-    let kafka = kafka.clone();
-    let topic = topic.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = otaledger_ledger::kafka::client_config(&kafka)
-            .set("group.id", "otaledger-tests-reader")
-            .set("enable.auto.commit", "false")
-            .create()
-            .expect("consumer");
-        let md = consumer
-            .fetch_metadata(Some(&topic), Duration::from_secs(10))
-            .expect("metadata");
-        let partitions: Vec<i32> = md.topics()[0].partitions().iter().map(|p| p.id()).collect();
-        let mut tpl = TopicPartitionList::new();
-        let mut remaining = BTreeMap::new();
-        for p in &partitions {
-            let (low, high) = consumer
-                .fetch_watermarks(&topic, *p, Duration::from_secs(10))
-                .expect("watermarks");
-            if high > low {
-                remaining.insert(*p, high);
-            }
-            tpl.add_partition_offset(&topic, *p, Offset::Beginning)
-                .expect("tpl");
-        }
-        consumer.assign(&tpl).expect("assign");
-        let mut out = Vec::new();
-        let deadline = std::time::Instant::now() + Duration::from_secs(120);
-        let mut idle_since = std::time::Instant::now();
-        loop {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "reading {topic} timed out; left {remaining:?}"
-            );
-            let Some(m) = consumer.poll(Duration::from_millis(100)) else {
-                if remaining.is_empty() && idle_since.elapsed() > Duration::from_secs(1) {
-                    break;
-                }
-                continue;
-            };
-            idle_since = std::time::Instant::now();
-            let m = m.expect("message");
-            let headers = m
-                .headers()
-                .map(|hs| {
-                    hs.iter()
-                        .map(|h| {
-                            (
-                                h.key.to_owned(),
-                                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
-                            )
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            out.push(Record {
-                partition: m.partition(),
-                offset: m.offset(),
-                key: m.key().map(<[u8]>::to_vec).unwrap_or_default(),
-                payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-                headers,
-            });
-            if let Some(high) = remaining.get(&m.partition()) {
-                if m.offset() + 1 >= *high {
-                    remaining.remove(&m.partition());
-                }
+    let reader = LedgerReader::new(
+        kafka,
+        ReaderConfig::tool("tests-reader", vec![topic.to_owned()], Decode::Raw),
+    )
+    .expect("reader");
+    reader.assign_to_watermarks(|_, _| 0).await.expect("assign");
+    let mut out = Vec::new();
+    let read = reader.read_to_end(Duration::from_secs(1), |batch| {
+        for r in batch.records {
+            if let Body::Raw(raw) = r.body {
+                out.push(Record {
+                    partition: r.position.partition,
+                    offset: r.position.offset,
+                    key: raw.key,
+                    payload: raw.payload,
+                    headers: raw.headers.into_iter().collect(),
+                });
             }
         }
-        out
-    })
-    .await
-    .expect("reader task")
+        Ok::<(), std::convert::Infallible>(())
+    });
+    if tokio::time::timeout(Duration::from_secs(120), read)
+        .await
+        .is_err()
+    {
+        panic!("reading {topic} timed out at {:?}", reader.positions());
+    }
+    out
 }
 
 /// Re-reads a topic until its records satisfy `done`.

@@ -45,13 +45,13 @@ fn heartbeat(device: &str, signal: Option<i32>) -> Payload {
     })
 }
 
-fn run(
+async fn run(
     kafka: &otaledger_ledger::config::KafkaConfig,
     filter: &Filter,
     format: Format,
 ) -> (Vec<String>, otaledger_cli::replay::Stats) {
     let mut out = Vec::new();
-    let stats = replay(kafka, filter, format, &mut out).unwrap();
+    let stats = replay(kafka, filter, format, &mut out).await.unwrap();
     (
         String::from_utf8(out)
             .unwrap()
@@ -151,37 +151,33 @@ async fn replay_decodes_every_version_and_filters_exactly() {
         idle: Duration::from_millis(500),
         ..Filter::default()
     };
-    let (all, stats, by_device, by_rollout, window, table) =
-        tokio::task::spawn_blocking(move || {
-            let (all, stats) = run(&kafka, &base, Format::Json);
-            let (by_device, _) = run(
-                &kafka,
-                &Filter {
-                    device: Some("d1".into()),
-                    ..base.clone()
-                },
-                Format::Json,
-            );
-            let (by_rollout, _) = run(
-                &kafka,
-                &Filter {
-                    rollout: Some("r1".into()),
-                    ..base.clone()
-                },
-                Format::Json,
-            );
-            let window = Filter {
-                types: vec![EventType::Heartbeat],
-                since: Some(T0 + 1),
-                until: Some(T0 + 50_000_000),
-                ..base.clone()
-            };
-            let (window, _) = run(&kafka, &window, Format::Json);
-            let (table, _) = run(&kafka, &base, Format::Table);
-            (all, stats, by_device, by_rollout, window, table)
-        })
-        .await
-        .unwrap();
+    let (all, stats) = run(&kafka, &base, Format::Json).await;
+    let (by_device, _) = run(
+        &kafka,
+        &Filter {
+            device: Some("d1".into()),
+            ..base.clone()
+        },
+        Format::Json,
+    )
+    .await;
+    let (by_rollout, _) = run(
+        &kafka,
+        &Filter {
+            rollout: Some("r1".into()),
+            ..base.clone()
+        },
+        Format::Json,
+    )
+    .await;
+    let window = Filter {
+        types: vec![EventType::Heartbeat],
+        since: Some(T0 + 1),
+        until: Some(T0 + 50_000_000),
+        ..base.clone()
+    };
+    let (window, _) = run(&kafka, &window, Format::Json).await;
+    let (table, _) = run(&kafka, &base, Format::Table).await;
 
     assert_eq!(stats.read, 7);
     assert_eq!(stats.undecodable, 1, "garbage is reported and skipped");
@@ -224,22 +220,20 @@ async fn replay_decodes_every_version_and_filters_exactly() {
         .any(|l| l.contains("PauseRequested") && l.contains("why")));
 
     let kafka = cfg.kafka.clone();
-    let (device, rollout) = tokio::task::spawn_blocking(move || {
-        let idle = Duration::from_millis(500);
-        let device = audit(
-            &kafka,
-            &AuditTarget::Device {
-                id: "d1".into(),
-                gap_s: 300,
-            },
-            idle,
-        )
-        .unwrap();
-        let rollout = audit(&kafka, &AuditTarget::Rollout { id: "r1".into() }, idle).unwrap();
-        (device, rollout)
-    })
+    let idle = Duration::from_millis(500);
+    let device = audit(
+        &kafka,
+        &AuditTarget::Device {
+            id: "d1".into(),
+            gap_s: 300,
+        },
+        idle,
+    )
     .await
     .unwrap();
+    let rollout = audit(&kafka, &AuditTarget::Rollout { id: "r1".into() }, idle)
+        .await
+        .unwrap();
     let device: Vec<String> = device.into_iter().map(|l| l.text).collect();
     assert_eq!(device.len(), 2, "{device:?}");
     assert_eq!(device[0], "2 heartbeat(s) on 1.0.0 over 50s", "{device:?}");

@@ -1,0 +1,7 @@
+//! One module per command of `otaledger`.
+
+pub mod export;
+pub mod rebuild;
+pub mod replay;
+pub mod simulate;
+pub mod stack;

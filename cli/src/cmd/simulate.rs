@@ -1,0 +1,88 @@
+//! `otaledger simulate`: a fleet of devices over MQTT and gateways over AMQP.
+
+use clap::Args;
+use otaledger_ledger::config::Config;
+use otaledger_ledger::shutdown::Shutdown;
+use otaledger_simulator::{self as simulator, Behaviour, OutcomeRule, SimConfig};
+
+#[derive(Debug, Args)]
+pub struct SimArgs {
+    /// Number of simulated devices.
+    #[arg(long, default_value_t = 1000)]
+    devices: usize,
+    /// Heartbeats per second across the whole fleet.
+    #[arg(long, default_value_t = 500.0)]
+    rate: f64,
+    /// Share of devices behind edge gateways (0 to 1).
+    #[arg(long, default_value_t = 0.2)]
+    gateway_share: f64,
+    /// Number of edge gateways.
+    #[arg(long, default_value_t = 10)]
+    gateways: usize,
+    /// Stop after this many heartbeats per device (default: run until stopped).
+    #[arg(long)]
+    rounds: Option<u64>,
+    /// Prefix of device and gateway ids.
+    #[arg(long, default_value = "")]
+    id_prefix: String,
+    /// Seed of the fleet's models, sites, tags and versions.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// MQTT connections the devices are multiplexed over.
+    #[arg(long, default_value_t = 8)]
+    mqtt_connections: usize,
+    /// Milliseconds from receiving an update command to reporting its result.
+    #[arg(long, default_value_t = 500)]
+    install_ms: u64,
+    /// Report download progress before each result.
+    #[arg(long)]
+    progress: bool,
+    /// Devices whose install fails, as `[model:]version=share` (`*` for any; repeatable),
+    /// e.g. `--fail 9.9.9=0.5` fails half the devices given release 9.9.9.
+    #[arg(long = "fail", value_name = "RULE")]
+    failures: Vec<OutcomeRule>,
+    /// Devices that never answer an update (they time out), as `[model:]version=share`.
+    #[arg(long = "silent", value_name = "RULE")]
+    silent: Vec<OutcomeRule>,
+    /// Devices that install, then stop heartbeating (the health gate fails them).
+    #[arg(long = "unhealthy", value_name = "RULE")]
+    unhealthy: Vec<OutcomeRule>,
+}
+
+impl SimArgs {
+    pub fn to_config(&self, cfg: &Config) -> SimConfig {
+        SimConfig {
+            devices: self.devices,
+            rate: self.rate,
+            gateway_share: self.gateway_share,
+            gateways: self.gateways,
+            id_prefix: self.id_prefix.clone(),
+            seed: self.seed,
+            rounds: self.rounds,
+            mqtt_connections: self.mqtt_connections,
+            mqtt: cfg.mqtt.clone(),
+            amqp: cfg.amqp.clone(),
+            behaviour: Behaviour {
+                install_ms: self.install_ms,
+                progress: self.progress,
+                failures: self.failures.clone(),
+                silent: self.silent.clone(),
+                unhealthy: self.unhealthy.clone(),
+            },
+        }
+    }
+}
+
+pub async fn run(sim: &SimArgs, cfg: &Config, shutdown: &Shutdown) -> anyhow::Result<()> {
+    let stats = simulator::run(sim.to_config(cfg), shutdown.signal()).await?;
+    println!(
+        "sent {} MQTT messages and {} gateway batches ({} reports); executed {} commands ({} duplicates ignored), reported {} results",
+        stats.mqtt_messages,
+        stats.gateway_batches,
+        stats.gateway_reports,
+        stats.commands,
+        stats.duplicate_commands,
+        stats.results
+    );
+    Ok(())
+}
