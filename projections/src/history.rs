@@ -331,7 +331,7 @@ impl Projection for HistoryProjector {
         Box::pin(async move {
             self.write(tx)
                 .await
-                .map_err(|e| otaledger_ledger::Error::Other(e.to_string()))
+                .map_err(|e| otaledger_ledger::Error::Apply(Box::new(e)))
         })
     }
 

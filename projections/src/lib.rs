@@ -7,6 +7,7 @@ pub mod history;
 pub mod migrations;
 pub mod projector;
 pub mod rebuild;
+mod rollout_fold;
 pub mod rollouts;
 pub mod targets;
 
@@ -19,6 +20,8 @@ pub enum Error {
         context: &'static str,
         source: sqlx::Error,
     },
+    #[error(transparent)]
+    Ledger(#[from] otaledger_ledger::Error),
     #[error("invalid query: {0}")]
     InvalidQuery(String),
     #[error("{0}")]

@@ -337,7 +337,7 @@ impl Projection for FleetProjector {
         Box::pin(async move {
             merge_patches(tx, patches, &mut self.dims)
                 .await
-                .map_err(|e| otaledger_ledger::Error::Other(e.to_string()))
+                .map_err(|e| otaledger_ledger::Error::Apply(Box::new(e)))
         })
     }
 

@@ -2,25 +2,22 @@
 //! of rollout-level decisions, folded from `ota.rollout-events` in batches (a device's events
 //! of one batch coalesce into one row update).
 
-use std::collections::HashMap;
-
 use chrono::{DateTime, Utc};
-use otaledger_domain::events::{CommandKind, DeviceRolloutState, Payload, RolloutState};
+use otaledger_domain::events::{DeviceRolloutState, RolloutState};
 use otaledger_ledger::{BoxFuture, Positioned, Projection};
 use serde::Serialize;
-use serde_json::json;
 use sqlx::postgres::PgRow;
 use sqlx::{FromRow, PgConnection, PgPool, Row};
 use uuid::Uuid;
 
-use crate::projector::ts;
+use crate::rollout_fold::RolloutBatch;
 use crate::{DbContext, Error, Result};
 
 /// Projects `ota.rollout-events` into `rollouts`, `rollout_devices` and `rollout_decisions`.
 #[derive(Debug, Default)]
 pub struct RolloutProjector;
 
-fn state_name(s: RolloutState) -> &'static str {
+pub(crate) fn state_name(s: RolloutState) -> &'static str {
     match s {
         RolloutState::Requested => "REQUESTED",
         RolloutState::Scheduled => "SCHEDULED",
@@ -66,206 +63,16 @@ pub const DEVICE_STATES: &[&str] = &[
     "CANCELLED",
 ];
 
-#[derive(Debug, Default)]
-struct DevicePatch {
-    wave: Option<i32>,
-    state: Option<&'static str>,
-    attempt: Option<i32>,
-    command_id: Option<Uuid>,
-    from_version: Option<String>,
-    reason: Option<String>,
-    updated_at: DateTime<Utc>,
-}
-
-#[derive(Debug, Default)]
-struct HeaderPatch {
-    state: Option<(&'static str, String)>,
-    current_wave: Option<i32>,
-    targeted: i64,
-    started_at: Option<DateTime<Utc>>,
-    finished_at: Option<DateTime<Utc>>,
-    updated_at: DateTime<Utc>,
-}
-
-struct Decision {
-    rollout_id: String,
-    partition: i32,
-    offset: i64,
-    event_id: Uuid,
-    event_type: &'static str,
-    occurred_at: DateTime<Utc>,
-    summary: String,
-    detail: serde_json::Value,
-}
-
-fn decision(p: &Payload) -> Option<(String, serde_json::Value)> {
-    let detail = |v: &dyn erased::Ser| v.value();
-    Some(match p {
-        Payload::UpdateRequested(r) => (
-            format!(
-                "{} requested release {} ({} waves: {:?} %)",
-                r.requested_by,
-                r.release.version,
-                r.strategy.waves_pct.len(),
-                r.strategy.waves_pct
-            ),
-            detail(r),
-        ),
-        Payload::PauseRequested(o) => (
-            format!("{} asked to pause: {}", o.requested_by, o.reason),
-            detail(o),
-        ),
-        Payload::ResumeRequested(o) => (
-            format!("{} asked to resume: {}", o.requested_by, o.reason),
-            detail(o),
-        ),
-        Payload::AbortRequested(o) => (
-            format!("{} asked to abort: {}", o.requested_by, o.reason),
-            detail(o),
-        ),
-        Payload::WaveStarted(w) => (
-            format!(
-                "wave {} started with {} devices (chunk {} of {})",
-                w.wave,
-                w.device_ids.len(),
-                w.chunk + 1,
-                w.chunks
-            ),
-            json!({"wave": w.wave, "chunk": w.chunk, "chunks": w.chunks, "devices": w.device_ids.len()}),
-        ),
-        Payload::DevicesJoined(j) => (
-            format!(
-                "{} devices joined the fleet and were added to wave {}",
-                j.device_ids.len(),
-                j.wave
-            ),
-            json!({"wave": j.wave, "device_ids": j.device_ids}),
-        ),
-        Payload::ThresholdEvaluated(t) => (format!("{:?}: {}", t.verdict, t.rule), detail(t)),
-        Payload::RolloutStateChanged(c) => (
-            format!(
-                "{} → {}: {}",
-                state_name(c.from),
-                state_name(c.to),
-                c.reason
-            ),
-            detail(c),
-        ),
-        _ => return None,
-    })
-}
-
-/// `serde_json::to_value` behind a trait object, so `decision` stays one match.
-mod erased {
-    pub trait Ser {
-        fn value(&self) -> serde_json::Value;
-    }
-    impl<T: serde::Serialize> Ser for T {
-        fn value(&self) -> serde_json::Value {
-            serde_json::to_value(self).unwrap_or_default()
-        }
-    }
-}
-
-fn patch<'m>(
-    devices: &'m mut HashMap<(String, String), DevicePatch>,
-    rollout_id: &str,
-    device_id: &str,
-    at: DateTime<Utc>,
-) -> &'m mut DevicePatch {
-    let d = devices
-        .entry((rollout_id.to_owned(), device_id.to_owned()))
-        .or_default();
-    d.updated_at = at;
-    d
-}
-
 impl RolloutProjector {
-    async fn apply_batch(tx: &mut PgConnection, events: &[Positioned]) -> Result<()> {
-        let mut new_rollouts = Vec::new();
-        let mut headers: HashMap<String, HeaderPatch> = HashMap::new();
-        let mut devices: HashMap<(String, String), DevicePatch> = HashMap::new();
-        let mut decisions = Vec::new();
-        for p in events {
-            let e = &p.event;
-            let at = ts(e.meta.occurred_at);
-            let rid = e.key().to_owned();
-            if let Some((summary, detail)) = decision(&e.payload) {
-                decisions.push(Decision {
-                    rollout_id: rid.clone(),
-                    partition: p.position.partition,
-                    offset: p.position.offset,
-                    event_id: e.meta.event_id,
-                    event_type: e.event_type().name(),
-                    occurred_at: at,
-                    summary,
-                    detail,
-                });
-            }
-            match &e.payload {
-                Payload::UpdateRequested(r) => new_rollouts.push((r.clone(), at)),
-                Payload::WaveStarted(w) => {
-                    for (i, id) in w.device_ids.iter().enumerate() {
-                        let d = patch(&mut devices, &rid, id, at);
-                        d.wave = Some(w.wave);
-                        d.state = Some("TARGETED");
-                        d.from_version = w.from_versions.get(i).cloned();
-                    }
-                    let h = headers.entry(rid.clone()).or_default();
-                    h.current_wave = Some(w.wave);
-                    h.targeted += w.device_ids.len() as i64;
-                    h.updated_at = at;
-                }
-                Payload::DevicesJoined(j) => {
-                    for (i, id) in j.device_ids.iter().enumerate() {
-                        let d = patch(&mut devices, &rid, id, at);
-                        d.wave = Some(j.wave);
-                        d.state = Some("TARGETED");
-                        d.from_version = j.from_versions.get(i).cloned();
-                        d.reason = Some("joined the fleet during the rollout".into());
-                    }
-                    let h = headers.entry(rid.clone()).or_default();
-                    h.targeted += j.device_ids.len() as i64;
-                    h.updated_at = at;
-                }
-                Payload::DeviceCommanded(c) => {
-                    let d = patch(&mut devices, &rid, &c.device_id, at);
-                    if c.kind == CommandKind::Update {
-                        d.state = Some("COMMANDED");
-                        d.attempt = Some(c.attempt);
-                        d.command_id = Some(c.command_id);
-                        d.reason = Some(format!("update sent (attempt {})", c.attempt));
-                    } else {
-                        d.reason = Some(format!("{:?} command sent", c.kind).to_lowercase());
-                    }
-                }
-                Payload::DeviceTimedOut(t) if t.retry_at.is_some() => {
-                    let d = patch(&mut devices, &rid, &t.device_id, at);
-                    d.state = Some("TARGETED");
-                    d.reason = Some(format!("attempt {} timed out; retry scheduled", t.attempt));
-                }
-                Payload::DeviceOutcome(o) => {
-                    let d = patch(&mut devices, &rid, &o.device_id, at);
-                    d.state = Some(device_state_name(o.state));
-                    d.reason = Some(o.reason.clone());
-                }
-                Payload::RolloutStateChanged(c) => {
-                    let h = headers.entry(rid.clone()).or_default();
-                    h.state = Some((state_name(c.to), c.reason.clone()));
-                    if c.to == RolloutState::Running && h.started_at.is_none() {
-                        h.started_at = Some(at);
-                    }
-                    if matches!(
-                        c.to,
-                        RolloutState::Completed | RolloutState::Aborted | RolloutState::RolledBack
-                    ) {
-                        h.finished_at = Some(at);
-                    }
-                    h.updated_at = at;
-                }
-                _ => {}
-            }
-        }
+    /// Writes what a batch folded to: new rollouts, header updates, the devices' rows in one
+    /// merge, and the decisions.
+    async fn write(tx: &mut PgConnection, batch: RolloutBatch) -> Result<()> {
+        let RolloutBatch {
+            new_rollouts,
+            headers,
+            devices,
+            decisions,
+        } = batch;
         for (r, at) in &new_rollouts {
             sqlx::query(
                 "INSERT INTO rollouts (rollout_id, state, requested_by, release, selector, strategy,
@@ -413,9 +220,9 @@ impl Projection for RolloutProjector {
         events: &'a [Positioned],
     ) -> BoxFuture<'a, otaledger_ledger::Result<()>> {
         Box::pin(async move {
-            Self::apply_batch(tx, events)
+            Self::write(tx, RolloutBatch::fold(events))
                 .await
-                .map_err(|e| otaledger_ledger::Error::Other(e.to_string()))
+                .map_err(|e| otaledger_ledger::Error::Apply(Box::new(e)))
         })
     }
 }
