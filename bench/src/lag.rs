@@ -153,7 +153,7 @@ pub(crate) async fn raw_lag(
     let sent = Arc::new(AtomicUsize::new(usize::MAX));
     let from_ms = (now_micros() + micros(warm_up(duration))) / 1000;
     let reader = {
-        let consumer = crate::raw_reader(kafka, "bench-raw-lag", topic)?;
+        let consumer = crate::limits::raw_reader(kafka, "bench-raw-lag", topic)?;
         let sent = sent.clone();
         tokio::task::spawn_blocking(move || -> Result<Vec<i64>, String> {
             let mut lags = Vec::new();
@@ -181,7 +181,7 @@ pub(crate) async fn raw_lag(
             Ok(lags)
         })
     };
-    let producer = crate::raw_producer(kafka)?;
+    let producer = crate::limits::raw_producer(kafka)?;
     let payload = otaledger_schemas::encode(&heartbeats(0..1, 1, now_micros()).remove(0))?;
     let mut pacer = Pacer::new(rate, duration + warm_up(duration));
     let mut n = 0usize;
@@ -189,7 +189,7 @@ pub(crate) async fn raw_lag(
     while let Some(due) = pacer.due().await {
         for _ in 0..due {
             let key = format!("bench-{:07}", n % devices.max(1));
-            pending.push(crate::raw_send(&producer, topic, &key, &payload).await);
+            pending.push(crate::limits::raw_send(&producer, topic, &key, &payload).await);
             n += 1;
         }
     }

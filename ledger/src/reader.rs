@@ -641,7 +641,7 @@ mod tests {
             );
             match &r.body {
                 Body::Event { event, .. } => {
-                    assert_eq!(event.key(), format!("d-{i}"), "record {i}")
+                    assert_eq!(event.key(), format!("d-{i}"), "record {i}");
                 }
                 Body::Undecodable { raw, error } => {
                     assert_eq!(i % 500, 7, "record {i} should have decoded: {error}");

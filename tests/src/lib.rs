@@ -2,6 +2,8 @@
 //! namespace per test (topic prefix, PostgreSQL schema, MQTT topic root, AMQP queue), helpers to
 //! run components in-process or as `otaledger` processes, and to read topics back.
 
+pub mod rollouts;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;

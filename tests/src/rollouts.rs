@@ -1,0 +1,178 @@
+#![allow(clippy::unwrap_used)] // test harness: a panic is the failure report
+//! What the rollout tests share: a stack of components in the test's own namespace, a
+//! simulated fleet, and the API and ledger read back.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use otaledger_cli::components::Component;
+use otaledger_domain::events::{CommandKind, Payload, Verdict};
+use otaledger_domain::Event;
+use otaledger_ledger::config::Config;
+use otaledger_ledger::kafka::ensure_topics;
+use otaledger_ledger::shutdown::Shutdown;
+use otaledger_simulator::{self as simulator, Behaviour, OutcomeRule, SimConfig, SimStats};
+use serde_json::Value;
+use tower::ServiceExt;
+
+use crate::{config, decode_all, eventually, read_topic, spawn_components, unique, Services};
+
+pub async fn call(
+    app: &axum::Router,
+    method: &str,
+    uri: &str,
+    body: Option<&Value>,
+) -> (StatusCode, Value) {
+    let req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", "application/json")
+        .header("x-otaledger-operator", "test-operator")
+        .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
+        .unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+pub fn sim_config(cfg: &Config, devices: usize, prefix: &str, behaviour: Behaviour) -> SimConfig {
+    SimConfig {
+        devices,
+        rate: 400.0,
+        gateway_share: 0.2,
+        gateways: 3,
+        id_prefix: prefix.into(),
+        seed: 3,
+        rounds: None,
+        mqtt_connections: 3,
+        mqtt: cfg.mqtt.clone(),
+        amqp: cfg.amqp.clone(),
+        behaviour,
+    }
+}
+
+pub fn rule(s: &str) -> OutcomeRule {
+    s.parse().unwrap()
+}
+
+/// Starts a simulator task; its statistics come back when the returned shutdown fires.
+pub fn start_sim(sim: SimConfig) -> (Shutdown, tokio::task::JoinHandle<SimStats>) {
+    let stop = Shutdown::new();
+    let signal = stop.signal();
+    let handle = tokio::spawn(async move { simulator::run(sim, signal).await.unwrap() });
+    (stop, handle)
+}
+
+pub async fn fleet_size(app: &axum::Router) -> i64 {
+    let (_, v) = call(app, "GET", "/v1/fleet/summary", None).await;
+    v["total"].as_i64().unwrap_or(0)
+}
+
+pub async fn wait_fleet(app: &axum::Router, n: i64) {
+    eventually(
+        Duration::from_secs(60),
+        "the fleet view to hold every device",
+        || async { (fleet_size(app).await >= n).then_some(()) },
+    )
+    .await;
+}
+
+pub async fn request_rollout(app: &axum::Router, body: &Value) -> String {
+    let (status, v) = call(app, "POST", "/v1/rollouts", Some(body)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+    v["rollout_id"].as_str().unwrap().to_owned()
+}
+
+pub async fn wait_state(app: &axum::Router, id: &str, states: &[&str], timeout: Duration) -> Value {
+    eventually(
+        timeout,
+        &format!("rollout {id} to reach {states:?}"),
+        || async {
+            let (status, v) = call(app, "GET", &format!("/v1/rollouts/{id}"), None).await;
+            (status == StatusCode::OK && states.contains(&v["state"].as_str().unwrap_or_default()))
+                .then_some(v)
+        },
+    )
+    .await
+}
+
+pub async fn rollout_events(cfg: &Config) -> Vec<Event> {
+    let records = read_topic(&cfg.kafka, &cfg.kafka.topics().rollout_events).await;
+    decode_all(&records).into_iter().map(|(_, e)| e).collect()
+}
+
+pub async fn command_events(cfg: &Config) -> Vec<Event> {
+    let records = read_topic(&cfg.kafka, &cfg.kafka.topics().device_commands).await;
+    decode_all(&records).into_iter().map(|(_, e)| e).collect()
+}
+
+/// Update commands by device, from the saga's decisions: at most one command id per attempt.
+pub fn updates_by_device(events: &[Event]) -> BTreeMap<String, Vec<(i32, uuid::Uuid)>> {
+    let mut out: BTreeMap<String, Vec<(i32, uuid::Uuid)>> = BTreeMap::new();
+    for e in events {
+        if let Payload::DeviceCommanded(c) = &e.payload {
+            if c.kind == CommandKind::Update {
+                out.entry(c.device_id.clone())
+                    .or_default()
+                    .push((c.attempt, c.command_id));
+            }
+        }
+    }
+    out
+}
+
+pub fn verdicts(events: &[Event]) -> Vec<(i32, Verdict, String)> {
+    events
+        .iter()
+        .filter_map(|e| match &e.payload {
+            Payload::ThresholdEvaluated(t) => Some((t.wave, t.verdict, t.rule.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+pub async fn firmware_counts(cfg: &Config, prefix: &str) -> HashMap<String, i64> {
+    let pool = otaledger_ledger::db::pool(&cfg.database.url, &cfg.database.schema, 1)
+        .await
+        .unwrap();
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT coalesce(firmware_version, ''), count(*) FROM devices WHERE device_id LIKE $1 || '%' GROUP BY 1",
+    )
+    .bind(prefix)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    rows.into_iter().collect()
+}
+
+pub const PIPELINE: &[Component] = &[
+    Component::Projector,
+    Component::MqttBridge,
+    Component::AmqpBridge,
+    Component::Router,
+    Component::RolloutProjector,
+];
+
+/// The test's own topics, schema, queues and MQTT root, the API over them, and the pipeline
+/// running in this process (with the saga and dispatcher unless the test runs them itself).
+pub async fn start_stack(test: &str, saga_in_process: bool) -> (Config, axum::Router, Shutdown) {
+    let services = Services::get().await;
+    let cfg = config(&services, &unique(test));
+    ensure_topics(&cfg.kafka).await.unwrap();
+    let app = crate::api_app(&cfg).await;
+    let mut all = PIPELINE.to_vec();
+    if saga_in_process {
+        all.extend([Component::Saga, Component::Dispatcher]);
+    }
+    let (stack, _handles) = spawn_components(&cfg, &all);
+    crate::mqtt_bridge_subscribed(&cfg).await;
+    (cfg, app, stack)
+}

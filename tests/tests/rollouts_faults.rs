@@ -1,0 +1,279 @@
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+//! Rollouts under faults, on real services: components killed mid-rollout, a command that
+//! cannot be routed, an operator's abort while devices install.
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use otaledger_cli::components::Component;
+use otaledger_domain::events::{CommandKind, Payload, Verdict};
+use otaledger_domain::Event;
+use otaledger_ledger::kafka::ensure_topics;
+use otaledger_simulator::Behaviour;
+use otaledger_tests::{
+    config, eventually, read_topic, spawn_components, spawn_process, unique, Services,
+};
+use serde_json::json;
+
+use otaledger_tests::rollouts::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_saga_and_the_dispatcher_killed_mid_rollout_lose_nothing_and_repeat_nothing() {
+    let (cfg, app, stack) = start_stack("rollout_kill", false).await;
+    let logs = std::env::temp_dir().join(&cfg.database.schema);
+    std::fs::create_dir_all(&logs).unwrap();
+    let mut saga = spawn_process(&cfg, "saga", "saga-1", &logs.join("saga-1.log"));
+    let mut dispatcher = spawn_process(
+        &cfg,
+        "dispatcher",
+        "dispatcher-1",
+        &logs.join("dispatcher-1.log"),
+    );
+    let behaviour = Behaviour {
+        install_ms: 100,
+        ..Behaviour::default()
+    };
+    let (sim_stop, sim) = start_sim(sim_config(&cfg, 400, "k-", behaviour));
+    wait_fleet(&app, 400).await;
+    let id = request_rollout(
+        &app,
+        &json!({
+            "release": {"version": "7.7.7", "artifact_uri": "https://artifacts.example/fw/7.7.7.bin",
+                        "sha256": "12".repeat(32), "size_bytes": 1_000, "signature": "sig"},
+            "selector": {"models": ["elevator-gen2", "elevator-gen3", "escalator-e1", "press-p500", "conveyor-c7"]},
+            "strategy": {"waves_pct": [5, 50, 100], "max_in_flight": 40,
+                         "success_threshold_pct": 95, "failure_threshold_pct": 5,
+                         "min_devices_for_verdict": 1, "device_timeout_s": 600,
+                         "health_gate_window_s": 30, "rollback_policy": "on_abort"}
+        }),
+    )
+    .await;
+    let commanded = |n: usize| {
+        let cfg = cfg.clone();
+        async move {
+            let c = updates_by_device(&rollout_events(&cfg).await).len();
+            (c >= n).then_some(c)
+        }
+    };
+    eventually(
+        Duration::from_secs(180),
+        "the second wave to be under way",
+        || commanded(60),
+    )
+    .await;
+    saga.kill();
+    let mut saga = spawn_process(&cfg, "saga", "saga-2", &logs.join("saga-2.log"));
+    eventually(
+        Duration::from_secs(180),
+        "the third wave to be under way",
+        || commanded(250),
+    )
+    .await;
+    dispatcher.kill();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let dispatcher = spawn_process(
+        &cfg,
+        "dispatcher",
+        "dispatcher-2",
+        &logs.join("dispatcher-2.log"),
+    );
+    saga.kill();
+    let saga = spawn_process(&cfg, "saga", "saga-3", &logs.join("saga-3.log"));
+
+    let done = wait_state(
+        &app,
+        &id,
+        &["COMPLETED", "ABORTED", "PAUSED", "ROLLED_BACK"],
+        Duration::from_secs(180),
+    )
+    .await;
+    assert_eq!(done["state"], "COMPLETED", "{done}");
+    assert_eq!(done["states"]["SUCCEEDED"], 400, "{done}");
+    let events = rollout_events(&cfg).await;
+    let updates = updates_by_device(&events);
+    assert_eq!(updates.len(), 400);
+    let twice: Vec<_> = updates.iter().filter(|(_, u)| u.len() > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "devices commanded more than once: {twice:?}"
+    );
+    let v: Vec<(i32, Verdict)> = verdicts(&events)
+        .into_iter()
+        .map(|(w, v, _)| (w, v))
+        .collect();
+    assert_eq!(
+        v,
+        vec![
+            (0, Verdict::NextWave),
+            (1, Verdict::NextWave),
+            (2, Verdict::Complete)
+        ]
+    );
+    eventually(Duration::from_secs(90), "every device on 7.7.7", || async {
+        (firmware_counts(&cfg, "k-").await.get("7.7.7") == Some(&400)).then_some(())
+    })
+    .await;
+    sim_stop.trigger();
+    let stats = sim.await.unwrap();
+    // Devices de-duplicate what a restarted dispatcher sends again.
+    println!("simulator: {stats:?}");
+    assert_eq!(stats.commands - stats.duplicate_commands, 400);
+    drop((saga, dispatcher));
+    stack.trigger();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unroutable_gateway_command_is_retried_reported_and_dead_lettered() {
+    let services = Services::get().await;
+    let name = unique("rollout_unroutable");
+    let mut cfg = config(&services, &name);
+    cfg.dispatcher.attempts = 3;
+    cfg.dispatcher.backoff_ms = 50;
+    ensure_topics(&cfg.kafka).await.unwrap();
+    let (stack, _handles) = spawn_components(&cfg, &[Component::Dispatcher]);
+    let producer = otaledger_ledger::kafka::EventProducer::new(&cfg.kafka).unwrap();
+    let command_id = uuid::Uuid::from_u128(0xfeed);
+    let cmd = Event {
+        meta: otaledger_domain::EventMeta {
+            event_id: command_id,
+            occurred_at: 1,
+            recorded_at: 1,
+            trace_id: "t".into(),
+        },
+        payload: Payload::CancelCommand(otaledger_domain::events::CancelCommand {
+            command_id,
+            device_id: "d-behind-nowhere".into(),
+            rollout_id: "r-1".into(),
+            gateway_id: Some("gw-that-does-not-exist".into()),
+            reason: "test".into(),
+        }),
+    };
+    producer.append(&cmd).await.unwrap();
+    let failures = eventually(
+        Duration::from_secs(60),
+        "three recorded delivery failures",
+        || async {
+            let f: Vec<_> = command_events(&cfg)
+                .await
+                .into_iter()
+                .filter_map(|e| match e.payload {
+                    Payload::CommandDeliveryFailed(f) => Some(f),
+                    _ => None,
+                })
+                .collect();
+            (f.len() >= 3).then_some(f)
+        },
+    )
+    .await;
+    assert_eq!(
+        failures.iter().map(|f| f.attempt).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    assert_eq!(
+        failures.iter().map(|f| f.gave_up).collect::<Vec<_>>(),
+        [false, false, true]
+    );
+    assert!(
+        failures[0].error.contains("NO_ROUTE") || failures[0].error.contains("312"),
+        "{}",
+        failures[0].error
+    );
+    assert_eq!(failures[0].channel, "amqp");
+    let dead = read_topic(&cfg.kafka, &cfg.kafka.topics().dead_letters).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        dead[0].headers.get("dlq-reason").map(String::as_str),
+        Some("undeliverable")
+    );
+    assert_eq!(
+        otaledger_schemas::decode(&dead[0].payload).unwrap().event,
+        cmd
+    );
+    stack.trigger();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_operator_abort_cancels_devices_in_flight_and_rolls_back_the_updated_ones() {
+    let (cfg, app, stack) = start_stack("rollout_abort", true).await;
+    let behaviour = Behaviour {
+        install_ms: 1500,
+        ..Behaviour::default()
+    };
+    let (sim_stop, sim) = start_sim(sim_config(&cfg, 60, "a-", behaviour));
+    wait_fleet(&app, 60).await;
+    let id = request_rollout(
+        &app,
+        &json!({
+            "release": {"version": "3.3.3", "artifact_uri": "https://artifacts.example/fw/3.3.3.bin",
+                        "sha256": "34".repeat(32), "size_bytes": 1_000, "signature": "sig"},
+            "selector": {"models": ["elevator-gen2", "elevator-gen3", "escalator-e1", "press-p500", "conveyor-c7"]},
+            "strategy": {"waves_pct": [100], "max_in_flight": 10,
+                         "success_threshold_pct": 0, "failure_threshold_pct": 100,
+                         "min_devices_for_verdict": 1, "device_timeout_s": 600,
+                         "health_gate_window_s": 0, "rollback_policy": "on_abort"}
+        }),
+    )
+    .await;
+    // Once the first devices updated (and others are installing), the operator aborts.
+    eventually(
+        Duration::from_secs(60),
+        "a first device to update",
+        || async {
+            let (_, v) = call(&app, "GET", &format!("/v1/rollouts/{id}"), None).await;
+            (v["states"]["SUCCEEDED"].as_i64().unwrap_or(0) >= 10).then_some(())
+        },
+    )
+    .await;
+    let (status, _) = call(
+        &app,
+        "POST",
+        &format!("/v1/rollouts/{id}/abort"),
+        Some(&json!({"reason": "field reports"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let done = wait_state(&app, &id, &["ROLLED_BACK"], Duration::from_secs(60)).await;
+    assert!(
+        done["state_reason"]
+            .as_str()
+            .unwrap()
+            .contains("field reports"),
+        "{done}"
+    );
+    let events = rollout_events(&cfg).await;
+    let kinds = |k: CommandKind| {
+        events
+            .iter()
+            .filter(|e| matches!(&e.payload, Payload::DeviceCommanded(c) if c.kind == k))
+            .count()
+    };
+    let (rollbacks, cancels) = (kinds(CommandKind::Rollback), kinds(CommandKind::Cancel));
+    assert!(rollbacks >= 10, "{rollbacks} rollbacks");
+    assert!(cancels >= 1, "devices in flight were cancelled");
+    // Nothing new is commanded after the abort, and every device ends rolled back, cancelled
+    // or never commanded.
+    eventually(
+        Duration::from_secs(60),
+        "every rollback and cancel to be reported",
+        || async {
+            let (_, v) = call(&app, "GET", &format!("/v1/rollouts/{id}"), None).await;
+            let s = &v["states"];
+            let n = |k: &str| s[k].as_i64().unwrap_or(0);
+            (n("ROLLED_BACK") == i64::try_from(rollbacks).unwrap()
+                && n("CANCELLED") + n("ROLLED_BACK") + n("TARGETED")
+                    == v["targeted"].as_i64().unwrap())
+            .then_some(())
+        },
+    )
+    .await;
+    let (_, timeline) = call(&app, "GET", &format!("/v1/rollouts/{id}/decisions"), None).await;
+    assert!(
+        timeline
+            .to_string()
+            .contains("test-operator asked to abort: field reports"),
+        "{timeline}"
+    );
+    sim_stop.trigger();
+    sim.await.unwrap();
+    stack.trigger();
+}
