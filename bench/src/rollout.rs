@@ -104,10 +104,6 @@ fn dispatched(channel: &str) -> u64 {
         .get()
 }
 
-async fn scalar(pool: &sqlx::PgPool, sql: &str) -> Result<i64, BoxError> {
-    Ok(sqlx::query_scalar(sql).fetch_one(pool).await?)
-}
-
 /// The release every bench rollout installs.
 fn release() -> Release {
     Release {
@@ -321,11 +317,11 @@ async fn drive(
     loop {
         // Only the simulator's devices: in `bench all` the device topic already holds the
         // heartbeat scenarios' 100,000 devices, which the projector folds in first.
-        let n = scalar(
-            pool,
-            "SELECT count(*) FROM devices WHERE device_id LIKE 'rb-%'",
-        )
-        .await?;
+        let n: i64 = otaledger_projections::fleet::firmware_counts(pool, "rb-")
+            .await?
+            .iter()
+            .map(|(_, n)| n)
+            .sum();
         if usize::try_from(n).unwrap_or(0) >= devices {
             break;
         }
@@ -383,9 +379,6 @@ async fn drive(
     let mut first: HashMap<&str, Instant> = HashMap::new();
     let mut last: HashMap<&str, Instant> = HashMap::new();
     let mut last_command = None;
-    let state_sql = format!(
-        "SELECT count(*) FROM rollouts WHERE rollout_id = '{rollout_id}' AND state = 'COMPLETED'"
-    );
     let completed = loop {
         let now = Instant::now();
         let counts = [
@@ -409,7 +402,11 @@ async fn drive(
         if last_command.is_none() && usize::try_from(total).unwrap_or(0) >= devices {
             last_command = Some(now);
         }
-        if last_command.is_some() && scalar(pool, &state_sql).await? == 1 {
+        if last_command.is_some()
+            && otaledger_projections::rollouts::get_rollout(pool, &rollout_id)
+                .await?
+                .is_some_and(|r| r.state == "COMPLETED")
+        {
             break now;
         }
         if requested.elapsed() > Duration::from_secs(900) {

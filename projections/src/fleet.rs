@@ -294,6 +294,19 @@ fn assemble(counts: Vec<(String, String, i64)>, online: i64) -> Summary {
     s
 }
 
+/// Devices of the fleet view by firmware version (empty: none reported), among those whose id
+/// starts with `id_prefix`: how far a fleet (or a simulated one in a shared ledger) has updated.
+pub async fn firmware_counts(pool: &PgPool, id_prefix: &str) -> Result<Vec<(String, i64)>> {
+    sqlx::query_as(
+        "SELECT coalesce(firmware_version, ''), count(*) FROM devices
+         WHERE starts_with(device_id, $1) GROUP BY 1 ORDER BY 1",
+    )
+    .bind(id_prefix)
+    .fetch_all(pool)
+    .await
+    .db("counting devices by firmware")
+}
+
 pub async fn summary(pool: &PgPool, offline_after: Duration) -> Result<Summary> {
     let counts: Vec<(String, String, i64)> =
         sqlx::query_as("SELECT dimension, value, devices FROM fleet_counts WHERE devices <> 0")

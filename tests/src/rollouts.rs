@@ -142,13 +142,9 @@ pub async fn firmware_counts(cfg: &Config, prefix: &str) -> HashMap<String, i64>
     let pool = otaledger_ledger::db::pool(&cfg.database.url, &cfg.database.schema, 1)
         .await
         .unwrap();
-    let rows: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT coalesce(firmware_version, ''), count(*) FROM devices WHERE device_id LIKE $1 || '%' GROUP BY 1",
-    )
-    .bind(prefix)
-    .fetch_all(&pool)
-    .await
-    .unwrap();
+    let rows = otaledger_projections::fleet::firmware_counts(&pool, prefix)
+        .await
+        .unwrap();
     pool.close().await;
     rows.into_iter().collect()
 }
