@@ -104,6 +104,15 @@ pub struct FoldWindow {
     pub max_wait: Duration,
 }
 
+impl FoldWindow {
+    /// Whether a transaction of `events` events, `rows` folded rows, gathering for `elapsed`,
+    /// may gather another batch.
+    #[must_use]
+    pub fn has_room(&self, events: usize, rows: usize, elapsed: Duration) -> bool {
+        events < self.max_events && rows < self.max_rows && elapsed < self.max_wait
+    }
+}
+
 impl RunnerConfig {
     /// The window for a consumer whose newest event read is `age` old, if it is behind.
     fn window(&self, age: Duration) -> Option<&FoldWindow> {
@@ -136,6 +145,11 @@ impl<P: Projection> Runner<P> {
 
     /// Consumes until shutdown. Stopping between transactions loses nothing: offsets and rows
     /// were committed together, and whatever was read but not committed is read again.
+    ///
+    /// Each turn of the loop takes these steps: rebalance (when due and nothing is pending),
+    /// read a batch (or notice a pause), stage it, decide whether to gather more into the
+    /// transaction, and commit while reading ahead; a commit refused by a newer owner gives
+    /// everything up.
     pub async fn run(mut self, mut shutdown: ShutdownSignal) -> Result<()> {
         let cfg = self.cfg.clone();
         let (mut ownership, reader) = join_partitions(
@@ -151,153 +165,214 @@ impl<P: Projection> Runner<P> {
         .await?;
         let m = Metrics::new(&cfg.consumer);
         tracing::info!(consumer = %cfg.consumer, topic = %cfg.topic, member = %cfg.member, "consumer starting");
-        let mut next_rebalance = tokio::time::Instant::now();
-        let mut pending = Pending::default();
-        // While a transaction commits the runner goes on reading and decoding (so that Kafka
-        // and the decoder work while PostgreSQL does): batches read ahead, and a read still in
-        // flight when the commit ended.
-        let mut reading: Option<BoxFuture<'_, Batch>> = None;
-        let mut prefetched: VecDeque<Batch> = VecDeque::new();
+        let mut turn = Turn {
+            next_rebalance: tokio::time::Instant::now(),
+            pending: Pending::default(),
+            prefetched: VecDeque::new(),
+            reading: None,
+        };
         loop {
             if shutdown.is_triggered() {
                 break;
             }
-            if pending.is_empty() && tokio::time::Instant::now() >= next_rebalance {
-                if ownership.rebalance().await? {
-                    self.projection.ownership_changed();
-                    // Reassigning seeks every partition to its stored offset: records already
-                    // read for the old assignment are dropped and read again if still owned.
-                    reading = None;
-                    prefetched.clear();
-                    assign(&reader, &cfg, &ownership)?;
-                }
-                m.owned
-                    .set(i64::try_from(ownership.owned().len()).unwrap_or(0));
-                next_rebalance = tokio::time::Instant::now() + cfg.rebalance_every;
-            }
-            let batch = match prefetched.pop_front() {
-                Some(b) => Some(b),
-                None => {
-                    let mut read = reading
-                        .take()
-                        .unwrap_or_else(|| Box::pin(reader.read(next_rebalance)));
-                    // While gathering, the next record of a consumer that is behind is already
-                    // buffered: a pause of `batch_wait` means it caught up (the last batch only
-                    // happened to be full), so what is pending commits now instead of waiting
-                    // for more. The read goes on during the commit.
-                    let gathering_until = pending.started.map(|s| {
-                        (tokio::time::Instant::from_std(s) + pending.max_wait)
-                            .min(tokio::time::Instant::now() + cfg.batch_wait)
-                    });
-                    tokio::select! {
-                        () = shutdown.wait() => break,
-                        b = &mut read => Some(b),
-                        () = sleep_until_some(gathering_until) => {
-                            if reader.is_receiving() {
-                                // Records are arriving (a large batch takes longer than
-                                // `batch_wait` to gather and decode): no pause.
-                                Some(read.await)
-                            } else {
-                                reading = Some(read);
-                                None
-                            }
-                        }
-                    }
-                }
+            self.rebalance_if_due(&reader, &mut ownership, &mut turn, &m)
+                .await?;
+            let batch = match self.read(&reader, &mut turn, &mut shutdown).await {
+                Read::Stop => break,
+                Read::Paused => None,
+                Read::Batch(b) => Some(b),
             };
             let full = batch.as_ref().is_some_and(|b| b.full);
             if let Some(batch) = batch {
-                self.stage(batch, &ownership, &mut pending).await?;
+                self.stage(batch, &ownership, &mut turn.pending).await?;
             }
-            if pending.is_empty() {
+            if turn.pending.is_empty() || self.gathers(full, &mut turn.pending) {
                 continue;
             }
-            let started = *pending.started.get_or_insert_with(Instant::now);
-            let age = pending.recorded_at.last().map_or(Duration::ZERO, |r| {
-                let micros = otaledger_domain::time::now_micros() - r;
-                Duration::from_micros(u64::try_from(micros).unwrap_or(0))
-            });
-            let window = cfg.window(age);
-            pending.max_wait = window.map_or(Duration::ZERO, |w| w.max_wait);
-            let gather = full
-                && pending.events.is_empty()
-                && window.is_some_and(|w| {
-                    pending.recorded_at.len() < w.max_events
-                        && self.projection.folded_rows() < w.max_rows
-                        && started.elapsed() < w.max_wait
-                });
-            if gather {
-                continue;
+            if self
+                .commit_reading_ahead(&reader, &mut ownership, &mut turn)
+                .await?
+            {
+                self.account(&mut ownership, &mut turn, &m);
+            } else {
+                self.give_up(&reader, &mut ownership, &mut turn).await?;
             }
-            let mut read = reading
-                .take()
-                .unwrap_or_else(|| Box::pin(reader.read(next_rebalance)));
-            let mut read_live = true;
-            let mut ahead: usize = prefetched.iter().map(|b| b.records.len()).sum();
-            let commit_started = Instant::now();
-            let committed = {
-                let commit = commit(&mut self.projection, &self.pool, &mut ownership, &pending);
-                tokio::pin!(commit);
-                loop {
-                    tokio::select! {
-                        r = &mut commit => break r?,
-                        batch = &mut read, if read_live => {
-                            ahead += batch.records.len();
-                            // Read on while the stream is behind, up to one more transaction
-                            // or `READ_AHEAD_MAX` (decoded events held in memory).
-                            let more = batch.full
-                                && ahead < cfg.fold.max_events.min(READ_AHEAD_MAX);
-                            prefetched.push_back(batch);
-                            if more {
-                                read = Box::pin(reader.read(next_rebalance));
-                            } else {
-                                read_live = false;
-                            }
+        }
+        drop(turn);
+        ownership.release_all().await?;
+        tracing::info!(consumer = %cfg.consumer, "consumer stopped");
+        Ok(())
+    }
+
+    /// Step 1: rechecks ownership every `rebalance_every` while nothing is pending;
+    /// reassigning seeks every partition to its stored offset, and records already read for
+    /// the old assignment are dropped (and read again if still owned).
+    async fn rebalance_if_due(
+        &mut self,
+        reader: &LedgerReader,
+        ownership: &mut Ownership,
+        turn: &mut Turn<'_>,
+        m: &Metrics,
+    ) -> Result<()> {
+        if !turn.pending.is_empty() || tokio::time::Instant::now() < turn.next_rebalance {
+            return Ok(());
+        }
+        if ownership.rebalance().await? {
+            self.projection.ownership_changed();
+            turn.reading = None;
+            turn.prefetched.clear();
+            assign(reader, &self.cfg, ownership)?;
+        }
+        m.owned
+            .set(i64::try_from(ownership.owned().len()).unwrap_or(0));
+        turn.next_rebalance = tokio::time::Instant::now() + self.cfg.rebalance_every;
+        Ok(())
+    }
+
+    /// Step 2: the next batch, read ahead during the last commit or read now. While gathering,
+    /// the next record of a consumer that is behind is already buffered: a pause of
+    /// `batch_wait` means it caught up (the last batch only happened to be full), so what is
+    /// pending commits now instead of waiting for more; the read goes on during the commit.
+    async fn read<'r>(
+        &self,
+        reader: &'r LedgerReader,
+        turn: &mut Turn<'r>,
+        shutdown: &mut ShutdownSignal,
+    ) -> Read {
+        if let Some(b) = turn.prefetched.pop_front() {
+            return Read::Batch(b);
+        }
+        let mut read = turn
+            .reading
+            .take()
+            .unwrap_or_else(|| Box::pin(reader.read(turn.next_rebalance)));
+        let gathering_until = turn.pending.started.map(|s| {
+            (tokio::time::Instant::from_std(s) + turn.pending.max_wait)
+                .min(tokio::time::Instant::now() + self.cfg.batch_wait)
+        });
+        tokio::select! {
+            () = shutdown.wait() => Read::Stop,
+            b = &mut read => Read::Batch(b),
+            () = sleep_until_some(gathering_until) => {
+                if reader.is_receiving() {
+                    // Records are arriving (a large batch takes longer than `batch_wait` to
+                    // gather and decode): no pause.
+                    Read::Batch(read.await)
+                } else {
+                    turn.reading = Some(read);
+                    Read::Paused
+                }
+            }
+        }
+    }
+
+    /// Step 4: whether to gather another batch into the transaction (see [`FoldWindow`]).
+    fn gathers(&self, full: bool, pending: &mut Pending) -> bool {
+        let started = *pending.started.get_or_insert_with(Instant::now);
+        let age = pending.recorded_at.last().map_or(Duration::ZERO, |r| {
+            let micros = otaledger_domain::time::now_micros() - r;
+            Duration::from_micros(u64::try_from(micros).unwrap_or(0))
+        });
+        let window = self.cfg.window(age);
+        pending.max_wait = window.map_or(Duration::ZERO, |w| w.max_wait);
+        full && pending.events.is_empty()
+            && window.is_some_and(|w| {
+                w.has_room(
+                    pending.recorded_at.len(),
+                    self.projection.folded_rows(),
+                    started.elapsed(),
+                )
+            })
+    }
+
+    /// Step 5: applies what is pending and stores its offsets in one transaction, reading on
+    /// meanwhile (so that Kafka and the decoder work while PostgreSQL does) while the stream
+    /// is behind, up to one more transaction or `READ_AHEAD_MAX` decoded events. `false` when
+    /// this instance was fenced (nothing committed).
+    async fn commit_reading_ahead<'r>(
+        &mut self,
+        reader: &'r LedgerReader,
+        ownership: &mut Ownership,
+        turn: &mut Turn<'r>,
+    ) -> Result<bool> {
+        let mut read = turn
+            .reading
+            .take()
+            .unwrap_or_else(|| Box::pin(reader.read(turn.next_rebalance)));
+        let mut read_live = true;
+        let mut ahead: usize = turn.prefetched.iter().map(|b| b.records.len()).sum();
+        let commit_started = Instant::now();
+        let committed = {
+            let commit = commit(&mut self.projection, &self.pool, ownership, &turn.pending);
+            tokio::pin!(commit);
+            loop {
+                tokio::select! {
+                    r = &mut commit => break r?,
+                    batch = &mut read, if read_live => {
+                        ahead += batch.records.len();
+                        let more = batch.full
+                            && ahead < self.cfg.fold.max_events.min(READ_AHEAD_MAX);
+                        turn.prefetched.push_back(batch);
+                        if more {
+                            read = Box::pin(reader.read(turn.next_rebalance));
+                        } else {
+                            read_live = false;
                         }
                     }
                 }
-            };
-            if !committed {
-                tracing::warn!(consumer = %cfg.consumer, "fenced by a newer owner; giving up partitions");
-                ownership.release_all().await?;
-                self.projection.ownership_changed();
-                pending = Pending::default();
-                prefetched.clear();
-                // Until the partitions are taken again, nothing is read for them; taking them
-                // back seeks each to its stored offset.
-                assign(&reader, &cfg, &ownership)?;
-                next_rebalance = tokio::time::Instant::now();
-                continue;
             }
-            if read_live {
-                reading = Some(read);
-            }
-            for (p, n) in &pending.next {
-                if let Some(o) = ownership.owned_mut().get_mut(p) {
-                    o.next_offset = *n;
-                }
-            }
-            tracing::debug!(
-                consumer = %cfg.consumer,
-                events = pending.recorded_at.len(),
-                gathered = ?commit_started.duration_since(started),
-                commit = ?commit_started.elapsed(),
-                ahead,
-                "transaction committed"
-            );
-            m.applied.add(pending.recorded_at.len() as u64);
-            m.batch_seconds.observe(started.elapsed().as_secs_f64());
-            let now = otaledger_domain::time::now_micros();
-            for r in &pending.recorded_at {
-                #[allow(clippy::cast_precision_loss)]
-                m.lag_seconds.observe((now - r).max(0) as f64 / 1e6);
-            }
-            self.projection.committed(&pending.events);
-            pending = Pending::default();
+        };
+        if committed && read_live {
+            turn.reading = Some(read);
         }
-        drop(reading);
+        tracing::debug!(
+            consumer = %self.cfg.consumer,
+            events = turn.pending.recorded_at.len(),
+            gathered = ?turn.pending.started.map(|s| commit_started.duration_since(s)),
+            commit = ?commit_started.elapsed(),
+            ahead,
+            committed,
+            "transaction ended"
+        );
+        Ok(committed)
+    }
+
+    /// Step 6a: after a commit, the owned positions move on and the metrics count it.
+    fn account(&mut self, ownership: &mut Ownership, turn: &mut Turn<'_>, m: &Metrics) {
+        let pending = std::mem::take(&mut turn.pending);
+        for (p, n) in &pending.next {
+            if let Some(o) = ownership.owned_mut().get_mut(p) {
+                o.next_offset = *n;
+            }
+        }
+        m.applied.add(pending.recorded_at.len() as u64);
+        if let Some(started) = pending.started {
+            m.batch_seconds.observe(started.elapsed().as_secs_f64());
+        }
+        let now = otaledger_domain::time::now_micros();
+        for r in &pending.recorded_at {
+            #[allow(clippy::cast_precision_loss)]
+            m.lag_seconds.observe((now - r).max(0) as f64 / 1e6);
+        }
+        self.projection.committed(&pending.events);
+    }
+
+    /// Step 6b: fenced by a newer owner: everything is given up; until the partitions are taken
+    /// again nothing is read for them, and taking them back seeks each to its stored offset.
+    async fn give_up(
+        &mut self,
+        reader: &LedgerReader,
+        ownership: &mut Ownership,
+        turn: &mut Turn<'_>,
+    ) -> Result<()> {
+        tracing::warn!(consumer = %self.cfg.consumer, "fenced by a newer owner; giving up partitions");
         ownership.release_all().await?;
-        tracing::info!(consumer = %cfg.consumer, "consumer stopped");
+        self.projection.ownership_changed();
+        turn.pending = Pending::default();
+        turn.prefetched.clear();
+        turn.reading = None;
+        assign(reader, &self.cfg, ownership)?;
+        turn.next_rebalance = tokio::time::Instant::now();
         Ok(())
     }
 
@@ -337,6 +412,24 @@ impl<P: Projection> Runner<P> {
         }
         Ok(())
     }
+}
+
+/// What one turn of the loop hands to the next.
+struct Turn<'r> {
+    next_rebalance: tokio::time::Instant,
+    pending: Pending,
+    /// Batches read ahead while the last transaction committed.
+    prefetched: VecDeque<Batch>,
+    /// A read still in flight when the last commit ended, or that a pause left running.
+    reading: Option<BoxFuture<'r, Batch>>,
+}
+
+/// What step 2 found.
+enum Read {
+    Stop,
+    /// No record for `batch_wait` while gathering: commit what is pending.
+    Paused,
+    Batch(Batch),
 }
 
 /// What has been read but not yet committed.
@@ -484,4 +577,71 @@ pub async fn committed_offsets(
     .await
     .db("reading offsets")?;
     Ok(rows.into_iter().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIVE: FoldWindow = FoldWindow {
+        when_behind: Duration::from_secs(1),
+        max_events: 100,
+        max_rows: 50,
+        max_wait: Duration::from_secs(1),
+    };
+    const DEEP: FoldWindow = FoldWindow {
+        when_behind: Duration::from_secs(5),
+        max_events: 1000,
+        max_rows: 500,
+        max_wait: Duration::from_secs(10),
+    };
+
+    fn config(deep: Option<FoldWindow>) -> RunnerConfig {
+        RunnerConfig {
+            consumer: "c".into(),
+            topic: "t".into(),
+            database_url: String::new(),
+            schema: "s".into(),
+            member: "m".into(),
+            batch_max: 10,
+            batch_wait: Duration::from_millis(20),
+            fold: LIVE,
+            deep_fold: deep,
+            rebalance_every: Duration::from_secs(2),
+            kafka: KafkaConfig::default(),
+            stop_at: None,
+        }
+    }
+
+    #[test]
+    fn a_window_has_room_strictly_below_each_limit() {
+        let second = Duration::from_secs(1);
+        let just_under = second - Duration::from_nanos(1);
+        assert!(LIVE.has_room(99, 49, just_under));
+        assert!(!LIVE.has_room(100, 49, just_under), "events at the limit");
+        assert!(!LIVE.has_room(99, 50, just_under), "rows at the limit");
+        assert!(!LIVE.has_room(99, 49, second), "time at the limit");
+    }
+
+    #[test]
+    fn events_older_than_the_thresholds_pick_the_live_then_the_deep_window() {
+        let cfg = config(Some(DEEP));
+        let window = |secs: u64| cfg.window(Duration::from_secs(secs)).map(|w| w.max_events);
+        assert_eq!(
+            window(1),
+            None,
+            "at the live threshold: fresh, commit at once"
+        );
+        assert_eq!(window(2), Some(100));
+        assert_eq!(window(5), Some(100), "at the deep threshold: still live");
+        assert_eq!(window(6), Some(1000));
+        let no_deep = config(None);
+        assert_eq!(
+            no_deep
+                .window(Duration::from_secs(3600))
+                .map(|w| w.max_events),
+            Some(100),
+            "without deep windows an hour's backlog gathers in live windows"
+        );
+    }
 }
