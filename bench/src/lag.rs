@@ -28,12 +28,12 @@ struct LagProbe {
 }
 
 impl otaledger_ledger::Projection for LagProbe {
-    fn apply<'a>(
-        &'a mut self,
-        tx: &'a mut sqlx::PgConnection,
-        events: &'a [otaledger_ledger::Positioned],
-    ) -> otaledger_ledger::BoxFuture<'a, otaledger_ledger::Result<()>> {
-        self.inner.apply(tx, events)
+    async fn apply(
+        &mut self,
+        tx: &mut sqlx::PgConnection,
+        events: &[otaledger_ledger::Positioned],
+    ) -> otaledger_ledger::Result<()> {
+        self.inner.apply(tx, events).await
     }
 
     fn ownership_changed(&mut self) {

@@ -28,7 +28,7 @@ use serde_json::json;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use otaledger_ledger::runner::{BoxFuture, Positioned, Projection};
+use otaledger_ledger::runner::{Positioned, Projection};
 use otaledger_ledger::DbContext;
 
 use crate::{Error, Result};
@@ -418,11 +418,11 @@ fn amqp_err(context: &'static str) -> impl Fn(lapin::Error) -> Error {
 }
 
 impl Projection for Dispatcher {
-    fn apply<'a>(
-        &'a mut self,
-        tx: &'a mut PgConnection,
-        events: &'a [Positioned],
-    ) -> BoxFuture<'a, otaledger_ledger::Result<()>> {
-        Box::pin(async move { Ok(self.apply_batch(tx, events).await?) })
+    async fn apply(
+        &mut self,
+        tx: &mut PgConnection,
+        events: &[Positioned],
+    ) -> otaledger_ledger::Result<()> {
+        Ok(self.apply_batch(tx, events).await?)
     }
 }

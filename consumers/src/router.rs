@@ -18,7 +18,7 @@ use otaledger_ledger::kafka::EventProducer;
 use otaledger_ledger::metrics::{Counter, REGISTRY};
 use sqlx::PgConnection;
 
-use otaledger_ledger::runner::{BoxFuture, Positioned, Projection};
+use otaledger_ledger::runner::{Positioned, Projection};
 use otaledger_ledger::DbContext;
 
 use crate::Result;
@@ -179,12 +179,12 @@ impl Router {
 }
 
 impl Projection for Router {
-    fn apply<'a>(
-        &'a mut self,
-        tx: &'a mut PgConnection,
-        events: &'a [Positioned],
-    ) -> BoxFuture<'a, otaledger_ledger::Result<()>> {
-        Box::pin(async move { Ok(self.apply_batch(tx, events).await?) })
+    async fn apply(
+        &mut self,
+        tx: &mut PgConnection,
+        events: &[Positioned],
+    ) -> otaledger_ledger::Result<()> {
+        Ok(self.apply_batch(tx, events).await?)
     }
 
     fn ownership_changed(&mut self) {

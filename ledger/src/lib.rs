@@ -93,4 +93,4 @@ impl<T> DbContext<T> for std::result::Result<T, sqlx::Error> {
     }
 }
 
-pub use runner::{BoxFuture, FoldWindow, Positioned, Projection, Runner, RunnerConfig};
+pub use runner::{FoldWindow, Positioned, Projection, Runner, RunnerConfig};

@@ -34,11 +34,11 @@ pub struct Positioned {
 
 /// What a consumer does with a batch, inside the transaction that also stores its offsets.
 pub trait Projection: Send {
-    fn apply<'a>(
-        &'a mut self,
-        tx: &'a mut PgConnection,
-        events: &'a [Positioned],
-    ) -> BoxFuture<'a, Result<()>>;
+    fn apply(
+        &mut self,
+        tx: &mut PgConnection,
+        events: &[Positioned],
+    ) -> impl Future<Output = Result<()>> + Send;
 
     /// Called after the batch and its offsets committed.
     fn committed(&mut self, _events: &[Positioned]) {}
@@ -65,9 +65,8 @@ pub trait Projection: Send {
     }
 }
 
-/// A boxed, sendable future (naming the type sidesteps rustc's higher-ranked `Send` inference
-/// limits around sqlx executors).
-pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+/// A boxed, sendable future: a read kept in flight from one turn of the loop to the next.
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {

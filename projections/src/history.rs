@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use otaledger_domain::audit::describe;
 use otaledger_domain::events::Payload;
 use otaledger_domain::time::Micros;
-use otaledger_ledger::{BoxFuture, Positioned, Projection};
+use otaledger_ledger::{Positioned, Projection};
 use serde::Serialize;
 use sqlx::postgres::PgRow;
 use sqlx::{FromRow, PgConnection, PgPool, Row};
@@ -322,17 +322,13 @@ fn copy_text(out: &mut String, value: &str) {
 }
 
 impl Projection for HistoryProjector {
-    fn apply<'a>(
-        &'a mut self,
-        tx: &'a mut PgConnection,
-        events: &'a [Positioned],
-    ) -> BoxFuture<'a, otaledger_ledger::Result<()>> {
+    async fn apply(
+        &mut self,
+        tx: &mut PgConnection,
+        events: &[Positioned],
+    ) -> otaledger_ledger::Result<()> {
         self.fold_events(events);
-        Box::pin(async move {
-            self.write(tx)
-                .await
-                .map_err(|e| otaledger_ledger::Error::Apply(Box::new(e)))
-        })
+        Ok(self.write(tx).await?)
     }
 
     fn committed(&mut self, _events: &[Positioned]) {

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use otaledger_domain::device_view::DeviceView;
-use otaledger_ledger::{BoxFuture, Positioned, Projection};
+use otaledger_ledger::{Positioned, Projection};
 use sqlx::PgConnection;
 
 use crate::DbContext;
@@ -327,18 +327,14 @@ impl Columns {
 }
 
 impl Projection for FleetProjector {
-    fn apply<'a>(
-        &'a mut self,
-        tx: &'a mut PgConnection,
-        events: &'a [Positioned],
-    ) -> BoxFuture<'a, otaledger_ledger::Result<()>> {
+    async fn apply(
+        &mut self,
+        tx: &mut PgConnection,
+        events: &[Positioned],
+    ) -> otaledger_ledger::Result<()> {
         let mut patches = std::mem::take(&mut self.folded);
         fold_into(&mut patches, events);
-        Box::pin(async move {
-            merge_patches(tx, patches, &mut self.dims)
-                .await
-                .map_err(|e| otaledger_ledger::Error::Apply(Box::new(e)))
-        })
+        Ok(merge_patches(tx, patches, &mut self.dims).await?)
     }
 
     fn committed(&mut self, _events: &[Positioned]) {

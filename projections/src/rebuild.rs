@@ -11,7 +11,7 @@ use otaledger_ledger::config::KafkaConfig;
 use otaledger_ledger::kafka::EventProducer;
 use otaledger_ledger::reader::{Body, Decode, LedgerReader, ReaderConfig, Start};
 use otaledger_ledger::shutdown::Shutdown;
-use otaledger_ledger::{BoxFuture, FoldWindow, Positioned, Projection, Runner, RunnerConfig};
+use otaledger_ledger::{FoldWindow, Positioned, Projection, Runner, RunnerConfig};
 use sqlx::{PgConnection, PgPool};
 
 use crate::history::HistoryProjector;
@@ -65,17 +65,17 @@ pub struct Until<P> {
 }
 
 impl<P: Projection> Projection for Until<P> {
-    fn apply<'a>(
-        &'a mut self,
-        tx: &'a mut PgConnection,
-        events: &'a [Positioned],
-    ) -> BoxFuture<'a, otaledger_ledger::Result<()>> {
+    async fn apply(
+        &mut self,
+        tx: &mut PgConnection,
+        events: &[Positioned],
+    ) -> otaledger_ledger::Result<()> {
         let kept: Vec<Positioned> = events
             .iter()
             .filter(|p| p.event.meta.occurred_at <= self.until)
             .cloned()
             .collect();
-        Box::pin(async move { self.inner.apply(tx, &kept).await })
+        self.inner.apply(tx, &kept).await
     }
 
     fn committed(&mut self, events: &[Positioned]) {
@@ -119,15 +119,13 @@ impl Default for DeviceProjections {
 }
 
 impl Projection for DeviceProjections {
-    fn apply<'a>(
-        &'a mut self,
-        tx: &'a mut PgConnection,
-        events: &'a [Positioned],
-    ) -> BoxFuture<'a, otaledger_ledger::Result<()>> {
-        Box::pin(async move {
-            self.fleet.apply(tx, events).await?;
-            self.history.apply(tx, events).await
-        })
+    async fn apply(
+        &mut self,
+        tx: &mut PgConnection,
+        events: &[Positioned],
+    ) -> otaledger_ledger::Result<()> {
+        self.fleet.apply(tx, events).await?;
+        self.history.apply(tx, events).await
     }
 
     fn committed(&mut self, events: &[Positioned]) {

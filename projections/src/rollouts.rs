@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use otaledger_domain::events::{DeviceRolloutState, RolloutState};
-use otaledger_ledger::{BoxFuture, Positioned, Projection};
+use otaledger_ledger::{Positioned, Projection};
 use serde::Serialize;
 use sqlx::postgres::PgRow;
 use sqlx::{FromRow, PgConnection, PgPool, Row};
@@ -214,16 +214,12 @@ impl RolloutProjector {
 }
 
 impl Projection for RolloutProjector {
-    fn apply<'a>(
-        &'a mut self,
-        tx: &'a mut PgConnection,
-        events: &'a [Positioned],
-    ) -> BoxFuture<'a, otaledger_ledger::Result<()>> {
-        Box::pin(async move {
-            Self::write(tx, RolloutBatch::fold(events))
-                .await
-                .map_err(|e| otaledger_ledger::Error::Apply(Box::new(e)))
-        })
+    async fn apply(
+        &mut self,
+        tx: &mut PgConnection,
+        events: &[Positioned],
+    ) -> otaledger_ledger::Result<()> {
+        Ok(Self::write(tx, RolloutBatch::fold(events)).await?)
     }
 }
 
