@@ -245,15 +245,11 @@ pub async fn run(
     let pool = otaledger_ledger::db::pool(&cfg.database.url, &cfg.database.schema, 2).await?;
     otaledger_projections::migrations::migrate(&pool).await?;
     let mut stack = Vec::new();
-    for c in [
-        Component::Projector,
-        Component::MqttBridge,
-        Component::AmqpBridge,
-        Component::Router,
-        Component::Saga,
-        Component::Dispatcher,
-        Component::RolloutProjector,
-    ] {
+    // The rollout's pipeline: every component but the API and the device history.
+    for c in Component::ALL
+        .into_iter()
+        .filter(|c| !matches!(c, Component::Api | Component::History))
+    {
         stack.push(ComponentProcess::start(bin, cfg, c, None)?);
     }
     let result = drive(cfg, devices, &pool, &stack).await;

@@ -377,14 +377,7 @@ impl LedgerReader {
             }
             c.next = offset + 1;
         }
-        raw.push(
-            topic,
-            partition,
-            offset,
-            m.key().unwrap_or_default(),
-            m.payload().unwrap_or_default(),
-            &m,
-        );
+        raw.push(topic, &m);
     }
 }
 
@@ -461,33 +454,25 @@ impl RawBatch {
         }
     }
 
-    fn push(
-        &mut self,
-        topic: usize,
-        partition: i32,
-        offset: i64,
-        key: &[u8],
-        payload: &[u8],
-        m: &BorrowedMessage<'_>,
-    ) {
+    fn push(&mut self, topic: usize, m: &BorrowedMessage<'_>) {
         if self.raw {
-            self.headers.push(
-                m.headers()
-                    .map(|hs| {
-                        hs.iter()
-                            .map(|h| {
-                                (
-                                    h.key.to_owned(),
-                                    String::from_utf8_lossy(h.value.unwrap_or_default())
-                                        .into_owned(),
-                                )
-                            })
-                            .collect()
+            let headers = m.headers().map(|hs| {
+                hs.iter()
+                    .map(|h| {
+                        let value = String::from_utf8_lossy(h.value.unwrap_or_default());
+                        (h.key.to_owned(), value.into_owned())
                     })
-                    .unwrap_or_default(),
-            );
+                    .collect()
+            });
+            self.headers.push(headers.unwrap_or_default());
         }
-        self.push_record(topic, partition, offset, key, payload);
+        self.push_record(
+            topic,
+            m.partition(),
+            m.offset(),
+            m.key().unwrap_or_default(),
+            m.payload().unwrap_or_default(),
+        );
     }
 
     fn push_record(

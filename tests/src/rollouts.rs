@@ -15,7 +15,7 @@ use otaledger_ledger::config::Config;
 use otaledger_ledger::kafka::ensure_topics;
 use otaledger_ledger::shutdown::Shutdown;
 use otaledger_simulator::{self as simulator, Behaviour, OutcomeRule, SimConfig, SimStats};
-use serde_json::Value;
+use serde_json::{json, Value};
 use tower::ServiceExt;
 
 use crate::{config, decode_all, eventually, read_topic, spawn_components, unique, Services};
@@ -171,4 +171,20 @@ pub async fn start_stack(test: &str, saga_in_process: bool) -> (Config, axum::Ro
     let (stack, _handles) = spawn_components(&cfg, &all);
     crate::mqtt_bridge_subscribed(&cfg).await;
     (cfg, app, stack)
+}
+
+/// Every model of the simulated fleet, as a rollout selector.
+pub fn all_models() -> Value {
+    json!({"models": simulator::model_names()})
+}
+
+/// A rollout request body for release `version` (a made-up artifact) to `selector`.
+pub fn rollout_body(version: &str, selector: Value, strategy: Value) -> Value {
+    let mut body = json!({
+        "release": {"version": version, "artifact_uri": format!("https://artifacts.example/fw/{version}.bin"),
+                    "sha256": "cd".repeat(32), "size_bytes": 1_000, "signature": "sig"},
+    });
+    body["selector"] = selector;
+    body["strategy"] = strategy;
+    body
 }

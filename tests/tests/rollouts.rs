@@ -29,15 +29,14 @@ async fn a_rollout_moves_wave_by_wave_until_every_device_runs_the_release() {
     let started = std::time::Instant::now();
     let id = request_rollout(
         &app,
-        &json!({
-            "release": {"version": "9.0.0", "artifact_uri": "https://artifacts.example/fw/9.0.0.bin",
-                        "sha256": "ab".repeat(32), "size_bytes": 1_000_000, "signature": "sig"},
-            "selector": {"models": ["elevator-gen2", "elevator-gen3", "escalator-e1", "press-p500", "conveyor-c7"]},
-            "strategy": {"waves_pct": [1, 10, 50, 100], "max_in_flight": 200,
-                         "success_threshold_pct": 95, "failure_threshold_pct": 5,
-                         "min_devices_for_verdict": 1, "device_timeout_s": 600,
-                         "health_gate_window_s": 30, "rollback_policy": "on_abort"}
-        }),
+        &rollout_body(
+            "9.0.0",
+            all_models(),
+            json!({"waves_pct": [1, 10, 50, 100], "max_in_flight": 200,
+                   "success_threshold_pct": 95, "failure_threshold_pct": 5,
+                   "min_devices_for_verdict": 1, "device_timeout_s": 600,
+                   "health_gate_window_s": 30, "rollback_policy": "on_abort"}),
+        ),
     )
     .await;
     let done = wait_state(
@@ -176,15 +175,14 @@ async fn a_bad_release_aborts_at_the_canary_and_rolls_back_the_devices_that_upda
 
     let id = request_rollout(
         &app,
-        &json!({
-            "release": {"version": "6.6.6", "artifact_uri": "https://artifacts.example/fw/6.6.6.bin",
-                        "sha256": "cd".repeat(32), "size_bytes": 1_000, "signature": "sig"},
-            "selector": {"models": ["elevator-gen2", "elevator-gen3", "escalator-e1", "press-p500", "conveyor-c7"]},
-            "strategy": {"waves_pct": [10, 50, 100], "max_in_flight": 50,
+        &rollout_body(
+            "6.6.6",
+            all_models(),
+            json!({"waves_pct": [10, 50, 100], "max_in_flight": 50,
                          "success_threshold_pct": 90, "failure_threshold_pct": 20,
                          "min_devices_for_verdict": 20, "device_timeout_s": 600,
-                         "health_gate_window_s": 0, "rollback_policy": "on_abort"}
-        }),
+                         "health_gate_window_s": 0, "rollback_policy": "on_abort"}),
+        ),
     )
     .await;
     let done = wait_state(
@@ -272,15 +270,14 @@ async fn timeouts_retries_the_health_gate_pause_resume_and_joining_devices() {
 
     let id = request_rollout(
         &app,
-        &json!({
-            "release": {"version": "5.0.0", "artifact_uri": "https://artifacts.example/fw/5.0.0.bin",
-                        "sha256": "ef".repeat(32), "size_bytes": 1_000, "signature": "sig"},
-            "selector": {"models": ["elevator-gen2", "elevator-gen3"]},
-            "strategy": {"waves_pct": [100], "max_in_flight": 10,
+        &rollout_body(
+            "5.0.0",
+            json!({"models": ["elevator-gen2", "elevator-gen3"]}),
+            json!({"waves_pct": [100], "max_in_flight": 10,
                          "success_threshold_pct": 0, "failure_threshold_pct": 100,
                          "min_devices_for_verdict": 1, "device_timeout_s": 10, "max_retries": 1,
-                         "retry_backoff_s": 1, "health_gate_window_s": 3, "rollback_policy": "none"}
-        }),
+                         "retry_backoff_s": 1, "health_gate_window_s": 3, "rollback_policy": "none"}),
+        ),
     )
     .await;
     wait_state(&app, &id, &["RUNNING"], Duration::from_secs(30)).await;

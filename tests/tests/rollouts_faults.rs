@@ -37,15 +37,14 @@ async fn the_saga_and_the_dispatcher_killed_mid_rollout_lose_nothing_and_repeat_
     wait_fleet(&app, 400).await;
     let id = request_rollout(
         &app,
-        &json!({
-            "release": {"version": "7.7.7", "artifact_uri": "https://artifacts.example/fw/7.7.7.bin",
-                        "sha256": "12".repeat(32), "size_bytes": 1_000, "signature": "sig"},
-            "selector": {"models": ["elevator-gen2", "elevator-gen3", "escalator-e1", "press-p500", "conveyor-c7"]},
-            "strategy": {"waves_pct": [5, 50, 100], "max_in_flight": 40,
+        &rollout_body(
+            "7.7.7",
+            all_models(),
+            json!({"waves_pct": [5, 50, 100], "max_in_flight": 40,
                          "success_threshold_pct": 95, "failure_threshold_pct": 5,
                          "min_devices_for_verdict": 1, "device_timeout_s": 600,
-                         "health_gate_window_s": 30, "rollback_policy": "on_abort"}
-        }),
+                         "health_gate_window_s": 30, "rollback_policy": "on_abort"}),
+        ),
     )
     .await;
     let commanded = |n: usize| {
@@ -203,15 +202,14 @@ async fn an_operator_abort_cancels_devices_in_flight_and_rolls_back_the_updated_
     wait_fleet(&app, 60).await;
     let id = request_rollout(
         &app,
-        &json!({
-            "release": {"version": "3.3.3", "artifact_uri": "https://artifacts.example/fw/3.3.3.bin",
-                        "sha256": "34".repeat(32), "size_bytes": 1_000, "signature": "sig"},
-            "selector": {"models": ["elevator-gen2", "elevator-gen3", "escalator-e1", "press-p500", "conveyor-c7"]},
-            "strategy": {"waves_pct": [100], "max_in_flight": 10,
+        &rollout_body(
+            "3.3.3",
+            all_models(),
+            json!({"waves_pct": [100], "max_in_flight": 10,
                          "success_threshold_pct": 0, "failure_threshold_pct": 100,
                          "min_devices_for_verdict": 1, "device_timeout_s": 600,
-                         "health_gate_window_s": 0, "rollback_policy": "on_abort"}
-        }),
+                         "health_gate_window_s": 0, "rollback_policy": "on_abort"}),
+        ),
     )
     .await;
     // Once the first devices updated (and others are installing), the operator aborts.
