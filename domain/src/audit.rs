@@ -245,21 +245,12 @@ pub fn rollout_timeline(events: &[Event]) -> Vec<Line> {
 mod tests {
     use super::*;
     use crate::events::{Health, Heartbeat, InstallOutcome, InstallResult};
-    use crate::EventMeta;
     use uuid::Uuid;
 
     const S: i64 = 1_000_000;
 
     fn at(t: i64, payload: Payload) -> Event {
-        Event {
-            meta: EventMeta {
-                event_id: Uuid::nil(),
-                occurred_at: t,
-                recorded_at: t,
-                trace_id: String::new(),
-            },
-            payload,
-        }
+        Event::new(Uuid::nil(), payload, t, t, "")
     }
 
     fn hb(t: i64, fw: &str) -> Event {
@@ -313,5 +304,300 @@ mod tests {
                 "1 heartbeat(s) on 1.1.0 over 0s",
             ]
         );
+    }
+
+    #[test]
+    fn durations_read_in_the_largest_unit_that_fits() {
+        for (secs, text) in [
+            (0, "0s"),
+            (59, "59s"),
+            (60, "1m00s"),
+            (3599, "59m59s"),
+            (3600, "1h00m"),
+            (86_399, "23h59m"),
+            (86_400, "1d0h"),
+            (90_061, "1d1h"),
+        ] {
+            assert_eq!(duration(secs * S), text, "{secs} s");
+        }
+    }
+
+    #[test]
+    fn a_new_version_exactly_one_gap_later_is_no_silence() {
+        let events = vec![hb(0, "1.0.0"), hb(300 * S, "1.1.0")];
+        let lines: Vec<String> = device_timeline(&events, 300 * S)
+            .into_iter()
+            .map(|l| l.text)
+            .collect();
+        assert_eq!(
+            lines,
+            vec![
+                "1 heartbeat(s) on 1.0.0 over 0s",
+                "firmware 1.0.0 -> 1.1.0",
+                "1 heartbeat(s) on 1.1.0 over 0s",
+            ]
+        );
+    }
+
+    fn release() -> crate::events::Release {
+        crate::events::Release {
+            version: "2.0.0".into(),
+            artifact_uri: "https://a/fw.bin".into(),
+            sha256: "ab".repeat(32),
+            size_bytes: 10,
+            signature: "s".into(),
+        }
+    }
+
+    #[test]
+    fn every_device_event_reads_as_one_line() {
+        use crate::events::{
+            CancelCommand, CommandDeliveryFailed, DeviceCommanded, DeviceOutcome, DeviceRegistered,
+            DeviceRolloutState, DeviceTimedOut, InstallPhase, InstallProgress, RollbackCommand,
+            UpdateCommand,
+        };
+        let id = Uuid::from_u128(1);
+        let cases: Vec<(Payload, &str)> = vec![
+            (
+                Payload::DeviceRegistered(DeviceRegistered {
+                    device_id: "d".into(),
+                    model: "m".into(),
+                    site: "s".into(),
+                    tags: vec!["a".into(), "b".into()],
+                    firmware_version: "1.0.0".into(),
+                    gateway_id: Some("gw".into()),
+                    hardware_rev: None,
+                }),
+                "registered: model m, site s, firmware 1.0.0, tags [a, b], behind gateway gw",
+            ),
+            (
+                Payload::InstallProgress(InstallProgress {
+                    device_id: "d".into(),
+                    rollout_id: Some("r".into()),
+                    command_id: None,
+                    phase: InstallPhase::Downloading,
+                    percent: 40,
+                }),
+                "install Downloading 40% [rollout r]",
+            ),
+            (
+                Payload::InstallResult(InstallResult {
+                    device_id: "d".into(),
+                    rollout_id: None,
+                    command_id: None,
+                    outcome: InstallOutcome::Failed,
+                    firmware_version: "1.0.0".into(),
+                    error_code: Some("E42".into()),
+                    message: None,
+                }),
+                "install result Failed, now on 1.0.0, error E42",
+            ),
+            (
+                Payload::DeviceCommanded(DeviceCommanded {
+                    rollout_id: "r".into(),
+                    device_id: "d".into(),
+                    command_id: id,
+                    kind: CommandKind::Rollback,
+                    attempt: 2,
+                    deadline: 0,
+                }),
+                "rollback commanded (attempt 2, command 00000000-0000-0000-0000-000000000001) [rollout r]",
+            ),
+            (
+                Payload::DeviceTimedOut(DeviceTimedOut {
+                    rollout_id: "r".into(),
+                    device_id: "d".into(),
+                    command_id: id,
+                    attempt: 3,
+                    retry_at: None,
+                }),
+                "timed out on attempt 3 [rollout r]",
+            ),
+            (
+                Payload::DeviceOutcome(DeviceOutcome {
+                    rollout_id: "r".into(),
+                    device_id: "d".into(),
+                    command_id: None,
+                    state: DeviceRolloutState::RolledBack,
+                    reason: "why".into(),
+                    verify_until: None,
+                }),
+                "outcome RolledBack: why [rollout r]",
+            ),
+            (
+                Payload::UpdateCommand(UpdateCommand {
+                    command_id: id,
+                    device_id: "d".into(),
+                    rollout_id: "r".into(),
+                    gateway_id: None,
+                    release: release(),
+                    deadline: 0,
+                }),
+                "update to 2.0.0 sent (command 00000000-0000-0000-0000-000000000001)",
+            ),
+            (
+                Payload::RollbackCommand(RollbackCommand {
+                    command_id: id,
+                    device_id: "d".into(),
+                    rollout_id: "r".into(),
+                    gateway_id: None,
+                    target_version: "1.0.0".into(),
+                }),
+                "rollback to 1.0.0 sent (command 00000000-0000-0000-0000-000000000001)",
+            ),
+            (
+                Payload::CancelCommand(CancelCommand {
+                    command_id: id,
+                    device_id: "d".into(),
+                    rollout_id: "r".into(),
+                    gateway_id: None,
+                    reason: "stop".into(),
+                }),
+                "cancel sent (command 00000000-0000-0000-0000-000000000001): stop",
+            ),
+            (
+                Payload::CommandDeliveryFailed(CommandDeliveryFailed {
+                    command_id: id,
+                    device_id: "d".into(),
+                    rollout_id: "r".into(),
+                    channel: "amqp".into(),
+                    gateway_id: Some("gw".into()),
+                    attempt: 3,
+                    error: "no route".into(),
+                    gave_up: true,
+                }),
+                "delivery of command 00000000-0000-0000-0000-000000000001 over amqp via gateway gw failed (attempt 3, gave up): no route",
+            ),
+        ];
+        for (payload, text) in cases {
+            assert_eq!(describe(&payload).as_deref(), Some(text));
+        }
+        for (k, name) in [
+            (CommandKind::Update, "update"),
+            (CommandKind::Rollback, "rollback"),
+            (CommandKind::Cancel, "cancel"),
+        ] {
+            assert_eq!(kind(k), name);
+        }
+    }
+
+    #[test]
+    fn a_rollout_reads_as_its_requests_and_decisions() {
+        use crate::events::{
+            DeviceCommanded, DevicesJoined, OperatorRequest, RollbackPolicy, RolloutState,
+            RolloutStateChanged, StateCounts, Strategy, TargetSelector, ThresholdEvaluated,
+            UpdateRequested, Verdict, WaveStarted,
+        };
+        let op = |reason: &str| OperatorRequest {
+            rollout_id: "r".into(),
+            requested_by: "ops".into(),
+            reason: reason.into(),
+        };
+        let commanded = |n: u128| {
+            Payload::DeviceCommanded(DeviceCommanded {
+                rollout_id: "r".into(),
+                device_id: "d".into(),
+                command_id: Uuid::from_u128(n),
+                kind: CommandKind::Update,
+                attempt: 1,
+                deadline: 0,
+            })
+        };
+        let events = vec![
+            at(
+                S,
+                Payload::UpdateRequested(UpdateRequested {
+                    rollout_id: "r".into(),
+                    requested_by: "alice".into(),
+                    release: release(),
+                    selector: TargetSelector {
+                        models: vec!["m".into()],
+                        ..TargetSelector::default()
+                    },
+                    strategy: Strategy {
+                        rollback_policy: RollbackPolicy::OnFailure,
+                        ..Strategy::default()
+                    },
+                }),
+            ),
+            at(
+                2 * S,
+                Payload::WaveStarted(WaveStarted {
+                    rollout_id: "r".into(),
+                    wave: 0,
+                    chunk: 0,
+                    chunks: 1,
+                    device_ids: vec!["d".into(), "e".into()],
+                    from_versions: vec![],
+                }),
+            ),
+            at(3 * S, commanded(1)),
+            at(3 * S, commanded(2)),
+            at(4 * S, Payload::PauseRequested(op("night"))),
+            at(5 * S, Payload::ResumeRequested(op("day"))),
+            at(
+                6 * S,
+                Payload::DevicesJoined(DevicesJoined {
+                    rollout_id: "r".into(),
+                    wave: 0,
+                    device_ids: vec!["f".into()],
+                    from_versions: vec!["1.0.0".into()],
+                }),
+            ),
+            at(
+                7 * S,
+                Payload::ThresholdEvaluated(ThresholdEvaluated {
+                    rollout_id: "r".into(),
+                    wave: 0,
+                    counts: StateCounts {
+                        targeted: 3,
+                        in_flight: 1,
+                        succeeded: 0,
+                        failed: 2,
+                        timed_out: 0,
+                        rejected: 0,
+                    },
+                    success_threshold_pct: 95.0,
+                    failure_threshold_pct: 5.0,
+                    min_devices_for_verdict: 1,
+                    rule: "the rule".into(),
+                    verdict: Verdict::Abort,
+                }),
+            ),
+            at(
+                8 * S,
+                Payload::RolloutStateChanged(RolloutStateChanged {
+                    rollout_id: "r".into(),
+                    from: RolloutState::Running,
+                    to: RolloutState::Aborted,
+                    reason: "the rule".into(),
+                }),
+            ),
+            at(9 * S, Payload::AbortRequested(op("late"))),
+            hb(10 * S, "1.0.0"),
+        ];
+        let lines: Vec<(i64, String)> = rollout_timeline(&events)
+            .into_iter()
+            .map(|l| (l.at / S, l.text))
+            .collect();
+        let expected: Vec<(i64, String)> = [
+            (1, "requested by alice: release 2.0.0 (10 bytes, sha256 abababababababababababababababababababababababababababababababab), waves [1.0, 10.0, 50.0, 100.0]%, success >= 95%, failure >= 5% after 5 devices, timeout 1800s, 2 retries, 500 in flight, rollback OnFailure; targets models [\"m\"] sites [] tags [] versions [] ids []"),
+            (2, "wave 0 started (chunk 1/1): 2 devices"),
+            (4, "pause requested by ops: night"),
+            (5, "resume requested by ops: day"),
+            (6, "1 devices joined the fleet and were added to wave 0"),
+            (7, "verdict Abort on wave 0: the rule [targeted 3, in flight 1, succeeded 0, failed 2, timed out 0, rejected 0]"),
+            (8, "state Running -> Aborted: the rule"),
+            (9, "abort requested by ops: late"),
+            (9, "2 device command(s) issued in all"),
+        ]
+        .into_iter()
+        .map(|(t, s)| (t, s.to_owned()))
+        .collect();
+        assert_eq!(lines, expected);
+        // Without commands, no count line.
+        let lines = rollout_timeline(&events[..2]);
+        assert_eq!(lines.len(), 2);
+        assert!(rollout_timeline(&[]).is_empty());
     }
 }

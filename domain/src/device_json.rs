@@ -8,9 +8,9 @@ use crate::events::{
     DeviceRegistered, Health, Heartbeat, InstallOutcome, InstallPhase, InstallProgress,
     InstallResult,
 };
-use crate::ids::{new_event_id, validate_device_id};
+use crate::ids::validate_device_id;
 use crate::time::{now_micros, Micros};
-use crate::{Event, EventMeta, Payload};
+use crate::{Event, Payload};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use uuid::Uuid;
@@ -156,15 +156,8 @@ fn event(
     payload: Payload,
 ) -> Result<Event, Rejection> {
     let recorded_at = now_micros();
-    Ok(Event {
-        meta: EventMeta {
-            event_id: new_event_id(),
-            occurred_at: occurred(occurred_at_ms, recorded_at)?,
-            recorded_at,
-            trace_id: trace_id.to_owned(),
-        },
-        payload,
-    })
+    let occurred_at = occurred(occurred_at_ms, recorded_at)?;
+    Ok(Event::at(payload, occurred_at, recorded_at, trace_id))
 }
 
 /// Checks a device message and turns it into an event.

@@ -148,19 +148,11 @@ impl DeviceView {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::{DeviceRegistered, EventMeta, Heartbeat, InstallResult};
+    use crate::events::{DeviceRegistered, Heartbeat, InstallResult};
     use uuid::Uuid;
 
     fn ev(t: i64, payload: Payload) -> Event {
-        Event {
-            meta: EventMeta {
-                event_id: Uuid::from_u128(t as u128),
-                occurred_at: t,
-                recorded_at: t + 1,
-                trace_id: "t".into(),
-            },
-            payload,
-        }
+        Event::new(Uuid::from_u128(t as u128), payload, t, t + 1, "t")
     }
 
     fn hb(fw: &str, temp: f32, signal: Option<i32>) -> Payload {
@@ -256,5 +248,81 @@ mod tests {
         let a = fold(&events[..1], 0).unwrap();
         let b = fold(&events[2..3], 2).unwrap();
         assert_eq!(DeviceView::merge(a, b).health.unwrap().signal_dbm, None);
+    }
+
+    #[test]
+    fn events_about_no_device_view_field_leave_the_view_alone() {
+        use crate::events::{CancelCommand, CommandKind, DeviceCommanded};
+        let cancel = ev(
+            50,
+            Payload::CancelCommand(CancelCommand {
+                command_id: Uuid::nil(),
+                device_id: "d1".into(),
+                rollout_id: "r".into(),
+                gateway_id: None,
+                reason: "stop".into(),
+            }),
+        );
+        let commanded = ev(
+            60,
+            Payload::DeviceCommanded(DeviceCommanded {
+                rollout_id: "r".into(),
+                device_id: "d1".into(),
+                command_id: Uuid::nil(),
+                kind: CommandKind::Update,
+                attempt: 1,
+                deadline: 0,
+            }),
+        );
+        let pos = Position {
+            partition: 0,
+            offset: 9,
+        };
+        for e in [&cancel, &commanded] {
+            assert!(!DeviceView::is_relevant(e));
+            assert_eq!(DeviceView::apply(None, e, pos), None);
+        }
+        let v = fold(&history(), 0).unwrap();
+        assert_eq!(
+            DeviceView::apply(Some(v.clone()), &cancel, pos),
+            Some(v.clone())
+        );
+        let mut w = v.clone();
+        w.absorb(&commanded, pos);
+        assert_eq!(w, v);
+    }
+
+    #[test]
+    fn an_install_result_sets_the_firmware_unless_rejected() {
+        let result = |outcome| {
+            ev(
+                50,
+                Payload::InstallResult(InstallResult {
+                    device_id: "d1".into(),
+                    rollout_id: None,
+                    command_id: None,
+                    outcome,
+                    firmware_version: "9.9.9".into(),
+                    error_code: None,
+                    message: None,
+                }),
+            )
+        };
+        let pos = |offset| Position {
+            partition: 0,
+            offset,
+        };
+        let v = fold(&history()[..2], 0).unwrap();
+        assert_eq!(v.firmware_version.as_deref(), Some("1.0.0"));
+        for (outcome, fw) in [
+            (InstallOutcome::Succeeded, "9.9.9"),
+            (InstallOutcome::Failed, "9.9.9"),
+            (InstallOutcome::RolledBack, "9.9.9"),
+            (InstallOutcome::Rejected, "1.0.0"),
+        ] {
+            let after = DeviceView::apply(Some(v.clone()), &result(outcome), pos(2)).unwrap();
+            assert_eq!(after.firmware_version.as_deref(), Some(fw), "{outcome:?}");
+            assert_eq!(after.events, v.events + 1, "{outcome:?}");
+        }
     }
 }

@@ -4,7 +4,8 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::time::Micros;
+use crate::ids::new_event_id;
+use crate::time::{now_micros, Micros};
 
 /// Which ledger topic a payload belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -37,6 +38,45 @@ pub struct Event {
 }
 
 impl Event {
+    /// An event with all of its metadata given: for derived events, whose id is deterministic
+    /// (a command's id, a routed report's id), and for tests.
+    #[must_use]
+    pub fn new(
+        event_id: Uuid,
+        payload: Payload,
+        occurred_at: Micros,
+        recorded_at: Micros,
+        trace_id: impl Into<String>,
+    ) -> Self {
+        Event {
+            meta: EventMeta {
+                event_id,
+                occurred_at,
+                recorded_at,
+                trace_id: trace_id.into(),
+            },
+            payload,
+        }
+    }
+
+    /// A new fact with a fresh random id, that occurred and was recorded at the times given.
+    #[must_use]
+    pub fn at(
+        payload: Payload,
+        occurred_at: Micros,
+        recorded_at: Micros,
+        trace_id: impl Into<String>,
+    ) -> Self {
+        Event::new(new_event_id(), payload, occurred_at, recorded_at, trace_id)
+    }
+
+    /// A new fact with a fresh random id, occurring and recorded now.
+    #[must_use]
+    pub fn now(payload: Payload, trace_id: impl Into<String>) -> Self {
+        let now = now_micros();
+        Event::at(payload, now, now, trace_id)
+    }
+
     #[must_use]
     pub fn event_type(&self) -> EventType {
         self.payload.event_type()
@@ -47,6 +87,62 @@ impl Event {
     pub fn key(&self) -> &str {
         self.payload.key()
     }
+}
+
+/// A name that is not one of a state enum's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind} must be one of {expected}, not {got:?}")]
+pub struct UnknownState {
+    pub kind: &'static str,
+    pub expected: String,
+    pub got: String,
+}
+
+/// A state enum whose names (the Avro enum symbols, used as such in the API and the tables)
+/// are written once: serde's names, `ALL`, `NAMES`, `as_str`, `FromStr` and `Display` all come
+/// from this one list.
+macro_rules! named_states {
+    ($(#[$doc:meta])* $name:ident { $( $variant:ident => $text:literal, )* }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum $name {
+            $( #[serde(rename = $text)] $variant, )*
+        }
+
+        impl $name {
+            /// Every state, in declaration order.
+            pub const ALL: [$name; [$( $text, )*].len()] = [$( $name::$variant, )*];
+            /// Every state's name, in the order of `ALL`.
+            pub const NAMES: [&'static str; [$( $text, )*].len()] = [$( $text, )*];
+
+            /// The state's name: the Avro enum symbol, as the API and the tables spell it.
+            #[must_use]
+            pub const fn as_str(self) -> &'static str {
+                match self { $( $name::$variant => $text, )* }
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = UnknownState;
+
+            fn from_str(s: &str) -> Result<Self, UnknownState> {
+                match s {
+                    $( $text => Ok($name::$variant), )*
+                    _ => Err(UnknownState {
+                        kind: stringify!($name),
+                        expected: Self::NAMES.join(", "),
+                        got: s.to_owned(),
+                    }),
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
 }
 
 // ---- device events -------------------------------------------------------------------------
@@ -176,6 +272,27 @@ pub struct Strategy {
     pub rollback_policy: RollbackPolicy,
 }
 
+impl Default for Strategy {
+    /// The strategy of a rollout request that leaves it out (or any of its fields): four waves
+    /// (1%, 10%, 50%, 100%), at or over 95% success to go on, at or over 5% failures to abort.
+    fn default() -> Self {
+        Strategy {
+            waves_pct: vec![1.0, 10.0, 50.0, 100.0],
+            success_threshold_pct: 95.0,
+            failure_threshold_pct: 5.0,
+            min_devices_for_verdict: 5,
+            device_timeout_s: 1800,
+            max_retries: 2,
+            retry_backoff_s: 60,
+            max_in_flight: 500,
+            health_gate_window_s: 300,
+            scheduled_start: None,
+            maintenance_window: None,
+            rollback_policy: RollbackPolicy::OnAbort,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UpdateRequested {
     pub rollout_id: String,
@@ -226,20 +343,21 @@ pub struct DeviceCommanded {
     pub deadline: Micros,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum DeviceRolloutState {
-    Targeted,
-    Commanded,
-    Downloading,
-    Installing,
-    Verifying,
-    Succeeded,
-    Failed,
-    Rejected,
-    TimedOut,
-    RolledBack,
-    Cancelled,
+named_states! {
+    /// Where one device stands in a rollout.
+    DeviceRolloutState {
+        Targeted => "TARGETED",
+        Commanded => "COMMANDED",
+        Downloading => "DOWNLOADING",
+        Installing => "INSTALLING",
+        Verifying => "VERIFYING",
+        Succeeded => "SUCCEEDED",
+        Failed => "FAILED",
+        Rejected => "REJECTED",
+        TimedOut => "TIMED_OUT",
+        RolledBack => "ROLLED_BACK",
+        Cancelled => "CANCELLED",
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -299,16 +417,17 @@ pub struct ThresholdEvaluated {
     pub verdict: Verdict,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum RolloutState {
-    Requested,
-    Scheduled,
-    Running,
-    Paused,
-    Completed,
-    Aborted,
-    RolledBack,
+named_states! {
+    /// Where a rollout stands.
+    RolloutState {
+        Requested => "REQUESTED",
+        Scheduled => "SCHEDULED",
+        Running => "RUNNING",
+        Paused => "PAUSED",
+        Completed => "COMPLETED",
+        Aborted => "ABORTED",
+        RolledBack => "ROLLED_BACK",
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -487,21 +606,4 @@ impl std::fmt::Display for EventType {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_round_trip_and_streams_are_assigned() {
-        for t in EventType::ALL {
-            assert_eq!(EventType::from_name(t.name()), Some(*t));
-        }
-        assert_eq!(EventType::ALL.len(), 20);
-        assert_eq!(EventType::Heartbeat.stream(), Stream::DeviceEvents);
-        assert_eq!(
-            EventType::ThresholdEvaluated.stream(),
-            Stream::RolloutEvents
-        );
-        assert_eq!(EventType::CancelCommand.stream(), Stream::DeviceCommands);
-        assert_eq!(EventType::from_name("Nope"), None);
-    }
-}
+mod tests;

@@ -1,4 +1,4 @@
-//! Identifiers: device ids, event ids and trace ids.
+//! Identifiers: device and rollout ids (checked on parsing), event ids and trace ids.
 
 use thiserror::Error;
 use uuid::Uuid;
@@ -11,7 +11,7 @@ pub const DERIVED_NAMESPACE: Uuid = Uuid::from_u128(0x6f74_616c_6564_6765_7200_0
 /// The longest device id accepted, in bytes.
 pub const MAX_DEVICE_ID_LEN: usize = 128;
 
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum IdError {
     #[error("device id is empty")]
     Empty,
@@ -36,6 +36,97 @@ pub fn validate_device_id(id: &str) -> Result<(), IdError> {
     {
         Some(c) => Err(IdError::BadChar(c)),
         None => Ok(()),
+    }
+}
+
+/// An id that passed [`validate_device_id`]'s rule, made by parsing so that holding one proves
+/// it is valid.
+macro_rules! checked_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Deserialize)]
+        #[serde(try_from = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            #[must_use]
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+
+            #[must_use]
+            pub fn into_string(self) -> String {
+                self.0
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = IdError;
+
+            fn try_from(id: String) -> Result<Self, IdError> {
+                validate_device_id(&id)?;
+                Ok($name(id))
+            }
+        }
+
+        impl TryFrom<&str> for $name {
+            type Error = IdError;
+
+            fn try_from(id: &str) -> Result<Self, IdError> {
+                validate_device_id(id)?;
+                Ok($name(id.to_owned()))
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = IdError;
+
+            fn from_str(id: &str) -> Result<Self, IdError> {
+                Self::try_from(id)
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(id: $name) -> String {
+                id.0
+            }
+        }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
+    };
+}
+
+checked_id! {
+    /// A device (or gateway) id: 1 to 128 characters of `[A-Za-z0-9._:-]`.
+    DeviceId
+}
+
+checked_id! {
+    /// A rollout id: the same rule as a device id (it is a Kafka key and a URL path segment).
+    RolloutId
+}
+
+impl RolloutId {
+    /// A new rollout id: a random UUID, hyphenated.
+    #[must_use]
+    pub fn new_random() -> Self {
+        RolloutId(new_event_id().hyphenated().to_string())
     }
 }
 
@@ -68,6 +159,96 @@ mod tests {
         assert_eq!(validate_device_id("a/b"), Err(IdError::BadChar('/')));
         assert_eq!(validate_device_id("a+"), Err(IdError::BadChar('+')));
         assert_eq!(validate_device_id(&"x".repeat(129)), Err(IdError::TooLong));
+    }
+
+    #[test]
+    fn device_ids_are_checked_at_their_boundaries() {
+        let max = "x".repeat(MAX_DEVICE_ID_LEN);
+        assert_eq!(validate_device_id(&max), Ok(()), "128 bytes is the maximum");
+        assert_eq!(
+            validate_device_id(&format!("{max}x")),
+            Err(IdError::TooLong)
+        );
+        assert_eq!(validate_device_id("a"), Ok(()), "one character is enough");
+        assert_eq!(validate_device_id(" "), Err(IdError::BadChar(' ')));
+        assert_eq!(validate_device_id("a b"), Err(IdError::BadChar(' ')));
+        assert_eq!(validate_device_id("é"), Err(IdError::BadChar('é')));
+        // 65 two-byte characters are 130 bytes: the length is checked first, in bytes.
+        assert_eq!(
+            validate_device_id(&"é".repeat(65)),
+            Err(IdError::TooLong),
+            "the limit counts bytes"
+        );
+        for c in ['.', '_', ':', '-', '0', '9', 'a', 'z', 'A', 'Z'] {
+            assert_eq!(validate_device_id(&c.to_string()), Ok(()), "{c:?}");
+        }
+        for c in ['/', '+', '#', '*', '\\', '\0', '\n', '@', '!', '~'] {
+            assert_eq!(
+                validate_device_id(&format!("a{c}")),
+                Err(IdError::BadChar(c)),
+                "{c:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn device_ids_parse_to_the_same_rule_and_print_as_given() {
+        let id: DeviceId = "elev-0001.eu:a_b".parse().unwrap();
+        assert_eq!(id.as_str(), "elev-0001.eu:a_b");
+        assert_eq!(id.to_string(), "elev-0001.eu:a_b");
+        assert_eq!(AsRef::<str>::as_ref(&id), "elev-0001.eu:a_b");
+        assert_eq!(String::from(id.clone()), "elev-0001.eu:a_b");
+        assert_eq!(id.clone().into_string(), "elev-0001.eu:a_b");
+        assert_eq!(DeviceId::try_from("elev-0001.eu:a_b".to_owned()), Ok(id));
+        assert_eq!("".parse::<DeviceId>(), Err(IdError::Empty));
+        assert_eq!(" d1".parse::<DeviceId>(), Err(IdError::BadChar(' ')));
+        assert_eq!(DeviceId::try_from("x".repeat(129)), Err(IdError::TooLong));
+        assert!(DeviceId::try_from("x".repeat(128)).is_ok());
+        assert_eq!(
+            "a/b".parse::<RolloutId>().unwrap_err().to_string(),
+            "device id contains '/'; allowed are letters, digits, '.', '_', ':' and '-'"
+        );
+        assert_eq!(
+            "r-1".parse::<RolloutId>().map(RolloutId::into_string),
+            Ok("r-1".to_owned())
+        );
+        let random = RolloutId::new_random();
+        assert_ne!(random, RolloutId::new_random());
+        assert_eq!(validate_device_id(random.as_str()), Ok(()));
+        let uuid = Uuid::parse_str(random.as_str()).unwrap();
+        assert_eq!(
+            uuid.hyphenated().to_string(),
+            random.as_str(),
+            "a hyphenated UUID"
+        );
+    }
+
+    #[test]
+    fn device_ids_deserialize_only_when_valid() {
+        use serde::de::value::{Error, StrDeserializer, StringDeserializer};
+        use serde::de::IntoDeserializer;
+        use serde::Deserialize;
+        let ok: StringDeserializer<Error> = "d-1".to_owned().into_deserializer();
+        assert_eq!(DeviceId::deserialize(ok).unwrap().as_str(), "d-1");
+        let bad: StrDeserializer<'_, Error> = "d/1".into_deserializer();
+        let err = DeviceId::deserialize(bad).unwrap_err().to_string();
+        assert!(err.contains("device id contains '/'"), "{err}");
+        let empty: StrDeserializer<'_, Error> = "".into_deserializer();
+        assert!(RolloutId::deserialize(empty).is_err());
+    }
+
+    #[test]
+    fn fresh_ids_are_random() {
+        let (a, b) = (new_event_id(), new_event_id());
+        assert_ne!(a, b);
+        assert_eq!(a.get_version_num(), 4);
+        let t = new_trace_id();
+        assert_eq!(t.len(), 32);
+        assert!(
+            t.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+            "{t}"
+        );
+        assert_ne!(t, new_trace_id());
     }
 
     #[test]

@@ -4,11 +4,14 @@
 pub mod audit;
 pub mod device_json;
 pub mod device_view;
+pub mod digest;
 pub mod events;
 pub mod ids;
 pub mod rejection;
 pub mod rollout;
+pub mod rollout_request;
 mod serde_uuid;
 pub mod time;
+pub mod version;
 
 pub use events::{Event, EventMeta, EventType, Payload, Stream};

@@ -162,14 +162,6 @@ pub struct Rollout {
     deadlines: BTreeSet<(Micros, String)>,
 }
 
-fn is_final(s: DeviceRolloutState) -> bool {
-    use DeviceRolloutState as D;
-    matches!(
-        s,
-        D::Succeeded | D::Failed | D::Rejected | D::TimedOut | D::RolledBack | D::Cancelled
-    )
-}
-
 fn in_flight(s: DeviceRolloutState) -> bool {
     use DeviceRolloutState as D;
     matches!(
@@ -632,10 +624,7 @@ impl Decisions<'_> {
             .rollout
             .devices
             .iter()
-            .filter(|(_, d)| {
-                d.state != DeviceRolloutState::Targeted && !is_final(d.state)
-                    || d.state == DeviceRolloutState::Succeeded
-            })
+            .filter(|(_, d)| in_flight(d.state) || d.state == DeviceRolloutState::Succeeded)
             .map(|(id, d)| (id.clone(), d.state))
             .collect();
         let mut rolled_back = 0;

@@ -4,6 +4,11 @@
 use super::*;
 use crate::events::{Release, Strategy, TargetSelector};
 
+mod abort;
+mod fold;
+mod verdict;
+mod window;
+
 const S: Micros = 1_000_000;
 
 fn strategy() -> Strategy {
