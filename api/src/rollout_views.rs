@@ -7,9 +7,8 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::routing::get;
 use axum::{Json, Router};
-use otaledger_projections::rollouts::{
-    self, DecisionRow, RolloutDeviceRow, RolloutRow, DEVICE_STATES,
-};
+use otaledger_domain::events::{DeviceRolloutState, RolloutState};
+use otaledger_projections::rollouts::{self, DecisionRow, RolloutDeviceRow, RolloutRow};
 use serde::{Deserialize, Serialize};
 
 use crate::devices::page_limit;
@@ -57,16 +56,6 @@ struct Page<T> {
     next_cursor: Option<String>,
 }
 
-const ROLLOUT_STATES: &[&str] = &[
-    "REQUESTED",
-    "SCHEDULED",
-    "RUNNING",
-    "PAUSED",
-    "COMPLETED",
-    "ABORTED",
-    "ROLLED_BACK",
-];
-
 async fn list(
     State(s): State<AppState>,
     q: Result<Query<PageQuery>, QueryRejection>,
@@ -74,10 +63,10 @@ async fn list(
     let q = query(q)?;
     let n = page_limit(q.limit.as_deref())?;
     if let Some(st) = q.state.as_deref() {
-        if !ROLLOUT_STATES.contains(&st) {
+        if !RolloutState::NAMES.contains(&st) {
             return Err(ApiError::bad_request(
                 "invalid_parameter",
-                format!("state must be one of {}", ROLLOUT_STATES.join(", ")),
+                format!("state must be one of {}", RolloutState::NAMES.join(", ")),
             ));
         }
     }
@@ -148,10 +137,13 @@ async fn devices(
     let n = page_limit(q.limit.as_deref())?;
     let state = q.state.map(|s| s.to_uppercase());
     if let Some(st) = state.as_deref() {
-        if !DEVICE_STATES.contains(&st) {
+        if !DeviceRolloutState::NAMES.contains(&st) {
             return Err(ApiError::bad_request(
                 "invalid_parameter",
-                format!("state must be one of {}", DEVICE_STATES.join(", ")),
+                format!(
+                    "state must be one of {}",
+                    DeviceRolloutState::NAMES.join(", ")
+                ),
             ));
         }
     }

@@ -4,9 +4,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use otaledger_domain::ids::new_event_id;
 use otaledger_domain::time::now_micros;
-use otaledger_domain::{Event, EventMeta, Payload};
+use otaledger_domain::{Event, Payload};
 use otaledger_ledger::config::Config;
 use otaledger_ledger::kafka::EventProducer;
 use otaledger_projections::projector::{merge_patches, DimensionCache};
@@ -25,14 +24,8 @@ pub(crate) async fn api_over_fleet(
     for start in (0..devices).step_by(20_000) {
         let mut patches = BTreeMap::new();
         for i in start..(start + 20_000).min(devices) {
-            let e = Event {
-                meta: EventMeta {
-                    event_id: new_event_id(),
-                    occurred_at: now,
-                    recorded_at: now,
-                    trace_id: String::new(),
-                },
-                payload: Payload::DeviceRegistered(otaledger_domain::events::DeviceRegistered {
+            let e = Event::at(
+                Payload::DeviceRegistered(otaledger_domain::events::DeviceRegistered {
                     device_id: format!("bench-{i:07}"),
                     model: format!("model-{}", i % 7),
                     site: format!("site-{}", i % 50),
@@ -41,7 +34,10 @@ pub(crate) async fn api_over_fleet(
                     gateway_id: None,
                     hardware_rev: None,
                 }),
-            };
+                now,
+                now,
+                "",
+            );
             let position = otaledger_domain::device_view::Position {
                 partition: 0,
                 offset: i as i64,

@@ -10,9 +10,9 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use otaledger_domain::events::{Health, Heartbeat};
-use otaledger_domain::ids::{new_event_id, new_trace_id};
+use otaledger_domain::ids::new_trace_id;
 use otaledger_domain::time::now_micros;
-use otaledger_domain::{Event, EventMeta, Payload};
+use otaledger_domain::{Event, Payload};
 use otaledger_ledger::config::KafkaConfig;
 use otaledger_ledger::kafka::{client_config, ensure_topics};
 use serde::Serialize;
@@ -200,14 +200,8 @@ pub(crate) fn heartbeats(range: std::ops::Range<usize>, devices: usize, now: i64
     range
         .map(|i| {
             let d = i % devices.max(1);
-            Event {
-                meta: EventMeta {
-                    event_id: new_event_id(),
-                    occurred_at: now + i as i64,
-                    recorded_at: now + i as i64,
-                    trace_id: new_trace_id(),
-                },
-                payload: Payload::Heartbeat(Heartbeat {
+            Event::at(
+                Payload::Heartbeat(Heartbeat {
                     device_id: format!("bench-{d:07}"),
                     firmware_version: format!("1.{}.0", (i / devices.max(1)) % 4),
                     gateway_id: None,
@@ -220,7 +214,10 @@ pub(crate) fn heartbeats(range: std::ops::Range<usize>, devices: usize, now: i64
                         signal_dbm: Some(-60),
                     },
                 }),
-            }
+                now + i as i64,
+                now + i as i64,
+                new_trace_id(),
+            )
         })
         .collect()
 }

@@ -16,7 +16,7 @@ use otaledger_domain::events::{
 };
 use otaledger_domain::ids::{new_event_id, new_trace_id};
 use otaledger_domain::time::now_micros;
-use otaledger_domain::{Event, EventMeta};
+use otaledger_domain::Event;
 use otaledger_ledger::kafka::{client_config, EventProducer};
 use otaledger_ledger::metrics::REGISTRY;
 use otaledger_ledger::shutdown::Shutdown;
@@ -171,14 +171,9 @@ pub async fn dispatch_only(cfg: &Config, n: usize) -> Result<(f64, f64, f64), Bo
     let mut pending = Vec::with_capacity(n);
     for i in 0..n {
         let command_id = new_event_id();
-        let e = Event {
-            meta: EventMeta {
-                event_id: command_id,
-                occurred_at: now_micros(),
-                recorded_at: now_micros(),
-                trace_id: "bench".into(),
-            },
-            payload: Payload::UpdateCommand(UpdateCommand {
+        let e = Event::new(
+            command_id,
+            Payload::UpdateCommand(UpdateCommand {
                 command_id,
                 device_id: format!("dd-{i:07}"),
                 rollout_id: "bench-dispatch".into(),
@@ -186,7 +181,10 @@ pub async fn dispatch_only(cfg: &Config, n: usize) -> Result<(f64, f64, f64), Bo
                 release: release(),
                 deadline: now_micros() + 600_000_000,
             }),
-        };
+            now_micros(),
+            now_micros(),
+            "bench",
+        );
         pending.push(producer.enqueue(&e).await?);
     }
     for p in pending {
@@ -332,14 +330,8 @@ async fn drive(
     );
 
     let rollout_id = format!("bench-{}", &new_event_id().simple().to_string()[..8]);
-    let request = Event {
-        meta: EventMeta {
-            event_id: new_event_id(),
-            occurred_at: now_micros(),
-            recorded_at: now_micros(),
-            trace_id: new_trace_id(),
-        },
-        payload: Payload::UpdateRequested(UpdateRequested {
+    let request = Event::at(
+        Payload::UpdateRequested(UpdateRequested {
             rollout_id: rollout_id.clone(),
             requested_by: "bench".into(),
             release: release(),
@@ -365,7 +357,10 @@ async fn drive(
                 rollback_policy: RollbackPolicy::None,
             },
         }),
-    };
+        now_micros(),
+        now_micros(),
+        new_trace_id(),
+    );
     let before = (dispatched("mqtt").await, dispatched("amqp").await);
     let issued_before = issued().await;
     let mut samples = Vec::new();

@@ -18,7 +18,7 @@ use lapin::BasicProperties;
 use otaledger_domain::events::{CommandDeliveryFailed, Payload};
 use otaledger_domain::ids::derived_event_id;
 use otaledger_domain::time::now_micros;
-use otaledger_domain::{Event, EventMeta};
+use otaledger_domain::Event;
 use otaledger_ledger::amqp::{connect, declare_commands_exchange, AmqpConfig};
 use otaledger_ledger::dead_letters::{dead_letter, Origin, Rejection};
 use otaledger_ledger::kafka::EventProducer;
@@ -263,14 +263,9 @@ impl Dispatcher {
         gave_up: bool,
     ) -> Result<()> {
         let id = c.command_id.hyphenated().to_string();
-        let event = Event {
-            meta: EventMeta {
-                event_id: derived_event_id(&["delivery-failed", &id, &attempt.to_string()]),
-                occurred_at: now_micros(),
-                recorded_at: now_micros(),
-                trace_id: id.clone(),
-            },
-            payload: Payload::CommandDeliveryFailed(CommandDeliveryFailed {
+        let event = Event::new(
+            derived_event_id(&["delivery-failed", &id, &attempt.to_string()]),
+            Payload::CommandDeliveryFailed(CommandDeliveryFailed {
                 command_id: c.command_id,
                 device_id: c.device_id.to_owned(),
                 rollout_id: c.rollout_id.to_owned(),
@@ -280,7 +275,10 @@ impl Dispatcher {
                 error: error.to_owned(),
                 gave_up,
             }),
-        };
+            now_micros(),
+            now_micros(),
+            id.clone(),
+        );
         self.producer.append(&event).await?;
         if gave_up {
             let origin = Origin {

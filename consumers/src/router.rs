@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use otaledger_domain::events::{DeviceReportRouted, InstallOutcome, Payload, ReportKind};
 use otaledger_domain::ids::derived_event_id;
 use otaledger_domain::time::now_micros;
-use otaledger_domain::{Event, EventMeta};
+use otaledger_domain::Event;
 use otaledger_ledger::kafka::EventProducer;
 use otaledger_ledger::metrics::{Counter, REGISTRY};
 use sqlx::PgConnection;
@@ -120,18 +120,13 @@ impl Router {
                 _ => None,
             };
             if let Some(r) = report {
-                routed.push(Event {
-                    meta: EventMeta {
-                        event_id: derived_event_id(&[
-                            "routed",
-                            &e.meta.event_id.hyphenated().to_string(),
-                        ]),
-                        occurred_at: e.meta.occurred_at,
-                        recorded_at: now_micros(),
-                        trace_id: e.meta.trace_id.clone(),
-                    },
-                    payload: Payload::DeviceReportRouted(r),
-                });
+                routed.push(Event::new(
+                    derived_event_id(&["routed", &e.meta.event_id.hyphenated().to_string()]),
+                    Payload::DeviceReportRouted(r),
+                    e.meta.occurred_at,
+                    now_micros(),
+                    e.meta.trace_id.clone(),
+                ));
             }
         }
         // Kafka writes first, awaited after the database work: the two round trips overlap.

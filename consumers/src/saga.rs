@@ -23,7 +23,7 @@ use otaledger_domain::events::{
 use otaledger_domain::ids::new_event_id;
 use otaledger_domain::rollout::{Input, Rollout, Target};
 use otaledger_domain::time::{now_micros, Micros};
-use otaledger_domain::{Event, EventMeta};
+use otaledger_domain::Event;
 use otaledger_ledger::config::KafkaConfig;
 use otaledger_ledger::kafka::{EventProducer, Pending};
 use otaledger_ledger::metrics::{Counter, Gauge, Histogram, REGISTRY};
@@ -554,30 +554,14 @@ impl Saga {
                     Payload::DeviceCommanded(c) => self.command_for(&rollout_id, c),
                     _ => None,
                 };
-                let event = Event {
-                    meta: EventMeta {
-                        event_id: new_event_id(),
-                        occurred_at: now,
-                        recorded_at: now,
-                        trace_id: trace.clone(),
-                    },
-                    payload,
-                };
+                let event = Event::at(payload, now, now, trace.clone());
                 self.emitted.insert(event.meta.event_id);
                 pending.push(self.producer.enqueue(&event).await?);
                 n += 1;
                 if let Some(cmd) = command {
-                    let cmd_event = Event {
-                        meta: EventMeta {
-                            // The command id is the command event's id: dispatcher and devices
-                            // de-duplicate on it.
-                            event_id: command_id(&cmd),
-                            occurred_at: now,
-                            recorded_at: now,
-                            trace_id: trace.clone(),
-                        },
-                        payload: cmd,
-                    };
+                    // The command id is the command event's id: dispatcher and devices
+                    // de-duplicate on it.
+                    let cmd_event = Event::new(command_id(&cmd), cmd, now, now, trace.clone());
                     pending.push(self.producer.enqueue(&cmd_event).await?);
                     self.metrics.commands.inc();
                 }

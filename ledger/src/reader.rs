@@ -572,17 +572,11 @@ impl RawBatch {
 mod tests {
     use super::*;
     use otaledger_domain::events::{Health, Heartbeat};
-    use otaledger_domain::{EventMeta, Payload};
+    use otaledger_domain::Payload;
 
     fn heartbeat(i: usize) -> Event {
-        Event {
-            meta: EventMeta {
-                event_id: otaledger_domain::ids::new_event_id(),
-                occurred_at: 1,
-                recorded_at: 2,
-                trace_id: String::new(),
-            },
-            payload: Payload::Heartbeat(Heartbeat {
+        Event::at(
+            Payload::Heartbeat(Heartbeat {
                 device_id: format!("d-{i}"),
                 firmware_version: "1.0.0".into(),
                 gateway_id: None,
@@ -595,7 +589,10 @@ mod tests {
                     signal_dbm: None,
                 },
             }),
-        }
+            1,
+            2,
+            "",
+        )
     }
 
     #[tokio::test]

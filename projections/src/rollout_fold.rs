@@ -5,13 +5,14 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use otaledger_domain::events::{CommandKind, Payload, RolloutState, UpdateRequested};
+use otaledger_domain::events::{
+    CommandKind, DeviceRolloutState, Payload, RolloutState, UpdateRequested,
+};
 use otaledger_ledger::Positioned;
 use serde_json::json;
 use uuid::Uuid;
 
 use crate::projector::ts;
-use crate::rollouts::{device_state_name, state_name};
 
 /// What one batch of rollout events changes.
 #[derive(Debug, Default)]
@@ -100,12 +101,7 @@ fn decision(p: &Payload) -> Option<(String, serde_json::Value)> {
         ),
         Payload::ThresholdEvaluated(t) => (format!("{:?}: {}", t.verdict, t.rule), detail(t)),
         Payload::RolloutStateChanged(c) => (
-            format!(
-                "{} → {}: {}",
-                state_name(c.from),
-                state_name(c.to),
-                c.reason
-            ),
+            format!("{} → {}: {}", c.from.as_str(), c.to.as_str(), c.reason),
             detail(c),
         ),
         _ => return None,
@@ -169,7 +165,7 @@ impl RolloutBatch {
                     for (i, id) in w.device_ids.iter().enumerate() {
                         let d = patch(devices, &rid, id, at);
                         d.wave = Some(w.wave);
-                        d.state = Some("TARGETED");
+                        d.state = Some(DeviceRolloutState::Targeted.as_str());
                         d.from_version = w.from_versions.get(i).cloned();
                     }
                     let h = headers.entry(rid.clone()).or_default();
@@ -181,7 +177,7 @@ impl RolloutBatch {
                     for (i, id) in j.device_ids.iter().enumerate() {
                         let d = patch(devices, &rid, id, at);
                         d.wave = Some(j.wave);
-                        d.state = Some("TARGETED");
+                        d.state = Some(DeviceRolloutState::Targeted.as_str());
                         d.from_version = j.from_versions.get(i).cloned();
                         d.reason = Some("joined the fleet during the rollout".into());
                     }
@@ -192,7 +188,7 @@ impl RolloutBatch {
                 Payload::DeviceCommanded(c) => {
                     let d = patch(devices, &rid, &c.device_id, at);
                     if c.kind == CommandKind::Update {
-                        d.state = Some("COMMANDED");
+                        d.state = Some(DeviceRolloutState::Commanded.as_str());
                         d.attempt = Some(c.attempt);
                         d.command_id = Some(c.command_id);
                         d.reason = Some(format!("update sent (attempt {})", c.attempt));
@@ -202,17 +198,17 @@ impl RolloutBatch {
                 }
                 Payload::DeviceTimedOut(t) if t.retry_at.is_some() => {
                     let d = patch(devices, &rid, &t.device_id, at);
-                    d.state = Some("TARGETED");
+                    d.state = Some(DeviceRolloutState::Targeted.as_str());
                     d.reason = Some(format!("attempt {} timed out; retry scheduled", t.attempt));
                 }
                 Payload::DeviceOutcome(o) => {
                     let d = patch(devices, &rid, &o.device_id, at);
-                    d.state = Some(device_state_name(o.state));
+                    d.state = Some(o.state.as_str());
                     d.reason = Some(o.reason.clone());
                 }
                 Payload::RolloutStateChanged(c) => {
                     let h = headers.entry(rid.clone()).or_default();
-                    h.state = Some((state_name(c.to), c.reason.clone()));
+                    h.state = Some((c.to.as_str(), c.reason.clone()));
                     if c.to == RolloutState::Running && h.started_at.is_none() {
                         h.started_at = Some(at);
                     }
@@ -240,7 +236,7 @@ mod tests {
         DeviceCommanded, DeviceOutcome, DeviceRolloutState, DeviceTimedOut, DevicesJoined,
         RolloutStateChanged, WaveStarted,
     };
-    use otaledger_domain::{Event, EventMeta};
+    use otaledger_domain::Event;
 
     const T0: i64 = 1_700_000_000_000_000;
 
@@ -254,15 +250,13 @@ mod tests {
                     partition: 0,
                     offset: i as i64,
                 },
-                event: Event {
-                    meta: EventMeta {
-                        event_id: Uuid::from_u128(i as u128 + 1),
-                        occurred_at: T0 + i as i64 * 1_000_000,
-                        recorded_at: T0 + i as i64 * 1_000_000,
-                        trace_id: String::new(),
-                    },
+                event: Event::new(
+                    Uuid::from_u128(i as u128 + 1),
                     payload,
-                },
+                    T0 + i as i64 * 1_000_000,
+                    T0 + i as i64 * 1_000_000,
+                    "",
+                ),
             })
             .collect()
     }

@@ -3,7 +3,7 @@
 //! of one batch coalesce into one row update).
 
 use chrono::{DateTime, Utc};
-use otaledger_domain::events::{DeviceRolloutState, RolloutState};
+use otaledger_domain::events::DeviceRolloutState;
 use otaledger_ledger::{Positioned, Projection};
 use serde::Serialize;
 use sqlx::postgres::PgRow;
@@ -16,52 +16,6 @@ use crate::{DbContext, Error, Result};
 /// Projects `ota.rollout-events` into `rollouts`, `rollout_devices` and `rollout_decisions`.
 #[derive(Debug, Default)]
 pub struct RolloutProjector;
-
-pub(crate) fn state_name(s: RolloutState) -> &'static str {
-    match s {
-        RolloutState::Requested => "REQUESTED",
-        RolloutState::Scheduled => "SCHEDULED",
-        RolloutState::Running => "RUNNING",
-        RolloutState::Paused => "PAUSED",
-        RolloutState::Completed => "COMPLETED",
-        RolloutState::Aborted => "ABORTED",
-        RolloutState::RolledBack => "ROLLED_BACK",
-    }
-}
-
-/// The name a device state has in the API and the table (the Avro enum symbol).
-#[must_use]
-pub fn device_state_name(s: DeviceRolloutState) -> &'static str {
-    use DeviceRolloutState as D;
-    match s {
-        D::Targeted => "TARGETED",
-        D::Commanded => "COMMANDED",
-        D::Downloading => "DOWNLOADING",
-        D::Installing => "INSTALLING",
-        D::Verifying => "VERIFYING",
-        D::Succeeded => "SUCCEEDED",
-        D::Failed => "FAILED",
-        D::Rejected => "REJECTED",
-        D::TimedOut => "TIMED_OUT",
-        D::RolledBack => "ROLLED_BACK",
-        D::Cancelled => "CANCELLED",
-    }
-}
-
-/// Every device state name, for validating filters.
-pub const DEVICE_STATES: &[&str] = &[
-    "TARGETED",
-    "COMMANDED",
-    "DOWNLOADING",
-    "INSTALLING",
-    "VERIFYING",
-    "SUCCEEDED",
-    "FAILED",
-    "REJECTED",
-    "TIMED_OUT",
-    "ROLLED_BACK",
-    "CANCELLED",
-];
 
 impl RolloutProjector {
     /// Writes what a batch folded to: new rollouts, header updates, the devices' rows in one
@@ -345,10 +299,10 @@ pub async fn rollout_devices(
     limit: i64,
 ) -> Result<Vec<RolloutDeviceRow>> {
     if let Some(s) = state {
-        if !DEVICE_STATES.contains(&s) {
+        if !DeviceRolloutState::NAMES.contains(&s) {
             return Err(Error::InvalidQuery(format!(
                 "state must be one of {}",
-                DEVICE_STATES.join(", ")
+                DeviceRolloutState::NAMES.join(", ")
             )));
         }
     }

@@ -179,15 +179,7 @@ mod tests {
     use uuid::Uuid;
 
     fn event(payload: Payload) -> Event {
-        Event {
-            meta: EventMeta {
-                event_id: Uuid::from_u128(9),
-                occurred_at: 1,
-                recorded_at: 2,
-                trace_id: "t".into(),
-            },
-            payload,
-        }
+        Event::new(Uuid::from_u128(9), payload, 1, 2, "t")
     }
 
     fn via_value(e: &Event) -> Vec<u8> {

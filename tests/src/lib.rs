@@ -212,15 +212,7 @@ pub async fn api_app(cfg: &Config) -> axum::Router {
 /// An event with a fresh id that occurred (and was recorded) at `at`.
 #[must_use]
 pub fn event_at(at: i64, payload: otaledger_domain::Payload) -> otaledger_domain::Event {
-    otaledger_domain::Event {
-        meta: otaledger_domain::EventMeta {
-            event_id: otaledger_domain::ids::new_event_id(),
-            occurred_at: at,
-            recorded_at: at,
-            trace_id: "t".into(),
-        },
-        payload,
-    }
+    otaledger_domain::Event::at(payload, at, at, "t")
 }
 
 /// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.

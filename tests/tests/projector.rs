@@ -10,9 +10,9 @@ use otaledger_cli::components::prepare;
 use otaledger_domain::events::{
     DeviceRegistered, Health, Heartbeat, InstallOutcome, InstallResult,
 };
-use otaledger_domain::ids::{new_event_id, new_trace_id};
+use otaledger_domain::ids::new_trace_id;
 use otaledger_domain::time::now_micros;
-use otaledger_domain::{Event, EventMeta, Payload};
+use otaledger_domain::{Event, Payload};
 use otaledger_ledger::config::Config;
 use otaledger_ledger::kafka::EventProducer;
 use otaledger_tests::{
@@ -22,15 +22,7 @@ use sqlx::PgPool;
 
 fn event(payload: Payload) -> Event {
     let now = now_micros();
-    Event {
-        meta: EventMeta {
-            event_id: new_event_id(),
-            occurred_at: now - 5,
-            recorded_at: now,
-            trace_id: new_trace_id(),
-        },
-        payload,
-    }
+    Event::at(payload, now - 5, now, new_trace_id())
 }
 
 /// Round `round` of a fleet's history: registrations first, then heartbeats whose firmware

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use otaledger_cli::replay::{audit, replay, AuditTarget, Filter, Format};
 use otaledger_domain::events::*;
-use otaledger_domain::{Event, EventMeta, EventType, Payload};
+use otaledger_domain::{Event, EventType, Payload};
 use otaledger_ledger::kafka::{ensure_topics, EventProducer};
 use otaledger_schemas::{encode_with, Schemas};
 use otaledger_tests::{config, unique, Services};
@@ -18,15 +18,7 @@ use uuid::Uuid;
 const T0: i64 = 1_764_000_000_000_000;
 
 fn event(n: u128, at: i64, payload: Payload) -> Event {
-    Event {
-        meta: EventMeta {
-            event_id: Uuid::from_u128(n),
-            occurred_at: at,
-            recorded_at: at + 5,
-            trace_id: "t".into(),
-        },
-        payload,
-    }
+    Event::new(Uuid::from_u128(n), payload, at, at + 5, "t")
 }
 
 fn heartbeat(device: &str, signal: Option<i32>) -> Payload {

@@ -132,21 +132,19 @@ async fn an_unroutable_gateway_command_is_retried_reported_and_dead_lettered() {
     let (stack, _handles) = spawn_components(&cfg, &[Component::Dispatcher]);
     let producer = otaledger_ledger::kafka::EventProducer::new(&cfg.kafka).unwrap();
     let command_id = uuid::Uuid::from_u128(0xfeed);
-    let cmd = Event {
-        meta: otaledger_domain::EventMeta {
-            event_id: command_id,
-            occurred_at: 1,
-            recorded_at: 1,
-            trace_id: "t".into(),
-        },
-        payload: Payload::CancelCommand(otaledger_domain::events::CancelCommand {
+    let cmd = Event::new(
+        command_id,
+        Payload::CancelCommand(otaledger_domain::events::CancelCommand {
             command_id,
             device_id: "d-behind-nowhere".into(),
             rollout_id: "r-1".into(),
             gateway_id: Some("gw-that-does-not-exist".into()),
             reason: "test".into(),
         }),
-    };
+        1,
+        1,
+        "t",
+    );
     producer.append(&cmd).await.unwrap();
     let failures = eventually(
         Duration::from_secs(60),
