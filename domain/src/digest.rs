@@ -3,10 +3,7 @@
 //! Uppercase digits are accepted and normalised to lowercase, as the API has always done: the
 //! ledger records one spelling per digest, and devices compare what they compute with it.
 
-use std::fmt;
-use std::str::FromStr;
-
-use serde::{Deserialize, Serialize, Serializer};
+use serde::Deserialize;
 use thiserror::Error;
 
 /// The number of hexadecimal digits of a SHA-256 digest.
@@ -25,72 +22,15 @@ pub enum Sha256Error {
 #[serde(try_from = "String")]
 pub struct Sha256(String);
 
-impl Sha256 {
-    /// The 64 lowercase hexadecimal digits.
-    #[must_use]
-    pub fn as_str(&self) -> &str {
-        &self.0
+crate::text::parsed_text!(Sha256, Sha256Error, |hex| {
+    if let Some(c) = hex.chars().find(|c| !c.is_ascii_hexdigit()) {
+        return Err(Sha256Error::NotHex(c));
     }
-
-    #[must_use]
-    pub fn into_string(self) -> String {
-        self.0
+    if hex.len() != SHA256_HEX_LEN {
+        return Err(Sha256Error::Length(hex.len()));
     }
-}
-
-impl TryFrom<&str> for Sha256 {
-    type Error = Sha256Error;
-
-    fn try_from(hex: &str) -> Result<Self, Sha256Error> {
-        if let Some(c) = hex.chars().find(|c| !c.is_ascii_hexdigit()) {
-            return Err(Sha256Error::NotHex(c));
-        }
-        if hex.len() != SHA256_HEX_LEN {
-            return Err(Sha256Error::Length(hex.len()));
-        }
-        Ok(Sha256(hex.to_ascii_lowercase()))
-    }
-}
-
-impl TryFrom<String> for Sha256 {
-    type Error = Sha256Error;
-
-    fn try_from(hex: String) -> Result<Self, Sha256Error> {
-        Sha256::try_from(hex.as_str())
-    }
-}
-
-impl FromStr for Sha256 {
-    type Err = Sha256Error;
-
-    fn from_str(hex: &str) -> Result<Self, Sha256Error> {
-        Sha256::try_from(hex)
-    }
-}
-
-impl fmt::Display for Sha256 {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl AsRef<str> for Sha256 {
-    fn as_ref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl From<Sha256> for String {
-    fn from(d: Sha256) -> String {
-        d.0
-    }
-}
-
-impl Serialize for Sha256 {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
-    }
-}
+    Ok(hex.to_ascii_lowercase())
+});
 
 #[cfg(test)]
 mod tests {

@@ -48,67 +48,10 @@ macro_rules! checked_id {
         #[serde(try_from = "String")]
         pub struct $name(String);
 
-        impl $name {
-            #[must_use]
-            pub fn as_str(&self) -> &str {
-                &self.0
-            }
-
-            #[must_use]
-            pub fn into_string(self) -> String {
-                self.0
-            }
-        }
-
-        impl TryFrom<String> for $name {
-            type Error = IdError;
-
-            fn try_from(id: String) -> Result<Self, IdError> {
-                validate_device_id(&id)?;
-                Ok($name(id))
-            }
-        }
-
-        impl TryFrom<&str> for $name {
-            type Error = IdError;
-
-            fn try_from(id: &str) -> Result<Self, IdError> {
-                validate_device_id(id)?;
-                Ok($name(id.to_owned()))
-            }
-        }
-
-        impl std::str::FromStr for $name {
-            type Err = IdError;
-
-            fn from_str(id: &str) -> Result<Self, IdError> {
-                Self::try_from(id)
-            }
-        }
-
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(&self.0)
-            }
-        }
-
-        impl AsRef<str> for $name {
-            fn as_ref(&self) -> &str {
-                &self.0
-            }
-        }
-
-        impl From<$name> for String {
-            fn from(id: $name) -> String {
-                id.0
-            }
-        }
-
-        impl serde::Serialize for $name {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.serialize_str(&self.0)
-            }
-        }
+        crate::text::parsed_text!($name, IdError, |id| {
+            validate_device_id(&id)?;
+            Ok(id)
+        });
     };
 }
 

@@ -11,6 +11,7 @@ pub mod rejection;
 pub mod rollout;
 pub mod rollout_request;
 mod serde_uuid;
+mod text;
 pub mod time;
 pub mod version;
 

@@ -7,10 +7,8 @@
 //! pre-release or build text pass); tightening it would refuse requests accepted today.
 
 use std::cmp::Ordering;
-use std::fmt;
-use std::str::FromStr;
 
-use serde::{Deserialize, Serialize, Serializer};
+use serde::Deserialize;
 use thiserror::Error;
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -58,16 +56,6 @@ fn cmp_identifier(a: &str, b: &str) -> Ordering {
 }
 
 impl SemVer {
-    #[must_use]
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    #[must_use]
-    pub fn into_string(self) -> String {
-        self.0
-    }
-
     fn core(&self) -> impl Iterator<Item = &str> {
         self.0[..core_end(&self.0)].split('.')
     }
@@ -130,58 +118,14 @@ impl PartialOrd for SemVer {
     }
 }
 
-impl TryFrom<String> for SemVer {
-    type Error = SemVerError;
-
-    fn try_from(v: String) -> Result<Self, SemVerError> {
-        let parts: Vec<&str> = v[..core_end(&v)].split('.').collect();
-        if parts.len() == 3 && parts.iter().all(|p| is_numeric(p)) {
-            Ok(SemVer(v))
-        } else {
-            Err(SemVerError::NotSemVer(v))
-        }
+crate::text::parsed_text!(SemVer, SemVerError, |v| {
+    let parts: Vec<&str> = v[..core_end(&v)].split('.').collect();
+    if parts.len() == 3 && parts.iter().all(|p| is_numeric(p)) {
+        Ok(v)
+    } else {
+        Err(SemVerError::NotSemVer(v))
     }
-}
-
-impl TryFrom<&str> for SemVer {
-    type Error = SemVerError;
-
-    fn try_from(v: &str) -> Result<Self, SemVerError> {
-        SemVer::try_from(v.to_owned())
-    }
-}
-
-impl FromStr for SemVer {
-    type Err = SemVerError;
-
-    fn from_str(v: &str) -> Result<Self, SemVerError> {
-        SemVer::try_from(v)
-    }
-}
-
-impl fmt::Display for SemVer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl AsRef<str> for SemVer {
-    fn as_ref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl From<SemVer> for String {
-    fn from(v: SemVer) -> String {
-        v.0
-    }
-}
-
-impl Serialize for SemVer {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
-    }
-}
+});
 
 #[cfg(test)]
 mod tests {
