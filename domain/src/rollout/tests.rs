@@ -269,13 +269,7 @@ fn given_a_silent_device_when_its_deadline_passes_then_it_is_retried_after_backo
     s.min_devices_for_verdict = 1;
     s.failure_threshold_pct = 100.0;
     s.success_threshold_pct = 0.0;
-    let r = given(vec![
-        Input::Request(Box::new(request(s))),
-        Input::Start {
-            now: 0,
-            targets: fleet(1),
-        },
-    ]);
+    let r = started(s, 1);
     let (r, events) = when(&r, Input::Tick { now: 599 * S });
     assert!(events.is_empty(), "not due yet");
     let (r, events) = when(&r, Input::Tick { now: 600 * S });
@@ -345,13 +339,7 @@ fn given_a_paused_rollout_then_nothing_is_commanded_until_resumed() {
     let mut s = strategy();
     s.waves_pct = vec![100.0];
     s.max_in_flight = 1;
-    let r = given(vec![
-        Input::Request(Box::new(request(s))),
-        Input::Start {
-            now: 0,
-            targets: fleet(3),
-        },
-    ]);
+    let r = started(s, 3);
     let (r, events) = when(
         &r,
         Input::Pause {
@@ -435,6 +423,24 @@ fn inputs_before_the_request_are_refused() {
     ));
 }
 
+/// Given request `s`, started now over `n` devices d000, d001, ...
+fn started(s: Strategy, n: usize) -> Rollout {
+    given(vec![
+        Input::Request(Box::new(request(s))),
+        Input::Start {
+            now: 0,
+            targets: fleet(n),
+        },
+    ])
+}
+
+/// A running single wave of `n` devices with room for `window` commands.
+fn running(n: usize, window: i32, gate_s: i64) -> Rollout {
+    let mut s = single_wave(gate_s);
+    s.max_in_flight = window;
+    started(s, n)
+}
+
 fn single_wave(gate_s: i64) -> Strategy {
     let mut s = strategy();
     s.waves_pct = vec![100.0];
@@ -489,15 +495,7 @@ fn given_a_health_gate_an_install_counts_only_after_a_heartbeat_on_the_release()
 
 #[test]
 fn devices_joining_a_running_wave_are_added_and_commanded() {
-    let mut s = single_wave(0);
-    s.max_in_flight = 10;
-    let r = given(vec![
-        Input::Request(Box::new(request(s))),
-        Input::Start {
-            now: 0,
-            targets: fleet(2),
-        },
-    ]);
+    let r = running(2, 10, 0);
     let joiner = Target {
         device_id: "new-1".into(),
         firmware_version: "0.9.0".into(),
@@ -557,15 +555,7 @@ fn a_scheduled_rollout_waits_and_commands_only_inside_its_maintenance_window() {
 #[test]
 fn a_saga_that_crashed_after_part_of_its_decisions_decides_only_the_rest() {
     // The uninterrupted run: a result frees two slots of the window.
-    let mut s = single_wave(0);
-    s.max_in_flight = 2;
-    let r = given(vec![
-        Input::Request(Box::new(request(s))),
-        Input::Start {
-            now: 0,
-            targets: fleet(4),
-        },
-    ]);
+    let r = running(4, 2, 0);
     let input = result(&r, "d000", InstallOutcome::Succeeded, S);
     let full = handle(&r, input.clone()).unwrap();
     assert_eq!(commanded(&full, CommandKind::Update).len(), 1);
@@ -593,15 +583,7 @@ fn a_saga_that_crashed_after_part_of_its_decisions_decides_only_the_rest() {
 
 #[test]
 fn an_abort_rolls_back_installed_devices_including_those_still_verifying() {
-    let mut s = single_wave(60);
-    s.max_in_flight = 10;
-    let r = given(vec![
-        Input::Request(Box::new(request(s))),
-        Input::Start {
-            now: 0,
-            targets: fleet(3),
-        },
-    ]);
+    let r = running(3, 10, 60);
     let (r, _) = when(&r, result(&r, "d000", InstallOutcome::Succeeded, S));
     let (r, events) = when(
         &r,

@@ -9,13 +9,7 @@ fn one_installed(policy: RollbackPolicy) -> Rollout {
     let mut s = single_wave(0);
     s.rollback_policy = policy;
     s.failure_threshold_pct = 50.0;
-    let r = given(vec![
-        Input::Request(Box::new(request(s))),
-        Input::Start {
-            now: 0,
-            targets: fleet(3),
-        },
-    ]);
+    let r = started(s, 3);
     let (r, _) = when(&r, result(&r, "d000", InstallOutcome::Succeeded, S));
     r
 }
@@ -116,15 +110,7 @@ fn an_install_that_finishes_after_the_abort_is_rolled_back_too() {
 fn a_device_told_to_roll_back_is_not_told_twice() {
     // d000 verifying when the rollout aborts: it is told to roll back; its install result
     // arriving again afterwards sends no second rollback.
-    let mut s = single_wave(60);
-    s.max_in_flight = 10;
-    let r = given(vec![
-        Input::Request(Box::new(request(s))),
-        Input::Start {
-            now: 0,
-            targets: fleet(2),
-        },
-    ]);
+    let r = running(2, 10, 60);
     let update = r.devices["d000"].command_id;
     let (r, _) = when(&r, result(&r, "d000", InstallOutcome::Succeeded, S));
     let (r, events) = operator_abort(&r);
@@ -140,15 +126,7 @@ fn a_device_told_to_roll_back_is_not_told_twice() {
 
 #[test]
 fn a_verifying_device_reporting_its_result_again_changes_nothing() {
-    let mut s = single_wave(60);
-    s.max_in_flight = 10;
-    let r = given(vec![
-        Input::Request(Box::new(request(s))),
-        Input::Start {
-            now: 0,
-            targets: fleet(2),
-        },
-    ]);
+    let r = running(2, 10, 60);
     let (r, _) = when(&r, result(&r, "d000", InstallOutcome::Succeeded, S));
     assert_eq!(r.devices["d000"].state, DeviceRolloutState::Verifying);
     for outcome in [InstallOutcome::Succeeded, InstallOutcome::Failed] {

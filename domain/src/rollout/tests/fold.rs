@@ -33,19 +33,6 @@ fn progress(device: &str, phase: InstallPhase, command_id: Option<Uuid>) -> Payl
     ))
 }
 
-/// A running single wave of `n` devices with room for `window` commands.
-fn running(n: usize, window: i32, gate_s: i64) -> Rollout {
-    let mut s = single_wave(gate_s);
-    s.max_in_flight = window;
-    given(vec![
-        Input::Request(Box::new(request(s))),
-        Input::Start {
-            now: 0,
-            targets: fleet(n),
-        },
-    ])
-}
-
 fn state(r: &Rollout, device: &str) -> DeviceRolloutState {
     r.devices[device].state
 }

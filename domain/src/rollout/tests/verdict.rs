@@ -18,13 +18,7 @@ fn verdict_strategy(failure_pct: f64, success_pct: f64, min: i32) -> Strategy {
 /// Given a running wave of `n` devices, when devices d000, d001, ... report `outcomes` in
 /// turn, then the rollout and every event decided on the way.
 fn given_outcomes(s: Strategy, n: usize, outcomes: &[InstallOutcome]) -> (Rollout, Vec<Payload>) {
-    let mut r = given(vec![
-        Input::Request(Box::new(request(s))),
-        Input::Start {
-            now: 0,
-            targets: fleet(n),
-        },
-    ]);
+    let mut r = started(s, n);
     let mut all = Vec::new();
     for (i, outcome) in outcomes.iter().enumerate() {
         let (r2, events) = when(&r, result(&r, &format!("d{i:03}"), *outcome, S));

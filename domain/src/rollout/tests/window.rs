@@ -9,15 +9,7 @@ const MINUTE: Micros = 60 * S;
 #[test]
 fn retries_due_together_wait_for_room_in_the_window() {
     // A window of two: d000 and d001 time out together, d002 takes one freed slot.
-    let mut s = single_wave(0);
-    s.max_in_flight = 2;
-    let r = given(vec![
-        Input::Request(Box::new(request(s))),
-        Input::Start {
-            now: 0,
-            targets: fleet(3),
-        },
-    ]);
+    let r = running(3, 2, 0);
     let (r, events) = when(&r, Input::Tick { now: 600 * S });
     assert_eq!(
         commanded(&events, CommandKind::Update)
