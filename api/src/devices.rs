@@ -67,14 +67,7 @@ async fn list(
 ) -> Result<Json<Page>, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::bad_request("invalid_parameter", e.body_text()))?;
     let filter = filter_from(q)?;
-    let page = fleet::list_devices(&s.pool, &filter, s.offline_after)
-        .await
-        .map_err(|e| match e {
-            otaledger_projections::Error::InvalidQuery(reason) => {
-                ApiError::bad_request("invalid_parameter", reason)
-            }
-            e => ApiError::unavailable(&e),
-        })?;
+    let page = fleet::list_devices(&s.pool, &filter, s.offline_after).await?;
     Ok(Json(page))
 }
 
@@ -115,14 +108,7 @@ async fn history(
     check_device_id(&id)?;
     let Query(q) = q.map_err(|e| ApiError::bad_request("invalid_parameter", e.body_text()))?;
     let limit = page_limit(q.limit.as_deref())?;
-    let items = history::history(&s.pool, &id, q.cursor.as_deref(), limit)
-        .await
-        .map_err(|e| match e {
-            otaledger_projections::Error::InvalidQuery(reason) => {
-                ApiError::bad_request("invalid_parameter", reason)
-            }
-            e => ApiError::unavailable(&e),
-        })?;
+    let items = history::history(&s.pool, &id, q.cursor.as_deref(), limit).await?;
     if items.is_empty() && q.cursor.is_none() {
         s.devices
             .get(id.clone())

@@ -61,3 +61,16 @@ impl IntoResponse for ApiError {
             .into_response()
     }
 }
+
+/// A query the read models refuse is the caller's error (400); anything else is a backing
+/// service's (503, cause logged).
+impl From<otaledger_projections::Error> for ApiError {
+    fn from(e: otaledger_projections::Error) -> Self {
+        match e {
+            otaledger_projections::Error::InvalidQuery(reason) => {
+                ApiError::bad_request("invalid_parameter", reason)
+            }
+            e => ApiError::unavailable(&e),
+        }
+    }
+}

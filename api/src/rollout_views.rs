@@ -41,15 +41,6 @@ fn check_id(id: &str) -> Result<(), ApiError> {
         .map_err(|e| ApiError::bad_request("invalid_parameter", format!("rollout id: {e}")))
 }
 
-fn unavailable(e: otaledger_projections::Error) -> ApiError {
-    match e {
-        otaledger_projections::Error::InvalidQuery(reason) => {
-            ApiError::bad_request("invalid_parameter", reason)
-        }
-        e => ApiError::unavailable(&e),
-    }
-}
-
 #[derive(Debug, Serialize)]
 struct Page<T> {
     items: Vec<T>,
@@ -70,9 +61,8 @@ async fn list(
             ));
         }
     }
-    let items = rollouts::list_rollouts(&s.pool, q.state.as_deref(), q.cursor.as_deref(), n)
-        .await
-        .map_err(unavailable)?;
+    let items =
+        rollouts::list_rollouts(&s.pool, q.state.as_deref(), q.cursor.as_deref(), n).await?;
     let next_cursor = (items.len() as i64 == n)
         .then(|| items.last().map(|r| r.rollout_id.clone()))
         .flatten();
@@ -102,15 +92,11 @@ async fn one(
 ) -> Result<Json<RolloutOut>, ApiError> {
     check_id(&id)?;
     let rollout = rollouts::get_rollout(&s.pool, &id)
-        .await
-        .map_err(unavailable)?
+        .await?
         .ok_or_else(|| ApiError::not_found(format!("no rollout {id:?}")))?;
     let mut states = BTreeMap::new();
     let mut waves: BTreeMap<i32, WaveCounts> = BTreeMap::new();
-    for (wave, state, n) in rollouts::wave_counts(&s.pool, &id)
-        .await
-        .map_err(unavailable)?
-    {
+    for (wave, state, n) in rollouts::wave_counts(&s.pool, &id).await? {
         *states.entry(state.clone()).or_insert(0) += n;
         let w = waves.entry(wave).or_insert_with(|| WaveCounts {
             wave,
@@ -147,16 +133,11 @@ async fn devices(
             ));
         }
     }
-    if rollouts::get_rollout(&s.pool, &id)
-        .await
-        .map_err(unavailable)?
-        .is_none()
-    {
+    if rollouts::get_rollout(&s.pool, &id).await?.is_none() {
         return Err(ApiError::not_found(format!("no rollout {id:?}")));
     }
-    let items = rollouts::rollout_devices(&s.pool, &id, state.as_deref(), q.cursor.as_deref(), n)
-        .await
-        .map_err(unavailable)?;
+    let items =
+        rollouts::rollout_devices(&s.pool, &id, state.as_deref(), q.cursor.as_deref(), n).await?;
     let next_cursor = (items.len() as i64 == n)
         .then(|| items.last().map(|r| r.device_id.clone()))
         .flatten();
@@ -186,16 +167,10 @@ async fn decisions(
             )
         })?),
     };
-    if rollouts::get_rollout(&s.pool, &id)
-        .await
-        .map_err(unavailable)?
-        .is_none()
-    {
+    if rollouts::get_rollout(&s.pool, &id).await?.is_none() {
         return Err(ApiError::not_found(format!("no rollout {id:?}")));
     }
-    let items = rollouts::decisions(&s.pool, &id, after, n)
-        .await
-        .map_err(unavailable)?;
+    let items = rollouts::decisions(&s.pool, &id, after, n).await?;
     let next_cursor = (items.len() as i64 == n)
         .then(|| items.last().map(|r| r.position.to_string()))
         .flatten();

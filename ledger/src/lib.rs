@@ -40,6 +40,11 @@ pub enum Error {
         context: String,
         source: lapin::Error,
     },
+    #[error("mqtt: {context}: {source}")]
+    Mqtt {
+        context: &'static str,
+        source: rumqttc::ClientError,
+    },
     #[error("lost ownership of {topic}[{partition}] to another instance")]
     Fenced { topic: String, partition: i32 },
     /// A projection could not apply a batch.
@@ -76,6 +81,17 @@ impl<T> AmqpContext<T> for std::result::Result<T, lapin::Error> {
             context: context.into(),
             source,
         })
+    }
+}
+
+/// Adds what was being done to an MQTT client error.
+pub trait MqttContext<T> {
+    fn mqtt(self, context: &'static str) -> Result<T>;
+}
+
+impl<T> MqttContext<T> for std::result::Result<T, rumqttc::ClientError> {
+    fn mqtt(self, context: &'static str) -> Result<T> {
+        self.map_err(|source| Error::Mqtt { context, source })
     }
 }
 

@@ -11,11 +11,6 @@ use thiserror::Error;
 pub enum Error {
     #[error(transparent)]
     Ledger(#[from] otaledger_ledger::Error),
-    #[error("mqtt: {context}: {source}")]
-    Mqtt {
-        context: &'static str,
-        source: rumqttc::ClientError,
-    },
     #[error("mqtt connection: {0}")]
     MqttConnection(#[from] rumqttc::ConnectionError),
     #[error("amqp: receiving: {0}")]

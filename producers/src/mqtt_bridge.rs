@@ -17,6 +17,7 @@ use otaledger_ledger::kafka::{EventProducer, Pending};
 use otaledger_ledger::metrics::{self, REGISTRY};
 use otaledger_ledger::mqtt::{MqttConfig, COMMANDS_KIND};
 use otaledger_ledger::shutdown::ShutdownSignal;
+use otaledger_ledger::MqttContext;
 
 use crate::{Error, Result};
 
@@ -66,11 +67,9 @@ pub async fn run(
         match ev {
             Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
                 tracing::info!("MQTT bridge connected; subscribing");
-                if let Err(e) = client.subscribe(&subscription, QoS::AtLeastOnce).await {
-                    failure = Some(Error::Mqtt {
-                        context: "subscribing",
-                        source: e,
-                    });
+                let subscribed = client.subscribe(&subscription, QoS::AtLeastOnce).await;
+                if let Err(e) = subscribed.mqtt("subscribing") {
+                    failure = Some(e.into());
                     break;
                 }
             }
@@ -195,10 +194,7 @@ async fn ack_in_order(
         if let Some(pending) = pending {
             pending.acked().await?;
         }
-        client.ack(&publish).await.map_err(|e| Error::Mqtt {
-            context: "acknowledging",
-            source: e,
-        })?;
+        client.ack(&publish).await.mqtt("acknowledging")?;
     }
     Ok(())
 }

@@ -26,7 +26,7 @@ use otaledger_ledger::amqp::{
 };
 use otaledger_ledger::mqtt::COMMANDS_KIND;
 use otaledger_ledger::shutdown::ShutdownSignal;
-use otaledger_ledger::AmqpContext;
+use otaledger_ledger::{AmqpContext, MqttContext};
 
 mod fleet;
 pub use fleet::*;
@@ -36,11 +36,6 @@ pub use fleet::*;
 pub enum Error {
     #[error(transparent)]
     Ledger(#[from] otaledger_ledger::Error),
-    #[error("mqtt: {context}: {source}")]
-    Mqtt {
-        context: &'static str,
-        source: rumqttc::ClientError,
-    },
     #[error("the MQTT broker did not acknowledge every publish within {0:?}")]
     Unacknowledged(Duration),
 }
@@ -130,10 +125,7 @@ async fn subscribe_commands(links: &[MqttLink], devices: &[SimDevice], root: &st
             link.client
                 .subscribe_many(chunk.to_vec())
                 .await
-                .map_err(|e| Error::Mqtt {
-                    context: "subscribing to commands",
-                    source: e,
-                })?;
+                .mqtt("subscribing to commands")?;
         }
     }
     Ok(())
@@ -558,10 +550,7 @@ async fn send(
             body.to_string(),
         )
         .await
-        .map_err(|e| Error::Mqtt {
-            context: "publishing",
-            source: e,
-        })?;
+        .mqtt("publishing")?;
     link.sent += 1;
     stats.mqtt_messages += 1;
     Ok(())

@@ -20,8 +20,25 @@ use tower::ServiceExt;
 
 use crate::{config, decode_all, eventually, read_topic, spawn_components, unique, Services};
 
+/// `GET uri` against the API: the status and the JSON answer.
+pub async fn get(app: &axum::Router, uri: &str) -> (StatusCode, Value) {
+    call(app, "GET", uri, None).await
+}
+
+/// `method uri` with a JSON body against the API, as operator `test-operator`.
 pub async fn call(
     app: &axum::Router,
+    method: &str,
+    uri: &str,
+    body: Option<&Value>,
+) -> (StatusCode, Value) {
+    call_as(app, "test-operator", method, uri, body).await
+}
+
+/// `method uri` with a JSON body against the API, as `operator`; the status and the JSON answer.
+pub async fn call_as(
+    app: &axum::Router,
+    operator: &str,
     method: &str,
     uri: &str,
     body: Option<&Value>,
@@ -30,7 +47,7 @@ pub async fn call(
         .method(method)
         .uri(uri)
         .header("content-type", "application/json")
-        .header("x-otaledger-operator", "test-operator")
+        .header("x-otaledger-operator", operator)
         .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
         .unwrap();
     let resp = app.clone().oneshot(req).await.unwrap();
@@ -178,13 +195,23 @@ pub fn all_models() -> Value {
     json!({"models": simulator::model_names()})
 }
 
-/// A rollout request body for release `version` (a made-up artifact) to `selector`.
+/// A rollout request body for release `version` (a made-up artifact) to `selector`, with the
+/// tests' usual strategy (thresholds 95/5 % from the first outcome, 600 s per device, a 30 s
+/// health gate, rollback on abort) changed by `strategy`'s fields.
 pub fn rollout_body(version: &str, selector: Value, strategy: Value) -> Value {
     let mut body = json!({
         "release": {"version": version, "artifact_uri": format!("https://artifacts.example/fw/{version}.bin"),
                     "sha256": "cd".repeat(32), "size_bytes": 1_000, "signature": "sig"},
     });
     body["selector"] = selector;
-    body["strategy"] = strategy;
+    body["strategy"] = json!({
+        "success_threshold_pct": 95, "failure_threshold_pct": 5, "min_devices_for_verdict": 1,
+        "device_timeout_s": 600, "health_gate_window_s": 30, "rollback_policy": "on_abort",
+    });
+    if let Value::Object(changes) = strategy {
+        for (k, v) in changes {
+            body["strategy"][k] = v;
+        }
+    }
     body
 }

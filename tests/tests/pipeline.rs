@@ -5,34 +5,18 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use http_body_util::BodyExt;
+use axum::http::StatusCode;
 use otaledger_cli::components::{prepare, Component};
 use otaledger_ledger::amqp::{connect, declare_reports_queue, publish_batch};
 use otaledger_ledger::shutdown::Shutdown;
 use otaledger_simulator::{self as simulator, SimConfig};
+use otaledger_tests::rollouts::get;
 use otaledger_tests::{
     config, eventually, mqtt_bridge_subscribed, read_topic, records_when, spawn_components, unique,
     Services,
 };
 use rumqttc::{AsyncClient, QoS};
 use serde_json::Value;
-use tower::ServiceExt;
-
-async fn get(app: &axum::Router, uri: &str) -> (StatusCode, Value) {
-    let resp = app
-        .clone()
-        .oneshot(Request::get(uri).body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
-}
 
 /// Every device, through the paginated list.
 async fn all_devices(app: &axum::Router) -> Vec<Value> {

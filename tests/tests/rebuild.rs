@@ -4,20 +4,17 @@
 
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use http_body_util::BodyExt;
+use axum::http::StatusCode;
 use otaledger_domain::events::{
     DeviceRegistered, Health, Heartbeat, Payload, Release, RollbackPolicy, RolloutState,
     RolloutStateChanged, Strategy, TargetSelector, UpdateRequested,
 };
 use otaledger_domain::Event;
 use otaledger_ledger::kafka::{ensure_topics, EventProducer};
+use otaledger_tests::rollouts::get;
 use otaledger_tests::{
     config, event_at as event, eventually, otaledger_command, spawn_process, unique, Services,
 };
-use serde_json::Value;
-use tower::ServiceExt;
 
 const S: i64 = 1_000_000;
 const BASE: i64 = 1_790_000_000 * S;
@@ -97,20 +94,6 @@ fn rollout(at: i64) -> Vec<Event> {
             }),
         ),
     ]
-}
-
-async fn get(app: &axum::Router, uri: &str) -> (StatusCode, Value) {
-    let resp = app
-        .clone()
-        .oneshot(Request::get(uri).body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
 }
 
 fn run(cfg: &otaledger_ledger::config::Config, args: &[&str]) -> (bool, String) {

@@ -32,10 +32,7 @@ async fn a_rollout_moves_wave_by_wave_until_every_device_runs_the_release() {
         &rollout_body(
             "9.0.0",
             all_models(),
-            json!({"waves_pct": [1, 10, 50, 100], "max_in_flight": 200,
-                   "success_threshold_pct": 95, "failure_threshold_pct": 5,
-                   "min_devices_for_verdict": 1, "device_timeout_s": 600,
-                   "health_gate_window_s": 30, "rollback_policy": "on_abort"}),
+            json!({"waves_pct": [1, 10, 50, 100], "max_in_flight": 200}),
         ),
     )
     .await;
@@ -178,10 +175,9 @@ async fn a_bad_release_aborts_at_the_canary_and_rolls_back_the_devices_that_upda
         &rollout_body(
             "6.6.6",
             all_models(),
-            json!({"waves_pct": [10, 50, 100], "max_in_flight": 50,
-                         "success_threshold_pct": 90, "failure_threshold_pct": 20,
-                         "min_devices_for_verdict": 20, "device_timeout_s": 600,
-                         "health_gate_window_s": 0, "rollback_policy": "on_abort"}),
+            json!({"waves_pct": [10, 50, 100], "max_in_flight": 50, "success_threshold_pct": 90,
+                   "failure_threshold_pct": 20, "min_devices_for_verdict": 20,
+                   "health_gate_window_s": 0}),
         ),
     )
     .await;
@@ -273,10 +269,9 @@ async fn timeouts_retries_the_health_gate_pause_resume_and_joining_devices() {
         &rollout_body(
             "5.0.0",
             json!({"models": ["elevator-gen2", "elevator-gen3"]}),
-            json!({"waves_pct": [100], "max_in_flight": 10,
-                         "success_threshold_pct": 0, "failure_threshold_pct": 100,
-                         "min_devices_for_verdict": 1, "device_timeout_s": 10, "max_retries": 1,
-                         "retry_backoff_s": 1, "health_gate_window_s": 3, "rollback_policy": "none"}),
+            json!({"waves_pct": [100], "max_in_flight": 10, "success_threshold_pct": 0,
+                   "failure_threshold_pct": 100, "device_timeout_s": 10, "max_retries": 1,
+                   "retry_backoff_s": 1, "health_gate_window_s": 3, "rollback_policy": "none"}),
         ),
     )
     .await;

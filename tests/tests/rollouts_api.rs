@@ -2,29 +2,16 @@
 //! Rollout requests through the API into `ota.rollout-events`: every field validated, a bad
 //! request answered 400 naming the field and appending nothing.
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use http_body_util::BodyExt;
+use axum::http::StatusCode;
 use otaledger_domain::events::RollbackPolicy;
 use otaledger_domain::{EventType, Payload};
 use otaledger_ledger::kafka::ensure_topics;
+use otaledger_tests::rollouts::call_as;
 use otaledger_tests::{config, decode_all, read_topic, unique, Services};
 use serde_json::{json, Value};
-use tower::ServiceExt;
 
 async fn post(app: &axum::Router, uri: &str, body: &Value) -> (StatusCode, Value) {
-    let req = Request::post(uri)
-        .header("content-type", "application/json")
-        .header("x-otaledger-operator", "alice")
-        .body(Body::from(body.to_string()))
-        .unwrap();
-    let resp = app.clone().oneshot(req).await.unwrap();
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
+    call_as(app, "alice", "POST", uri, Some(body)).await
 }
 
 /// A change that makes the good request bad.

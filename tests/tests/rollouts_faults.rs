@@ -40,10 +40,7 @@ async fn the_saga_and_the_dispatcher_killed_mid_rollout_lose_nothing_and_repeat_
         &rollout_body(
             "7.7.7",
             all_models(),
-            json!({"waves_pct": [5, 50, 100], "max_in_flight": 40,
-                         "success_threshold_pct": 95, "failure_threshold_pct": 5,
-                         "min_devices_for_verdict": 1, "device_timeout_s": 600,
-                         "health_gate_window_s": 30, "rollback_policy": "on_abort"}),
+            json!({"waves_pct": [5, 50, 100], "max_in_flight": 40}),
         ),
     )
     .await;
@@ -203,10 +200,8 @@ async fn an_operator_abort_cancels_devices_in_flight_and_rolls_back_the_updated_
         &rollout_body(
             "3.3.3",
             all_models(),
-            json!({"waves_pct": [100], "max_in_flight": 10,
-                         "success_threshold_pct": 0, "failure_threshold_pct": 100,
-                         "min_devices_for_verdict": 1, "device_timeout_s": 600,
-                         "health_gate_window_s": 0, "rollback_policy": "on_abort"}),
+            json!({"waves_pct": [100], "max_in_flight": 10, "success_threshold_pct": 0,
+                   "failure_threshold_pct": 100, "health_gate_window_s": 0}),
         ),
     )
     .await;
