@@ -26,12 +26,4 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// The runner's projections (router, dispatcher) report through the ledger's error.
-impl From<Error> for otaledger_ledger::Error {
-    fn from(e: Error) -> Self {
-        match e {
-            Error::Ledger(e) => e,
-            other => otaledger_ledger::Error::Apply(Box::new(other)),
-        }
-    }
-}
+otaledger_ledger::carried_by_the_runtime!(Error, Error::Ledger);

@@ -249,6 +249,10 @@ mod tests {
 
     const S: i64 = 1_000_000;
 
+    fn texts(lines: Vec<Line>) -> Vec<String> {
+        lines.into_iter().map(|l| l.text).collect()
+    }
+
     fn at(t: i64, payload: Payload) -> Event {
         Event::new(Uuid::nil(), payload, t, t, "")
     }
@@ -289,10 +293,7 @@ mod tests {
         ));
         events.extend((0..3).map(|i| hb(330 * S + i * 30 * S, "1.1.0")));
         events.push(hb(2000 * S, "1.1.0"));
-        let lines: Vec<String> = device_timeline(&events, 300 * S)
-            .into_iter()
-            .map(|l| l.text)
-            .collect();
+        let lines = texts(device_timeline(&events, 300 * S));
         assert_eq!(
             lines,
             vec![
@@ -325,10 +326,7 @@ mod tests {
     #[test]
     fn a_new_version_exactly_one_gap_later_is_no_silence() {
         let events = vec![hb(0, "1.0.0"), hb(300 * S, "1.1.0")];
-        let lines: Vec<String> = device_timeline(&events, 300 * S)
-            .into_iter()
-            .map(|l| l.text)
-            .collect();
+        let lines = texts(device_timeline(&events, 300 * S));
         assert_eq!(
             lines,
             vec![

@@ -56,6 +56,23 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Lets the runtime report a crate's error (a projection's, the workflow's): the runtime's own
+/// error, which the crate wrapped in `$variant`, comes back as it was; anything else becomes the
+/// source of [`Error::Apply`].
+#[macro_export]
+macro_rules! carried_by_the_runtime {
+    ($error:ty, $variant:path) => {
+        impl From<$error> for $crate::Error {
+            fn from(e: $error) -> Self {
+                match e {
+                    $variant(e) => e,
+                    other => $crate::Error::Apply(Box::new(other)),
+                }
+            }
+        }
+    };
+}
+
 /// Adds what was being done to a Kafka error.
 pub trait KafkaContext<T> {
     fn kafka(self, context: impl Into<String>) -> Result<T>;

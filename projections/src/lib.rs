@@ -30,15 +30,7 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// A projection's failure, as the consumer runtime reports it (with this error as its source).
-impl From<Error> for otaledger_ledger::Error {
-    fn from(e: Error) -> Self {
-        match e {
-            Error::Ledger(e) => e,
-            other => otaledger_ledger::Error::Apply(Box::new(other)),
-        }
-    }
-}
+otaledger_ledger::carried_by_the_runtime!(Error, Error::Ledger);
 
 pub(crate) trait DbContext<T> {
     fn db(self, context: &'static str) -> Result<T>;

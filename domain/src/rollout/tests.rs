@@ -11,20 +11,18 @@ mod window;
 
 const S: Micros = 1_000_000;
 
+/// The default strategy (four waves, a verdict after five outcomes, rollback on abort) with
+/// 90/20 % thresholds, one retry after 30 s, a 600 s timeout, no health gate.
 fn strategy() -> Strategy {
     Strategy {
-        waves_pct: vec![1.0, 10.0, 50.0, 100.0],
         success_threshold_pct: 90.0,
         failure_threshold_pct: 20.0,
-        min_devices_for_verdict: 5,
         device_timeout_s: 600,
         max_retries: 1,
         retry_backoff_s: 30,
         max_in_flight: 1000,
         health_gate_window_s: 0,
-        scheduled_start: None,
-        maintenance_window: None,
-        rollback_policy: RollbackPolicy::OnAbort,
+        ..Strategy::default()
     }
 }
 
