@@ -429,4 +429,70 @@ mod tests {
         assert_eq!((b.decisions[1].partition, b.decisions[1].offset), (0, 2));
         assert!(b.new_rollouts.is_empty());
     }
+
+    #[test]
+    fn every_request_and_verdict_enters_the_timeline_with_its_inputs() {
+        use otaledger_domain::events::{
+            OperatorRequest, Release, StateCounts, Strategy, TargetSelector, ThresholdEvaluated,
+            Verdict,
+        };
+        let operator = |reason: &str| OperatorRequest {
+            rollout_id: "r1".into(),
+            requested_by: "alice".into(),
+            reason: reason.into(),
+        };
+        let request = UpdateRequested {
+            rollout_id: "r1".into(),
+            requested_by: "alice".into(),
+            release: Release {
+                version: "2.0.0".into(),
+                artifact_uri: "https://a/fw.bin".into(),
+                sha256: "ab".repeat(32),
+                size_bytes: 10,
+                signature: "s".into(),
+            },
+            selector: TargetSelector::default(),
+            strategy: Strategy::default(),
+        };
+        let b = RolloutBatch::fold(&given(vec![
+            Payload::UpdateRequested(request.clone()),
+            Payload::PauseRequested(operator("lunch")),
+            Payload::ResumeRequested(operator("back")),
+            Payload::AbortRequested(operator("enough")),
+            Payload::DevicesJoined(DevicesJoined {
+                rollout_id: "r1".into(),
+                wave: 2,
+                device_ids: vec!["d9".into()],
+                from_versions: vec!["1.0.0".into()],
+            }),
+            Payload::ThresholdEvaluated(ThresholdEvaluated {
+                rollout_id: "r1".into(),
+                wave: 0,
+                counts: StateCounts::default(),
+                success_threshold_pct: 95.0,
+                failure_threshold_pct: 5.0,
+                min_devices_for_verdict: 1,
+                rule: "failures at or over 5%".into(),
+                verdict: Verdict::Abort,
+            }),
+        ]));
+        let summaries: Vec<&str> = b.decisions.iter().map(|d| d.summary.as_str()).collect();
+        assert_eq!(
+            summaries,
+            [
+                "alice requested release 2.0.0 (4 waves: [1.0, 10.0, 50.0, 100.0] %)",
+                "alice asked to pause: lunch",
+                "alice asked to resume: back",
+                "alice asked to abort: enough",
+                "1 devices joined the fleet and were added to wave 2",
+                "Abort: failures at or over 5%",
+            ]
+        );
+        assert_eq!(b.decisions[0].detail["release"]["version"], "2.0.0");
+        assert_eq!(b.decisions[3].detail["reason"], "enough");
+        assert_eq!(b.decisions[5].detail["rule"], "failures at or over 5%");
+        assert_eq!(b.new_rollouts.len(), 1);
+        assert_eq!(b.new_rollouts[0].0, request);
+        assert_eq!(b.new_rollouts[0].1, ts(T0));
+    }
 }
