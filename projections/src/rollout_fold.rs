@@ -345,6 +345,10 @@ mod tests {
             d4.reason.as_deref(),
             Some("joined the fleet during the rollout")
         );
+        assert_eq!(
+            b.decisions.last().map(|d| d.summary.as_str()),
+            Some("1 devices joined the fleet and were added to wave 1")
+        );
     }
 
     #[test]
@@ -436,10 +440,13 @@ mod tests {
             OperatorRequest, Release, StateCounts, Strategy, TargetSelector, ThresholdEvaluated,
             Verdict,
         };
-        let operator = |reason: &str| OperatorRequest {
-            rollout_id: "r1".into(),
-            requested_by: "alice".into(),
-            reason: reason.into(),
+        // Alice's pause, resume or abort request.
+        let asked = |request: fn(OperatorRequest) -> Payload, reason: &str| {
+            request(OperatorRequest {
+                rollout_id: "r1".into(),
+                requested_by: "alice".into(),
+                reason: reason.into(),
+            })
         };
         let request = UpdateRequested {
             rollout_id: "r1".into(),
@@ -456,15 +463,9 @@ mod tests {
         };
         let b = RolloutBatch::fold(&given(vec![
             Payload::UpdateRequested(request.clone()),
-            Payload::PauseRequested(operator("lunch")),
-            Payload::ResumeRequested(operator("back")),
-            Payload::AbortRequested(operator("enough")),
-            Payload::DevicesJoined(DevicesJoined {
-                rollout_id: "r1".into(),
-                wave: 2,
-                device_ids: vec!["d9".into()],
-                from_versions: vec!["1.0.0".into()],
-            }),
+            asked(Payload::PauseRequested, "lunch"),
+            asked(Payload::ResumeRequested, "back"),
+            asked(Payload::AbortRequested, "enough"),
             Payload::ThresholdEvaluated(ThresholdEvaluated {
                 rollout_id: "r1".into(),
                 wave: 0,
@@ -484,13 +485,12 @@ mod tests {
                 "alice asked to pause: lunch",
                 "alice asked to resume: back",
                 "alice asked to abort: enough",
-                "1 devices joined the fleet and were added to wave 2",
                 "Abort: failures at or over 5%",
             ]
         );
         assert_eq!(b.decisions[0].detail["release"]["version"], "2.0.0");
         assert_eq!(b.decisions[3].detail["reason"], "enough");
-        assert_eq!(b.decisions[5].detail["rule"], "failures at or over 5%");
+        assert_eq!(b.decisions[4].detail["rule"], "failures at or over 5%");
         assert_eq!(b.new_rollouts.len(), 1);
         assert_eq!(b.new_rollouts[0].0, request);
         assert_eq!(b.new_rollouts[0].1, ts(T0));
