@@ -92,6 +92,7 @@ async fn create(
                 };
                 ApiError::bad_request(kind, format!("{}: {inner}", e.path()))
             })?;
+    refuse_nul(&body)?;
     let request = validate(input, &operator(&headers))?;
     append(
         &s,
@@ -99,6 +100,19 @@ async fn create(
         Payload::UpdateRequested(request),
     )
     .await
+}
+
+/// Refuses a body whose text holds a NUL character (PostgreSQL cannot store it: the rollout
+/// projector would stop on it).
+fn refuse_nul(body: &[u8]) -> Result<(), ApiError> {
+    let value: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    match otaledger_domain::device_json::nul_in(&value) {
+        Some(at) => Err(ApiError::bad_request(
+            "invalid_text",
+            format!("{at} contains a NUL character"),
+        )),
+        None => Ok(()),
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -122,6 +136,7 @@ async fn operator_request(
         serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?
     };
+    refuse_nul(body)?;
     if reason.reason.len() > 1024 {
         return Err(bad("reason", "must be at most 1024 characters"));
     }

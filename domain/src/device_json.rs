@@ -103,6 +103,40 @@ fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Rejection> {
     })
 }
 
+/// Where in a JSON document the first text (a string or a key) holds a NUL character, which
+/// PostgreSQL cannot store in text: such input is refused at the edge instead of stopping a
+/// projection later (`$` is the document, `.name` a key, `[i]` an element).
+#[must_use]
+pub fn nul_in(value: &serde_json::Value) -> Option<String> {
+    fn walk(v: &serde_json::Value, at: &mut String) -> bool {
+        match v {
+            serde_json::Value::String(s) => s.contains('\0'),
+            serde_json::Value::Array(items) => items.iter().enumerate().any(|(i, item)| {
+                let len = at.len();
+                at.push_str(&format!("[{i}]"));
+                let found = walk(item, at);
+                if !found {
+                    at.truncate(len);
+                }
+                found
+            }),
+            serde_json::Value::Object(fields) => fields.iter().any(|(k, item)| {
+                let len = at.len();
+                at.push('.');
+                at.push_str(&k.replace('\0', "\\0"));
+                let found = k.contains('\0') || walk(item, at);
+                if !found {
+                    at.truncate(len);
+                }
+                found
+            }),
+            _ => false,
+        }
+    }
+    let mut at = String::from("$");
+    walk(value, &mut at).then_some(at)
+}
+
 fn parse_value<T: DeserializeOwned>(value: &serde_json::Value) -> Result<T, Rejection> {
     T::deserialize(value).map_err(|e| Rejection::new("invalid_field", e.to_string()))
 }
@@ -191,6 +225,12 @@ pub fn device_message_from_value(
         return Err(Rejection::new(
             "invalid_json",
             "the message must be a JSON object",
+        ));
+    }
+    if let Some(at) = nul_in(value) {
+        return Err(Rejection::new(
+            "invalid_text",
+            format!("{at} contains a NUL character, which the ledger's stores cannot keep"),
         ));
     }
     match kind {
@@ -398,5 +438,26 @@ mod tests {
         let bad = parse_device_message(MessageKind::Install, "d", br#"{"kind":"result"}"#, "t")
             .unwrap_err();
         assert_eq!(bad.reason, "invalid_field");
+    }
+
+    #[test]
+    fn a_nul_character_anywhere_in_the_text_is_refused_with_where_it_is() {
+        let e = hb(r#"{"firmware_version":"1.0\u0000","uptime_s":1,"cpu_pct":1,"mem_pct":1,"temperature_c":1}"#)
+            .unwrap_err();
+        assert_eq!(e.reason, "invalid_text");
+        assert!(
+            e.detail.starts_with("$.firmware_version contains a NUL"),
+            "{}",
+            e.detail
+        );
+        let nested = serde_json::json!({"a": [1, {"b": "x\u{0}y"}], "c": "fine"});
+        assert_eq!(nul_in(&nested).as_deref(), Some("$.a[1].b"));
+        let key = serde_json::json!({"ok": "1", "k\u{0}": 1});
+        assert_eq!(nul_in(&key).as_deref(), Some("$.k\\0"));
+        assert_eq!(
+            nul_in(&serde_json::json!({"a": ["x", "y"], "b": {"c": "d"}})),
+            None
+        );
+        assert_eq!(nul_in(&serde_json::json!("\u{0}")).as_deref(), Some("$"));
     }
 }

@@ -333,6 +333,13 @@ async fn http_ingest_answers_202_after_kafka_and_dead_letters_bad_bodies() {
             StatusCode::BAD_REQUEST,
             "invalid_field",
         ),
+        // One NUL character once stopped the projector for good (PostgreSQL refused the row).
+        (
+            "/v1/devices/dev-9/heartbeats",
+            r#"{"firmware_version":"3.0\u0000","uptime_s":1,"cpu_pct":1,"mem_pct":1,"temperature_c":1}"#,
+            StatusCode::BAD_REQUEST,
+            "invalid_text",
+        ),
     ] {
         let (s, b, text) = call(&f.app, "POST", uri, body).await;
         assert_eq!(s, status, "{body}: {text}");
@@ -355,7 +362,7 @@ async fn http_ingest_answers_202_after_kafka_and_dead_letters_bad_bodies() {
     );
 
     let dead = read_topic(&f.cfg.kafka, &topics.dead_letters).await;
-    assert_eq!(dead.len(), 5, "every rejected body is kept");
+    assert_eq!(dead.len(), 6, "every rejected body is kept");
     assert!(dead
         .iter()
         .all(|r| r.headers["dlq-source"] == "http" && r.key == b"dev-9"));
@@ -363,6 +370,9 @@ async fn http_ingest_answers_202_after_kafka_and_dead_letters_bad_bodies() {
     assert!(dead
         .iter()
         .any(|r| r.headers["dlq-reason"] == "device_id_mismatch"));
+    assert!(dead
+        .iter()
+        .any(|r| r.headers["dlq-reason"] == "invalid_text"));
     otaledger_tests::drop_schema(&f.services, &f.cfg.database.schema).await;
 }
 

@@ -96,6 +96,15 @@ async fn rollout_requests_are_validated_and_appended() {
             "unknown field `colour`",
             Box::new(|v| v["colour"] = json!("red")),
         ),
+        // PostgreSQL cannot store a NUL character: refused here, not in the projector.
+        (
+            "$.release.signature contains a NUL",
+            Box::new(|v| v["release"]["signature"] = json!("MEUC\u{0}IQ")),
+        ),
+        (
+            "$.selector.models[0] contains a NUL",
+            Box::new(|v| v["selector"]["models"] = json!(["elevator\u{0}"])),
+        ),
     ];
     for (field, mutate) in &bad_cases {
         let mut body = good();
@@ -121,6 +130,10 @@ async fn rollout_requests_are_validated_and_appended() {
     }
     let (status, _) = post(&app, "/v1/rollouts/bad%2Fid/pause", &json!({})).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+    let nul = json!({"reason": "night\u{0}shift"});
+    let (status, answer) = post(&app, &format!("/v1/rollouts/{rollout_id}/abort"), &nul).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert_eq!(answer["error"], "invalid_text");
 
     let records = read_topic(&cfg.kafka, &cfg.kafka.topics().rollout_events).await;
     let events = decode_all(&records);
