@@ -309,7 +309,11 @@ impl Saga {
             next: 0,
             end: None,
         }))?;
-        reader.aim_at_watermarks()?;
+        // The watermarks only make the fold wait for a slow first fetch; without them the quiet
+        // period decides alone, so a broker too slow to answer is no reason to stop.
+        if let Err(e) = reader.aim_at_watermarks() {
+            tracing::warn!(error = %e, "no high watermarks to fold to; relying on the quiet period");
+        }
         self.metrics
             .rollouts
             .set(i64::try_from(self.rollouts.len()).unwrap_or(0));
