@@ -186,7 +186,7 @@ impl Saga {
             let now = tokio::time::Instant::now();
             if now >= next_rebalance {
                 if ownership.rebalance().await? {
-                    self.reset(&reader, &ownership)?;
+                    self.reset(&reader, &ownership).await?;
                     settling = Some(Vec::new());
                     last_record = now;
                     fold_started = now;
@@ -295,12 +295,12 @@ impl Saga {
     async fn fenced(&mut self, ownership: &mut Ownership, reader: &LedgerReader) -> Result<()> {
         tracing::warn!("saga fenced by a newer owner; giving up partitions");
         ownership.release_all().await?;
-        self.reset(reader, ownership)
+        self.reset(reader, ownership).await
     }
 
     /// Forgets everything and reads the owned partitions from the start, aiming at their high
     /// watermarks of this moment.
-    fn reset(&mut self, reader: &LedgerReader, ownership: &Ownership) -> Result<()> {
+    async fn reset(&mut self, reader: &LedgerReader, ownership: &Ownership) -> Result<()> {
         self.rollouts.clear();
         self.emitted.clear();
         reader.assign(ownership.owned().keys().map(|p| Start {
@@ -311,7 +311,7 @@ impl Saga {
         }))?;
         // The watermarks only make the fold wait for a slow first fetch; without them the quiet
         // period decides alone, so a broker too slow to answer is no reason to stop.
-        if let Err(e) = reader.aim_at_watermarks() {
+        if let Err(e) = reader.aim_at_watermarks().await {
             tracing::warn!(error = %e, "no high watermarks to fold to; relying on the quiet period");
         }
         self.metrics

@@ -245,33 +245,26 @@ impl LedgerReader {
             }
         }
         self.assign(starts)?;
-        self.aim_at_watermarks()
+        self.aim_at_watermarks().await
     }
 
     /// Reading the assigned partitions is complete ([`LedgerReader::caught_up`]) once it
     /// reaches their high watermarks of this moment (or their ends, where earlier).
-    pub fn aim_at_watermarks(&self) -> Result<()> {
-        for ((topic, partition), high) in self.high_watermarks()? {
-            if let Some(c) = self.lock().get_mut(&(topic, partition)) {
-                c.target = Some(c.end.map_or(high, |e| e.min(high)));
+    pub async fn aim_at_watermarks(&self) -> Result<()> {
+        let mut assigned: BTreeMap<usize, Vec<i32>> = BTreeMap::new();
+        for (topic, partition) in self.lock().keys() {
+            assigned.entry(*topic).or_default().push(*partition);
+        }
+        for (topic, partitions) in assigned {
+            let highs = high_watermarks(&self.kafka, &self.cfg.topics[topic]).await?;
+            let mut cursors = self.lock();
+            for p in partitions {
+                if let (Some(c), Some(high)) = (cursors.get_mut(&(topic, p)), highs.get(&p)) {
+                    c.target = Some(c.end.map_or(*high, |e| e.min(*high)));
+                }
             }
         }
         Ok(())
-    }
-
-    /// The high watermark of every assigned partition (a lower bound of the end on tansu,
-    /// which under-reports them: ADR 0005).
-    pub fn high_watermarks(&self) -> Result<BTreeMap<(usize, i32), i64>> {
-        let assigned: Vec<(usize, i32)> = self.lock().keys().copied().collect();
-        let mut out = BTreeMap::new();
-        for (topic, partition) in assigned {
-            let (_, high) = self
-                .consumer
-                .fetch_watermarks(&self.cfg.topics[topic], partition, Duration::from_secs(10))
-                .kafka("reading high watermarks")?;
-            out.insert((topic, partition), high);
-        }
-        Ok(out)
     }
 
     /// Whether every assigned partition with a target (an end, or the high watermark seen when
