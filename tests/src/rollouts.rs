@@ -20,6 +20,13 @@ use tower::ServiceExt;
 
 use crate::{config, decode_all, eventually, read_topic, spawn_components, unique, Services};
 
+/// An operator's `pause`, `resume` or `abort` of rollout `id`, which the API must accept.
+pub async fn operator_request(app: &axum::Router, id: &str, action: &str, reason: &str) {
+    let uri = format!("/v1/rollouts/{id}/{action}");
+    let (status, answer) = call(app, "POST", &uri, Some(&json!({ "reason": reason }))).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{uri}: {answer}");
+}
+
 /// `GET uri` against the API: the status and the JSON answer.
 pub async fn get(app: &axum::Router, uri: &str) -> (StatusCode, Value) {
     call(app, "GET", uri, None).await

@@ -278,14 +278,7 @@ async fn timeouts_retries_the_health_gate_pause_resume_and_joining_devices() {
     wait_state(&app, &id, &["RUNNING"], Duration::from_secs(30)).await;
 
     // Pause: nothing new is commanded until resumed.
-    let (status, _) = call(
-        &app,
-        "POST",
-        &format!("/v1/rollouts/{id}/pause"),
-        Some(&json!({"reason": "lunch"})),
-    )
-    .await;
-    assert_eq!(status, StatusCode::ACCEPTED);
+    operator_request(&app, &id, "pause", "lunch").await;
     wait_state(&app, &id, &["PAUSED"], Duration::from_secs(30)).await;
     let paused_at = updates_by_device(&rollout_events(&cfg).await)
         .values()
@@ -304,14 +297,7 @@ async fn timeouts_retries_the_health_gate_pause_resume_and_joining_devices() {
         ..sim_config(&cfg, 10, "j-", behaviour)
     });
     wait_fleet(&app, 110).await;
-    let (status, _) = call(
-        &app,
-        "POST",
-        &format!("/v1/rollouts/{id}/resume"),
-        Some(&json!({"reason": "back"})),
-    )
-    .await;
-    assert_eq!(status, StatusCode::ACCEPTED);
+    operator_request(&app, &id, "resume", "back").await;
     let done = wait_state(&app, &id, &["COMPLETED"], Duration::from_secs(180)).await;
 
     let events = rollout_events(&cfg).await;

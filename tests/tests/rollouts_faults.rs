@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use axum::http::StatusCode;
 use otaledger_cli::components::Component;
 use otaledger_domain::events::{CommandKind, Payload, Verdict};
 use otaledger_domain::Event;
@@ -215,14 +214,7 @@ async fn an_operator_abort_cancels_devices_in_flight_and_rolls_back_the_updated_
         },
     )
     .await;
-    let (status, _) = call(
-        &app,
-        "POST",
-        &format!("/v1/rollouts/{id}/abort"),
-        Some(&json!({"reason": "field reports"})),
-    )
-    .await;
-    assert_eq!(status, StatusCode::ACCEPTED);
+    operator_request(&app, &id, "abort", "field reports").await;
     let done = wait_state(&app, &id, &["ROLLED_BACK"], Duration::from_secs(60)).await;
     assert!(
         done["state_reason"]
