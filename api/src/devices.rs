@@ -2,31 +2,58 @@
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::routing::get;
-use axum::{Json, Router};
-use otaledger_projections::fleet::{self, DeviceFilter, Page, Status, Summary, MAX_PAGE};
+use axum::Json;
+use otaledger_projections::fleet::{self, DeviceFilter, Page, Status, Summary};
 use serde::Deserialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::{ApiError, AppState};
+use crate::params::{self, page_limit, DeviceIdPath};
+use crate::{ApiError, AppState, ErrorBody};
 
-pub(crate) fn routes(state: AppState) -> Router {
-    Router::new()
-        .route("/v1/devices", get(list))
-        .route("/v1/devices/{id}", get(one))
-        .route("/v1/devices/{id}/history", get(history))
-        .route("/v1/fleet/summary", get(summary))
-        .with_state(state)
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(one))
+        .routes(routes!(history))
+        .routes(routes!(summary))
 }
 
-#[derive(Debug, Deserialize)]
+fn history_cursor_schema() -> utoipa::openapi::schema::ObjectBuilder {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .pattern(Some(otaledger_projections::history::CURSOR_PATTERN))
+}
+
+fn status_schema() -> utoipa::openapi::schema::ObjectBuilder {
+    otaledger_domain::json_schema::one_of_words(["online", "offline"])
+}
+
+/// Filters of the device list; every one is optional and they combine with AND.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
+    /// Exact firmware version.
+    #[param(schema_with = params::text_schema)]
     firmware: Option<String>,
+    /// Exact model.
+    #[param(schema_with = params::text_schema)]
     model: Option<String>,
+    /// Exact site.
+    #[param(schema_with = params::text_schema)]
     site: Option<String>,
+    /// Devices carrying this tag.
+    #[param(schema_with = params::text_schema)]
     tag: Option<String>,
+    /// Online: a heartbeat within the offline threshold.
+    #[param(schema_with = status_schema)]
     status: Option<String>,
+    /// `next_cursor` of the previous page.
+    #[param(schema_with = params::text_schema)]
     cursor: Option<String>,
+    /// Page size.
+    #[param(schema_with = params::limit_schema)]
     limit: Option<String>,
 }
 
@@ -43,24 +70,24 @@ fn filter_from(q: ListQuery) -> Result<DeviceFilter, ApiError> {
         }
     };
     let limit = page_limit(q.limit.as_deref())?;
-    let non_empty = |name: &str, v: Option<String>| match v {
-        Some(s) if s.is_empty() || s.len() > 256 => Err(ApiError::bad_request(
-            "invalid_parameter",
-            format!("{name} must be 1 to 256 characters"),
-        )),
-        v => Ok(v),
-    };
     Ok(DeviceFilter {
-        firmware: non_empty("firmware", q.firmware)?,
-        model: non_empty("model", q.model)?,
-        site: non_empty("site", q.site)?,
-        tag: non_empty("tag", q.tag)?,
+        firmware: params::text("firmware", q.firmware)?,
+        model: params::text("model", q.model)?,
+        site: params::text("site", q.site)?,
+        tag: params::text("tag", q.tag)?,
         status,
-        after: non_empty("cursor", q.cursor)?,
+        after: params::text("cursor", q.cursor)?,
         limit,
     })
 }
 
+/// List devices, ordered by id.
+#[utoipa::path(get, path = "/v1/devices", operation_id = "listDevices", tag = "fleet", params(ListQuery),
+    responses(
+        (status = 200, description = "A page of devices", body = Page),
+        (status = 400, description = "A bad parameter", body = ErrorBody),
+        (status = 503, description = "A backing service is unavailable", body = ErrorBody),
+    ))]
 async fn list(
     State(s): State<AppState>,
     q: Result<Query<ListQuery>, QueryRejection>,
@@ -71,11 +98,19 @@ async fn list(
     Ok(Json(page))
 }
 
+/// One device: its registration, firmware, last health and status.
+#[utoipa::path(get, path = "/v1/devices/{id}", operation_id = "getDevice", tag = "fleet", params(DeviceIdPath),
+    responses(
+        (status = 200, description = "The device", body = fleet::Device),
+        (status = 400, description = "A bad id", body = ErrorBody),
+        (status = 404, description = "No such device", body = ErrorBody),
+        (status = 503, description = "A backing service is unavailable", body = ErrorBody),
+    ))]
 async fn one(
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<fleet::Device>, ApiError> {
-    check_device_id(&id)?;
+    params::id("device", &id)?;
     s.devices
         .get(id.clone())
         .await
@@ -84,14 +119,20 @@ async fn one(
         .ok_or_else(|| ApiError::not_found(format!("no device {id:?}")))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct HistoryQuery {
+    /// `next_cursor` of the previous page.
+    #[param(schema_with = history_cursor_schema)]
     cursor: Option<String>,
+    /// Page size.
+    #[param(schema_with = params::limit_schema)]
     limit: Option<String>,
 }
 
-#[derive(Debug, serde::Serialize)]
+/// A page of a device's history.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 struct HistoryPage {
     device_id: String,
     items: Vec<otaledger_projections::history::HistoryEntry>,
@@ -99,17 +140,26 @@ struct HistoryPage {
 }
 
 /// A device's history, oldest first: registrations, install reports and heartbeat runs.
+#[utoipa::path(get, path = "/v1/devices/{id}/history", operation_id = "deviceHistory", tag = "fleet",
+    params(DeviceIdPath, HistoryQuery),
+    responses(
+        (status = 200, description = "A page of the device's history", body = HistoryPage),
+        (status = 400, description = "A bad id or parameter", body = ErrorBody),
+        (status = 404, description = "No such device", body = ErrorBody),
+        (status = 503, description = "A backing service is unavailable", body = ErrorBody),
+    ))]
 async fn history(
     State(s): State<AppState>,
     Path(id): Path<String>,
     q: Result<Query<HistoryQuery>, QueryRejection>,
 ) -> Result<Json<HistoryPage>, ApiError> {
     use otaledger_projections::history;
-    check_device_id(&id)?;
+    params::id("device", &id)?;
     let Query(q) = q.map_err(|e| ApiError::bad_request("invalid_parameter", e.body_text()))?;
     let limit = page_limit(q.limit.as_deref())?;
-    let items = history::history(&s.pool, &id, q.cursor.as_deref(), limit).await?;
-    if items.is_empty() && q.cursor.is_none() {
+    let cursor = params::text("cursor", q.cursor)?;
+    let items = history::history(&s.pool, &id, cursor.as_deref(), limit).await?;
+    if items.is_empty() && cursor.is_none() {
         s.devices
             .get(id.clone())
             .await
@@ -126,37 +176,16 @@ async fn history(
     }))
 }
 
-/// The `limit` query parameter: 100 when absent, 1 to [`MAX_PAGE`].
-pub(crate) fn page_limit(l: Option<&str>) -> Result<i64, ApiError> {
-    match l {
-        None => Ok(100),
-        Some(l) => match l.parse::<i64>() {
-            Ok(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
-            _ => Err(ApiError::bad_request(
-                "invalid_parameter",
-                format!("limit must be a whole number from 1 to {MAX_PAGE}, not {l:?}"),
-            )),
-        },
-    }
-}
-
-fn check_device_id(id: &str) -> Result<(), ApiError> {
-    if id.is_empty() || id.len() > 128 {
-        return Err(ApiError::bad_request(
-            "invalid_parameter",
-            "device id must be 1 to 128 characters",
-        ));
-    }
-    Ok(())
-}
-
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct SummaryQuery {
     /// RFC 3339: answer from the newest snapshot at or before this time.
+    #[param(value_type = Option<chrono::DateTime<chrono::Utc>>)]
     as_of: Option<String>,
 }
 
+/// The fleet as of a snapshot.
 #[derive(Debug, serde::Serialize)]
 struct SnapshotSummary {
     /// The time the snapshot holds the fleet as of.
@@ -166,6 +195,15 @@ struct SnapshotSummary {
     summary: Summary,
 }
 
+/// Device counts: total, and by status, firmware, model and site; now or as of a snapshot.
+#[utoipa::path(get, path = "/v1/fleet/summary", operation_id = "fleetSummary", tag = "fleet", params(SummaryQuery),
+    responses(
+        (status = 200, description = "The counts (with `as_of` and `snapshot` when asked for a time)",
+            body = Summary),
+        (status = 400, description = "A bad parameter", body = ErrorBody),
+        (status = 404, description = "No snapshot at or before that time", body = ErrorBody),
+        (status = 503, description = "A backing service is unavailable", body = ErrorBody),
+    ))]
 async fn summary(
     State(s): State<AppState>,
     q: Result<Query<SummaryQuery>, QueryRejection>,

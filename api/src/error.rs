@@ -7,9 +7,12 @@ use axum::Json;
 use serde::Serialize;
 
 /// The JSON error body every otaledger endpoint answers with.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
 pub struct ErrorBody {
+    /// A stable word for programs (`invalid_field`, `not_found`, `unavailable`, …).
     pub error: &'static str,
+    /// What was wrong, for people.
     pub reason: String,
 }
 

@@ -7,66 +7,115 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{post, MethodRouter};
-use axum::{Json, Router};
+use axum::Json;
 use otaledger_domain::ids::new_trace_id;
 use serde::Serialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use otaledger_domain::device_json::{parse_device_message, MessageKind, MAX_DEVICE_PAYLOAD};
+use otaledger_domain::device_json::{
+    parse_device_message, HeartbeatJson, InstallJson, MessageKind, RegisterJson, MAX_DEVICE_PAYLOAD,
+};
 use otaledger_ledger::dead_letters::{dead_letter, Origin};
 use otaledger_ledger::kafka::EventProducer;
 use otaledger_ledger::metrics;
 
-use crate::ApiError;
+use crate::params::DeviceIdPath;
+use crate::{ApiError, ErrorBody};
 
 static HTTP_INGESTED: std::sync::LazyLock<metrics::Counter> =
     std::sync::LazyLock::new(|| metrics::ingested("http"));
 
-#[derive(Debug, Serialize)]
+/// Where the ledger holds a device's event.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct Accepted {
     event_id: String,
     partition: i32,
     offset: i64,
 }
 
-/// The ingest routes, with their state applied.
-pub fn router(producer: EventProducer) -> Router {
-    Router::new()
-        .route(
-            "/v1/devices/{id}/heartbeats",
-            route(MessageKind::Heartbeat, "heartbeats"),
-        )
-        .route(
-            "/v1/devices/{id}/registrations",
-            route(MessageKind::Register, "registrations"),
-        )
-        .route(
-            "/v1/devices/{id}/install-reports",
-            route(MessageKind::Install, "install-reports"),
-        )
+/// The ingest routes; they need only the producer.
+pub(crate) fn routes() -> OpenApiRouter<crate::AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(heartbeats))
+        .routes(routes!(registrations))
+        .routes(routes!(install_reports))
         // Bodies up to four times the device limit reach the handler, so they are dead-lettered
         // byte for byte and answered 413; larger ones are refused unread (413, counted).
         .layer(DefaultBodyLimit::max(MAX_DEVICE_PAYLOAD * 4))
-        .with_state(producer)
 }
 
-fn route(kind: MessageKind, what: &'static str) -> MethodRouter<EventProducer> {
-    post(
-        move |s: State<EventProducer>,
-              id: Path<String>,
-              h: HeaderMap,
-              body: Result<Bytes, BytesRejection>| async move {
-            let body = body.map_err(|rejection| {
-                metrics::dead_lettered("http", "payload_too_large");
-                ApiError {
-                    status: rejection.status(),
-                    error: "payload_too_large",
-                    reason: rejection.body_text(),
-                }
-            })?;
-            ingest(kind, what, s, id, &h, body).await
-        },
-    )
+/// A device reports its health.
+#[utoipa::path(post, path = "/v1/devices/{id}/heartbeats", operation_id = "postHeartbeat", tag = "ingest",
+    params(DeviceIdPath), request_body(content = HeartbeatJson, content_type = "application/json"),
+    responses(
+        (status = 202, description = "The ledger holds the event", body = Accepted),
+        (status = 400, description = "Refused and dead-lettered, with the reason", body = ErrorBody),
+        (status = 413, description = "Over the device payload limit", body = ErrorBody),
+        (status = 503, description = "The ledger is unavailable", body = ErrorBody),
+    ))]
+async fn heartbeats(
+    s: State<EventProducer>,
+    id: Path<String>,
+    h: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    receive(MessageKind::Heartbeat, "heartbeats", s, id, h, body).await
+}
+
+/// A device registers itself: model, site, tags, firmware, gateway.
+#[utoipa::path(post, path = "/v1/devices/{id}/registrations", operation_id = "postRegistration", tag = "ingest",
+    params(DeviceIdPath), request_body(content = RegisterJson, content_type = "application/json"),
+    responses(
+        (status = 202, description = "The ledger holds the event", body = Accepted),
+        (status = 400, description = "Refused and dead-lettered, with the reason", body = ErrorBody),
+        (status = 413, description = "Over the device payload limit", body = ErrorBody),
+        (status = 503, description = "The ledger is unavailable", body = ErrorBody),
+    ))]
+async fn registrations(
+    s: State<EventProducer>,
+    id: Path<String>,
+    h: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    receive(MessageKind::Register, "registrations", s, id, h, body).await
+}
+
+/// A device reports an install's progress or result.
+#[utoipa::path(post, path = "/v1/devices/{id}/install-reports", operation_id = "postInstallReport", tag = "ingest",
+    params(DeviceIdPath), request_body(content = InstallJson, content_type = "application/json"),
+    responses(
+        (status = 202, description = "The ledger holds the event", body = Accepted),
+        (status = 400, description = "Refused and dead-lettered, with the reason", body = ErrorBody),
+        (status = 413, description = "Over the device payload limit", body = ErrorBody),
+        (status = 503, description = "The ledger is unavailable", body = ErrorBody),
+    ))]
+async fn install_reports(
+    s: State<EventProducer>,
+    id: Path<String>,
+    h: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    receive(MessageKind::Install, "install-reports", s, id, h, body).await
+}
+
+async fn receive(
+    kind: MessageKind,
+    what: &'static str,
+    s: State<EventProducer>,
+    id: Path<String>,
+    h: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|rejection| {
+        metrics::dead_lettered("http", "payload_too_large");
+        ApiError {
+            status: rejection.status(),
+            error: "payload_too_large",
+            reason: rejection.body_text(),
+        }
+    })?;
+    ingest(kind, what, s, id, &h, body).await
 }
 
 /// A W3C `traceparent` carries the caller's trace id; otherwise a new one starts here.

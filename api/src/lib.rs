@@ -5,8 +5,10 @@ pub mod device_lookup;
 mod devices;
 mod error;
 pub mod ingest;
+mod openapi;
 mod ops;
 pub use ops::metrics_routes;
+mod params;
 mod rollout_views;
 pub mod rollouts;
 pub mod summary_cache;
@@ -14,7 +16,7 @@ pub mod summary_cache;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{MatchedPath, Request};
+use axum::extract::{FromRef, MatchedPath, Request};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::Router;
@@ -24,6 +26,8 @@ use otaledger_ledger::metrics::REGISTRY;
 use otaledger_ledger::KafkaContext;
 use rdkafka::consumer::BaseConsumer;
 use sqlx::PgPool;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
 
 pub use error::{ApiError, ErrorBody};
 
@@ -71,16 +75,35 @@ impl AppState {
     }
 }
 
+impl FromRef<AppState> for EventProducer {
+    fn from_ref(state: &AppState) -> EventProducer {
+        state.producer.clone()
+    }
+}
+
+/// Every route with its OpenAPI operation: the document cannot miss a route.
+fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .merge(devices::routes())
+        .merge(rollouts::routes())
+        .merge(rollout_views::routes())
+        .merge(ingest::routes())
+        .merge(ops::routes())
+}
+
+/// The OpenAPI document, derived from the routes and the request and response types.
+#[must_use]
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().into_openapi()
+}
+
 /// The whole API.
 pub fn app(state: AppState) -> Router {
-    Router::new()
-        .merge(devices::routes(state.clone()))
-        .merge(rollouts::routes(state.clone()))
-        .merge(rollout_views::routes(state.clone()))
-        .merge(ingest::router(state.producer.clone()))
-        .merge(ops::routes(state))
+    let (router, _) = routes().split_for_parts();
+    router
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(middleware::from_fn(track))
+        .with_state(state)
 }
 
 /// Counts requests and their latency by route and status.
@@ -108,4 +131,23 @@ async fn track(req: Request, next: Next) -> Response {
         )
         .observe(started.elapsed().as_secs_f64());
     response
+}
+
+#[cfg(test)]
+mod tests {
+    /// `api/openapi.json` is a copy for readers and clients; the server serves `openapi()`.
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn the_checked_in_document_is_the_generated_one() {
+        let generated = serde_json::to_string_pretty(&super::openapi()).unwrap() + "\n";
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.json");
+        if std::env::var_os("OTALEDGER_WRITE_OPENAPI").is_some() {
+            std::fs::write(path, &generated).unwrap();
+        }
+        let checked_in = std::fs::read_to_string(path).unwrap();
+        assert!(
+            checked_in == generated,
+            "api/openapi.json is stale: OTALEDGER_WRITE_OPENAPI=1 cargo test -p otaledger-api"
+        );
+    }
 }

@@ -5,24 +5,35 @@ use std::collections::BTreeMap;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use otaledger_domain::events::{DeviceRolloutState, RolloutState};
 use otaledger_projections::rollouts::{self, DecisionRow, RolloutDeviceRow, RolloutRow};
 use serde::{Deserialize, Serialize};
+use utoipa::openapi::schema::ObjectBuilder;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::devices::page_limit;
-use crate::{ApiError, AppState};
+use crate::params::{self, page_limit, RolloutIdPath};
+use crate::{ApiError, AppState, ErrorBody};
 
-pub(crate) fn routes(state: AppState) -> Router {
-    Router::new()
-        .route("/v1/rollouts", get(list))
-        .route("/v1/rollouts/{id}", get(one))
-        .route("/v1/rollouts/{id}/devices", get(devices))
-        .route("/v1/rollouts/{id}/decisions", get(decisions))
-        .with_state(state)
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(one))
+        .routes(routes!(devices))
+        .routes(routes!(decisions))
 }
 
+fn rollout_state_schema() -> ObjectBuilder {
+    otaledger_domain::json_schema::one_of_words(RolloutState::NAMES)
+}
+
+fn device_state_schema() -> ObjectBuilder {
+    otaledger_domain::json_schema::one_of_words(DeviceRolloutState::NAMES)
+        .description(Some("Case does not matter."))
+}
+
+/// The query of every rollout page; which `state`s apply depends on the route.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PageQuery {
@@ -31,22 +42,77 @@ struct PageQuery {
     limit: Option<String>,
 }
 
+/// `GET /v1/rollouts`'s query.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // documents PageQuery for this route
+struct RolloutListQuery {
+    /// Rollouts in this state.
+    #[param(schema_with = rollout_state_schema)]
+    state: Option<String>,
+    /// `next_cursor` of the previous page.
+    #[param(schema_with = params::text_schema)]
+    cursor: Option<String>,
+    /// Page size.
+    #[param(schema_with = params::limit_schema)]
+    limit: Option<String>,
+}
+
+/// `GET /v1/rollouts/{id}/devices`'s query.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct RolloutDevicesQuery {
+    /// Devices in this state.
+    #[param(schema_with = device_state_schema)]
+    state: Option<String>,
+    /// `next_cursor` of the previous page.
+    #[param(schema_with = params::text_schema)]
+    cursor: Option<String>,
+    /// Page size.
+    #[param(schema_with = params::limit_schema)]
+    limit: Option<String>,
+}
+
+/// `GET /v1/rollouts/{id}/decisions`'s query.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct DecisionsQuery {
+    /// `next_cursor` of the previous page.
+    #[param(schema_with = params::position_schema)]
+    cursor: Option<String>,
+    /// Page size.
+    #[param(schema_with = params::limit_schema)]
+    limit: Option<String>,
+}
+
 fn query(q: Result<Query<PageQuery>, QueryRejection>) -> Result<PageQuery, ApiError> {
-    q.map(|Query(q)| q)
-        .map_err(|e| ApiError::bad_request("invalid_parameter", e.body_text()))
+    let Query(q) = q.map_err(|e| ApiError::bad_request("invalid_parameter", e.body_text()))?;
+    Ok(PageQuery {
+        cursor: params::text("cursor", q.cursor)?,
+        ..q
+    })
 }
 
 fn check_id(id: &str) -> Result<(), ApiError> {
-    otaledger_domain::ids::validate_device_id(id)
-        .map_err(|e| ApiError::bad_request("invalid_parameter", format!("rollout id: {e}")))
+    params::id("rollout", id)
 }
 
-#[derive(Debug, Serialize)]
+/// A page of items and the cursor of the next page, if any.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct Page<T> {
     items: Vec<T>,
     next_cursor: Option<String>,
 }
 
+/// List rollouts, ordered by id.
+#[utoipa::path(get, path = "/v1/rollouts", operation_id = "listRollouts", tag = "rollouts", params(RolloutListQuery),
+    responses(
+        (status = 200, description = "A page of rollouts", body = Page<RolloutRow>),
+        (status = 400, description = "A bad parameter", body = ErrorBody),
+        (status = 503, description = "A backing service is unavailable", body = ErrorBody),
+    ))]
 async fn list(
     State(s): State<AppState>,
     q: Result<Query<PageQuery>, QueryRejection>,
@@ -69,7 +135,8 @@ async fn list(
     Ok(Json(Page { items, next_cursor }))
 }
 
-#[derive(Debug, Serialize)]
+/// A wave's devices by state.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct WaveCounts {
     wave: i32,
     devices: i64,
@@ -77,7 +144,9 @@ struct WaveCounts {
     states: BTreeMap<String, i64>,
 }
 
-#[derive(Debug, Serialize)]
+/// A rollout with its devices counted by state, overall and per wave.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Rollout)]
 struct RolloutOut {
     #[serde(flatten)]
     rollout: RolloutRow,
@@ -86,6 +155,14 @@ struct RolloutOut {
     waves: Vec<WaveCounts>,
 }
 
+/// One rollout: its request, state and counts.
+#[utoipa::path(get, path = "/v1/rollouts/{id}", operation_id = "getRollout", tag = "rollouts", params(RolloutIdPath),
+    responses(
+        (status = 200, description = "The rollout", body = RolloutOut),
+        (status = 400, description = "A bad id", body = ErrorBody),
+        (status = 404, description = "No such rollout", body = ErrorBody),
+        (status = 503, description = "A backing service is unavailable", body = ErrorBody),
+    ))]
 async fn one(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -113,6 +190,15 @@ async fn one(
     }))
 }
 
+/// A rollout's devices, ordered by id: wave, state, attempt, command.
+#[utoipa::path(get, path = "/v1/rollouts/{id}/devices", operation_id = "rolloutDevices", tag = "rollouts",
+    params(RolloutIdPath, RolloutDevicesQuery),
+    responses(
+        (status = 200, description = "A page of the rollout's devices", body = Page<RolloutDeviceRow>),
+        (status = 400, description = "A bad id or parameter", body = ErrorBody),
+        (status = 404, description = "No such rollout", body = ErrorBody),
+        (status = 503, description = "A backing service is unavailable", body = ErrorBody),
+    ))]
 async fn devices(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -144,6 +230,15 @@ async fn devices(
     Ok(Json(Page { items, next_cursor }))
 }
 
+/// A rollout's decisions in ledger order, each with what it was decided from.
+#[utoipa::path(get, path = "/v1/rollouts/{id}/decisions", operation_id = "rolloutDecisions", tag = "rollouts",
+    params(RolloutIdPath, DecisionsQuery),
+    responses(
+        (status = 200, description = "A page of the rollout's decisions", body = Page<DecisionRow>),
+        (status = 400, description = "A bad id or parameter", body = ErrorBody),
+        (status = 404, description = "No such rollout", body = ErrorBody),
+        (status = 503, description = "A backing service is unavailable", body = ErrorBody),
+    ))]
 async fn decisions(
     State(s): State<AppState>,
     Path(id): Path<String>,

@@ -6,8 +6,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use otaledger_domain::events::{OperatorRequest, UpdateRequested};
 use otaledger_domain::ids::{new_trace_id, validate_device_id};
 use otaledger_domain::rollout_request::RolloutRequest;
@@ -16,17 +15,22 @@ pub use otaledger_domain::rollout_request::{
 };
 use otaledger_domain::{Event, Payload};
 use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::{ApiError, AppState};
+use crate::params::RolloutIdPath;
+use crate::{ApiError, AppState, ErrorBody};
 
-pub(crate) fn routes(state: AppState) -> Router {
-    Router::new()
-        .route("/v1/rollouts", post(create))
-        .route("/v1/rollouts/{id}/pause", post(pause))
-        .route("/v1/rollouts/{id}/resume", post(resume))
-        .route("/v1/rollouts/{id}/abort", post(abort))
-        .with_state(state)
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create))
+        .routes(routes!(pause))
+        .routes(routes!(resume))
+        .routes(routes!(abort))
 }
+
+/// The longest reason an operator may give, in characters.
+const MAX_REASON_LEN: usize = 1024;
 
 fn bad(field: &str, why: impl std::fmt::Display) -> ApiError {
     ApiError::bad_request("invalid_field", format!("{field}: {why}"))
@@ -48,7 +52,9 @@ fn operator(headers: &HeaderMap) -> String {
         .to_owned()
 }
 
-#[derive(Debug, Serialize)]
+/// A request the ledger holds.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = RolloutAccepted)]
 struct Accepted {
     rollout_id: String,
     event_id: String,
@@ -75,11 +81,23 @@ async fn append(
         .into_response())
 }
 
+/// Start a rollout: appends `UpdateRequested`; the saga takes it from there.
+#[utoipa::path(post, path = "/v1/rollouts", operation_id = "createRollout", tag = "rollouts",
+    request_body(content = RolloutIn, content_type = "application/json"),
+    responses(
+        (status = 202, description = "The ledger holds the request", body = Accepted),
+        (status = 400, description = "A bad request, naming the field", body = ErrorBody),
+        (status = 503, description = "A backing service is unavailable", body = ErrorBody),
+    ))]
 async fn create(
     State(s): State<AppState>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    // A request is an object (serde would also read a struct from an array).
+    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return Err(bad("body", "must be a JSON object"));
+    }
     // The path names the field when a value has the wrong type (`strategy.max_retries: …`).
     let input: RolloutIn =
         serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(&body))
@@ -115,11 +133,28 @@ fn refuse_nul(body: &[u8]) -> Result<(), ApiError> {
     }
 }
 
+/// Why an operator pauses, resumes or aborts.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct ReasonIn {
     reason: String,
 }
+
+impl utoipa::PartialSchema for ReasonIn {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        otaledger_domain::json_schema::closed_object("Why; recorded in the ledger.")
+            .property(
+                "reason",
+                utoipa::openapi::schema::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .max_length(Some(MAX_REASON_LEN))
+                    .pattern(Some(r"^[^\u0000]*$"))
+                    .default(Some("".into())),
+            )
+            .into()
+    }
+}
+impl utoipa::ToSchema for ReasonIn {}
 
 async fn operator_request(
     s: &AppState,
@@ -130,15 +165,25 @@ async fn operator_request(
 ) -> Result<Response, ApiError> {
     validate_device_id(&id)
         .map_err(|e| ApiError::bad_request("invalid_parameter", format!("rollout id: {e}")))?;
+    // No body, or `null`, gives no reason; anything else must be an object (serde would also
+    // read a struct from an array).
     let reason = if body.is_empty() {
         ReasonIn::default()
     } else {
-        serde_json::from_slice(body)
-            .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?
+        match serde_json::from_slice::<serde_json::Value>(body) {
+            Ok(serde_json::Value::Null) => ReasonIn::default(),
+            Ok(v @ serde_json::Value::Object(_)) => serde_json::from_value(v)
+                .map_err(|e| ApiError::bad_request("invalid_field", e.to_string()))?,
+            Ok(_) => return Err(bad("body", "must be a JSON object")),
+            Err(e) => return Err(ApiError::bad_request("invalid_json", e.to_string())),
+        }
     };
     refuse_nul(body)?;
-    if reason.reason.len() > 1024 {
-        return Err(bad("reason", "must be at most 1024 characters"));
+    if reason.reason.chars().count() > MAX_REASON_LEN {
+        return Err(bad(
+            "reason",
+            format!("must be at most {MAX_REASON_LEN} characters"),
+        ));
     }
     let req = OperatorRequest {
         rollout_id: id.clone(),
@@ -148,6 +193,15 @@ async fn operator_request(
     append(s, id, make(req)).await
 }
 
+/// Pause a rollout: no new commands until it resumes.
+#[utoipa::path(post, path = "/v1/rollouts/{id}/pause", operation_id = "pauseRollout", tag = "rollouts",
+    params(RolloutIdPath),
+    request_body(content = Option<ReasonIn>, content_type = "application/json"),
+    responses(
+        (status = 202, description = "The ledger holds the request", body = Accepted),
+        (status = 400, description = "A bad id or body", body = ErrorBody),
+        (status = 503, description = "A backing service is unavailable", body = ErrorBody),
+    ))]
 async fn pause(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -157,6 +211,15 @@ async fn pause(
     operator_request(&s, id, &h, &body, Payload::PauseRequested).await
 }
 
+/// Resume a paused rollout.
+#[utoipa::path(post, path = "/v1/rollouts/{id}/resume", operation_id = "resumeRollout", tag = "rollouts",
+    params(RolloutIdPath),
+    request_body(content = Option<ReasonIn>, content_type = "application/json"),
+    responses(
+        (status = 202, description = "The ledger holds the request", body = Accepted),
+        (status = 400, description = "A bad id or body", body = ErrorBody),
+        (status = 503, description = "A backing service is unavailable", body = ErrorBody),
+    ))]
 async fn resume(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -166,6 +229,15 @@ async fn resume(
     operator_request(&s, id, &h, &body, Payload::ResumeRequested).await
 }
 
+/// Abort a rollout: no new commands; its rollback policy decides what is rolled back.
+#[utoipa::path(post, path = "/v1/rollouts/{id}/abort", operation_id = "abortRollout", tag = "rollouts",
+    params(RolloutIdPath),
+    request_body(content = Option<ReasonIn>, content_type = "application/json"),
+    responses(
+        (status = 202, description = "The ledger holds the request", body = Accepted),
+        (status = 400, description = "A bad id or body", body = ErrorBody),
+        (status = 503, description = "A backing service is unavailable", body = ErrorBody),
+    ))]
 async fn abort(
     State(s): State<AppState>,
     Path(id): Path<String>,

@@ -17,6 +17,53 @@ use uuid::Uuid;
 
 use crate::rejection::Rejection;
 
+mod schema;
+
+/// The longest text field of a device message (model, site, firmware version, tag), in
+/// characters.
+pub const MAX_TEXT_LEN: usize = 256;
+/// The device clock readings accepted, in milliseconds since the epoch (kept in microseconds).
+pub const OCCURRED_AT_MS: std::ops::RangeInclusive<i64> = 1..=i64::MAX / 1000;
+
+/// The fields each message reads. Others are ignored, whatever they hold, so that newer
+/// firmware can add fields; only these are checked (a NUL character in an ignored field
+/// harms nothing: it is never stored).
+pub const REGISTER_FIELDS: [&str; 8] = [
+    "device_id",
+    "model",
+    "site",
+    "tags",
+    "firmware_version",
+    "gateway_id",
+    "hardware_rev",
+    "occurred_at_ms",
+];
+pub const HEARTBEAT_FIELDS: [&str; 10] = [
+    "device_id",
+    "firmware_version",
+    "gateway_id",
+    "uptime_s",
+    "cpu_pct",
+    "mem_pct",
+    "temperature_c",
+    "error_count",
+    "signal_dbm",
+    "occurred_at_ms",
+];
+pub const INSTALL_FIELDS: [&str; 11] = [
+    "device_id",
+    "kind",
+    "rollout_id",
+    "command_id",
+    "phase",
+    "percent",
+    "outcome",
+    "firmware_version",
+    "error_code",
+    "message",
+    "occurred_at_ms",
+];
+
 /// The largest device message accepted.
 pub const MAX_DEVICE_PAYLOAD: usize = 64 * 1024;
 /// The largest gateway batch accepted.
@@ -42,8 +89,9 @@ impl MessageKind {
     }
 }
 
+/// A registration as a device writes it.
 #[derive(Debug, Deserialize)]
-struct RegisterJson {
+pub struct RegisterJson {
     device_id: Option<String>,
     model: String,
     site: String,
@@ -52,21 +100,28 @@ struct RegisterJson {
     firmware_version: String,
     gateway_id: Option<String>,
     hardware_rev: Option<String>,
+    #[serde(default, deserialize_with = "crate::json_number::opt_int")]
     occurred_at_ms: Option<i64>,
 }
 
+/// A heartbeat as a device writes it.
 #[derive(Debug, Deserialize)]
-struct HeartbeatJson {
+pub struct HeartbeatJson {
     device_id: Option<String>,
     firmware_version: String,
     gateway_id: Option<String>,
+    #[serde(deserialize_with = "crate::json_number::int")]
     uptime_s: i64,
-    cpu_pct: f32,
-    mem_pct: f32,
-    temperature_c: f32,
-    #[serde(default)]
+    // Read wide and checked before they are narrowed to the event's `f32`, so that a value
+    // just past a limit is refused rather than rounded into it.
+    cpu_pct: f64,
+    mem_pct: f64,
+    temperature_c: f64,
+    #[serde(default, deserialize_with = "crate::json_number::int")]
     error_count: i32,
+    #[serde(default, deserialize_with = "crate::json_number::opt_int")]
     signal_dbm: Option<i32>,
+    #[serde(default, deserialize_with = "crate::json_number::opt_int")]
     occurred_at_ms: Option<i64>,
 }
 
@@ -77,18 +132,22 @@ enum InstallKindJson {
     Result,
 }
 
+/// An install report as a device writes it.
 #[derive(Debug, Deserialize)]
-struct InstallJson {
+pub struct InstallJson {
     device_id: Option<String>,
     kind: InstallKindJson,
     rollout_id: Option<String>,
+    #[serde(default, deserialize_with = "crate::json_number::opt_hyphenated_uuid")]
     command_id: Option<Uuid>,
     phase: Option<InstallPhase>,
+    #[serde(default, deserialize_with = "crate::json_number::opt_int")]
     percent: Option<i32>,
     outcome: Option<InstallOutcome>,
     firmware_version: Option<String>,
     error_code: Option<String>,
     message: Option<String>,
+    #[serde(default, deserialize_with = "crate::json_number::opt_int")]
     occurred_at_ms: Option<i64>,
 }
 
@@ -152,16 +211,31 @@ fn check_id(channel_id: &str, body_id: Option<&String>) -> Result<(), Rejection>
 }
 
 fn check_text(field: &str, value: &str) -> Result<(), Rejection> {
-    if value.trim().is_empty() || value.len() > 256 {
+    if value.trim().is_empty() || value.chars().count() > MAX_TEXT_LEN {
         return Err(Rejection::new(
             "invalid_field",
-            format!("{field} must be 1 to 256 characters"),
+            format!("{field} must be 1 to {MAX_TEXT_LEN} characters"),
         ));
     }
     Ok(())
 }
 
-fn check_pct(field: &str, value: f32) -> Result<(), Rejection> {
+/// A checked reading as the event's `f32` (in range, so finite).
+#[allow(clippy::cast_possible_truncation)]
+fn narrow(v: f64) -> f32 {
+    v as f32
+}
+
+/// Where the first NUL character is among the fields a message reads.
+fn nul_in_fields(value: &serde_json::Value, fields: &[&str]) -> Option<String> {
+    let object = value.as_object()?;
+    fields.iter().find_map(|name| {
+        let at = nul_in(object.get(*name)?)?;
+        Some(format!("$.{name}{}", &at[1..]))
+    })
+}
+
+fn check_pct(field: &str, value: f64) -> Result<(), Rejection> {
     if !(0.0..=100.0).contains(&value) {
         return Err(Rejection::new(
             "invalid_field",
@@ -174,9 +248,11 @@ fn check_pct(field: &str, value: f32) -> Result<(), Rejection> {
 fn occurred(ms: Option<i64>, recorded: Micros) -> Result<Micros, Rejection> {
     match ms {
         None => Ok(recorded),
-        Some(ms) if ms > 0 => ms
-            .checked_mul(1000)
-            .ok_or_else(|| Rejection::new("invalid_field", "occurred_at_ms is out of range")),
+        Some(ms) if OCCURRED_AT_MS.contains(&ms) => Ok(ms * 1000),
+        Some(ms) if ms > 0 => Err(Rejection::new(
+            "invalid_field",
+            "occurred_at_ms is out of range",
+        )),
         Some(ms) => Err(Rejection::new(
             "invalid_field",
             format!("occurred_at_ms must be positive, got {ms}"),
@@ -227,7 +303,12 @@ pub fn device_message_from_value(
             "the message must be a JSON object",
         ));
     }
-    if let Some(at) = nul_in(value) {
+    let fields: &[&str] = match kind {
+        MessageKind::Register => &REGISTER_FIELDS,
+        MessageKind::Heartbeat => &HEARTBEAT_FIELDS,
+        MessageKind::Install => &INSTALL_FIELDS,
+    };
+    if let Some(at) = nul_in_fields(value, fields) {
         return Err(Rejection::new(
             "invalid_text",
             format!("{at} contains a NUL character, which the ledger's stores cannot keep"),
@@ -265,6 +346,10 @@ pub fn device_message_from_value(
             let h: HeartbeatJson = parse_value(value)?;
             check_id(device_id, h.device_id.as_ref())?;
             check_text("firmware_version", &h.firmware_version)?;
+            if let Some(g) = &h.gateway_id {
+                validate_device_id(g)
+                    .map_err(|e| Rejection::new("invalid_field", format!("gateway_id: {e}")))?;
+            }
             check_pct("cpu_pct", h.cpu_pct)?;
             check_pct("mem_pct", h.mem_pct)?;
             if h.uptime_s < 0 {
@@ -273,10 +358,12 @@ pub fn device_message_from_value(
                     "uptime_s must not be negative",
                 ));
             }
-            if !h.temperature_c.is_finite() {
+            // Stored as a 32-bit float: anything larger would become infinite.
+            let f32_range = -f64::from(f32::MAX)..=f64::from(f32::MAX);
+            if !f32_range.contains(&h.temperature_c) {
                 return Err(Rejection::new(
                     "invalid_field",
-                    "temperature_c must be a number",
+                    format!("temperature_c must be within ±{}", f32::MAX),
                 ));
             }
             event(
@@ -288,9 +375,9 @@ pub fn device_message_from_value(
                     gateway_id: h.gateway_id,
                     health: Health {
                         uptime_s: h.uptime_s,
-                        cpu_pct: h.cpu_pct,
-                        mem_pct: h.mem_pct,
-                        temperature_c: h.temperature_c,
+                        cpu_pct: narrow(h.cpu_pct),
+                        mem_pct: narrow(h.mem_pct),
+                        temperature_c: narrow(h.temperature_c),
                         error_count: h.error_count,
                         signal_dbm: h.signal_dbm,
                     },
@@ -449,6 +536,20 @@ mod tests {
             e.detail.starts_with("$.firmware_version contains a NUL"),
             "{}",
             e.detail
+        );
+        // A field the message does not read is never stored: what it holds cannot harm.
+        assert!(hb(r#"{"firmware_version":"1.0","uptime_s":1,"cpu_pct":1,"mem_pct":1,"temperature_c":1,"note":"a\u0000b"}"#).is_ok());
+        let tags = parse_device_message(
+            MessageKind::Register,
+            "d-1",
+            br#"{"model":"m","site":"s","firmware_version":"1.0","tags":["ok","b\u0000"]}"#,
+            "t",
+        )
+        .unwrap_err();
+        assert!(
+            tags.detail.starts_with("$.tags[1] contains a NUL"),
+            "{}",
+            tags.detail
         );
         let nested = serde_json::json!({"a": [1, {"b": "x\u{0}y"}], "c": "fine"});
         assert_eq!(nul_in(&nested).as_deref(), Some("$.a[1].b"));

@@ -158,7 +158,8 @@ pub struct DeviceRegistered {
     pub hardware_rev: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A device's health as its last heartbeat reported it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Health {
     pub uptime_s: i64,
     pub cpu_pct: f32,

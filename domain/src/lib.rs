@@ -7,6 +7,8 @@ pub mod device_view;
 pub mod digest;
 pub mod events;
 pub mod ids;
+pub mod json_number;
+pub mod json_schema;
 pub mod rejection;
 pub mod rollout;
 pub mod rollout_request;

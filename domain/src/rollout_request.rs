@@ -27,8 +27,25 @@ pub const MAX_WAVES: usize = 20;
 /// The latest scheduled start, in milliseconds since the epoch (9999-12-31T23:59:59Z).
 pub const MAX_SCHEDULED_START_MS: i64 = 253_402_300_799_000;
 
+/// The ranges of a strategy's numbers, inclusive; the OpenAPI schema is built from them too.
+pub mod limits {
+    use std::ops::RangeInclusive;
+
+    pub const SIZE_BYTES: RangeInclusive<i64> = 1..=super::MAX_SIZE_BYTES;
+    pub const THRESHOLD_PCT: RangeInclusive<f64> = 0.0..=100.0;
+    pub const MIN_DEVICES_FOR_VERDICT: RangeInclusive<i64> = 1..=1_000_000;
+    pub const DEVICE_TIMEOUT_S: RangeInclusive<i64> = 10..=7 * 86_400;
+    pub const MAX_RETRIES: RangeInclusive<i64> = 0..=10;
+    pub const RETRY_BACKOFF_S: RangeInclusive<i64> = 0..=86_400;
+    pub const MAX_IN_FLIGHT: RangeInclusive<i64> = 1..=1_000_000;
+    pub const HEALTH_GATE_WINDOW_S: RangeInclusive<i64> = 0..=86_400;
+    pub const SCHEDULED_START_MS: RangeInclusive<i64> = 1..=super::MAX_SCHEDULED_START_MS;
+    pub const START_MINUTE: RangeInclusive<i64> = 0..=1439;
+    pub const DURATION_MINUTES: RangeInclusive<i64> = 1..=1440;
+}
+
 /// The rollback policies by the names a request uses.
-const ROLLBACK_POLICIES: [(&str, RollbackPolicy); 3] = [
+pub(crate) const ROLLBACK_POLICIES: [(&str, RollbackPolicy); 3] = [
     ("none", RollbackPolicy::None),
     ("on_abort", RollbackPolicy::OnAbort),
     ("on_failure", RollbackPolicy::OnFailure),
@@ -54,6 +71,7 @@ pub struct ReleaseIn {
     pub version: String,
     pub artifact_uri: String,
     pub sha256: String,
+    #[serde(deserialize_with = "crate::json_number::int")]
     pub size_bytes: i64,
     pub signature: String,
 }
@@ -71,7 +89,9 @@ pub struct SelectorIn {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WindowIn {
+    #[serde(deserialize_with = "crate::json_number::int")]
     pub start_minute: i32,
+    #[serde(deserialize_with = "crate::json_number::int")]
     pub duration_minutes: i32,
 }
 
@@ -83,13 +103,20 @@ pub struct StrategyIn {
     pub waves_pct: Vec<f64>,
     pub success_threshold_pct: f64,
     pub failure_threshold_pct: f64,
+    #[serde(deserialize_with = "crate::json_number::int")]
     pub min_devices_for_verdict: i32,
+    #[serde(deserialize_with = "crate::json_number::int")]
     pub device_timeout_s: i64,
+    #[serde(deserialize_with = "crate::json_number::int")]
     pub max_retries: i32,
+    #[serde(deserialize_with = "crate::json_number::int")]
     pub retry_backoff_s: i64,
+    #[serde(deserialize_with = "crate::json_number::int")]
     pub max_in_flight: i32,
+    #[serde(deserialize_with = "crate::json_number::int")]
     pub health_gate_window_s: i64,
     /// Milliseconds since the epoch; absent: start now.
+    #[serde(deserialize_with = "crate::json_number::opt_int")]
     pub scheduled_start_ms: Option<i64>,
     pub maintenance_window: Option<WindowIn>,
     /// `none`, `on_abort` or `on_failure`.
@@ -152,7 +179,7 @@ pub enum RequestError {
     },
     #[error("strategy.waves_pct: must list 1 to {MAX_WAVES} waves")]
     WaveCount,
-    #[error("strategy.waves_pct: cumulative shares must increase, lie in (0, 100] and end at 100")]
+    #[error("strategy.waves_pct: cumulative shares must be distinct and lie in (0, 100]")]
     WaveShares,
     #[error("strategy.rollback_policy: must be none, on_abort or on_failure, not {0:?}")]
     RollbackPolicy(String),
@@ -177,23 +204,24 @@ impl RequestError {
 }
 
 fn text(field: &'static str, v: &str, max: usize) -> Result<(), RequestError> {
-    if v.trim().is_empty() || v.len() > max {
+    // Characters, not bytes: the limit the error message and the OpenAPI schema state.
+    if v.trim().is_empty() || v.chars().count() > max {
         return Err(RequestError::Text { field, max });
     }
     Ok(())
 }
 
+/// Checks that `v` lies in `r` (integers are compared as `i64`).
 fn range<T: PartialOrd + std::fmt::Display + Copy>(
     field: &'static str,
     v: T,
-    lo: T,
-    hi: T,
+    r: &std::ops::RangeInclusive<T>,
 ) -> Result<(), RequestError> {
-    if v < lo || v > hi {
+    if !r.contains(&v) {
         return Err(RequestError::OutOfRange {
             field,
-            lo: lo.to_string(),
-            hi: hi.to_string(),
+            lo: r.start().to_string(),
+            hi: r.end().to_string(),
             got: v.to_string(),
         });
     }
@@ -215,13 +243,13 @@ impl ReleaseSpec {
     pub fn parse(r: ReleaseIn) -> Result<Self, RequestError> {
         let version = SemVer::try_from(r.version)?;
         if !r.artifact_uri.starts_with("https://")
-            || r.artifact_uri.len() > MAX_ARTIFACT_URI_LEN
+            || r.artifact_uri.chars().count() > MAX_ARTIFACT_URI_LEN
             || r.artifact_uri.len() <= "https://".len()
         {
             return Err(RequestError::ArtifactUri);
         }
         let sha256 = Sha256::try_from(r.sha256)?;
-        range("release.size_bytes", r.size_bytes, 1, MAX_SIZE_BYTES)?;
+        range("release.size_bytes", r.size_bytes, &limits::SIZE_BYTES)?;
         text("release.signature", &r.signature, MAX_SIGNATURE_LEN)?;
         Ok(ReleaseSpec {
             version,
@@ -310,59 +338,77 @@ pub fn parse_strategy(s: StrategyIn) -> Result<Strategy, RequestError> {
     if s.waves_pct.is_empty() || s.waves_pct.len() > MAX_WAVES {
         return Err(RequestError::WaveCount);
     }
-    let increasing = s.waves_pct.windows(2).all(|w| w[0] < w[1]);
-    let in_range = s.waves_pct.iter().all(|p| *p > 0.0 && *p <= 100.0);
-    if !increasing || !in_range || s.waves_pct.last() != Some(&100.0) {
+    // The shares are cumulative, so their order carries nothing: they are sorted, and the last
+    // wave reaches the whole selection (100 is added when the request stops short of it). JSON
+    // Schema can say "distinct, in (0, 100]" but not "increasing", and the document must
+    // promise exactly what the server accepts.
+    let mut waves = s.waves_pct.clone();
+    waves.sort_by(f64::total_cmp);
+    let distinct = waves.windows(2).all(|w| w[0] < w[1]);
+    let in_range = waves.iter().all(|p| *p > 0.0 && *p <= 100.0);
+    if !distinct || !in_range {
         return Err(RequestError::WaveShares);
+    }
+    if waves.last() != Some(&100.0) {
+        waves.push(100.0);
     }
     range(
         "strategy.success_threshold_pct",
         s.success_threshold_pct,
-        0.0,
-        100.0,
+        &limits::THRESHOLD_PCT,
     )?;
     range(
         "strategy.failure_threshold_pct",
         s.failure_threshold_pct,
-        0.0,
-        100.0,
+        &limits::THRESHOLD_PCT,
     )?;
     range(
         "strategy.min_devices_for_verdict",
-        s.min_devices_for_verdict,
-        1,
-        1_000_000,
+        i64::from(s.min_devices_for_verdict),
+        &limits::MIN_DEVICES_FOR_VERDICT,
     )?;
     range(
         "strategy.device_timeout_s",
         s.device_timeout_s,
-        10,
-        7 * 86_400,
+        &limits::DEVICE_TIMEOUT_S,
     )?;
-    range("strategy.max_retries", s.max_retries, 0, 10)?;
-    range("strategy.retry_backoff_s", s.retry_backoff_s, 0, 86_400)?;
-    range("strategy.max_in_flight", s.max_in_flight, 1, 1_000_000)?;
+    range(
+        "strategy.max_retries",
+        i64::from(s.max_retries),
+        &limits::MAX_RETRIES,
+    )?;
+    range(
+        "strategy.retry_backoff_s",
+        s.retry_backoff_s,
+        &limits::RETRY_BACKOFF_S,
+    )?;
+    range(
+        "strategy.max_in_flight",
+        i64::from(s.max_in_flight),
+        &limits::MAX_IN_FLIGHT,
+    )?;
     range(
         "strategy.health_gate_window_s",
         s.health_gate_window_s,
-        0,
-        86_400,
+        &limits::HEALTH_GATE_WINDOW_S,
     )?;
     if let Some(ms) = s.scheduled_start_ms {
-        range("strategy.scheduled_start_ms", ms, 1, MAX_SCHEDULED_START_MS)?;
+        range(
+            "strategy.scheduled_start_ms",
+            ms,
+            &limits::SCHEDULED_START_MS,
+        )?;
     }
     if let Some(w) = &s.maintenance_window {
         range(
             "strategy.maintenance_window.start_minute",
-            w.start_minute,
-            0,
-            1439,
+            i64::from(w.start_minute),
+            &limits::START_MINUTE,
         )?;
         range(
             "strategy.maintenance_window.duration_minutes",
-            w.duration_minutes,
-            1,
-            1440,
+            i64::from(w.duration_minutes),
+            &limits::DURATION_MINUTES,
         )?;
     }
     let Some((_, rollback_policy)) = ROLLBACK_POLICIES
@@ -372,7 +418,7 @@ pub fn parse_strategy(s: StrategyIn) -> Result<Strategy, RequestError> {
         return Err(RequestError::RollbackPolicy(s.rollback_policy));
     };
     Ok(Strategy {
-        waves_pct: s.waves_pct,
+        waves_pct: waves,
         success_threshold_pct: s.success_threshold_pct,
         failure_threshold_pct: s.failure_threshold_pct,
         min_devices_for_verdict: s.min_devices_for_verdict,
@@ -462,6 +508,8 @@ impl From<RolloutRequest> for UpdateRequested {
         }
     }
 }
+
+mod schema;
 
 #[cfg(test)]
 mod tests;

@@ -15,7 +15,12 @@ use thiserror::Error;
 pub enum SemVerError {
     #[error("{0:?} is not a semantic version (MAJOR.MINOR.PATCH)")]
     NotSemVer(String),
+    #[error("a version is at most {MAX_SEMVER_LEN} characters")]
+    TooLong,
 }
+
+/// The longest version, in characters.
+pub const MAX_SEMVER_LEN: usize = 256;
 
 /// A semantic version, kept exactly as written.
 ///
@@ -119,6 +124,9 @@ impl PartialOrd for SemVer {
 }
 
 crate::text::parsed_text!(SemVer, SemVerError, |v| {
+    if v.chars().count() > MAX_SEMVER_LEN {
+        return Err(SemVerError::TooLong);
+    }
     let parts: Vec<&str> = v[..core_end(&v)].split('.').collect();
     if parts.len() == 3 && parts.iter().all(|p| is_numeric(p)) {
         Ok(v)

@@ -15,7 +15,7 @@ use crate::{DbContext, Error, Result};
 pub const DEFAULT_OFFLINE_AFTER: Duration = Duration::from_secs(300);
 pub const MAX_PAGE: i64 = 1000;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Online,
@@ -23,7 +23,7 @@ pub enum Status {
 }
 
 /// A device as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Device {
     pub device_id: String,
     pub model: Option<String>,
@@ -41,7 +41,8 @@ pub struct Device {
     pub position: PositionOut,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// Where the device's last event sits in `ota.device-events`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct PositionOut {
     pub partition: i32,
     pub offset: i64,
@@ -177,7 +178,8 @@ pub struct DeviceFilter {
 }
 
 /// One page of devices and the cursor of the next page, if any.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = DevicePage)]
 pub struct Page {
     pub items: Vec<Device>,
     pub next_cursor: Option<String>,
@@ -262,7 +264,7 @@ pub async fn get_devices(
 }
 
 /// `GET /v1/fleet/summary`.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Summary {
     pub total: i64,
     pub by_status: BTreeMap<String, i64>,

@@ -356,7 +356,7 @@ impl Projection for HistoryProjector {
 }
 
 /// One entry of a device's history.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct HistoryEntry {
     pub occurred_at: DateTime<Utc>,
     pub event_type: String,
@@ -395,20 +395,9 @@ pub async fn history(
 ) -> Result<Vec<HistoryEntry>> {
     let after = match cursor {
         None => None,
-        Some(c) => {
-            let parts: Vec<&str> = c.split('.').collect();
-            let parsed = match parts[..] {
-                [t, p, o] => t
-                    .parse::<i64>()
-                    .ok()
-                    .zip(p.parse::<i32>().ok())
-                    .zip(o.parse::<i64>().ok()),
-                _ => None,
-            };
-            Some(parsed.ok_or_else(|| {
-                Error::InvalidQuery("cursor must be the next_cursor of a previous page".into())
-            })?)
-        }
+        Some(c) => Some(parse_cursor(c).ok_or_else(|| {
+            Error::InvalidQuery("cursor must be the next_cursor of a previous page".into())
+        })?),
     };
     sqlx::query_as(
         "SELECT occurred_at, event_type, summary, version, until_at, count, partition, \"offset\"
@@ -427,6 +416,25 @@ pub async fn history(
     .db("reading device history")
 }
 
+/// The form of a history cursor, `micros.partition.offset`: digits few enough that each part
+/// fits its type, so every cursor of this form is read (the OpenAPI document states it).
+pub const CURSOR_PATTERN: &str = r"^-?[0-9]{1,18}\.-?[0-9]{1,9}\.-?[0-9]{1,18}$";
+
+/// Reads a cursor of [`CURSOR_PATTERN`]'s form.
+fn parse_cursor(c: &str) -> Option<((i64, i32), i64)> {
+    fn part<T: std::str::FromStr>(s: &str, digits: usize) -> Option<T> {
+        let d = s.strip_prefix('-').unwrap_or(s);
+        let ok = !d.is_empty() && d.len() <= digits && d.bytes().all(|b| b.is_ascii_digit());
+        ok.then(|| s.parse().ok()).flatten()
+    }
+    let mut parts = c.split('.');
+    let (t, p, o) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(((part(t, 18)?, part(p, 9)?), part(o, 18)?))
+}
+
 /// The cursor that continues after `e`.
 #[must_use]
 pub fn cursor_after(e: &HistoryEntry) -> String {
@@ -441,6 +449,44 @@ pub fn cursor_after(e: &HistoryEntry) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cursors_are_read_exactly_in_the_documented_form() {
+        assert_eq!(parse_cursor("1700.2.42"), Some(((1700, 2), 42)));
+        assert_eq!(parse_cursor("-5.0.-1"), Some(((-5, 0), -1)));
+        let widest = format!("{0}.{1}.{0}", "9".repeat(18), "9".repeat(9));
+        assert!(parse_cursor(&widest).is_some());
+        for bad in [
+            "",
+            "0",
+            "1.2",
+            "1.2.3.4",
+            "+1.2.3",
+            "a.2.3",
+            "1..3",
+            "1.2.",
+            "-.2.3",
+            "1.1234567890.3",
+            "1234567890123456789.2.3",
+            " 1.2.3",
+        ] {
+            assert_eq!(parse_cursor(bad), None, "{bad:?}");
+        }
+        let e = HistoryEntry {
+            occurred_at: ts(1_700_000_000_123_456),
+            event_type: String::new(),
+            summary: String::new(),
+            version: None,
+            until: None,
+            count: 1,
+            partition: 3,
+            offset: 9,
+        };
+        assert_eq!(
+            parse_cursor(&cursor_after(&e)),
+            Some(((1_700_000_000_123_456, 3), 9))
+        );
+    }
 
     #[test]
     fn copy_rows_escape_what_copy_text_format_would_misread() {

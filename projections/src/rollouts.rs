@@ -179,14 +179,18 @@ impl Projection for RolloutProjector {
 
 // ---- queries ---------------------------------------------------------------------------------
 
-#[derive(Debug, Clone, Serialize)]
+/// A rollout as requested and where it stands.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RolloutRow {
     pub rollout_id: String,
     pub state: String,
     pub state_reason: Option<String>,
     pub requested_by: String,
+    #[schema(value_type = Object)]
     pub release: serde_json::Value,
+    #[schema(value_type = Object)]
     pub selector: serde_json::Value,
+    #[schema(value_type = Object)]
     pub strategy: serde_json::Value,
     pub current_wave: i32,
     pub targeted: i64,
@@ -263,7 +267,8 @@ pub async fn wave_counts(pool: &PgPool, id: &str) -> Result<Vec<(i32, String, i6
     .db("counting rollout devices")
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// A device in a rollout.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RolloutDeviceRow {
     pub device_id: String,
     pub wave: i32,
@@ -322,13 +327,15 @@ pub async fn rollout_devices(
     .db("listing rollout devices")
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// A decision of the rollout and what it was decided from.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DecisionRow {
     pub position: i64,
     pub event_id: Uuid,
     pub event_type: String,
     pub occurred_at: DateTime<Utc>,
     pub summary: String,
+    #[schema(value_type = Object)]
     pub detail: serde_json::Value,
 }
 

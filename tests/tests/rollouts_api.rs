@@ -62,11 +62,11 @@ async fn rollout_requests_are_validated_and_appended() {
         ),
         (
             "strategy.waves_pct",
-            Box::new(|v| v["strategy"]["waves_pct"] = json!([10, 5, 100])),
+            Box::new(|v| v["strategy"]["waves_pct"] = json!([10, 10, 100])),
         ),
         (
             "strategy.waves_pct",
-            Box::new(|v| v["strategy"]["waves_pct"] = json!([10, 50])),
+            Box::new(|v| v["strategy"]["waves_pct"] = json!([0, 50])),
         ),
         (
             "strategy.failure_threshold_pct",

@@ -145,6 +145,17 @@ fn the_request_names_the_requester_and_the_rollout_or_they_are_filled_in() {
             .len(),
         256
     );
+    // Limits count characters, as the messages and the OpenAPI document say, not bytes.
+    assert_eq!(
+        accepted(|v| v["requested_by"] = json!("é".repeat(256)))
+            .requested_by()
+            .len(),
+        512
+    );
+    assert_eq!(
+        refused(|v| v["requested_by"] = json!("é".repeat(257))).field(),
+        "requested_by"
+    );
     assert_eq!(
         refused(|v| v["rollout_id"] = json!("a/b")).field(),
         "rollout_id"
@@ -270,32 +281,38 @@ fn a_selector_names_something_and_every_name_is_checked() {
 }
 
 #[test]
-fn waves_are_1_to_20_increasing_shares_ending_at_100() {
+fn waves_are_1_to_20_distinct_shares_sorted_and_closed_at_100() {
     let waves = |v: Value| move |r: &mut Value| r["strategy"]["waves_pct"] = v;
-    accepted(waves(json!([100])));
-    accepted(waves(json!([0.5, 100])));
+    let of = |r: RolloutRequest| r.strategy().waves_pct.clone();
+    assert_eq!(of(accepted(waves(json!([100])))), [100.0]);
+    assert_eq!(of(accepted(waves(json!([0.5, 100])))), [0.5, 100.0]);
+    // Order carries nothing (the shares are cumulative) and the last wave reaches everyone.
+    assert_eq!(of(accepted(waves(json!([50, 10])))), [10.0, 50.0, 100.0]);
+    assert_eq!(of(accepted(waves(json!([99.9])))), [99.9, 100.0]);
+    assert_eq!(of(accepted(waves(json!([100, 5])))), [5.0, 100.0]);
     let twenty: Vec<f64> = (1..=20).map(|i| f64::from(i) * 5.0).collect();
-    accepted(waves(json!(twenty)));
+    assert_eq!(of(accepted(waves(json!(twenty)))), twenty);
+    // Twenty shares short of 100 make 21 waves: the limit is on what the request lists.
+    let short: Vec<f64> = (1..=20).map(f64::from).collect();
+    assert_eq!(of(accepted(waves(json!(short)))).len(), 21);
     let e = refused(waves(json!([])));
     assert_eq!(e, RequestError::WaveCount);
     assert_eq!(e.to_string(), "strategy.waves_pct: must list 1 to 20 waves");
     let twenty_one: Vec<f64> = (1..=21).map(|i| f64::from(i) * 100.0 / 21.0).collect();
     assert_eq!(refused(waves(json!(twenty_one))), RequestError::WaveCount);
     for bad in [
-        json!([10, 5, 100]),
         json!([10, 10, 100]),
-        json!([10, 50]),
         json!([0, 100]),
         json!([-1, 100]),
         json!([50, 100.5]),
         json!([100, 100]),
-        json!([99.9]),
+        json!([100.0, 100]),
     ] {
         let e = refused(waves(bad.clone()));
         assert_eq!(e, RequestError::WaveShares, "{bad}");
         assert_eq!(
             e.to_string(),
-            "strategy.waves_pct: cumulative shares must increase, lie in (0, 100] and end at 100"
+            "strategy.waves_pct: cumulative shares must be distinct and lie in (0, 100]"
         );
     }
 }
