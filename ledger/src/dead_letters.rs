@@ -28,9 +28,33 @@ pub async fn dead_letter(
     payload: &[u8],
     rejection: &Rejection,
 ) -> Result<Pending> {
+    send(producer, None, origin, key, payload, rejection).await
+}
+
+/// Enqueues a record of the ledger that `consumer` could not decode or apply (header
+/// `dlq-consumer`) on the dead-letter topic and counts it.
+pub async fn dead_letter_for(
+    producer: &EventProducer,
+    consumer: &str,
+    origin: &Origin<'_>,
+    key: &[u8],
+    payload: &[u8],
+    rejection: &Rejection,
+) -> Result<Pending> {
+    send(producer, Some(consumer), origin, key, payload, rejection).await
+}
+
+async fn send(
+    producer: &EventProducer,
+    consumer: Option<&str>,
+    origin: &Origin<'_>,
+    key: &[u8],
+    payload: &[u8],
+    rejection: &Rejection,
+) -> Result<Pending> {
     let partition = origin.partition.map(|p| p.to_string());
     let offset = origin.offset.map(|o| o.to_string());
-    let mut headers = OwnedHeaders::new_with_capacity(6)
+    let mut headers = OwnedHeaders::new_with_capacity(7)
         .insert(Header {
             key: "dlq-source",
             value: Some(origin.source),
@@ -59,8 +83,14 @@ pub async fn dead_letter(
             value: Some(o.as_str()),
         });
     }
-    tracing::warn!(source = origin.source, channel = origin.channel, reason = rejection.reason,
-        detail = %rejection.detail, "dead-lettered");
+    if let Some(c) = consumer {
+        headers = headers.insert(Header {
+            key: "dlq-consumer",
+            value: Some(c),
+        });
+    }
+    tracing::warn!(source = origin.source, channel = origin.channel, consumer,
+        reason = rejection.reason, detail = %rejection.detail, "dead-lettered");
     metrics::dead_lettered(origin.source, rejection.reason);
     let topic = producer.topics().dead_letters.clone();
     producer.send_raw(&topic, key, payload, headers).await

@@ -392,7 +392,8 @@ impl<P: Projection> Runner<P> {
                 .insert(r.position.partition, r.position.offset + 1);
         }
         // Dead letters must be safe in Kafka before the offsets that skip them are stored.
-        dead_letter_undecodable(&self.producer, &self.cfg.topic, &records).await?;
+        let (topic, consumer) = (&self.cfg.topic, &self.cfg.consumer);
+        dead_letter_undecodable(&self.producer, topic, consumer, &records).await?;
         let events: Vec<Positioned> = records
             .into_iter()
             .filter_map(|r| match r.body {
