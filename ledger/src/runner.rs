@@ -36,6 +36,10 @@ pub struct Positioned {
 }
 
 /// What a consumer does with a batch, inside the transaction that also stores its offsets.
+///
+/// When PostgreSQL refuses a batch for its data, `apply` is called again on parts of it under
+/// savepoints, in order, and [`Projection::ownership_changed`] after each refused part (ADR
+/// 0021): what it remembers of a refused part's rows must not survive that call.
 pub trait Projection: Send {
     fn apply(
         &mut self,
