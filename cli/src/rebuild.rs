@@ -114,6 +114,22 @@ async fn drop_schema(pool: &sqlx::PgPool, schema: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What was dead-lettered, by consumer (or, for what an entrance refused, its source) and
+/// reason: events a projection left out are absent from the projections on both sides, so
+/// they are reported here, not as differences.
+async fn print_dead_letters(cfg: &Config) -> anyhow::Result<()> {
+    let tally = otaledger_ledger::dead_letters::read_tally(&cfg.kafka).await?;
+    if tally.is_empty() {
+        println!("dead letters: none");
+        return Ok(());
+    }
+    println!("dead letters ({}):", cfg.kafka.topics().dead_letters);
+    for ((who, reason), n) in &tally {
+        println!("  {who:<18} {reason:<22} {n:>8}");
+    }
+    Ok(())
+}
+
 /// Rebuilds into a shadow schema up to the live projections' positions and diffs the two.
 /// Returns the number of differences (the command exits non-zero when there are any).
 pub async fn verify(cfg: &Config, keep_shadow: bool) -> anyhow::Result<usize> {
@@ -158,6 +174,7 @@ pub async fn verify(cfg: &Config, keep_shadow: bool) -> anyhow::Result<usize> {
             d.rebuilt.as_deref().unwrap_or("(missing)")
         );
     }
+    print_dead_letters(cfg).await?;
     let n = c.differences();
     if n == 0 {
         println!("verify: the live projections equal a rebuild from the ledger");

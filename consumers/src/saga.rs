@@ -240,7 +240,7 @@ impl Saga {
             // while its partition is owned.
             let mut records = batch.records;
             records.retain(|r| ownership.owned().contains_key(&r.position.partition));
-            dead_letter_undecodable(&self.producer, &cfg.topic, &records).await?;
+            dead_letter_undecodable(&self.producer, &cfg.topic, "saga", &records).await?;
             for r in records {
                 let Position { partition, offset } = r.position;
                 let Some(owned) = ownership.owned().get(&partition) else {

@@ -1,6 +1,7 @@
 //! The runtime every otaledger component runs on: appending to the ledger
 //! ([`kafka::EventProducer`]), reading it ([`reader`], [`runner`]), owning partitions and storing
-//! offsets with the rows ([`ownership`], [`db`]), dead letters, metrics, shutdown, configuration,
+//! offsets with the rows ([`ownership`], [`db`]), dead letters (of what does not decode, and of
+//! what a projection cannot apply: [`unappliable`]), metrics, shutdown, configuration,
 //! and the MQTT and AMQP layouts shared by bridges, dispatcher and simulator.
 //!
 //! Correctness never depends on Kafka's group protocol: each instance owns partitions through
@@ -18,6 +19,7 @@ pub mod ownership;
 pub mod reader;
 pub mod runner;
 pub mod shutdown;
+pub mod unappliable;
 
 use thiserror::Error;
 

@@ -22,7 +22,7 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::TopicPartitionList;
 
 use crate::config::KafkaConfig;
-use crate::dead_letters::{dead_letter, Origin, Rejection};
+use crate::dead_letters::{dead_letter_for, Origin, Rejection};
 use crate::kafka::{client_config, resume_from, wait_for_topic, EventProducer};
 use crate::{KafkaContext, Result};
 
@@ -396,11 +396,13 @@ pub async fn high_watermarks(kafka: &KafkaConfig, topic: &str) -> Result<BTreeMa
     .map_err(|e| crate::Error::Other(format!("reading high watermarks: {e}")))?
 }
 
-/// Dead-letters the undecodable records of `records` (read from `topic`) and waits until Kafka
-/// has every dead letter: only then may the offsets that skip them be stored. Returns how many.
+/// Dead-letters the undecodable records of `records` (read from `topic` by `consumer`) and waits
+/// until Kafka has every dead letter: only then may the offsets that skip them be stored.
+/// Returns how many.
 pub async fn dead_letter_undecodable(
     producer: &EventProducer,
     topic: &str,
+    consumer: &str,
     records: &[Record],
 ) -> Result<usize> {
     let mut pending = Vec::new();
@@ -413,7 +415,17 @@ pub async fn dead_letter_undecodable(
                 offset: Some(r.position.offset),
             };
             let rejection = Rejection::new("undecodable", error.clone());
-            pending.push(dead_letter(producer, &origin, &raw.key, &raw.payload, &rejection).await?);
+            pending.push(
+                dead_letter_for(
+                    producer,
+                    consumer,
+                    &origin,
+                    &raw.key,
+                    &raw.payload,
+                    &rejection,
+                )
+                .await?,
+            );
         }
     }
     let n = pending.len();

@@ -1,5 +1,7 @@
 //! The batch loop: read owned partitions, decode, dead-letter what cannot be decoded, apply a
-//! batch to PostgreSQL and store the next offsets in the same transaction.
+//! batch to PostgreSQL and store the next offsets in the same transaction; when PostgreSQL
+//! refuses a batch for the data it carries, leave out and dead-letter the events at fault
+//! (ADR 0021).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
@@ -18,7 +20,8 @@ use crate::reader::{
     dead_letter_undecodable, Batch, Body, Decode, LedgerReader, ReaderConfig, Start,
 };
 use crate::shutdown::ShutdownSignal;
-use crate::{db, DbContext, Result};
+use crate::unappliable::{apply_leaving_out, data_fault, dead_letter_refused};
+use crate::{db, DbContext, Error, Result};
 
 /// Decoded events read ahead while a transaction commits, at most: reading is about twenty
 /// times faster than committing, so a larger read-ahead saves little time and holds memory in
@@ -33,6 +36,10 @@ pub struct Positioned {
 }
 
 /// What a consumer does with a batch, inside the transaction that also stores its offsets.
+///
+/// When PostgreSQL refuses a batch for its data, `apply` is called again on parts of it under
+/// savepoints, in order, and [`Projection::ownership_changed`] after each refused part (ADR
+/// 0021): what it remembers of a refused part's rows must not survive that call.
 pub trait Projection: Send {
     fn apply(
         &mut self,
@@ -148,7 +155,7 @@ impl<P: Projection> Runner<P> {
     /// Each turn of the loop takes these steps: rebalance (when due and nothing is pending),
     /// read a batch (or notice a pause), stage it, decide whether to gather more into the
     /// transaction, and commit while reading ahead; a commit refused by a newer owner gives
-    /// everything up.
+    /// everything up, and one PostgreSQL refuses for its data leaves out the events at fault.
     pub async fn run(mut self, mut shutdown: ShutdownSignal) -> Result<()> {
         let cfg = self.cfg.clone();
         let (mut ownership, reader) = join_partitions(
@@ -169,6 +176,7 @@ impl<P: Projection> Runner<P> {
             pending: Pending::default(),
             prefetched: VecDeque::new(),
             reading: None,
+            unfolded_until: BTreeMap::new(),
         };
         loop {
             if shutdown.is_triggered() {
@@ -183,18 +191,23 @@ impl<P: Projection> Runner<P> {
             };
             let full = batch.as_ref().is_some_and(|b| b.full);
             if let Some(batch) = batch {
-                self.stage(batch, &ownership, &mut turn.pending).await?;
+                let may_fold = turn.unfolded_until.is_empty();
+                self.stage(batch, &ownership, &mut turn.pending, may_fold, &m)
+                    .await?;
             }
             if turn.pending.is_empty() || self.gathers(full, &mut turn.pending) {
                 continue;
             }
-            if self
+            match self
                 .commit_reading_ahead(&reader, &mut ownership, &mut turn)
                 .await?
             {
-                self.account(&mut ownership, &mut turn, &m);
-            } else {
-                self.give_up(&reader, &mut ownership, &mut turn).await?;
+                Commit::Done => self.account(&mut ownership, &mut turn, &m, &[]),
+                Commit::Fenced => self.give_up(&reader, &mut ownership, &mut turn).await?,
+                Commit::Refused(e) => {
+                    self.leave_out_refused(&reader, &mut ownership, &mut turn, &m, &e)
+                        .await?;
+                }
             }
         }
         drop(turn);
@@ -286,14 +299,13 @@ impl<P: Projection> Runner<P> {
 
     /// Step 5: applies what is pending and stores its offsets in one transaction, reading on
     /// meanwhile (so that Kafka and the decoder work while PostgreSQL does) while the stream
-    /// is behind, up to one more transaction or `READ_AHEAD_MAX` decoded events. `false` when
-    /// this instance was fenced (nothing committed).
+    /// is behind, up to one more transaction or `READ_AHEAD_MAX` decoded events.
     async fn commit_reading_ahead<'r>(
         &mut self,
         reader: &'r LedgerReader,
         ownership: &mut Ownership,
         turn: &mut Turn<'r>,
-    ) -> Result<bool> {
+    ) -> Result<Commit> {
         let mut read = turn
             .reading
             .take()
@@ -321,7 +333,7 @@ impl<P: Projection> Runner<P> {
                 }
             }
         };
-        if committed && read_live {
+        if !matches!(committed, Commit::Fenced) && read_live {
             turn.reading = Some(read);
         }
         tracing::debug!(
@@ -330,21 +342,44 @@ impl<P: Projection> Runner<P> {
             gathered = ?turn.pending.started.map(|s| commit_started.duration_since(s)),
             commit = ?commit_started.elapsed(),
             ahead,
-            committed,
+            ?committed,
             "transaction ended"
         );
         Ok(committed)
     }
 
-    /// Step 6a: after a commit, the owned positions move on and the metrics count it.
-    fn account(&mut self, ownership: &mut Ownership, turn: &mut Turn<'_>, m: &Metrics) {
-        let pending = std::mem::take(&mut turn.pending);
+    /// Step 6a: after a commit, the owned positions move on and the metrics count it; the
+    /// events at `left_out` (indexes into the pending events) were dead-lettered instead.
+    fn account(
+        &mut self,
+        ownership: &mut Ownership,
+        turn: &mut Turn<'_>,
+        m: &Metrics,
+        left_out: &[usize],
+    ) {
+        let mut pending = std::mem::take(&mut turn.pending);
         for (p, n) in &pending.next {
             if let Some(o) = ownership.owned_mut().get_mut(p) {
                 o.next_offset = *n;
             }
         }
-        m.applied.add(pending.recorded_at.len() as u64);
+        // Reading without folding ends where the refused transaction ended.
+        turn.unfolded_until.retain(|p, until| {
+            ownership
+                .owned()
+                .get(p)
+                .is_some_and(|o| o.next_offset < *until)
+        });
+        if !left_out.is_empty() {
+            pending.events = std::mem::take(&mut pending.events)
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| !left_out.contains(i))
+                .map(|(_, e)| e)
+                .collect();
+        }
+        m.applied
+            .add(pending.recorded_at.len().saturating_sub(left_out.len()) as u64);
         if let Some(started) = pending.started {
             m.batch_seconds.observe(started.elapsed().as_secs_f64());
         }
@@ -375,14 +410,59 @@ impl<P: Projection> Runner<P> {
         Ok(())
     }
 
-    /// Dead-letters what did not decode and folds or keeps the rest for the next transaction.
-    /// The reader hands on each record of the assigned partitions once, from their stored
-    /// offsets; records of a partition lost since the read began are dropped here.
+    /// Step 6c: PostgreSQL refused the transaction for the data it carries (ADR 0021). With
+    /// the events at hand, they are applied again under savepoints, leaving out and
+    /// dead-lettering those it refuses, and the rest commits with the offsets past them. What a
+    /// folding projection folded has no events to blame: it is read again, without folding,
+    /// from the stored offsets up to where the refused transaction ended.
+    async fn leave_out_refused(
+        &mut self,
+        reader: &LedgerReader,
+        ownership: &mut Ownership,
+        turn: &mut Turn<'_>,
+        m: &Metrics,
+        refusal: &Error,
+    ) -> Result<()> {
+        if turn.pending.folded {
+            tracing::warn!(consumer = %self.cfg.consumer, events = turn.pending.recorded_at.len(),
+                error = %refusal,
+                "a folded transaction was refused for its data; reading it again without folding");
+            for (p, next) in &turn.pending.next {
+                let until = turn.unfolded_until.entry(*p).or_insert(*next);
+                *until = (*until).max(*next);
+            }
+            turn.pending = Pending::default();
+            turn.prefetched.clear();
+            turn.reading = None;
+            return assign(reader, &self.cfg, ownership);
+        }
+        let mut tx = self.pool.begin().await.db("beginning batch")?;
+        let events = &turn.pending.events;
+        let refused = apply_leaving_out(&mut self.projection, &mut tx, events).await?;
+        if !ownership.store_offsets(&mut tx, &turn.pending.next).await? {
+            tx.rollback().await.db("rolling back fenced batch")?;
+            return self.give_up(reader, ownership, turn).await;
+        }
+        // Dead letters must be safe in Kafka before the offsets that skip them are stored.
+        let (topic, consumer) = (&self.cfg.topic, &self.cfg.consumer);
+        dead_letter_refused(&self.producer, topic, consumer, events, &refused).await?;
+        tx.commit().await.db("committing batch")?;
+        m.unappliable.add(refused.len() as u64);
+        let left_out: Vec<usize> = refused.iter().map(|(i, _)| *i).collect();
+        self.account(ownership, turn, m, &left_out);
+        Ok(())
+    }
+
+    /// Dead-letters what did not decode and folds (when `may_fold`) or keeps the rest for the
+    /// next transaction. The reader hands on each record of the assigned partitions once, from
+    /// their stored offsets; records of a partition lost since the read began are dropped here.
     async fn stage(
         &mut self,
         batch: Batch,
         ownership: &Ownership,
         pending: &mut Pending,
+        may_fold: bool,
+        m: &Metrics,
     ) -> Result<()> {
         let mut records = batch.records;
         records.retain(|r| ownership.owned().contains_key(&r.position.partition));
@@ -392,7 +472,10 @@ impl<P: Projection> Runner<P> {
                 .insert(r.position.partition, r.position.offset + 1);
         }
         // Dead letters must be safe in Kafka before the offsets that skip them are stored.
-        dead_letter_undecodable(&self.producer, &self.cfg.topic, &records).await?;
+        let (topic, consumer) = (&self.cfg.topic, &self.cfg.consumer);
+        let undecodable =
+            dead_letter_undecodable(&self.producer, topic, consumer, &records).await?;
+        m.undecodable.add(undecodable as u64);
         let events: Vec<Positioned> = records
             .into_iter()
             .filter_map(|r| match r.body {
@@ -406,7 +489,12 @@ impl<P: Projection> Runner<P> {
         pending
             .recorded_at
             .extend(events.iter().map(|e| e.event.meta.recorded_at));
-        if !events.is_empty() && !self.projection.fold(&events) {
+        if events.is_empty() {
+            return Ok(());
+        }
+        if may_fold && self.projection.fold(&events) {
+            pending.folded = true;
+        } else {
             pending.events.extend(events);
         }
         Ok(())
@@ -421,6 +509,9 @@ struct Turn<'r> {
     prefetched: VecDeque<Batch>,
     /// A read still in flight when the last commit ended, or that a pause left running.
     reading: Option<BoxFuture<'r, Batch>>,
+    /// Per partition, where reading without folding ends: a folded transaction that PostgreSQL
+    /// refused for its data is read again with its events kept, to find the ones at fault.
+    unfolded_until: BTreeMap<i32, i64>,
 }
 
 /// What step 2 found.
@@ -436,8 +527,10 @@ enum Read {
 struct Pending {
     /// Per partition, the offset after the last record read.
     next: BTreeMap<i32, i64>,
-    /// Events of a projection that does not fold.
+    /// Events of a projection that does not fold (or that reads without folding).
     events: Vec<Positioned>,
+    /// Whether the projection folded events of this transaction (not kept in `events`).
+    folded: bool,
     /// Of every event in the transaction, for the commit-lag metric.
     recorded_at: Vec<Micros>,
     /// When the first batch of the transaction was read.
@@ -452,26 +545,46 @@ impl Pending {
     }
 }
 
-/// Applies what is pending and stores its offsets in one transaction; `false` when this
-/// instance was fenced (nothing committed).
+/// How a transaction ended.
+#[derive(Debug)]
+enum Commit {
+    Done,
+    /// A newer owner fenced this instance: nothing committed.
+    Fenced,
+    /// PostgreSQL refused what the projection wrote for the data it carries: nothing
+    /// committed, and what the projection staged or folded is void.
+    Refused(Error),
+}
+
+/// Applies what is pending and stores its offsets in one transaction. An error that is not
+/// about the data fails the runner, as before: the transaction is retried after a restart.
 async fn commit<P: Projection>(
     projection: &mut P,
     pool: &PgPool,
     ownership: &mut Ownership,
     pending: &Pending,
-) -> Result<bool> {
+) -> Result<Commit> {
     let mut tx = pool.begin().await.db("beginning batch")?;
-    projection.apply(&mut tx, &pending.events).await?;
+    if let Err(e) = projection.apply(&mut tx, &pending.events).await {
+        if data_fault(&e).is_none() {
+            return Err(e);
+        }
+        tx.rollback().await.db("rolling back refused batch")?;
+        projection.ownership_changed();
+        return Ok(Commit::Refused(e));
+    }
     if !ownership.store_offsets(&mut tx, &pending.next).await? {
         tx.rollback().await.db("rolling back fenced batch")?;
-        return Ok(false);
+        return Ok(Commit::Fenced);
     }
     tx.commit().await.db("committing batch")?;
-    Ok(true)
+    Ok(Commit::Done)
 }
 
 struct Metrics {
     applied: crate::metrics::Counter,
+    undecodable: crate::metrics::Counter,
+    unappliable: crate::metrics::Counter,
     batch_seconds: crate::metrics::Histogram,
     lag_seconds: crate::metrics::Histogram,
     owned: crate::metrics::Gauge,
@@ -479,12 +592,21 @@ struct Metrics {
 
 impl Metrics {
     fn new(consumer: &str) -> Self {
+        let dead_letters = |reason| {
+            REGISTRY.counter(
+                "otaledger_consumer_dead_letters_total",
+                "Records a ledger consumer dead-lettered and went on without, by reason",
+                &[("consumer", consumer), ("reason", reason)],
+            )
+        };
         Metrics {
             applied: REGISTRY.counter(
                 "otaledger_consumer_events_total",
                 "Events applied by a ledger consumer",
                 &[("consumer", consumer)],
             ),
+            undecodable: dead_letters("undecodable"),
+            unappliable: dead_letters(crate::unappliable::REASON),
             batch_seconds: REGISTRY.histogram(
                 "otaledger_consumer_batch_seconds",
                 "From reading a transaction's first batch to its commit with its offsets",

@@ -11,6 +11,7 @@ use otaledger_ledger::config::KafkaConfig;
 use otaledger_ledger::kafka::EventProducer;
 use otaledger_ledger::reader::{Body, Decode, LedgerReader, ReaderConfig, Start};
 use otaledger_ledger::shutdown::Shutdown;
+use otaledger_ledger::unappliable::apply_leaving_out;
 use otaledger_ledger::{FoldWindow, Positioned, Projection, Runner, RunnerConfig};
 use sqlx::{PgConnection, PgPool};
 
@@ -119,13 +120,36 @@ impl Default for DeviceProjections {
 }
 
 impl Projection for DeviceProjections {
+    /// With events at hand (the runner reads without folding after a refusal, ADR 0021), each
+    /// projection leaves out only what it refuses itself, as the live projector and history
+    /// do: an event only one of them refuses is still applied by the other. The live
+    /// consumers dead-lettered those events already; the rebuild only logs them.
     async fn apply(
         &mut self,
         tx: &mut PgConnection,
         events: &[Positioned],
     ) -> otaledger_ledger::Result<()> {
-        self.fleet.apply(tx, events).await?;
-        self.history.apply(tx, events).await
+        if events.is_empty() {
+            self.fleet.apply(tx, events).await?;
+            return self.history.apply(tx, events).await;
+        }
+        for (consumer, refused) in [
+            (
+                "projector",
+                apply_leaving_out(&mut self.fleet, tx, events).await?,
+            ),
+            (
+                "history",
+                apply_leaving_out(&mut self.history, tx, events).await?,
+            ),
+        ] {
+            for (i, e) in refused {
+                let p = &events[i].position;
+                tracing::warn!(consumer, partition = p.partition, offset = p.offset, error = %e,
+                    "rebuild left out an event the projection cannot apply");
+            }
+        }
+        Ok(())
     }
 
     fn committed(&mut self, events: &[Positioned]) {
