@@ -13,7 +13,8 @@ use crate::{ApiError, AppState, ErrorBody};
 
 pub(crate) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(list))
+        // Provisioning shares the path; it lives with the rest of access.
+        .routes(routes!(list, crate::tokens::provision))
         .routes(routes!(one))
         .routes(routes!(history))
         .routes(routes!(summary))
@@ -82,7 +83,7 @@ fn filter_from(q: ListQuery) -> Result<DeviceFilter, ApiError> {
 }
 
 /// List devices, ordered by id.
-#[utoipa::path(get, path = "/v1/devices", operation_id = "listDevices", tag = "fleet", params(ListQuery),
+#[utoipa::path(get, path = "/v1/devices", operation_id = "listDevices", security(("token" = ["viewer"])), tag = "fleet", params(ListQuery),
     responses(
         (status = 200, description = "A page of devices", body = Page),
         (status = 400, description = "A bad parameter", body = ErrorBody),
@@ -99,7 +100,7 @@ async fn list(
 }
 
 /// One device: its registration, firmware, last health and status.
-#[utoipa::path(get, path = "/v1/devices/{id}", operation_id = "getDevice", tag = "fleet", params(DeviceIdPath),
+#[utoipa::path(get, path = "/v1/devices/{id}", operation_id = "getDevice", security(("token" = ["viewer"])), tag = "fleet", params(DeviceIdPath),
     responses(
         (status = 200, description = "The device", body = fleet::Device),
         (status = 400, description = "A bad id", body = ErrorBody),
@@ -140,7 +141,7 @@ struct HistoryPage {
 }
 
 /// A device's history, oldest first: registrations, install reports and heartbeat runs.
-#[utoipa::path(get, path = "/v1/devices/{id}/history", operation_id = "deviceHistory", tag = "fleet",
+#[utoipa::path(get, path = "/v1/devices/{id}/history", operation_id = "deviceHistory", security(("token" = ["viewer"])), tag = "fleet",
     params(DeviceIdPath, HistoryQuery),
     responses(
         (status = 200, description = "A page of the device's history", body = HistoryPage),
@@ -196,7 +197,7 @@ struct SnapshotSummary {
 }
 
 /// Device counts: total, and by status, firmware, model and site; now or as of a snapshot.
-#[utoipa::path(get, path = "/v1/fleet/summary", operation_id = "fleetSummary", tag = "fleet", params(SummaryQuery),
+#[utoipa::path(get, path = "/v1/fleet/summary", operation_id = "fleetSummary", security(("token" = ["viewer"])), tag = "fleet", params(SummaryQuery),
     responses(
         (status = 200, description = "The counts (with `as_of` and `snapshot` when asked for a time)",
             body = Summary),

@@ -7,7 +7,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use otaledger_domain::ids::new_trace_id;
 use serde::Serialize;
 use utoipa_axum::router::OpenApiRouter;
@@ -20,6 +20,7 @@ use otaledger_ledger::dead_letters::{dead_letter, Origin};
 use otaledger_ledger::kafka::EventProducer;
 use otaledger_ledger::metrics;
 
+use crate::auth::Principal;
 use crate::params::DeviceIdPath;
 use crate::{ApiError, ErrorBody};
 
@@ -46,7 +47,7 @@ pub(crate) fn routes() -> OpenApiRouter<crate::AppState> {
 }
 
 /// A device reports its health.
-#[utoipa::path(post, path = "/v1/devices/{id}/heartbeats", operation_id = "postHeartbeat", tag = "ingest",
+#[utoipa::path(post, path = "/v1/devices/{id}/heartbeats", operation_id = "postHeartbeat", security(("token" = ["device"])), tag = "ingest",
     params(DeviceIdPath), request_body(content = HeartbeatJson, content_type = "application/json"),
     responses(
         (status = 202, description = "The ledger holds the event", body = Accepted),
@@ -56,15 +57,16 @@ pub(crate) fn routes() -> OpenApiRouter<crate::AppState> {
     ))]
 async fn heartbeats(
     s: State<EventProducer>,
+    who: Extension<Principal>,
     id: Path<String>,
     h: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    receive(MessageKind::Heartbeat, "heartbeats", s, id, h, body).await
+    receive(MessageKind::Heartbeat, "heartbeats", s, &who, id, h, body).await
 }
 
 /// A device registers itself: model, site, tags, firmware, gateway.
-#[utoipa::path(post, path = "/v1/devices/{id}/registrations", operation_id = "postRegistration", tag = "ingest",
+#[utoipa::path(post, path = "/v1/devices/{id}/registrations", operation_id = "postRegistration", security(("token" = ["device"])), tag = "ingest",
     params(DeviceIdPath), request_body(content = RegisterJson, content_type = "application/json"),
     responses(
         (status = 202, description = "The ledger holds the event", body = Accepted),
@@ -74,15 +76,16 @@ async fn heartbeats(
     ))]
 async fn registrations(
     s: State<EventProducer>,
+    who: Extension<Principal>,
     id: Path<String>,
     h: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    receive(MessageKind::Register, "registrations", s, id, h, body).await
+    receive(MessageKind::Register, "registrations", s, &who, id, h, body).await
 }
 
 /// A device reports an install's progress or result.
-#[utoipa::path(post, path = "/v1/devices/{id}/install-reports", operation_id = "postInstallReport", tag = "ingest",
+#[utoipa::path(post, path = "/v1/devices/{id}/install-reports", operation_id = "postInstallReport", security(("token" = ["device"])), tag = "ingest",
     params(DeviceIdPath), request_body(content = InstallJson, content_type = "application/json"),
     responses(
         (status = 202, description = "The ledger holds the event", body = Accepted),
@@ -92,21 +95,43 @@ async fn registrations(
     ))]
 async fn install_reports(
     s: State<EventProducer>,
+    who: Extension<Principal>,
     id: Path<String>,
     h: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    receive(MessageKind::Install, "install-reports", s, id, h, body).await
+    receive(
+        MessageKind::Install,
+        "install-reports",
+        s,
+        &who,
+        id,
+        h,
+        body,
+    )
+    .await
 }
 
 async fn receive(
     kind: MessageKind,
     what: &'static str,
     s: State<EventProducer>,
+    who: &Principal,
     id: Path<String>,
     h: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    // A device reports for itself alone: its credential names the device of the path.
+    if who.name != id.0 {
+        return Ok(crate::auth::refused(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "this credential is device {:?}'s, not {:?}'s",
+                who.name, id.0
+            ),
+        ));
+    }
     let body = body.map_err(|rejection| {
         metrics::dead_lettered("http", "payload_too_large");
         ApiError {

@@ -1,6 +1,7 @@
 //! The HTTP API: `fn app(state) -> Router`, so tests drive it with `oneshot` and binaries serve
 //! it. Errors are JSON `{ "error", "reason" }` and never expose internals.
 
+pub mod auth;
 pub mod device_lookup;
 mod devices;
 mod error;
@@ -12,6 +13,7 @@ mod params;
 mod rollout_views;
 pub mod rollouts;
 pub mod summary_cache;
+pub mod tokens;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,6 +44,7 @@ pub struct AppState {
     pub offline_after: Duration,
     pub summary: Arc<summary_cache::SummaryCache>,
     pub devices: device_lookup::DeviceLookup,
+    pub auth: Arc<auth::Authenticator>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -65,6 +68,7 @@ impl AppState {
             .kafka("creating the Kafka probe")?;
         Ok(AppState {
             devices: device_lookup::DeviceLookup::spawn(pool.clone(), offline_after),
+            auth: Arc::new(auth::Authenticator::new(pool.clone())),
             pool,
             producer,
             kafka_probe: Arc::new(probe),
@@ -88,19 +92,27 @@ fn routes() -> OpenApiRouter<AppState> {
         .merge(rollouts::routes())
         .merge(rollout_views::routes())
         .merge(ingest::routes())
+        .merge(tokens::routes())
         .merge(ops::routes())
 }
 
 /// The OpenAPI document, derived from the routes and the request and response types.
 #[must_use]
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    routes().into_openapi()
+    let mut doc = routes().into_openapi();
+    openapi::secure(&mut doc);
+    doc
 }
 
 /// The whole API.
 pub fn app(state: AppState) -> Router {
     let (router, _) = routes().split_for_parts();
     router
+        // After routing, so the layer knows the route (and so its role).
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authorize,
+        ))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(middleware::from_fn(track))
         .with_state(state)

@@ -16,7 +16,55 @@ use utoipa::OpenApi;
         (name = "fleet", description = "Devices and fleet counts, from the projections"),
         (name = "rollouts", description = "Rollout requests and their progress"),
         (name = "ingest", description = "Device reports over HTTP (as over MQTT and AMQP)"),
+        (name = "access", description = "API tokens and device credentials (admin)"),
         (name = "operations", description = "Health, readiness, metrics, this document"),
     )
 )]
 pub(crate) struct ApiDoc;
+
+/// Declares the bearer scheme and, on every operation that names a role with it, the answers
+/// the authorisation layer gives: 401, 403, and 415 for a body that is not JSON.
+pub(crate) fn secure(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    let components = doc.components.get_or_insert_with(Default::default);
+    components.add_security_scheme(
+        crate::auth::SCHEME,
+        SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+    );
+    let error = |description: &str| {
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("Error")))
+                    .build(),
+            )
+            .build()
+    };
+    for item in doc.paths.paths.values_mut() {
+        for (op, changes) in [
+            (&mut item.get, false),
+            (&mut item.post, true),
+            (&mut item.delete, true),
+        ] {
+            let Some(op) = op.as_mut() else { continue };
+            if op.security.as_ref().is_none_or(Vec::is_empty) {
+                continue;
+            }
+            let responses = &mut op.responses.responses;
+            responses.insert(
+                "401".into(),
+                error("No valid bearer token (missing, unknown, revoked or expired)").into(),
+            );
+            responses.insert("403".into(), error("The token's role may not").into());
+            if changes {
+                responses.insert(
+                    "415".into(),
+                    error("A body that is not application/json").into(),
+                );
+            }
+        }
+    }
+}

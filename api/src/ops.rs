@@ -102,7 +102,7 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
 }
 
 /// Prometheus metrics.
-#[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "operations",
+#[utoipa::path(get, path = "/metrics", operation_id = "metrics", security(("token" = ["viewer"])), tag = "operations",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
 async fn metrics() -> impl IntoResponse {
     (

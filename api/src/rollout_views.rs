@@ -107,7 +107,7 @@ struct Page<T> {
 }
 
 /// List rollouts, ordered by id.
-#[utoipa::path(get, path = "/v1/rollouts", operation_id = "listRollouts", tag = "rollouts", params(RolloutListQuery),
+#[utoipa::path(get, path = "/v1/rollouts", operation_id = "listRollouts", security(("token" = ["viewer"])), tag = "rollouts", params(RolloutListQuery),
     responses(
         (status = 200, description = "A page of rollouts", body = Page<RolloutRow>),
         (status = 400, description = "A bad parameter", body = ErrorBody),
@@ -156,7 +156,7 @@ struct RolloutOut {
 }
 
 /// One rollout: its request, state and counts.
-#[utoipa::path(get, path = "/v1/rollouts/{id}", operation_id = "getRollout", tag = "rollouts", params(RolloutIdPath),
+#[utoipa::path(get, path = "/v1/rollouts/{id}", operation_id = "getRollout", security(("token" = ["viewer"])), tag = "rollouts", params(RolloutIdPath),
     responses(
         (status = 200, description = "The rollout", body = RolloutOut),
         (status = 400, description = "A bad id", body = ErrorBody),
@@ -191,7 +191,7 @@ async fn one(
 }
 
 /// A rollout's devices, ordered by id: wave, state, attempt, command.
-#[utoipa::path(get, path = "/v1/rollouts/{id}/devices", operation_id = "rolloutDevices", tag = "rollouts",
+#[utoipa::path(get, path = "/v1/rollouts/{id}/devices", operation_id = "rolloutDevices", security(("token" = ["viewer"])), tag = "rollouts",
     params(RolloutIdPath, RolloutDevicesQuery),
     responses(
         (status = 200, description = "A page of the rollout's devices", body = Page<RolloutDeviceRow>),
@@ -231,7 +231,7 @@ async fn devices(
 }
 
 /// A rollout's decisions in ledger order, each with what it was decided from.
-#[utoipa::path(get, path = "/v1/rollouts/{id}/decisions", operation_id = "rolloutDecisions", tag = "rollouts",
+#[utoipa::path(get, path = "/v1/rollouts/{id}/decisions", operation_id = "rolloutDecisions", security(("token" = ["viewer"])), tag = "rollouts",
     params(RolloutIdPath, DecisionsQuery),
     responses(
         (status = 200, description = "A page of the rollout's decisions", body = Page<DecisionRow>),

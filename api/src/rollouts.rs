@@ -4,9 +4,9 @@
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use otaledger_domain::events::{OperatorRequest, UpdateRequested};
 use otaledger_domain::ids::{new_trace_id, validate_device_id};
 use otaledger_domain::rollout_request::RolloutRequest;
@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::auth::Principal;
 use crate::params::RolloutIdPath;
 use crate::{ApiError, AppState, ErrorBody};
 
@@ -41,15 +42,6 @@ pub fn validate(input: RolloutIn, operator: &str) -> Result<UpdateRequested, Api
     RolloutRequest::parse(input, operator)
         .map(UpdateRequested::from)
         .map_err(|e| ApiError::bad_request("invalid_field", e.to_string()))
-}
-
-fn operator(headers: &HeaderMap) -> String {
-    headers
-        .get("x-otaledger-operator")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 256)
-        .unwrap_or("api")
-        .to_owned()
 }
 
 /// A request the ledger holds.
@@ -82,7 +74,7 @@ async fn append(
 }
 
 /// Start a rollout: appends `UpdateRequested`; the saga takes it from there.
-#[utoipa::path(post, path = "/v1/rollouts", operation_id = "createRollout", tag = "rollouts",
+#[utoipa::path(post, path = "/v1/rollouts", operation_id = "createRollout", security(("token" = ["operator"])), tag = "rollouts",
     request_body(content = RolloutIn, content_type = "application/json"),
     responses(
         (status = 202, description = "The ledger holds the request", body = Accepted),
@@ -91,7 +83,7 @@ async fn append(
     ))]
 async fn create(
     State(s): State<AppState>,
-    headers: HeaderMap,
+    Extension(who): Extension<Principal>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     // A request is an object (serde would also read a struct from an array).
@@ -111,7 +103,7 @@ async fn create(
                 ApiError::bad_request(kind, format!("{}: {inner}", e.path()))
             })?;
     refuse_nul(&body)?;
-    let request = validate(input, &operator(&headers))?;
+    let request = validate(input, &who.name)?;
     append(
         &s,
         request.rollout_id.clone(),
@@ -159,7 +151,7 @@ impl utoipa::ToSchema for ReasonIn {}
 async fn operator_request(
     s: &AppState,
     id: String,
-    headers: &HeaderMap,
+    who: &Principal,
     body: &Bytes,
     make: fn(OperatorRequest) -> Payload,
 ) -> Result<Response, ApiError> {
@@ -187,14 +179,14 @@ async fn operator_request(
     }
     let req = OperatorRequest {
         rollout_id: id.clone(),
-        requested_by: operator(headers),
+        requested_by: who.name.clone(),
         reason: reason.reason,
     };
     append(s, id, make(req)).await
 }
 
 /// Pause a rollout: no new commands until it resumes.
-#[utoipa::path(post, path = "/v1/rollouts/{id}/pause", operation_id = "pauseRollout", tag = "rollouts",
+#[utoipa::path(post, path = "/v1/rollouts/{id}/pause", operation_id = "pauseRollout", security(("token" = ["operator"])), tag = "rollouts",
     params(RolloutIdPath),
     request_body(content = Option<ReasonIn>, content_type = "application/json"),
     responses(
@@ -204,15 +196,15 @@ async fn operator_request(
     ))]
 async fn pause(
     State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path(id): Path<String>,
-    h: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    operator_request(&s, id, &h, &body, Payload::PauseRequested).await
+    operator_request(&s, id, &who, &body, Payload::PauseRequested).await
 }
 
 /// Resume a paused rollout.
-#[utoipa::path(post, path = "/v1/rollouts/{id}/resume", operation_id = "resumeRollout", tag = "rollouts",
+#[utoipa::path(post, path = "/v1/rollouts/{id}/resume", operation_id = "resumeRollout", security(("token" = ["operator"])), tag = "rollouts",
     params(RolloutIdPath),
     request_body(content = Option<ReasonIn>, content_type = "application/json"),
     responses(
@@ -222,15 +214,15 @@ async fn pause(
     ))]
 async fn resume(
     State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path(id): Path<String>,
-    h: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    operator_request(&s, id, &h, &body, Payload::ResumeRequested).await
+    operator_request(&s, id, &who, &body, Payload::ResumeRequested).await
 }
 
 /// Abort a rollout: no new commands; its rollback policy decides what is rolled back.
-#[utoipa::path(post, path = "/v1/rollouts/{id}/abort", operation_id = "abortRollout", tag = "rollouts",
+#[utoipa::path(post, path = "/v1/rollouts/{id}/abort", operation_id = "abortRollout", security(("token" = ["operator"])), tag = "rollouts",
     params(RolloutIdPath),
     request_body(content = Option<ReasonIn>, content_type = "application/json"),
     responses(
@@ -240,9 +232,9 @@ async fn resume(
     ))]
 async fn abort(
     State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path(id): Path<String>,
-    h: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    operator_request(&s, id, &h, &body, Payload::AbortRequested).await
+    operator_request(&s, id, &who, &body, Payload::AbortRequested).await
 }

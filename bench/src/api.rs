@@ -12,12 +12,19 @@ use otaledger_projections::projector::{merge_patches, DimensionCache};
 
 use crate::BoxError;
 
+/// The API serving a fleet, and a viewer token for the load generator.
+pub(crate) struct ServedApi {
+    pub addr: std::net::SocketAddr,
+    pub server: tokio::task::JoinHandle<()>,
+    pub token: std::sync::Arc<str>,
+}
+
 /// Fills a fleet of `devices` rows and serves the API over it on a free loopback port.
 pub(crate) async fn api_over_fleet(
     cfg: &Config,
     schema: &str,
     devices: usize,
-) -> Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>), BoxError> {
+) -> Result<ServedApi, BoxError> {
     let pool = otaledger_ledger::db::pool(&cfg.database.url, schema, 16).await?;
     otaledger_projections::migrations::migrate(&pool).await?;
     let now = now_micros();
@@ -51,6 +58,19 @@ pub(crate) async fn api_over_fleet(
         tx.commit().await?;
     }
     sqlx::query("VACUUM ANALYZE devices").execute(&pool).await?;
+    // The load generator is a viewer like any dashboard: every request is authenticated.
+    let minted = otaledger_projections::access::mint();
+    let mut tx = pool.begin().await?;
+    otaledger_projections::access::insert(
+        &mut tx,
+        &minted,
+        "bench",
+        otaledger_domain::access::Role::Viewer,
+        None,
+        "bench",
+    )
+    .await?;
+    tx.commit().await?;
     let state = otaledger_api::AppState::new(
         pool,
         EventProducer::new(&cfg.kafka)?,
@@ -62,7 +82,11 @@ pub(crate) async fn api_over_fleet(
     let server = tokio::spawn(async move {
         let _ = axum::serve(listener, otaledger_api::app(state)).await;
     });
-    Ok((addr, server))
+    Ok(ServedApi {
+        addr,
+        server,
+        token: minted.token.into(),
+    })
 }
 
 /// A kept-alive connection of the load generator and its read buffer.
@@ -72,10 +96,13 @@ struct Conn {
 }
 
 /// One HTTP/1.1 GET on a kept-alive connection; returns whether it answered 200.
-async fn get_once(conn: &mut Conn, path: &str) -> std::io::Result<bool> {
+async fn get_once(conn: &mut Conn, path: &str, token: &str) -> std::io::Result<bool> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     conn.stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nhost: bench\r\n\r\n").as_bytes())
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nhost: bench\r\nauthorization: Bearer {token}\r\n\r\n")
+                .as_bytes(),
+        )
         .await?;
     let buf = &mut conn.buf;
     buf.clear();
@@ -116,20 +143,22 @@ async fn get_once(conn: &mut Conn, path: &str) -> std::io::Result<bool> {
 /// from 21.9 to 5.6–11.0 ms, see BENCHMARKS.md).
 pub(crate) async fn open_loop(
     addr: std::net::SocketAddr,
+    token: std::sync::Arc<str>,
     label: &str,
     rate: f64,
     duration: Duration,
     devices: usize,
 ) -> Result<(Vec<i64>, u64), BoxError> {
     let summary = label.contains("summary");
-    Ok(
-        tokio::task::spawn_blocking(move || generate(addr, summary, rate, duration, devices))
-            .await??,
-    )
+    Ok(tokio::task::spawn_blocking(move || {
+        generate(addr, &token, summary, rate, duration, devices)
+    })
+    .await??)
 }
 
 fn generate(
     addr: std::net::SocketAddr,
+    token: &std::sync::Arc<str>,
     summary: bool,
     rate: f64,
     duration: Duration,
@@ -151,7 +180,7 @@ fn generate(
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
-        let (pool, done) = (pool.clone(), done.clone());
+        let (pool, done, token) = (pool.clone(), done.clone(), token.clone());
         let path = if summary {
             "/v1/fleet/summary".to_owned()
         } else {
@@ -172,7 +201,7 @@ fn generate(
                     }),
             };
             let ok = match conn {
-                Ok(mut c) => match get_once(&mut c, &path).await {
+                Ok(mut c) => match get_once(&mut c, &path, &token).await {
                     Ok(ok) => {
                         if let Ok(mut p) = pool.lock() {
                             p.push(c);

@@ -248,7 +248,8 @@ pub(crate) async fn api(b: &mut Ctx<'_>) -> Result<(), BoxError> {
         ..
     } = b;
     let schema = format!("{name}_api");
-    let (addr, server) = api_over_fleet(bench_cfg, &schema, args.api_devices).await?;
+    let served = api_over_fleet(bench_cfg, &schema, args.api_devices).await?;
+    let (addr, server, token) = (served.addr, served.server, served.token);
     report.add("api", "fleet size", args.api_devices as f64, "devices");
     for (label, names) in [
         (
@@ -272,9 +273,18 @@ pub(crate) async fn api(b: &mut Ctx<'_>) -> Result<(), BoxError> {
     ] {
         // A second of warm-up first: connections, the pool and PostgreSQL's caches.
         let warm = args.api_duration.min(Duration::from_secs(1));
-        open_loop(addr, label, args.api_rate, warm, args.api_devices).await?;
+        open_loop(
+            addr,
+            token.clone(),
+            label,
+            args.api_rate,
+            warm,
+            args.api_devices,
+        )
+        .await?;
         let (lat, errors) = open_loop(
             addr,
+            token.clone(),
             label,
             args.api_rate,
             args.api_duration,

@@ -22,6 +22,7 @@ use cmd::simulate::SimArgs;
 #[command(name = "otaledger", version, about = "Event-sourced over-the-air update ledger for IoT fleets",
     long_about = "Event-sourced over-the-air update ledger for IoT fleets.\n\n\
         Kafka holds the ledger of record (ota.device-events, ota.rollout-events, ota.device-commands, \
+        ota.access-events, \
         ota.dead-letters); bridges append device facts from MQTT, AMQP and HTTP; projectors fold them \
         into PostgreSQL; the HTTP API answers fleet queries.",
     after_help = env_help())]
@@ -89,6 +90,17 @@ enum Command {
     /// Read the ledger back (every schema version), filter it and print it as JSON lines or a
     /// table; a progress line on a terminal, none when piped.
     Replay(ReplayArgs),
+    /// API tokens: create (printed once), list, revoke. Every change is an event in
+    /// ota.access-events (`otaledger audit access`).
+    Token {
+        #[command(subcommand)]
+        command: cmd::access::TokenCommand,
+    },
+    /// Device credentials: provision from a file (printed once), revoke.
+    Devices {
+        #[command(subcommand)]
+        command: cmd::access::DevicesCommand,
+    },
 }
 
 fn init_tracing(format: &str) {
@@ -150,5 +162,9 @@ async fn dispatch(command: Command, cfg: Config, shutdown: &Shutdown) -> anyhow:
             .context("export"),
         Command::Audit { target } => cmd::replay::audit(&cfg, &target).await.context("audit"),
         Command::Replay(args) => cmd::replay::replay(&cfg, args).await.context("replay"),
+        Command::Token { command } => cmd::access::token(&cfg, command).await.context("token"),
+        Command::Devices { command } => {
+            cmd::access::devices(&cfg, command).await.context("devices")
+        }
     }
 }

@@ -245,6 +245,8 @@ pub enum AuditTarget {
     },
     /// A rollout: every request and every decision with its inputs and the rule that fired.
     Rollout { id: String },
+    /// Access: every API token and device credential issued or revoked, by whom, when.
+    Access,
 }
 
 /// The audit timeline of a device or a rollout, from every ledger topic.
@@ -266,6 +268,7 @@ pub async fn audit(
     match target {
         AuditTarget::Device { id, .. } => filter.device = Some(id.clone()),
         AuditTarget::Rollout { id } => filter.rollout = Some(id.clone()),
+        AuditTarget::Access => filter.topics = vec![topics.access_events],
     }
     let mut events = Vec::new();
     scan(kafka, &filter, &mut |f: Found<'_>| {
@@ -280,5 +283,6 @@ pub async fn audit(
             otaledger_domain::audit::device_timeline(&events, gap_s.saturating_mul(1_000_000))
         }
         AuditTarget::Rollout { .. } => otaledger_domain::audit::rollout_timeline(&events),
+        AuditTarget::Access => otaledger_domain::audit::access_timeline(&events),
     })
 }

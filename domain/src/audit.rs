@@ -194,6 +194,41 @@ fn kind(k: CommandKind) -> &'static str {
     }
 }
 
+/// Who was given or lost access, by whom: every token and device credential issued or revoked.
+#[must_use]
+pub fn access_timeline(events: &[Event]) -> Vec<Line> {
+    events
+        .iter()
+        .filter_map(|e| {
+            let text = match &e.payload {
+                Payload::TokenIssued(t) => format!(
+                    "{} {} issued to {} (token {}) by {}{}",
+                    t.role,
+                    if t.role == "device" {
+                        "credential"
+                    } else {
+                        "token"
+                    },
+                    t.name,
+                    t.token_id,
+                    t.issued_by,
+                    t.expires_at
+                        .map_or(String::new(), |at| format!(", expires at {at} µs")),
+                ),
+                Payload::TokenRevoked(t) => format!(
+                    "access of {} (token {}) revoked by {}",
+                    t.name, t.token_id, t.revoked_by
+                ),
+                _ => return None,
+            };
+            Some(Line {
+                at: e.meta.occurred_at,
+                text,
+            })
+        })
+        .collect()
+}
+
 /// The timeline of one rollout: requests and every decision with its inputs.
 #[must_use]
 pub fn rollout_timeline(events: &[Event]) -> Vec<Line> {

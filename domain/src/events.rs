@@ -16,6 +16,8 @@ pub enum Stream {
     RolloutEvents,
     /// `ota.device-commands`, keyed by device id.
     DeviceCommands,
+    /// `ota.access-events`, keyed by token id: who was given or lost access, by whom.
+    AccessEvents,
 }
 
 /// Metadata every event carries. The schema fingerprint travels in the encoding itself.
@@ -301,6 +303,26 @@ pub struct UpdateRequested {
     pub release: Release,
     pub selector: TargetSelector,
     pub strategy: Strategy,
+}
+
+/// An API token or a device credential was issued. The secret is not in the ledger (only its
+/// holder has it; the credential store keeps its hash).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenIssued {
+    pub token_id: String,
+    /// The token's name, or the device's id for a device credential.
+    pub name: String,
+    pub role: String,
+    pub expires_at: Option<Micros>,
+    pub issued_by: String,
+}
+
+/// A token or device credential was revoked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenRevoked {
+    pub token_id: String,
+    pub name: String,
+    pub revoked_by: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -598,6 +620,8 @@ catalogue! {
     RollbackCommand(RollbackCommand) => "RollbackCommand", DeviceCommands, device_id;
     CancelCommand(CancelCommand) => "CancelCommand", DeviceCommands, device_id;
     CommandDeliveryFailed(CommandDeliveryFailed) => "CommandDeliveryFailed", DeviceCommands, device_id;
+    TokenIssued(TokenIssued) => "TokenIssued", AccessEvents, token_id;
+    TokenRevoked(TokenRevoked) => "TokenRevoked", AccessEvents, token_id;
 }
 
 impl std::fmt::Display for EventType {

@@ -1,6 +1,7 @@
 //! The domain core of otaledger: every event the ledger records, the identifiers that tie them
 //! together, and the pure fold of the fleet view. Nothing in this crate performs I/O.
 
+pub mod access;
 pub mod audit;
 pub mod device_json;
 pub mod device_view;

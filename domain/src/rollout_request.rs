@@ -57,8 +57,6 @@ pub(crate) const ROLLBACK_POLICIES: [(&str, RollbackPolicy); 3] = [
 pub struct RolloutIn {
     /// Optional, for idempotent retries by the caller; a new UUID otherwise.
     pub rollout_id: Option<String>,
-    /// Optional; the operator of the request otherwise.
-    pub requested_by: Option<String>,
     pub release: ReleaseIn,
     pub selector: SelectorIn,
     #[serde(default)]
@@ -460,7 +458,8 @@ impl RolloutRequest {
             })?,
             None => RolloutId::new_random(),
         };
-        let requested_by = input.requested_by.unwrap_or_else(|| operator.to_owned());
+        // The requester is who authenticated, never what the request says of itself.
+        let requested_by = operator.to_owned();
         text("requested_by", &requested_by, MAX_NAME_LEN)?;
         Ok(RolloutRequest {
             rollout_id,

@@ -45,6 +45,7 @@ pub struct Topics {
     pub device_events: String,
     pub rollout_events: String,
     pub device_commands: String,
+    pub access_events: String,
     pub dead_letters: String,
 }
 
@@ -55,6 +56,7 @@ impl Topics {
             device_events: format!("{prefix}ota.device-events"),
             rollout_events: format!("{prefix}ota.rollout-events"),
             device_commands: format!("{prefix}ota.device-commands"),
+            access_events: format!("{prefix}ota.access-events"),
             dead_letters: format!("{prefix}ota.dead-letters"),
         }
     }
@@ -65,15 +67,17 @@ impl Topics {
             Stream::DeviceEvents => &self.device_events,
             Stream::RolloutEvents => &self.rollout_events,
             Stream::DeviceCommands => &self.device_commands,
+            Stream::AccessEvents => &self.access_events,
         }
     }
 
     #[must_use]
-    pub fn all(&self) -> [&str; 4] {
+    pub fn all(&self) -> [&str; 5] {
         [
             &self.device_events,
             &self.rollout_events,
             &self.device_commands,
+            &self.access_events,
             &self.dead_letters,
         ]
     }

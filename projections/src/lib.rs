@@ -2,6 +2,7 @@
 //! device counts by firmware, model and site. [`projector::FleetProjector`] writes them;
 //! [`fleet`] reads them for the API.
 
+pub mod access;
 pub mod fleet;
 pub mod history;
 pub mod migrations;
@@ -24,6 +25,8 @@ pub enum Error {
     Ledger(#[from] otaledger_ledger::Error),
     #[error("invalid query: {0}")]
     InvalidQuery(String),
+    #[error("conflict: {0}")]
+    Conflict(String),
     #[error("{0}")]
     Other(String),
 }

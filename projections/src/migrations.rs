@@ -27,6 +27,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "heartbeats_update_in_place",
         include_str!("../migrations/0005_heartbeats_update_in_place.sql"),
     ),
+    (
+        6,
+        "access_tokens",
+        include_str!("../migrations/0006_access_tokens.sql"),
+    ),
 ];
 
 /// Applies the migrations missing from the pool's schema (its `search_path`).

@@ -38,6 +38,8 @@ const FILES: &[(&str, &str)] = avsc![
     "DeviceReportRouted.v1.avsc",
     "DevicesJoined.v1.avsc",
     "CommandDeliveryFailed.v1.avsc",
+    "TokenIssued.v1.avsc",
+    "TokenRevoked.v1.avsc",
 ];
 
 /// One schema version.

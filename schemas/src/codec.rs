@@ -4,8 +4,8 @@ use apache_avro::{from_value, to_avro_datum, to_value, types::Value, write_avro_
 use otaledger_domain::events::{
     CancelCommand, CommandDeliveryFailed, DeviceCommanded, DeviceOutcome, DeviceRegistered,
     DeviceReportRouted, DeviceTimedOut, DevicesJoined, Heartbeat, InstallProgress, InstallResult,
-    OperatorRequest, RollbackCommand, RolloutStateChanged, ThresholdEvaluated, UpdateCommand,
-    UpdateRequested, WaveStarted,
+    OperatorRequest, RollbackCommand, RolloutStateChanged, ThresholdEvaluated, TokenIssued,
+    TokenRevoked, UpdateCommand, UpdateRequested, WaveStarted,
 };
 use otaledger_domain::{Event, EventMeta, EventType, Payload};
 use serde::{Deserialize, Serialize};
@@ -170,6 +170,8 @@ dispatch! {
     DeviceReportRouted(DeviceReportRouted),
     DevicesJoined(DevicesJoined),
     CommandDeliveryFailed(CommandDeliveryFailed),
+    TokenIssued(TokenIssued),
+    TokenRevoked(TokenRevoked),
 }
 
 #[cfg(test)]

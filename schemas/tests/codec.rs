@@ -230,6 +230,25 @@ fn samples() -> Vec<Event> {
             error: "NO_ROUTE".into(),
             gave_up: true,
         }),
+        Payload::TokenIssued(TokenIssued {
+            token_id: "0123456789abcdef".into(),
+            name: "alice".into(),
+            role: "operator".into(),
+            expires_at: Some(1_800_000_000_000_000),
+            issued_by: "admin".into(),
+        }),
+        Payload::TokenIssued(TokenIssued {
+            token_id: "fedcba9876543210".into(),
+            name: "dev-1".into(),
+            role: "device".into(),
+            expires_at: None,
+            issued_by: "admin".into(),
+        }),
+        Payload::TokenRevoked(TokenRevoked {
+            token_id: "0123456789abcdef".into(),
+            name: "alice".into(),
+            revoked_by: "admin".into(),
+        }),
     ];
     payloads
         .into_iter()

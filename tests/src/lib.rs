@@ -203,10 +203,79 @@ pub async fn api_app(cfg: &Config) -> axum::Router {
         .await
         .expect("migrations");
     let producer = otaledger_ledger::kafka::EventProducer::new(&cfg.kafka).expect("producer");
-    let state =
-        otaledger_api::AppState::new(pool, producer, cfg.kafka.clone(), cfg.offline_after())
-            .expect("state");
-    otaledger_api::app(state)
+    let state = otaledger_api::AppState::new(
+        pool.clone(),
+        producer.clone(),
+        cfg.kafka.clone(),
+        cfg.offline_after(),
+    )
+    .expect("state");
+    as_client(otaledger_api::app(state), pool, producer).await
+}
+
+/// Issues a token directly through the credential store (and the ledger), as `otaledger token
+/// create` does.
+///
+/// # Panics
+/// When PostgreSQL or Kafka cannot be reached, or the name has a live token.
+pub async fn issue_token(
+    pool: &sqlx::PgPool,
+    producer: &otaledger_ledger::kafka::EventProducer,
+    name: &str,
+    role: otaledger_domain::access::Role,
+) -> String {
+    otaledger_api::tokens::issue(pool, producer, name, role, None, "test-harness")
+        .await
+        .expect("issuing a token")
+        .token
+}
+
+/// The app as seen by a client that holds credentials: a request without `Authorization` is
+/// sent with an admin token, or, for a device's report, with that device's own credential
+/// (provisioned on first use). Tests of authentication itself use the bare app.
+///
+/// # Panics
+/// When the admin token cannot be issued.
+pub async fn as_client(
+    app: axum::Router,
+    pool: sqlx::PgPool,
+    producer: otaledger_ledger::kafka::EventProducer,
+) -> axum::Router {
+    use axum::http::{header, HeaderValue};
+    use otaledger_domain::access::Role;
+    use std::sync::Arc;
+    use tokio::sync::Mutex;
+    let admin = issue_token(&pool, &producer, "test-admin", Role::Admin).await;
+    let devices: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
+    app.layer(axum::middleware::from_fn(
+        move |mut req: axum::extract::Request, next: axum::middleware::Next| {
+            let (admin, devices, pool, producer) =
+                (admin.clone(), devices.clone(), pool.clone(), producer.clone());
+            async move {
+                if !req.headers().contains_key(header::AUTHORIZATION) {
+                    let parts: Vec<&str> = req.uri().path().split('/').collect();
+                    let token = match parts[..] {
+                        ["", "v1", "devices", id, "heartbeats" | "registrations" | "install-reports"] => {
+                            let mut known = devices.lock().await;
+                            match known.get(id) {
+                                Some(t) => t.clone(),
+                                None => {
+                                    let t = issue_token(&pool, &producer, id, Role::Device).await;
+                                    known.insert(id.to_owned(), t.clone());
+                                    t
+                                }
+                            }
+                        }
+                        _ => admin,
+                    };
+                    let value = HeaderValue::from_str(&format!("Bearer {token}"));
+                    req.headers_mut()
+                        .insert(header::AUTHORIZATION, value.expect("a token is ASCII"));
+                }
+                next.run(req).await
+            }
+        },
+    ))
 }
 
 /// An event with a fresh id that occurred (and was recorded) at `at`.

@@ -32,29 +32,44 @@ pub async fn get(app: &axum::Router, uri: &str) -> (StatusCode, Value) {
     call(app, "GET", uri, None).await
 }
 
-/// `method uri` with a JSON body against the API, as operator `test-operator`.
+/// `method uri` with a JSON body against the API, with the client's credentials (the harness's
+/// admin token, `test-admin`).
 pub async fn call(
     app: &axum::Router,
     method: &str,
     uri: &str,
     body: Option<&Value>,
 ) -> (StatusCode, Value) {
-    call_as(app, "test-operator", method, uri, body).await
+    send(app, None, method, uri, body).await
 }
 
-/// `method uri` with a JSON body against the API, as `operator`; the status and the JSON answer.
+/// `method uri` with a JSON body against the API, with bearer `token`; the status and the JSON
+/// answer.
 pub async fn call_as(
     app: &axum::Router,
-    operator: &str,
+    token: &str,
     method: &str,
     uri: &str,
     body: Option<&Value>,
 ) -> (StatusCode, Value) {
-    let req = Request::builder()
+    send(app, Some(token), method, uri, body).await
+}
+
+async fn send(
+    app: &axum::Router,
+    token: Option<&str>,
+    method: &str,
+    uri: &str,
+    body: Option<&Value>,
+) -> (StatusCode, Value) {
+    let mut req = Request::builder()
         .method(method)
         .uri(uri)
-        .header("content-type", "application/json")
-        .header("x-otaledger-operator", operator)
+        .header("content-type", "application/json");
+    if let Some(token) = token {
+        req = req.header("authorization", format!("Bearer {token}"));
+    }
+    let req = req
         .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
         .unwrap();
     let resp = app.clone().oneshot(req).await.unwrap();

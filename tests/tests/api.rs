@@ -92,11 +92,15 @@ async fn fixture(test: &str) -> Fixture {
     .unwrap();
     tx.commit().await.unwrap();
     let producer = EventProducer::new(&cfg.kafka).unwrap();
-    let state =
-        otaledger_api::AppState::new(pool, producer, cfg.kafka.clone(), Duration::from_secs(300))
-            .unwrap();
+    let state = otaledger_api::AppState::new(
+        pool.clone(),
+        producer.clone(),
+        cfg.kafka.clone(),
+        Duration::from_secs(300),
+    )
+    .unwrap();
     Fixture {
-        app: otaledger_api::app(state),
+        app: otaledger_tests::as_client(otaledger_api::app(state), pool, producer).await,
         devices,
         cfg,
         services,

@@ -10,8 +10,8 @@ use otaledger_tests::rollouts::call_as;
 use otaledger_tests::{config, decode_all, read_topic, unique, Services};
 use serde_json::{json, Value};
 
-async fn post(app: &axum::Router, uri: &str, body: &Value) -> (StatusCode, Value) {
-    call_as(app, "alice", "POST", uri, Some(body)).await
+async fn post(app: &axum::Router, alice: &str, uri: &str, body: &Value) -> (StatusCode, Value) {
+    call_as(app, alice, "POST", uri, Some(body)).await
 }
 
 /// A change that makes the good request bad.
@@ -33,6 +33,18 @@ async fn rollout_requests_are_validated_and_appended() {
     let cfg = config(&services, &unique("rollout_api"));
     ensure_topics(&cfg.kafka).await.unwrap();
     let app = otaledger_tests::api_app(&cfg).await;
+    // The actor of every request is who the token names.
+    let pool = otaledger_ledger::db::pool(&cfg.database.url, &cfg.database.schema, 1)
+        .await
+        .unwrap();
+    let producer = otaledger_ledger::kafka::EventProducer::new(&cfg.kafka).unwrap();
+    let alice = otaledger_tests::issue_token(
+        &pool,
+        &producer,
+        "alice",
+        otaledger_domain::access::Role::Operator,
+    )
+    .await;
 
     let bad_cases: Vec<(&str, Mutation)> = vec![
         (
@@ -109,7 +121,7 @@ async fn rollout_requests_are_validated_and_appended() {
     for (field, mutate) in &bad_cases {
         let mut body = good();
         mutate(&mut body);
-        let (status, answer) = post(&app, "/v1/rollouts", &body).await;
+        let (status, answer) = post(&app, &alice, "/v1/rollouts", &body).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{field}: {answer}");
         assert!(
             answer["reason"].as_str().unwrap().contains(field),
@@ -117,7 +129,7 @@ async fn rollout_requests_are_validated_and_appended() {
         );
     }
 
-    let (status, answer) = post(&app, "/v1/rollouts", &good()).await;
+    let (status, answer) = post(&app, &alice, "/v1/rollouts", &good()).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
     let rollout_id = answer["rollout_id"].as_str().unwrap().to_owned();
     for (action, body) in [
@@ -125,13 +137,25 @@ async fn rollout_requests_are_validated_and_appended() {
         ("resume", json!({})),
         ("abort", json!({"reason": "bad batch"})),
     ] {
-        let (status, _) = post(&app, &format!("/v1/rollouts/{rollout_id}/{action}"), &body).await;
+        let (status, _) = post(
+            &app,
+            &alice,
+            &format!("/v1/rollouts/{rollout_id}/{action}"),
+            &body,
+        )
+        .await;
         assert_eq!(status, StatusCode::ACCEPTED, "{action}");
     }
-    let (status, _) = post(&app, "/v1/rollouts/bad%2Fid/pause", &json!({})).await;
+    let (status, _) = post(&app, &alice, "/v1/rollouts/bad%2Fid/pause", &json!({})).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let nul = json!({"reason": "night\u{0}shift"});
-    let (status, answer) = post(&app, &format!("/v1/rollouts/{rollout_id}/abort"), &nul).await;
+    let (status, answer) = post(
+        &app,
+        &alice,
+        &format!("/v1/rollouts/{rollout_id}/abort"),
+        &nul,
+    )
+    .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
     assert_eq!(answer["error"], "invalid_text");
 

@@ -253,7 +253,7 @@ async fn an_operator_abort_cancels_devices_in_flight_and_rolls_back_the_updated_
     assert!(
         timeline
             .to_string()
-            .contains("test-operator asked to abort: field reports"),
+            .contains("test-admin asked to abort: field reports"),
         "{timeline}"
     );
     sim_stop.trigger();

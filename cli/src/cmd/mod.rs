@@ -1,5 +1,6 @@
 //! One module per command of `otaledger`.
 
+pub mod access;
 pub mod export;
 pub mod rebuild;
 pub mod replay;

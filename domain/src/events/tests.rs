@@ -7,13 +7,14 @@ fn names_round_trip_and_streams_are_assigned() {
     for t in EventType::ALL {
         assert_eq!(EventType::from_name(t.name()), Some(*t));
     }
-    assert_eq!(EventType::ALL.len(), 20);
+    assert_eq!(EventType::ALL.len(), 22);
     assert_eq!(EventType::Heartbeat.stream(), Stream::DeviceEvents);
     assert_eq!(
         EventType::ThresholdEvaluated.stream(),
         Stream::RolloutEvents
     );
     assert_eq!(EventType::CancelCommand.stream(), Stream::DeviceCommands);
+    assert_eq!(EventType::TokenRevoked.stream(), Stream::AccessEvents);
     assert_eq!(EventType::from_name("Nope"), None);
 }
 

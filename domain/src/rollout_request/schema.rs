@@ -27,11 +27,6 @@ impl PartialSchema for RolloutIn {
                     "For idempotent retries by the caller; a new UUID when absent.",
                 )),
             )
-            .property(
-                "requested_by",
-                or_null(text(MAX_NAME_LEN), Type::String)
-                    .description(Some("Who asks; the authenticated operator when absent.")),
-            )
             .property("release", reference::<ReleaseIn>())
             .required("release")
             .property("selector", reference::<SelectorIn>())

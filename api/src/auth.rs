@@ -1,0 +1,222 @@
+//! Who is asking, and may they: every route that the OpenAPI document marks with the `token`
+//! security scheme needs a bearer token whose role allows the role the route names (one list:
+//! the document is derived from the routes, and this layer reads its roles from the document).
+//! 401 without a valid token, 403 for a role that may not; both JSON, both counted. A
+//! state-changing request with a body must be JSON (415 otherwise): no form post can reach it.
+
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use otaledger_domain::access::Role;
+use otaledger_ledger::metrics::REGISTRY;
+use otaledger_projections::access::{self, Holder, Refusal};
+use sqlx::PgPool;
+
+use crate::{ApiError, AppState};
+
+/// The name of the bearer scheme in the OpenAPI document.
+pub const SCHEME: &str = "token";
+
+/// How long a verified (or refused) token is believed without asking the store again: a
+/// revocation reaches every API instance within this time.
+const FRESH_FOR: Duration = Duration::from_millis(500);
+/// Most tokens remembered; past it the memory starts afresh.
+const MAX_REMEMBERED: usize = 10_000;
+
+/// The authenticated caller of a request, in its extensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The token's name (an operator, a service) or, for a device credential, the device id.
+    pub name: String,
+    pub role: Role,
+    pub token_id: String,
+}
+
+/// What the store answered for a token, and when.
+type Remembered = (Instant, Result<Holder, Refusal>);
+
+/// Checks presented tokens against the credential store, remembering answers briefly.
+pub struct Authenticator {
+    pool: PgPool,
+    recent: Mutex<HashMap<String, Remembered>>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator").finish_non_exhaustive()
+    }
+}
+
+impl Authenticator {
+    #[must_use]
+    pub fn new(pool: PgPool) -> Self {
+        Authenticator {
+            pool,
+            recent: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn check(&self, token: &str) -> Result<Result<Holder, Refusal>, ApiError> {
+        if let Ok(recent) = self.recent.lock() {
+            if let Some((at, answer)) = recent.get(token) {
+                if at.elapsed() < FRESH_FOR {
+                    return Ok(answer.clone());
+                }
+            }
+        }
+        let answer = access::verify(&self.pool, token)
+            .await
+            .map_err(|e| ApiError::unavailable(&e))?;
+        if let Ok(mut recent) = self.recent.lock() {
+            if recent.len() >= MAX_REMEMBERED {
+                recent.clear();
+            }
+            recent.insert(token.to_owned(), (Instant::now(), answer.clone()));
+        }
+        Ok(answer)
+    }
+}
+
+/// The role each secured operation needs, by method and path, read from the document.
+static REQUIRED: LazyLock<HashMap<(String, String), Role>> = LazyLock::new(|| {
+    let doc = serde_json::to_value(crate::openapi()).unwrap_or_default();
+    let mut required = HashMap::new();
+    for (path, item) in doc["paths"].as_object().into_iter().flatten() {
+        for (method, op) in item.as_object().into_iter().flatten() {
+            let role = op["security"][0][SCHEME][0]
+                .as_str()
+                .and_then(|r| r.parse().ok());
+            if let Some(role) = role {
+                required.insert((method.to_ascii_uppercase(), path.clone()), role);
+            }
+        }
+    }
+    required
+});
+
+/// The role a route needs; `None` for an open route.
+#[must_use]
+pub fn required_role(method: &Method, path: &str) -> Option<Role> {
+    REQUIRED
+        .get(&(method.as_str().to_owned(), path.to_owned()))
+        .copied()
+}
+
+/// A refusal, counted by status and error.
+pub(crate) fn refused(status: StatusCode, error: &'static str, reason: String) -> Response {
+    REGISTRY
+        .counter(
+            "otaledger_http_auth_refused_total",
+            "Requests refused by authentication (401), authorisation (403) or media type (415)",
+            &[("status", status.as_str()), ("error", error)],
+        )
+        .inc();
+    let mut response = ApiError {
+        status,
+        error,
+        reason,
+    }
+    .into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"otaledger\""),
+        );
+    }
+    response
+}
+
+/// Whether a request carries a body (a form post always does).
+fn has_body(req: &Request) -> bool {
+    use axum::body::HttpBody;
+    let headers = req.headers();
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|n| n > 0)
+        || req.body().size_hint().lower() > 0
+}
+
+fn is_json(req: &Request) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// The layer: authenticates and authorises a request for a secured route.
+pub(crate) async fn authorize(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
+    let Some(path) = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+    else {
+        return next.run(req).await;
+    };
+    let Some(required) = required_role(req.method(), &path) else {
+        return next.run(req).await;
+    };
+    // A declared type must be JSON; an undeclared one only on an empty body.
+    let declared = req.headers().contains_key(header::CONTENT_TYPE);
+    if req.method() != Method::GET && (declared || has_body(&req)) && !is_json(&req) {
+        return refused(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "a request body must be application/json".into(),
+        );
+    }
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    let Some(token) = presented else {
+        return refused(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "this route needs a bearer token (Authorization: Bearer …)".into(),
+        );
+    };
+    let holder = match s.auth.check(token).await {
+        Ok(Ok(holder)) => holder,
+        Ok(Err(why)) => {
+            let reason = match why {
+                Refusal::Malformed => "the bearer token is not an otaledger token",
+                Refusal::Unknown => "the bearer token is not known",
+                Refusal::Revoked => "the bearer token was revoked",
+                Refusal::Expired => "the bearer token has expired",
+            };
+            return refused(StatusCode::UNAUTHORIZED, "unauthenticated", reason.into());
+        }
+        Err(e) => return e.into_response(),
+    };
+    if !holder.role.allows(required) {
+        return refused(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "{} {path} needs the {required} role; this token has {}",
+                req.method(),
+                holder.role
+            ),
+        );
+    }
+    req.extensions_mut().insert(Principal {
+        name: holder.name,
+        role: holder.role,
+        token_id: holder.token_id,
+    });
+    next.run(req).await
+}

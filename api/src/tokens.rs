@@ -1,0 +1,350 @@
+//! Issuing and revoking access: API tokens (`/v1/tokens`, admin) and device credentials
+//! (`POST /v1/devices`, admin). Each change is an event in `ota.access-events` (who, what role,
+//! by whom) and a row in the credential store, written together: the row commits only once
+//! Kafka holds the event. The secret is answered once and kept nowhere.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use chrono::{DateTime, Utc};
+use otaledger_domain::access::Role;
+use otaledger_domain::events::{TokenIssued, TokenRevoked};
+use otaledger_domain::ids::new_trace_id;
+use otaledger_domain::json_schema;
+use otaledger_domain::{Event, Payload};
+use otaledger_ledger::kafka::EventProducer;
+use otaledger_projections::access::{self, TokenRow};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use utoipa::openapi::schema::{ObjectBuilder, Type};
+use utoipa::openapi::{RefOr, Schema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::auth::Principal;
+use crate::{ApiError, AppState, ErrorBody};
+
+/// The longest token name, in characters.
+const MAX_NAME_LEN: usize = 128;
+/// The longest lifetime a token may be given (ten years).
+const MAX_EXPIRES_IN_S: i64 = 10 * 366 * 86_400;
+
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(revoke))
+}
+
+/// Why issuing or revoking failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AccessError {
+    #[error(transparent)]
+    Store(#[from] otaledger_projections::Error),
+    #[error("appending the access event: {0}")]
+    Ledger(#[from] otaledger_ledger::Error),
+}
+
+impl From<AccessError> for ApiError {
+    fn from(e: AccessError) -> Self {
+        match e {
+            AccessError::Store(otaledger_projections::Error::Conflict(reason)) => ApiError {
+                status: StatusCode::CONFLICT,
+                error: "conflict",
+                reason,
+            },
+            e => ApiError::unavailable(&e),
+        }
+    }
+}
+
+/// A token as issued: the secret is here and nowhere else.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct IssuedToken {
+    /// `Authorization: Bearer <token>`. Shown once.
+    pub token: String,
+    #[serde(flatten)]
+    pub row: TokenRow,
+}
+
+impl std::fmt::Debug for IssuedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedToken")
+            .field("row", &self.row)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Issues a token (or, with [`Role::Device`], a device credential named by the device id).
+pub async fn issue(
+    pool: &PgPool,
+    producer: &EventProducer,
+    name: &str,
+    role: Role,
+    expires_at: Option<DateTime<Utc>>,
+    issued_by: &str,
+) -> Result<IssuedToken, AccessError> {
+    let minted = access::mint();
+    let mut tx = pool
+        .begin()
+        .await
+        .map_err(|source| otaledger_projections::Error::Db {
+            context: "beginning to issue a token",
+            source,
+        })?;
+    let row = access::insert(&mut tx, &minted, name, role, expires_at, issued_by).await?;
+    let event = Event::now(
+        Payload::TokenIssued(TokenIssued {
+            token_id: row.token_id.clone(),
+            name: row.name.clone(),
+            role: row.role.clone(),
+            expires_at: row.expires_at.map(|t| t.timestamp_micros()),
+            issued_by: issued_by.to_owned(),
+        }),
+        new_trace_id(),
+    );
+    producer.append(&event).await?;
+    tx.commit()
+        .await
+        .map_err(|source| otaledger_projections::Error::Db {
+            context: "committing a token",
+            source,
+        })?;
+    Ok(IssuedToken {
+        token: minted.token,
+        row,
+    })
+}
+
+/// Revokes the live token of `name`; `None` when it has none.
+pub async fn revoke_named(
+    pool: &PgPool,
+    producer: &EventProducer,
+    name: &str,
+    revoked_by: &str,
+) -> Result<Option<TokenRow>, AccessError> {
+    let mut tx = pool
+        .begin()
+        .await
+        .map_err(|source| otaledger_projections::Error::Db {
+            context: "beginning to revoke a token",
+            source,
+        })?;
+    let Some(row) = access::revoke(&mut tx, name).await? else {
+        return Ok(None);
+    };
+    let event = Event::now(
+        Payload::TokenRevoked(TokenRevoked {
+            token_id: row.token_id.clone(),
+            name: row.name.clone(),
+            revoked_by: revoked_by.to_owned(),
+        }),
+        new_trace_id(),
+    );
+    producer.append(&event).await?;
+    tx.commit()
+        .await
+        .map_err(|source| otaledger_projections::Error::Db {
+            context: "committing a revocation",
+            source,
+        })?;
+    Ok(Some(row))
+}
+
+/// A token to issue.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenIn {
+    name: String,
+    role: String,
+    #[serde(default, deserialize_with = "otaledger_domain::json_number::opt_int")]
+    expires_in_s: Option<i64>,
+}
+
+impl utoipa::PartialSchema for TokenIn {
+    fn schema() -> RefOr<Schema> {
+        let roles = Role::ALL
+            .into_iter()
+            .filter(|r| *r != Role::Device)
+            .map(Role::as_str);
+        json_schema::closed_object("An API token to issue.")
+            .property(
+                "name",
+                json_schema::text(MAX_NAME_LEN).description(Some(
+                    "Who holds it (a person, a service); recorded as the actor of its requests.",
+                )),
+            )
+            .required("name")
+            .property("role", json_schema::one_of_words(roles))
+            .required("role")
+            .property(
+                "expires_in_s",
+                json_schema::or_null(json_schema::integer(&(1..=MAX_EXPIRES_IN_S)), Type::Integer)
+                    .description(Some("Seconds until it expires; absent or null: never.")),
+            )
+            .into()
+    }
+}
+impl utoipa::ToSchema for TokenIn {}
+
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(v @ serde_json::Value::Object(_)) => serde_json::from_value(v)
+            .map_err(|e| ApiError::bad_request("invalid_field", e.to_string())),
+        Ok(_) => Err(ApiError::bad_request(
+            "invalid_field",
+            "body: must be a JSON object",
+        )),
+        Err(e) => Err(ApiError::bad_request("invalid_json", e.to_string())),
+    }
+}
+
+/// Issue an API token; the answer holds it, once.
+#[utoipa::path(post, path = "/v1/tokens", operation_id = "createToken",
+    security(("token" = ["admin"])), tag = "access",
+    request_body(content = TokenIn, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Issued; the token is shown this once", body = IssuedToken),
+        (status = 400, description = "A bad request", body = ErrorBody),
+        (status = 409, description = "The name has a live token", body = ErrorBody),
+        (status = 503, description = "A backing service is unavailable", body = ErrorBody),
+    ))]
+async fn create(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let input: TokenIn = parse_body(&body)?;
+    let blank = input.name.trim().is_empty();
+    if blank || input.name.chars().count() > MAX_NAME_LEN || input.name.contains('\0') {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            format!("name: must be 1 to {MAX_NAME_LEN} characters, not blank"),
+        ));
+    }
+    let role: Role = input
+        .role
+        .parse()
+        .ok()
+        .filter(|r| *r != Role::Device)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_field",
+                "role: must be viewer, operator, approver or admin",
+            )
+        })?;
+    let expires_at = match input.expires_in_s {
+        None => None,
+        Some(s) if (1..=MAX_EXPIRES_IN_S).contains(&s) => {
+            Some(Utc::now() + chrono::Duration::seconds(s))
+        }
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_field",
+                format!("expires_in_s: must be 1 to {MAX_EXPIRES_IN_S}"),
+            ))
+        }
+    };
+    let issued = issue(
+        &s.pool,
+        &s.producer,
+        &input.name,
+        role,
+        expires_at,
+        &who.name,
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(issued)).into_response())
+}
+
+/// List the tokens and device credentials (never their secrets).
+#[utoipa::path(get, path = "/v1/tokens", operation_id = "listTokens",
+    security(("token" = ["admin"])), tag = "access",
+    responses(
+        (status = 200, description = "Every token, newest first", body = Vec<TokenRow>),
+        (status = 503, description = "A backing service is unavailable", body = ErrorBody),
+    ))]
+async fn list(State(s): State<AppState>) -> Result<Json<Vec<TokenRow>>, ApiError> {
+    Ok(Json(access::list(&s.pool, false).await?))
+}
+
+fn name_schema() -> ObjectBuilder {
+    json_schema::text(MAX_NAME_LEN)
+}
+
+/// `{name}` of a token.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // documents the path; the handler reads `Path<String>`
+struct TokenName {
+    /// The token's name (a device's id for its credential).
+    #[param(schema_with = name_schema, required = true)]
+    name: String,
+}
+
+/// Revoke the live token of a name (a device's credential by its id); within a second every
+/// API instance refuses it.
+#[utoipa::path(delete, path = "/v1/tokens/{name}", operation_id = "revokeToken",
+    security(("token" = ["admin"])), tag = "access", params(TokenName),
+    responses(
+        (status = 200, description = "Revoked", body = TokenRow),
+        (status = 404, description = "No live token of that name", body = ErrorBody),
+        (status = 503, description = "A backing service is unavailable", body = ErrorBody),
+    ))]
+async fn revoke(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(name): Path<String>,
+) -> Result<Json<TokenRow>, ApiError> {
+    revoke_named(&s.pool, &s.producer, &name, &who.name)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no live token named {name:?}")))
+}
+
+/// A device to provision.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeviceIn {
+    device_id: String,
+}
+
+impl utoipa::PartialSchema for DeviceIn {
+    fn schema() -> RefOr<Schema> {
+        json_schema::closed_object("A device to give a credential.")
+            .property("device_id", json_schema::device_id())
+            .required("device_id")
+            .into()
+    }
+}
+impl utoipa::ToSchema for DeviceIn {}
+
+/// Provision a device: its credential (a token of role `device`, named by its id), once. Its
+/// reports over HTTP need it; revoke it with `DELETE /v1/tokens/{device id}`.
+#[utoipa::path(post, path = "/v1/devices", operation_id = "provisionDevice",
+    security(("token" = ["admin"])), tag = "access",
+    request_body(content = DeviceIn, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Provisioned; the credential is shown this once", body = IssuedToken),
+        (status = 400, description = "A bad device id", body = ErrorBody),
+        (status = 409, description = "The device has a live credential", body = ErrorBody),
+        (status = 503, description = "A backing service is unavailable", body = ErrorBody),
+    ))]
+pub(crate) async fn provision(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let input: DeviceIn = parse_body(&body)?;
+    crate::params::id("device", &input.device_id)?;
+    let issued = issue(
+        &s.pool,
+        &s.producer,
+        &input.device_id,
+        Role::Device,
+        None,
+        &who.name,
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(issued)).into_response())
+}
