@@ -45,6 +45,9 @@ pub struct AppState {
     pub summary: Arc<summary_cache::SummaryCache>,
     pub devices: device_lookup::DeviceLookup,
     pub auth: Arc<auth::Authenticator>,
+    /// Off only through [`AppState::unauthenticated_for_benchmarks`]; no configuration turns it
+    /// off.
+    pub authenticate: bool,
 }
 
 impl std::fmt::Debug for AppState {
@@ -69,6 +72,7 @@ impl AppState {
         Ok(AppState {
             devices: device_lookup::DeviceLookup::spawn(pool.clone(), offline_after),
             auth: Arc::new(auth::Authenticator::new(pool.clone())),
+            authenticate: true,
             pool,
             producer,
             kafka_probe: Arc::new(probe),
@@ -102,6 +106,17 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     let mut doc = routes().into_openapi();
     openapi::secure(&mut doc);
     doc
+}
+
+impl AppState {
+    /// Every route open to anyone, so that `otaledger-bench` can measure what authentication
+    /// costs. Never reachable from a configuration or a command line of the product.
+    #[must_use]
+    pub fn unauthenticated_for_benchmarks(mut self) -> Self {
+        tracing::warn!("AUTHENTICATION IS OFF: every route is open to anyone (benchmark only)");
+        self.authenticate = false;
+        self
+    }
 }
 
 /// The whole API.

@@ -15,6 +15,8 @@ use crate::BoxError;
 /// The API serving a fleet, and a viewer token for the load generator.
 pub(crate) struct ServedApi {
     pub addr: std::net::SocketAddr,
+    /// The same API over the same fleet with authentication off, to measure what it costs.
+    pub open_addr: std::net::SocketAddr,
     pub server: tokio::task::JoinHandle<()>,
     pub token: std::sync::Arc<str>,
 }
@@ -71,19 +73,24 @@ pub(crate) async fn api_over_fleet(
     )
     .await?;
     tx.commit().await?;
-    let state = otaledger_api::AppState::new(
-        pool,
-        EventProducer::new(&cfg.kafka)?,
-        cfg.kafka.clone(),
-        cfg.offline_after(),
-    )?;
+    let producer = EventProducer::new(&cfg.kafka)?;
+    let state =
+        otaledger_api::AppState::new(pool, producer, cfg.kafka.clone(), cfg.offline_after())?;
+    let open = state.clone().unauthenticated_for_benchmarks();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
+    let open_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let open_addr = open_listener.local_addr()?;
     let server = tokio::spawn(async move {
-        let _ = axum::serve(listener, otaledger_api::app(state)).await;
+        let open_server = axum::serve(open_listener, otaledger_api::app(open));
+        let _ = tokio::join!(
+            axum::serve(listener, otaledger_api::app(state)),
+            open_server
+        );
     });
     Ok(ServedApi {
         addr,
+        open_addr,
         server,
         token: minted.token.into(),
     })
