@@ -262,7 +262,21 @@ pub async fn serve_metrics(
     })))
 }
 
-/// Runs components together, restarting any that fails (with backoff) until shutdown.
+/// The ledger reset a component stopped for (ADR 0023), if that is why it failed: the runtime's
+/// error as the runner returns it, or carried by the consumers' error (the saga's).
+#[must_use]
+pub fn ledger_reset(e: &anyhow::Error) -> Option<&otaledger_ledger::Error> {
+    let ledger =
+        e.downcast_ref::<otaledger_ledger::Error>()
+            .or_else(|| match e.downcast_ref::<otaledger_consumers::Error>() {
+                Some(otaledger_consumers::Error::Ledger(l)) => Some(l),
+                _ => None,
+            })?;
+    ledger.is_ledger_reset().then_some(ledger)
+}
+
+/// Runs components together, restarting any that fails (with backoff) until shutdown; a
+/// ledger reset stops a component for good.
 pub async fn supervise(components: Vec<Component>, cfg: Config, shutdown: &Shutdown) {
     let mut tasks = Vec::new();
     for c in components {
@@ -275,6 +289,15 @@ pub async fn supervise(components: Vec<Component>, cfg: Config, shutdown: &Shutd
                 match run(c, cfg.clone(), signal.clone()).await {
                     Ok(()) if signal.is_triggered() => break,
                     Ok(()) => tracing::warn!(component = c.name(), "component stopped; restarting"),
+                    Err(e) if ledger_reset(&e).is_some() => {
+                        // Not transient: every restart would find the same ledger (ADR 0023).
+                        tracing::error!(
+                            component = c.name(),
+                            error = format!("{e:#}"),
+                            "component stopped for good: the ledger went backwards; not restarting"
+                        );
+                        break;
+                    }
                     Err(e) => tracing::error!(
                         component = c.name(),
                         error = format!("{e:#}"),

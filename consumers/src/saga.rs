@@ -28,6 +28,7 @@ use otaledger_ledger::config::KafkaConfig;
 use otaledger_ledger::kafka::{EventProducer, Pending};
 use otaledger_ledger::metrics::{Counter, Gauge, Histogram, REGISTRY};
 use otaledger_ledger::reader::{dead_letter_undecodable, Body, LedgerReader, Start};
+use otaledger_ledger::reset::check_positions;
 use otaledger_ledger::shutdown::ShutdownSignal;
 use otaledger_projections::targets;
 use sqlx::PgPool;
@@ -299,10 +300,19 @@ impl Saga {
     }
 
     /// Forgets everything and reads the owned partitions from the start, aiming at their high
-    /// watermarks of this moment.
+    /// watermarks of this moment. A ledger shorter than the stored positions (the inputs
+    /// decided) is refused (ADR 0023): new inputs below them would be ignored as decided.
     async fn reset(&mut self, reader: &LedgerReader, ownership: &Ownership) -> Result<()> {
         self.rollouts.clear();
         self.emitted.clear();
+        let stored = ownership.owned().iter().map(|(p, o)| (*p, o.next_offset));
+        check_positions(
+            &self.cfg.kafka,
+            CONSUMER,
+            &self.cfg.topic,
+            &stored.collect(),
+        )
+        .await?;
         reader.assign(ownership.owned().keys().map(|p| Start {
             topic: 0,
             partition: *p,

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod mqtt;
 pub mod ownership;
 pub mod reader;
+pub mod reset;
 pub mod runner;
 pub mod shutdown;
 pub mod unappliable;
@@ -52,8 +53,51 @@ pub enum Error {
     /// A projection could not apply a batch.
     #[error("applying a batch: {0}")]
     Apply(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The ledger holds fewer records than the consumer applied: the broker lost the topic or
+    /// it was recreated, while PostgreSQL kept the projections (ADR 0023). Not transient.
+    #[error(
+        "the ledger has fewer records than {consumer} already applied (stored next offset \
+         {stored} > end {end} on {topic}:{partition}): the broker lost or recreated the topic; \
+         run `otaledger rebuild` (or reset the projections: delete {consumer}'s rows of \
+         {topic} in consumer_offsets) — refusing to skip records silently"
+    )]
+    LedgerReset {
+        consumer: String,
+        topic: String,
+        partition: i32,
+        stored: i64,
+        end: i64,
+    },
+    /// Records the consumer has not applied were deleted from the ledger (ADR 0023). Not
+    /// transient.
+    #[error(
+        "the ledger no longer holds records {consumer} has not applied (stored next offset \
+         {stored} < start {start} on {topic}:{partition}): records were deleted from the topic; \
+         restore them, or run `otaledger rebuild` (or reset the projections: delete \
+         {consumer}'s rows of {topic} in consumer_offsets) to go on without them — refusing \
+         to skip records silently"
+    )]
+    LedgerTruncated {
+        consumer: String,
+        topic: String,
+        partition: i32,
+        stored: i64,
+        start: i64,
+    },
     #[error("{0}")]
     Other(String),
+}
+
+impl Error {
+    /// Whether this is a ledger that went backwards or lost records ([`Error::LedgerReset`],
+    /// [`Error::LedgerTruncated`]): restarting the component cannot help.
+    #[must_use]
+    pub fn is_ledger_reset(&self) -> bool {
+        matches!(
+            self,
+            Error::LedgerReset { .. } | Error::LedgerTruncated { .. }
+        )
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -19,6 +19,7 @@ use crate::ownership::Ownership;
 use crate::reader::{
     dead_letter_undecodable, Batch, Body, Decode, LedgerReader, ReaderConfig, Start,
 };
+use crate::reset::check_positions;
 use crate::shutdown::ShutdownSignal;
 use crate::unappliable::{apply_leaving_out, data_fault, dead_letter_refused};
 use crate::{db, DbContext, Error, Result};
@@ -233,7 +234,7 @@ impl<P: Projection> Runner<P> {
             self.projection.ownership_changed();
             turn.reading = None;
             turn.prefetched.clear();
-            assign(reader, &self.cfg, ownership)?;
+            assign(reader, &self.cfg, ownership).await?;
         }
         m.owned
             .set(i64::try_from(ownership.owned().len()).unwrap_or(0));
@@ -405,7 +406,7 @@ impl<P: Projection> Runner<P> {
         turn.pending = Pending::default();
         turn.prefetched.clear();
         turn.reading = None;
-        assign(reader, &self.cfg, ownership)?;
+        assign(reader, &self.cfg, ownership).await?;
         turn.next_rebalance = tokio::time::Instant::now();
         Ok(())
     }
@@ -434,7 +435,7 @@ impl<P: Projection> Runner<P> {
             turn.pending = Pending::default();
             turn.prefetched.clear();
             turn.reading = None;
-            return assign(reader, &self.cfg, ownership);
+            return assign(reader, &self.cfg, ownership).await;
         }
         let mut tx = self.pool.begin().await.db("beginning batch")?;
         let events = &turn.pending.events;
@@ -666,7 +667,10 @@ pub async fn join_partitions(
 }
 
 /// Reads the owned partitions, each from its stored offset; a rebuild's up to where it stops.
-fn assign(reader: &LedgerReader, cfg: &RunnerConfig, ownership: &Ownership) -> Result<()> {
+/// Refuses a ledger that no longer holds what the stored offsets stand for (ADR 0023).
+async fn assign(reader: &LedgerReader, cfg: &RunnerConfig, ownership: &Ownership) -> Result<()> {
+    let stored = ownership.owned().iter().map(|(p, o)| (*p, o.next_offset));
+    check_positions(&cfg.kafka, &cfg.consumer, &cfg.topic, &stored.collect()).await?;
     reader.assign(ownership.owned().iter().map(|(p, o)| Start {
         topic: 0,
         partition: *p,
