@@ -82,17 +82,22 @@ impl Authenticator {
     }
 }
 
-/// The role each secured operation needs, by method and path, read from the document.
-static REQUIRED: LazyLock<HashMap<(String, String), Role>> = LazyLock::new(|| {
+/// The role each secured operation needs, by path and then method, read from the document
+/// (keyed so that a request's lookup allocates nothing).
+static REQUIRED: LazyLock<HashMap<String, Vec<(Method, Role)>>> = LazyLock::new(|| {
     let doc = serde_json::to_value(crate::openapi()).unwrap_or_default();
-    let mut required = HashMap::new();
+    let mut required: HashMap<String, Vec<(Method, Role)>> = HashMap::new();
     for (path, item) in doc["paths"].as_object().into_iter().flatten() {
         for (method, op) in item.as_object().into_iter().flatten() {
             let role = op["security"][0][SCHEME][0]
                 .as_str()
                 .and_then(|r| r.parse().ok());
-            if let Some(role) = role {
-                required.insert((method.to_ascii_uppercase(), path.clone()), role);
+            let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes()).ok();
+            if let (Some(role), Some(method)) = (role, method) {
+                required
+                    .entry(path.clone())
+                    .or_default()
+                    .push((method, role));
             }
         }
     }
@@ -103,8 +108,10 @@ static REQUIRED: LazyLock<HashMap<(String, String), Role>> = LazyLock::new(|| {
 #[must_use]
 pub fn required_role(method: &Method, path: &str) -> Option<Role> {
     REQUIRED
-        .get(&(method.as_str().to_owned(), path.to_owned()))
-        .copied()
+        .get(path)?
+        .iter()
+        .find(|(m, _)| m == method)
+        .map(|(_, role)| *role)
 }
 
 /// A refusal, counted by status and error.
@@ -154,14 +161,11 @@ fn is_json(req: &Request) -> bool {
 
 /// The layer: authenticates and authorises a request for a secured route.
 pub(crate) async fn authorize(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
-    let Some(path) = req
+    let Some(required) = req
         .extensions()
         .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
+        .and_then(|p| required_role(req.method(), p.as_str()))
     else {
-        return next.run(req).await;
-    };
-    let Some(required) = required_role(req.method(), &path) else {
         return next.run(req).await;
     };
     if !s.authenticate {
@@ -211,6 +215,10 @@ pub(crate) async fn authorize(State(s): State<AppState>, mut req: Request, next:
         Err(e) => return e.into_response(),
     };
     if !holder.role.allows(required) {
+        let path = req
+            .extensions()
+            .get::<MatchedPath>()
+            .map_or("", MatchedPath::as_str);
         return refused(
             StatusCode::FORBIDDEN,
             "forbidden",

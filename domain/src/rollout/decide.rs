@@ -272,9 +272,11 @@ impl Decisions<'_> {
                 return;
             }
         }
-        let current = command_id.is_none() || command_id == dev.command_id;
+        // A result counts only for the command the device was sent: one that names no command
+        // could have been written by anyone who knows a device id (issue 16).
+        let current = command_id.is_some() && command_id == dev.command_id;
         if !in_flight(dev.state) || dev.state == DeviceRolloutState::Verifying || !current {
-            // A duplicate, late or foreign result changes nothing.
+            // A duplicate, late, foreign or anonymous result changes nothing.
             return;
         }
         let gate = self.strategy().map_or(0, |s| s.health_gate_window_s);

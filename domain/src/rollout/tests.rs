@@ -608,3 +608,27 @@ fn an_abort_rolls_back_installed_devices_including_those_still_verifying() {
     );
     assert_eq!(r.devices["d000"].state, DeviceRolloutState::RolledBack);
 }
+
+#[test]
+fn given_a_commanded_device_when_a_result_names_no_command_or_another_then_nothing_changes() {
+    let r = running(1, 1, 0);
+    let device = r.devices.keys().next().cloned().expect("one device");
+    assert!(r.devices[&device].command_id.is_some());
+    // The forgeries of someone who knows only the device id: no command, or a guessed one.
+    for forged in [None, Some(Uuid::from_u128(42))] {
+        let (after, events) = when(
+            &r,
+            Input::Result {
+                now: 1,
+                device_id: device.clone(),
+                command_id: forged,
+                outcome: InstallOutcome::Succeeded,
+            },
+        );
+        assert!(events.is_empty(), "{forged:?}: {events:?}");
+        assert_eq!(after.devices[&device].state, r.devices[&device].state);
+    }
+    // The device's own result for its command counts.
+    let (after, _) = when(&r, result(&r, &device, InstallOutcome::Succeeded, 1));
+    assert_eq!(after.devices[&device].state, DeviceRolloutState::Succeeded);
+}
