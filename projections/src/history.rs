@@ -449,6 +449,203 @@ pub fn cursor_after(e: &HistoryEntry) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use otaledger_domain::device_view::Position;
+    use otaledger_domain::events::{
+        DeviceRegistered, Health, Heartbeat, InstallOutcome, InstallResult,
+    };
+    use otaledger_domain::Event;
+
+    const S: Micros = 1_000_000;
+
+    fn at(offset: i64, micros: Micros, payload: Payload) -> Positioned {
+        Positioned {
+            position: Position {
+                partition: 1,
+                offset,
+            },
+            event: Event::at(payload, micros, micros, "t"),
+        }
+    }
+
+    fn heartbeat(offset: i64, micros: Micros, device: &str, version: &str) -> Positioned {
+        at(
+            offset,
+            micros,
+            Payload::Heartbeat(Heartbeat {
+                device_id: device.into(),
+                firmware_version: version.into(),
+                gateway_id: None,
+                health: Health {
+                    uptime_s: 1,
+                    cpu_pct: 1.0,
+                    mem_pct: 1.0,
+                    temperature_c: 20.0,
+                    error_count: 0,
+                    signal_dbm: None,
+                },
+            }),
+        )
+    }
+
+    /// (version, first, until, count, row offset) of a device's folded runs.
+    fn runs(h: &HistoryProjector, device: &str) -> Vec<(String, Micros, Micros, i64, i64)> {
+        h.runs[device]
+            .runs
+            .iter()
+            .map(|r| {
+                let micros = |t: DateTime<Utc>| t.timestamp_micros();
+                (
+                    r.version.clone(),
+                    micros(r.first),
+                    micros(r.until),
+                    r.count,
+                    r.offset,
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn given_heartbeats_when_folded_then_runs_break_on_a_new_version_or_a_gap_over_ten_minutes() {
+        let mut h = HistoryProjector::new();
+        h.fold_events(&[
+            heartbeat(0, 0, "d", "1.0"),
+            heartbeat(1, 60 * S, "d", "1.0"),
+            // Exactly the gap still continues the run; one microsecond more does not.
+            heartbeat(2, 60 * S + RUN_GAP_MICROS, "d", "1.0"),
+            heartbeat(3, 120 * S + 2 * RUN_GAP_MICROS + 1, "d", "1.0"),
+            heartbeat(4, 121 * S + 2 * RUN_GAP_MICROS + 1, "d", "2.0"),
+            // Out of order within the run: the end stays the latest.
+            heartbeat(5, 120 * S + 2 * RUN_GAP_MICROS + 1, "d", "2.0"),
+        ]);
+        let gap = RUN_GAP_MICROS;
+        assert_eq!(
+            runs(&h, "d"),
+            [
+                ("1.0".into(), 0, 60 * S + gap, 3, 0),
+                (
+                    "1.0".into(),
+                    120 * S + 2 * gap + 1,
+                    120 * S + 2 * gap + 1,
+                    1,
+                    3
+                ),
+                (
+                    "2.0".into(),
+                    121 * S + 2 * gap + 1,
+                    121 * S + 2 * gap + 1,
+                    2,
+                    4
+                ),
+            ]
+        );
+        let d = &h.runs["d"];
+        assert!(!d.resolved && !d.extends_stored, "no stored run known yet");
+    }
+
+    #[test]
+    fn given_a_committed_run_when_a_heartbeat_continues_it_then_the_stored_row_is_extended() {
+        let mut h = HistoryProjector::new();
+        let first = ts(0);
+        h.open.insert(
+            "d".into(),
+            OpenRun {
+                partition: 3,
+                offset: 7,
+                version: "1.0".into(),
+                until: ts(100 * S),
+                count: 5,
+                first,
+            },
+        );
+        h.fold_events(&[
+            heartbeat(20, 100 * S + RUN_GAP_MICROS, "d", "1.0"),
+            heartbeat(21, 50 * S, "e", "1.0"),
+        ]);
+        let d = &h.runs["d"];
+        assert!(d.resolved && d.extends_stored);
+        let r = &d.runs[0];
+        assert_eq!(
+            (r.partition, r.offset, r.count),
+            (3, 7, 6),
+            "the stored row's key"
+        );
+        assert_eq!((r.first, r.until), (first, ts(100 * S + RUN_GAP_MICROS)));
+        // A stored run that the heartbeat does not continue: a new row, known to be new.
+        let mut h2 = HistoryProjector::new();
+        h2.open = h.open.clone();
+        h2.fold_events(&[heartbeat(22, 100 * S + RUN_GAP_MICROS + 1, "d", "1.0")]);
+        let d = &h2.runs["d"];
+        assert!(d.resolved && !d.extends_stored);
+        assert_eq!((d.runs[0].offset, d.runs[0].count), (22, 1));
+        let mut h3 = HistoryProjector::new();
+        h3.open = h.open.clone();
+        h3.fold_events(&[heartbeat(23, 101 * S, "d", "2.0")]);
+        assert!(!h3.runs["d"].extends_stored);
+        // The stored run's end never moves back.
+        let mut h4 = HistoryProjector::new();
+        h4.open = h.open.clone();
+        h4.fold_events(&[heartbeat(24, 10 * S, "d", "1.0")]);
+        assert_eq!(h4.runs["d"].runs[0].until, ts(100 * S));
+    }
+
+    #[test]
+    fn registrations_and_install_reports_become_rows_and_nothing_else_does() {
+        let mut h = HistoryProjector::new();
+        h.fold_events(&[
+            at(
+                0,
+                5 * S,
+                Payload::DeviceRegistered(DeviceRegistered {
+                    device_id: "d".into(),
+                    model: "m".into(),
+                    site: "s".into(),
+                    tags: vec![],
+                    firmware_version: "1.0".into(),
+                    gateway_id: None,
+                    hardware_rev: None,
+                }),
+            ),
+            at(
+                1,
+                6 * S,
+                Payload::InstallResult(InstallResult {
+                    device_id: "d".into(),
+                    rollout_id: Some("r".into()),
+                    command_id: None,
+                    outcome: InstallOutcome::Succeeded,
+                    firmware_version: "2.0".into(),
+                    error_code: None,
+                    message: None,
+                }),
+            ),
+        ]);
+        let rows: Vec<(&str, i64, &str)> = h
+            .rows
+            .iter()
+            .map(|r| (r.device_id.as_str(), r.offset, r.event_type))
+            .collect();
+        assert_eq!(
+            rows,
+            [("d", 0, "DeviceRegistered"), ("d", 1, "InstallResult")]
+        );
+        assert_eq!(h.rows[0].at, ts(5 * S));
+        assert_eq!(h.rows[0].partition, 1);
+        assert!(h.runs.is_empty());
+    }
+
+    #[test]
+    fn a_run_summary_counts_heartbeats_over_its_span() {
+        let r = OpenRun {
+            partition: 0,
+            offset: 0,
+            version: "1.0".into(),
+            until: ts(90 * S),
+            count: 4,
+            first: ts(30 * S),
+        };
+        assert_eq!(run_summary(&r), "4 heartbeat(s) on 1.0 over 60 s");
+    }
 
     #[test]
     fn cursors_are_read_exactly_in_the_documented_form() {
