@@ -451,7 +451,8 @@ mod tests {
     use super::*;
     use otaledger_domain::device_view::Position;
     use otaledger_domain::events::{
-        DeviceRegistered, Health, Heartbeat, InstallOutcome, InstallResult,
+        DeviceRegistered, Health, Heartbeat, InstallOutcome, InstallPhase, InstallProgress,
+        InstallResult,
     };
     use otaledger_domain::Event;
 
@@ -608,6 +609,17 @@ mod tests {
             ),
             at(
                 1,
+                5 * S + 1,
+                Payload::InstallProgress(InstallProgress {
+                    device_id: "d".into(),
+                    rollout_id: Some("r".into()),
+                    command_id: None,
+                    phase: InstallPhase::Downloading,
+                    percent: 10,
+                }),
+            ),
+            at(
+                2,
                 6 * S,
                 Payload::InstallResult(InstallResult {
                     device_id: "d".into(),
@@ -627,7 +639,11 @@ mod tests {
             .collect();
         assert_eq!(
             rows,
-            [("d", 0, "DeviceRegistered"), ("d", 1, "InstallResult")]
+            [
+                ("d", 0, "DeviceRegistered"),
+                ("d", 1, "InstallProgress"),
+                ("d", 2, "InstallResult")
+            ]
         );
         assert_eq!(h.rows[0].at, ts(5 * S));
         assert_eq!(h.rows[0].partition, 1);
