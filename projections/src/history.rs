@@ -52,6 +52,17 @@ struct OpenRun {
 }
 
 impl OpenRun {
+    /// This stored run with `next`, a run folded later, joined to it when `next` continues it:
+    /// the stored row's key, the later end, both counts.
+    fn joined_by(&self, next: &OpenRun) -> Option<OpenRun> {
+        self.continued_by(&next.version, next.first)
+            .then(|| OpenRun {
+                until: self.until.max(next.until),
+                count: self.count + next.count,
+                ..self.clone()
+            })
+    }
+
     /// Whether a heartbeat on `version` at `at` continues this run.
     fn continued_by(&self, version: &str, at: DateTime<Utc>) -> bool {
         self.version == version
@@ -191,13 +202,9 @@ impl HistoryProjector {
                     first,
                 };
                 if let Some(r) = dr.runs.first_mut() {
-                    if stored.continued_by(&r.version, r.first) {
+                    if let Some(joined) = stored.joined_by(r) {
                         dr.extends_stored = true;
-                        *r = OpenRun {
-                            until: stored.until.max(r.until),
-                            count: stored.count + r.count,
-                            ..stored
-                        };
+                        *r = joined;
                     }
                 }
             }
@@ -648,6 +655,49 @@ mod tests {
         assert_eq!(h.rows[0].at, ts(5 * S));
         assert_eq!(h.rows[0].partition, 1);
         assert!(h.runs.is_empty());
+    }
+
+    #[test]
+    fn a_stored_run_is_joined_by_a_later_run_that_continues_it() {
+        let run = |offset: i64, version: &str, first: Micros, until: Micros, count: i64| OpenRun {
+            partition: 2,
+            offset,
+            version: version.into(),
+            until: ts(until),
+            count,
+            first: ts(first),
+        };
+        let stored = run(7, "1.0", 0, 100 * S, 5);
+        let joined = stored
+            .joined_by(&run(
+                30,
+                "1.0",
+                100 * S + RUN_GAP_MICROS,
+                200 * S + RUN_GAP_MICROS,
+                3,
+            ))
+            .expect("continues");
+        assert_eq!(
+            (joined.partition, joined.offset),
+            (2, 7),
+            "the stored row's key"
+        );
+        assert_eq!(
+            (joined.first, joined.until),
+            (ts(0), ts(200 * S + RUN_GAP_MICROS))
+        );
+        assert_eq!(joined.count, 8);
+        // A later run that starts before the stored end keeps the later end.
+        let inside = stored
+            .joined_by(&run(31, "1.0", 50 * S, 60 * S, 1))
+            .expect("continues");
+        assert_eq!((inside.until, inside.count), (ts(100 * S), 6));
+        assert!(stored
+            .joined_by(&run(32, "1.0", 100 * S + RUN_GAP_MICROS + 1, 300 * S, 1))
+            .is_none());
+        assert!(stored
+            .joined_by(&run(33, "2.0", 100 * S, 300 * S, 1))
+            .is_none());
     }
 
     #[test]
