@@ -477,6 +477,9 @@ mod tests {
         assert_eq!(h.device_id, "dev-1");
         assert_eq!(h.health.signal_dbm, None);
         assert_eq!(e.meta.occurred_at, e.meta.recorded_at);
+        // Readings are checked wide and kept as sent.
+        let readings = (h.health.cpu_pct, h.health.mem_pct, h.health.temperature_c);
+        assert_eq!(readings, (1.5, 2.0, 30.0));
     }
 
     #[test]

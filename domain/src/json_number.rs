@@ -21,7 +21,9 @@ impl Visitor<'_> for Integer {
         Ok(v.into())
     }
 
-    #[allow(clippy::cast_possible_truncation)] // bounded and integral: checked first
+    // Bounded and integral: checked first. The bound only keeps the cast in `i128`'s range; a
+    // value near it is out of every field's range anyway.
+    #[allow(clippy::cast_possible_truncation)]
     fn visit_f64<E: Error>(self, v: f64) -> Result<i128, E> {
         if v.is_finite() && v.fract() == 0.0 && v.abs() < 1e38 {
             Ok(v as i128)
@@ -122,6 +124,12 @@ mod tests {
                 .maybe,
             Some(i64::MAX)
         );
+        // The messages say what was expected.
+        assert!(read(r#"{"small": "5"}"#)
+            .unwrap_err()
+            .contains("expected an integer"));
+        let e = read(r#"{"small": 1, "maybe": "5"}"#).unwrap_err();
+        assert!(e.contains("expected an integer"), "{e}");
         for bad in [
             r#"{"small": 5.5}"#,
             r#"{"small": 2147483648}"#,
