@@ -553,7 +553,13 @@ impl Saga {
             }
         }
         let now = now_micros();
-        let mut pending: Vec<Pending> = Vec::new();
+        // Commands go first, and the decisions that record them only once Kafka has every
+        // command: a saga killed between the two then decides again and sends the same command
+        // ids (derived from rollout, device, kind and attempt), which the dispatcher and the
+        // devices drop as repeats. The other order lost commands: the decision said "commanded"
+        // and nothing was ever sent (seen when a kill landed between the two topics' writes).
+        let mut decisions: Vec<Event> = Vec::new();
+        let mut commands: Vec<Pending> = Vec::new();
         let mut n = 0;
         for (rollout_id, events, trace) in batches {
             for payload in events {
@@ -568,18 +574,24 @@ impl Saga {
                     Payload::DeviceCommanded(c) => self.command_for(&rollout_id, c),
                     _ => None,
                 };
-                let event = Event::at(payload, now, now, trace.clone());
-                self.emitted.insert(event.meta.event_id);
-                pending.push(self.producer.enqueue(&event).await?);
+                decisions.push(Event::at(payload, now, now, trace.clone()));
                 n += 1;
                 if let Some(cmd) = command {
                     // The command id is the command event's id: dispatcher and devices
                     // de-duplicate on it.
                     let cmd_event = Event::new(command_id(&cmd), cmd, now, now, trace.clone());
-                    pending.push(self.producer.enqueue(&cmd_event).await?);
+                    commands.push(self.producer.enqueue(&cmd_event).await?);
                     self.metrics.commands.inc();
                 }
             }
+        }
+        for p in commands {
+            p.acked().await?;
+        }
+        let mut pending: Vec<Pending> = Vec::with_capacity(decisions.len());
+        for event in &decisions {
+            self.emitted.insert(event.meta.event_id);
+            pending.push(self.producer.enqueue(event).await?);
         }
         for p in pending {
             p.acked().await?;
