@@ -13,7 +13,7 @@ export OTALEDGER_TEST_MQTT="${OTALEDGER_TEST_MQTT:-127.0.0.1:1883}"
 # The export test reads the Parquet files back with DuckDB (the PyPI package).
 python3 -c 'import duckdb' 2>/dev/null || python3 -m pip install --quiet duckdb >&2
 # The contract test fuzzes the API from its OpenAPI document with schemathesis (PyPI).
-command -v schemathesis >/dev/null || python3 -m pip install --quiet 'schemathesis>=4.3,<5' >&2
+python3 -c 'import schemathesis' 2>/dev/null || python3 -m pip install --quiet 'schemathesis>=4.3,<5' >&2
 cargo build --locked -p otaledger-cli
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --locked --workspace --no-fail-fast "$@"

@@ -2,6 +2,7 @@
 //! it. Errors are JSON `{ "error", "reason" }` and never expose internals.
 
 pub mod auth;
+mod body;
 pub mod device_lookup;
 mod devices;
 mod error;

@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use otaledger_domain::events::{OperatorRequest, UpdateRequested};
-use otaledger_domain::ids::{new_trace_id, validate_device_id};
+use otaledger_domain::ids::new_trace_id;
 use otaledger_domain::rollout_request::RolloutRequest;
 pub use otaledger_domain::rollout_request::{
     ReleaseIn, RolloutIn, SelectorIn, StrategyIn, WindowIn,
@@ -86,23 +86,7 @@ async fn create(
     Extension(who): Extension<Principal>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    // A request is an object (serde would also read a struct from an array).
-    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
-        return Err(bad("body", "must be a JSON object"));
-    }
-    // The path names the field when a value has the wrong type (`strategy.max_retries: …`).
-    let input: RolloutIn =
-        serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(&body))
-            .map_err(|e| {
-                let inner = e.inner();
-                let kind = if inner.is_syntax() || inner.is_eof() {
-                    "invalid_json"
-                } else {
-                    "invalid_field"
-                };
-                ApiError::bad_request(kind, format!("{}: {inner}", e.path()))
-            })?;
-    refuse_nul(&body)?;
+    let input: RolloutIn = crate::body::object(&body)?;
     let request = validate(input, &who.name)?;
     append(
         &s,
@@ -110,19 +94,6 @@ async fn create(
         Payload::UpdateRequested(request),
     )
     .await
-}
-
-/// Refuses a body whose text holds a NUL character (PostgreSQL cannot store it: the rollout
-/// projector would stop on it).
-fn refuse_nul(body: &[u8]) -> Result<(), ApiError> {
-    let value: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
-    match otaledger_domain::device_json::nul_in(&value) {
-        Some(at) => Err(ApiError::bad_request(
-            "invalid_text",
-            format!("{at} contains a NUL character"),
-        )),
-        None => Ok(()),
-    }
 }
 
 /// Why an operator pauses, resumes or aborts.
@@ -155,22 +126,9 @@ async fn operator_request(
     body: &Bytes,
     make: fn(OperatorRequest) -> Payload,
 ) -> Result<Response, ApiError> {
-    validate_device_id(&id)
-        .map_err(|e| ApiError::bad_request("invalid_parameter", format!("rollout id: {e}")))?;
-    // No body, or `null`, gives no reason; anything else must be an object (serde would also
-    // read a struct from an array).
-    let reason = if body.is_empty() {
-        ReasonIn::default()
-    } else {
-        match serde_json::from_slice::<serde_json::Value>(body) {
-            Ok(serde_json::Value::Null) => ReasonIn::default(),
-            Ok(v @ serde_json::Value::Object(_)) => serde_json::from_value(v)
-                .map_err(|e| ApiError::bad_request("invalid_field", e.to_string()))?,
-            Ok(_) => return Err(bad("body", "must be a JSON object")),
-            Err(e) => return Err(ApiError::bad_request("invalid_json", e.to_string())),
-        }
-    };
-    refuse_nul(body)?;
+    crate::params::id("rollout", &id)?;
+    // No body, or `null`, gives no reason.
+    let reason: ReasonIn = crate::body::object_or_none(body)?;
     if reason.reason.chars().count() > MAX_REASON_LEN {
         return Err(bad(
             "reason",

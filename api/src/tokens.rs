@@ -187,18 +187,6 @@ impl utoipa::PartialSchema for TokenIn {
 }
 impl utoipa::ToSchema for TokenIn {}
 
-fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    match serde_json::from_slice::<serde_json::Value>(body) {
-        Ok(v @ serde_json::Value::Object(_)) => serde_json::from_value(v)
-            .map_err(|e| ApiError::bad_request("invalid_field", e.to_string())),
-        Ok(_) => Err(ApiError::bad_request(
-            "invalid_field",
-            "body: must be a JSON object",
-        )),
-        Err(e) => Err(ApiError::bad_request("invalid_json", e.to_string())),
-    }
-}
-
 /// Issue an API token; the answer holds it, once.
 #[utoipa::path(post, path = "/v1/tokens", operation_id = "createToken",
     security(("token" = ["admin"])), tag = "access",
@@ -214,7 +202,7 @@ async fn create(
     Extension(who): Extension<Principal>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let input: TokenIn = parse_body(&body)?;
+    let input: TokenIn = crate::body::object(&body)?;
     let blank = input.name.trim().is_empty();
     if blank || input.name.chars().count() > MAX_NAME_LEN || input.name.contains('\0') {
         return Err(ApiError::bad_request(
@@ -335,7 +323,7 @@ pub(crate) async fn provision(
     Extension(who): Extension<Principal>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let input: DeviceIn = parse_body(&body)?;
+    let input: DeviceIn = crate::body::object(&body)?;
     crate::params::id("device", &input.device_id)?;
     let issued = issue(
         &s.pool,
