@@ -46,71 +46,44 @@ pub(crate) fn routes() -> OpenApiRouter<crate::AppState> {
         .layer(DefaultBodyLimit::max(MAX_DEVICE_PAYLOAD * 4))
 }
 
-/// A device reports its health.
-#[utoipa::path(post, path = "/v1/devices/{id}/heartbeats", operation_id = "postHeartbeat", security(("token" = ["device"])), tag = "ingest",
-    params(DeviceIdPath), request_body(content = HeartbeatJson, content_type = "application/json"),
-    responses(
-        (status = 202, description = "The ledger holds the event", body = Accepted),
-        (status = 400, description = "Refused and dead-lettered, with the reason", body = ErrorBody),
-        (status = 413, description = "Over the device payload limit", body = ErrorBody),
-        (status = 503, description = "The ledger is unavailable", body = ErrorBody),
-    ))]
-async fn heartbeats(
-    s: State<EventProducer>,
-    who: Extension<Principal>,
-    id: Path<String>,
-    h: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    receive(MessageKind::Heartbeat, "heartbeats", s, &who, id, h, body).await
+/// A device report route: the same answers for each, only the path, the operation, the body's
+/// schema and the message kind differ.
+macro_rules! report_route {
+    ($(#[doc = $doc:literal])* $name:ident, $what:literal, $operation:literal, $body:ty, $kind:expr) => {
+        $(#[doc = $doc])*
+        #[utoipa::path(post, path = concat!("/v1/devices/{id}/", $what), operation_id = $operation,
+            security(("token" = ["device"])), tag = "ingest", params(DeviceIdPath),
+            request_body(content = $body, content_type = "application/json"),
+            responses(
+                (status = 202, description = "The ledger holds the event", body = Accepted),
+                (status = 400, description = "Refused and dead-lettered, with the reason", body = ErrorBody),
+                (status = 413, description = "Over the device payload limit", body = ErrorBody),
+                (status = 503, description = "The ledger is unavailable", body = ErrorBody),
+            ))]
+        async fn $name(
+            s: State<EventProducer>,
+            who: Extension<Principal>,
+            id: Path<String>,
+            h: HeaderMap,
+            body: Result<Bytes, BytesRejection>,
+        ) -> Result<Response, ApiError> {
+            receive($kind, $what, s, &who, id, h, body).await
+        }
+    };
 }
 
-/// A device registers itself: model, site, tags, firmware, gateway.
-#[utoipa::path(post, path = "/v1/devices/{id}/registrations", operation_id = "postRegistration", security(("token" = ["device"])), tag = "ingest",
-    params(DeviceIdPath), request_body(content = RegisterJson, content_type = "application/json"),
-    responses(
-        (status = 202, description = "The ledger holds the event", body = Accepted),
-        (status = 400, description = "Refused and dead-lettered, with the reason", body = ErrorBody),
-        (status = 413, description = "Over the device payload limit", body = ErrorBody),
-        (status = 503, description = "The ledger is unavailable", body = ErrorBody),
-    ))]
-async fn registrations(
-    s: State<EventProducer>,
-    who: Extension<Principal>,
-    id: Path<String>,
-    h: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    receive(MessageKind::Register, "registrations", s, &who, id, h, body).await
-}
-
-/// A device reports an install's progress or result.
-#[utoipa::path(post, path = "/v1/devices/{id}/install-reports", operation_id = "postInstallReport", security(("token" = ["device"])), tag = "ingest",
-    params(DeviceIdPath), request_body(content = InstallJson, content_type = "application/json"),
-    responses(
-        (status = 202, description = "The ledger holds the event", body = Accepted),
-        (status = 400, description = "Refused and dead-lettered, with the reason", body = ErrorBody),
-        (status = 413, description = "Over the device payload limit", body = ErrorBody),
-        (status = 503, description = "The ledger is unavailable", body = ErrorBody),
-    ))]
-async fn install_reports(
-    s: State<EventProducer>,
-    who: Extension<Principal>,
-    id: Path<String>,
-    h: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    receive(
-        MessageKind::Install,
-        "install-reports",
-        s,
-        &who,
-        id,
-        h,
-        body,
-    )
-    .await
-}
+report_route!(
+    /// A device reports its health.
+    heartbeats, "heartbeats", "postHeartbeat", HeartbeatJson, MessageKind::Heartbeat
+);
+report_route!(
+    /// A device registers itself: model, site, tags, firmware, gateway.
+    registrations, "registrations", "postRegistration", RegisterJson, MessageKind::Register
+);
+report_route!(
+    /// A device reports an install's progress or result.
+    install_reports, "install-reports", "postInstallReport", InstallJson, MessageKind::Install
+);
 
 async fn receive(
     kind: MessageKind,

@@ -143,56 +143,39 @@ async fn operator_request(
     append(s, id, make(req)).await
 }
 
-/// Pause a rollout: no new commands until it resumes.
-#[utoipa::path(post, path = "/v1/rollouts/{id}/pause", operation_id = "pauseRollout", security(("token" = ["operator"])), tag = "rollouts",
-    params(RolloutIdPath),
-    request_body(content = Option<ReasonIn>, content_type = "application/json"),
-    responses(
-        (status = 202, description = "The ledger holds the request", body = Accepted),
-        (status = 400, description = "A bad id or body", body = ErrorBody),
-        (status = 503, description = "A backing service is unavailable", body = ErrorBody),
-    ))]
-async fn pause(
-    State(s): State<AppState>,
-    Extension(who): Extension<Principal>,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    operator_request(&s, id, &who, &body, Payload::PauseRequested).await
+/// An operator request route: the same answers and body for each, only the path, the
+/// operation and the event differ.
+macro_rules! operator_route {
+    ($(#[doc = $doc:literal])* $name:ident, $path:literal, $operation:literal, $make:path) => {
+        $(#[doc = $doc])*
+        #[utoipa::path(post, path = $path, operation_id = $operation,
+            security(("token" = ["operator"])), tag = "rollouts", params(RolloutIdPath),
+            request_body(content = Option<ReasonIn>, content_type = "application/json"),
+            responses(
+                (status = 202, description = "The ledger holds the request", body = Accepted),
+                (status = 400, description = "A bad id or body", body = ErrorBody),
+                (status = 503, description = "A backing service is unavailable", body = ErrorBody),
+            ))]
+        async fn $name(
+            State(s): State<AppState>,
+            Extension(who): Extension<Principal>,
+            Path(id): Path<String>,
+            body: Bytes,
+        ) -> Result<Response, ApiError> {
+            operator_request(&s, id, &who, &body, $make).await
+        }
+    };
 }
 
-/// Resume a paused rollout.
-#[utoipa::path(post, path = "/v1/rollouts/{id}/resume", operation_id = "resumeRollout", security(("token" = ["operator"])), tag = "rollouts",
-    params(RolloutIdPath),
-    request_body(content = Option<ReasonIn>, content_type = "application/json"),
-    responses(
-        (status = 202, description = "The ledger holds the request", body = Accepted),
-        (status = 400, description = "A bad id or body", body = ErrorBody),
-        (status = 503, description = "A backing service is unavailable", body = ErrorBody),
-    ))]
-async fn resume(
-    State(s): State<AppState>,
-    Extension(who): Extension<Principal>,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    operator_request(&s, id, &who, &body, Payload::ResumeRequested).await
-}
-
-/// Abort a rollout: no new commands; its rollback policy decides what is rolled back.
-#[utoipa::path(post, path = "/v1/rollouts/{id}/abort", operation_id = "abortRollout", security(("token" = ["operator"])), tag = "rollouts",
-    params(RolloutIdPath),
-    request_body(content = Option<ReasonIn>, content_type = "application/json"),
-    responses(
-        (status = 202, description = "The ledger holds the request", body = Accepted),
-        (status = 400, description = "A bad id or body", body = ErrorBody),
-        (status = 503, description = "A backing service is unavailable", body = ErrorBody),
-    ))]
-async fn abort(
-    State(s): State<AppState>,
-    Extension(who): Extension<Principal>,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    operator_request(&s, id, &who, &body, Payload::AbortRequested).await
-}
+operator_route!(
+    /// Pause a rollout: no new commands until it resumes.
+    pause, "/v1/rollouts/{id}/pause", "pauseRollout", Payload::PauseRequested
+);
+operator_route!(
+    /// Resume a paused rollout.
+    resume, "/v1/rollouts/{id}/resume", "resumeRollout", Payload::ResumeRequested
+);
+operator_route!(
+    /// Abort a rollout: no new commands; its rollback policy decides what is rolled back.
+    abort, "/v1/rollouts/{id}/abort", "abortRollout", Payload::AbortRequested
+);
