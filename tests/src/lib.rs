@@ -278,6 +278,26 @@ pub async fn as_client(
     ))
 }
 
+/// A registration of `device` (model `m`, site `s`, firmware 1.0.0), recorded now.
+#[must_use]
+pub fn registered(device: &str) -> Event {
+    let now = otaledger_domain::time::now_micros();
+    Event::at(
+        otaledger_domain::Payload::DeviceRegistered(otaledger_domain::events::DeviceRegistered {
+            device_id: device.to_owned(),
+            model: "m".into(),
+            site: "s".into(),
+            tags: vec![],
+            firmware_version: "1.0.0".into(),
+            gateway_id: None,
+            hardware_rev: None,
+        }),
+        now - 5,
+        now,
+        "t",
+    )
+}
+
 /// An event with a fresh id that occurred (and was recorded) at `at`.
 #[must_use]
 pub fn event_at(at: i64, payload: otaledger_domain::Payload) -> otaledger_domain::Event {

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use otaledger_cli::components::{prepare, projector_runner_config, Component};
-use otaledger_domain::events::{DeviceRegistered, Health, Heartbeat};
+use otaledger_domain::events::{Health, Heartbeat};
 use otaledger_domain::time::now_micros;
 use otaledger_domain::{Event, Payload};
 use otaledger_ledger::config::Config;
@@ -21,7 +21,7 @@ use otaledger_ledger::unappliable::data_fault;
 use otaledger_ledger::{DbContext, Positioned, Projection, Runner};
 use otaledger_tests::{
     config, drop_schema, eventually, fold_topic, otaledger_command, read_topic, records_when,
-    spawn_components, unique, Record, Services,
+    registered, spawn_components, unique, Record, Services,
 };
 use sqlx::{PgConnection, PgPool};
 
@@ -40,24 +40,6 @@ fn heartbeat(device: &str, firmware: &str, uptime_s: i64) -> Event {
                 error_count: 0,
                 signal_dbm: None,
             },
-        }),
-        now - 5,
-        now,
-        "poison",
-    )
-}
-
-fn registered(device: &str) -> Event {
-    let now = now_micros();
-    Event::at(
-        Payload::DeviceRegistered(DeviceRegistered {
-            device_id: device.to_owned(),
-            model: "m".into(),
-            site: "s".into(),
-            tags: vec![],
-            firmware_version: "1.0.0".into(),
-            gateway_id: None,
-            hardware_rev: None,
         }),
         now - 5,
         now,

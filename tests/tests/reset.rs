@@ -9,34 +9,14 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use otaledger_cli::components::{ledger_reset, prepare, run, supervise, Component};
-use otaledger_domain::events::DeviceRegistered;
-use otaledger_domain::time::now_micros;
-use otaledger_domain::{Event, Payload};
+use otaledger_domain::Event;
 use otaledger_ledger::kafka::{client_config, ensure_topics, EventProducer};
 use otaledger_ledger::runner::committed_offsets;
 use otaledger_ledger::shutdown::Shutdown;
-use otaledger_tests::{config, drop_schema, eventually, unique, Services};
+use otaledger_tests::{config, drop_schema, eventually, registered, unique, Services};
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-
-fn registered(device: &str) -> Event {
-    let now = now_micros();
-    Event::at(
-        Payload::DeviceRegistered(DeviceRegistered {
-            device_id: device.to_owned(),
-            model: "m".into(),
-            site: "s".into(),
-            tags: vec![],
-            firmware_version: "1.0.0".into(),
-            gateway_id: None,
-            hardware_rev: None,
-        }),
-        now - 5,
-        now,
-        "reset",
-    )
-}
 
 /// Whether the broker lists `topic`.
 fn topic_listed(consumer: &BaseConsumer, topic: &str) -> bool {
