@@ -1,14 +1,13 @@
 //! Fleet queries: devices, one device, the fleet summary.
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::Json;
 use otaledger_projections::fleet::{self, DeviceFilter, Page, Status, Summary};
 use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::params::{self, page_limit, DeviceIdPath};
+use crate::params::{self, page_limit, DeviceIdPath, Params};
 use crate::{ApiError, AppState, ErrorBody};
 
 pub(crate) fn routes() -> OpenApiRouter<AppState> {
@@ -87,13 +86,12 @@ fn filter_from(q: ListQuery) -> Result<DeviceFilter, ApiError> {
     responses(
         (status = 200, description = "A page of devices", body = Page),
         (status = 400, description = "A bad parameter", body = ErrorBody),
-        (status = 503, description = "A backing service is unavailable", body = ErrorBody),
+        crate::Unavailable,
     ))]
 async fn list(
     State(s): State<AppState>,
-    q: Result<Query<ListQuery>, QueryRejection>,
+    Params(q): Params<ListQuery>,
 ) -> Result<Json<Page>, ApiError> {
-    let Query(q) = q.map_err(|e| ApiError::bad_request("invalid_parameter", e.body_text()))?;
     let filter = filter_from(q)?;
     let page = fleet::list_devices(&s.pool, &filter, s.offline_after).await?;
     Ok(Json(page))
@@ -105,7 +103,7 @@ async fn list(
         (status = 200, description = "The device", body = fleet::Device),
         (status = 400, description = "A bad id", body = ErrorBody),
         (status = 404, description = "No such device", body = ErrorBody),
-        (status = 503, description = "A backing service is unavailable", body = ErrorBody),
+        crate::Unavailable,
     ))]
 async fn one(
     State(s): State<AppState>,
@@ -147,16 +145,15 @@ struct HistoryPage {
         (status = 200, description = "A page of the device's history", body = HistoryPage),
         (status = 400, description = "A bad id or parameter", body = ErrorBody),
         (status = 404, description = "No such device", body = ErrorBody),
-        (status = 503, description = "A backing service is unavailable", body = ErrorBody),
+        crate::Unavailable,
     ))]
 async fn history(
     State(s): State<AppState>,
     Path(id): Path<String>,
-    q: Result<Query<HistoryQuery>, QueryRejection>,
+    Params(q): Params<HistoryQuery>,
 ) -> Result<Json<HistoryPage>, ApiError> {
     use otaledger_projections::history;
     params::id("device", &id)?;
-    let Query(q) = q.map_err(|e| ApiError::bad_request("invalid_parameter", e.body_text()))?;
     let limit = page_limit(q.limit.as_deref())?;
     let cursor = params::text("cursor", q.cursor)?;
     let items = history::history(&s.pool, &id, cursor.as_deref(), limit).await?;
@@ -203,14 +200,13 @@ struct SnapshotSummary {
             body = Summary),
         (status = 400, description = "A bad parameter", body = ErrorBody),
         (status = 404, description = "No snapshot at or before that time", body = ErrorBody),
-        (status = 503, description = "A backing service is unavailable", body = ErrorBody),
+        crate::Unavailable,
     ))]
 async fn summary(
     State(s): State<AppState>,
-    q: Result<Query<SummaryQuery>, QueryRejection>,
+    Params(q): Params<SummaryQuery>,
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
-    let Query(q) = q.map_err(|e| ApiError::bad_request("invalid_parameter", e.body_text()))?;
     let Some(at) = q.as_of else {
         return s
             .summary

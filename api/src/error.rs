@@ -16,6 +16,12 @@ pub struct ErrorBody {
     pub reason: String,
 }
 
+/// The answer of every route that needs PostgreSQL or Kafka while one is down: one definition
+/// for the document, named last in each route's `responses(…)`.
+#[derive(utoipa::IntoResponses)]
+#[response(status = 503, description = "A backing service is unavailable")]
+pub struct Unavailable(#[allow(dead_code)] ErrorBody);
+
 /// An HTTP error: a status and a reason that never exposes internals.
 #[derive(Debug)]
 pub struct ApiError {

@@ -7,6 +7,26 @@ use utoipa::openapi::schema::{ObjectBuilder, Type};
 
 use crate::ApiError;
 
+/// Query parameters; a request whose parameters do not parse is answered `400
+/// invalid_parameter` with the reason, in the JSON error body every route answers with.
+pub(crate) struct Params<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequestParts<S>
+    for Params<T>
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(q)| Params(q))
+            .map_err(|e| ApiError::bad_request("invalid_parameter", e.body_text()))
+    }
+}
+
 /// The longest filter value or cursor, in characters.
 pub(crate) const MAX_PARAM_LEN: usize = 256;
 /// The page size when `limit` is absent.

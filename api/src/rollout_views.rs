@@ -3,8 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::Json;
 use otaledger_domain::events::{DeviceRolloutState, RolloutState};
 use otaledger_projections::rollouts::{self, DecisionRow, RolloutDeviceRow, RolloutRow};
@@ -13,7 +12,7 @@ use utoipa::openapi::schema::ObjectBuilder;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::params::{self, page_limit, RolloutIdPath};
+use crate::params::{self, page_limit, Params, RolloutIdPath};
 use crate::{ApiError, AppState, ErrorBody};
 
 pub(crate) fn routes() -> OpenApiRouter<AppState> {
@@ -87,8 +86,7 @@ struct DecisionsQuery {
     limit: Option<String>,
 }
 
-fn query(q: Result<Query<PageQuery>, QueryRejection>) -> Result<PageQuery, ApiError> {
-    let Query(q) = q.map_err(|e| ApiError::bad_request("invalid_parameter", e.body_text()))?;
+fn query(Params(q): Params<PageQuery>) -> Result<PageQuery, ApiError> {
     Ok(PageQuery {
         cursor: params::text("cursor", q.cursor)?,
         ..q
@@ -111,11 +109,11 @@ struct Page<T> {
     responses(
         (status = 200, description = "A page of rollouts", body = Page<RolloutRow>),
         (status = 400, description = "A bad parameter", body = ErrorBody),
-        (status = 503, description = "A backing service is unavailable", body = ErrorBody),
+        crate::Unavailable,
     ))]
 async fn list(
     State(s): State<AppState>,
-    q: Result<Query<PageQuery>, QueryRejection>,
+    q: Params<PageQuery>,
 ) -> Result<Json<Page<RolloutRow>>, ApiError> {
     let q = query(q)?;
     let n = page_limit(q.limit.as_deref())?;
@@ -161,7 +159,7 @@ struct RolloutOut {
         (status = 200, description = "The rollout", body = RolloutOut),
         (status = 400, description = "A bad id", body = ErrorBody),
         (status = 404, description = "No such rollout", body = ErrorBody),
-        (status = 503, description = "A backing service is unavailable", body = ErrorBody),
+        crate::Unavailable,
     ))]
 async fn one(
     State(s): State<AppState>,
@@ -197,12 +195,12 @@ async fn one(
         (status = 200, description = "A page of the rollout's devices", body = Page<RolloutDeviceRow>),
         (status = 400, description = "A bad id or parameter", body = ErrorBody),
         (status = 404, description = "No such rollout", body = ErrorBody),
-        (status = 503, description = "A backing service is unavailable", body = ErrorBody),
+        crate::Unavailable,
     ))]
 async fn devices(
     State(s): State<AppState>,
     Path(id): Path<String>,
-    q: Result<Query<PageQuery>, QueryRejection>,
+    q: Params<PageQuery>,
 ) -> Result<Json<Page<RolloutDeviceRow>>, ApiError> {
     check_id(&id)?;
     let q = query(q)?;
@@ -237,12 +235,12 @@ async fn devices(
         (status = 200, description = "A page of the rollout's decisions", body = Page<DecisionRow>),
         (status = 400, description = "A bad id or parameter", body = ErrorBody),
         (status = 404, description = "No such rollout", body = ErrorBody),
-        (status = 503, description = "A backing service is unavailable", body = ErrorBody),
+        crate::Unavailable,
     ))]
 async fn decisions(
     State(s): State<AppState>,
     Path(id): Path<String>,
-    q: Result<Query<PageQuery>, QueryRejection>,
+    q: Params<PageQuery>,
 ) -> Result<Json<Page<DecisionRow>>, ApiError> {
     check_id(&id)?;
     let q = query(q)?;

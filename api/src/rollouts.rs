@@ -79,7 +79,7 @@ async fn append(
     responses(
         (status = 202, description = "The ledger holds the request", body = Accepted),
         (status = 400, description = "A bad request, naming the field", body = ErrorBody),
-        (status = 503, description = "A backing service is unavailable", body = ErrorBody),
+        crate::Unavailable,
     ))]
 async fn create(
     State(s): State<AppState>,
@@ -154,7 +154,7 @@ macro_rules! operator_route {
             responses(
                 (status = 202, description = "The ledger holds the request", body = Accepted),
                 (status = 400, description = "A bad id or body", body = ErrorBody),
-                (status = 503, description = "A backing service is unavailable", body = ErrorBody),
+                crate::Unavailable,
             ))]
         async fn $name(
             State(s): State<AppState>,

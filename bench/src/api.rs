@@ -27,8 +27,8 @@ pub(crate) async fn api_over_fleet(
     schema: &str,
     devices: usize,
 ) -> Result<ServedApi, BoxError> {
-    let pool = otaledger_ledger::db::pool(&cfg.database.url, schema, 16).await?;
-    otaledger_projections::migrations::migrate(&pool).await?;
+    let pool =
+        otaledger_projections::migrations::migrated_pool(&cfg.database.url, schema, 16).await?;
     let now = now_micros();
     for start in (0..devices).step_by(20_000) {
         let mut patches = BTreeMap::new();

@@ -74,8 +74,8 @@ pub(crate) async fn steady_lag(
 ) -> Result<Vec<i64>, BoxError> {
     let kafka = &cfg.kafka;
     ensure_topics(kafka).await?;
-    let pool = otaledger_ledger::db::pool(&cfg.database.url, schema, 4).await?;
-    otaledger_projections::migrations::migrate(&pool).await?;
+    let pool =
+        otaledger_projections::migrations::migrated_pool(&cfg.database.url, schema, 4).await?;
     let samples = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let probe = LagProbe {
         inner: FleetProjector::new(),

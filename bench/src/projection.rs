@@ -20,8 +20,8 @@ pub(crate) async fn project(
     bin: &std::path::Path,
 ) -> Result<(Duration, Vec<f64>), BoxError> {
     let topic = cfg.kafka.topics().device_events;
-    let pool = otaledger_ledger::db::pool(&cfg.database.url, schema, 8).await?;
-    otaledger_projections::migrations::migrate(&pool).await?;
+    let pool =
+        otaledger_projections::migrations::migrated_pool(&cfg.database.url, schema, 8).await?;
     otaledger_ledger::db::create_if_missing(&pool, otaledger_ledger::ownership::OFFSETS_DDL)
         .await?;
     // The bench's backlog is seconds old, not the minutes or hours of an outage: far behind, it

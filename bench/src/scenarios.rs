@@ -137,8 +137,9 @@ pub(crate) async fn projection(b: &mut Ctx<'_>) -> Result<(), BoxError> {
 
     // The naive projector: the same merge, one event per transaction.
     let naive_schema = format!("{name}_naive");
-    let naive = otaledger_ledger::db::pool(&bench_cfg.database.url, &naive_schema, 2).await?;
-    otaledger_projections::migrations::migrate(&naive).await?;
+    let naive =
+        otaledger_projections::migrations::migrated_pool(&bench_cfg.database.url, &naive_schema, 2)
+            .await?;
     let n = args.naive_events.min(events.len());
     let started = Instant::now();
     for (i, e) in events.iter().take(n).enumerate() {

@@ -53,8 +53,12 @@ fn done_line(what: &str, p: &Progress) {
 }
 
 async fn live_pool(cfg: &Config) -> anyhow::Result<sqlx::PgPool> {
-    let pool = otaledger_ledger::db::pool(&cfg.database.url, &cfg.database.schema, 2).await?;
-    otaledger_projections::migrations::migrate(&pool).await?;
+    let pool = otaledger_projections::migrations::migrated_pool(
+        &cfg.database.url,
+        &cfg.database.schema,
+        2,
+    )
+    .await?;
     // A live schema no projector has run on yet still has (empty) positions to compare and swap.
     otaledger_ledger::db::create_if_missing(&pool, otaledger_ledger::ownership::OFFSETS_DDL)
         .await?;

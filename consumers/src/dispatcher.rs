@@ -80,45 +80,29 @@ struct Outgoing<'e> {
 }
 
 fn outgoing(p: &Positioned) -> Option<Outgoing<'_>> {
-    let (command_id, device_id, rollout_id, gateway_id, body) = match &p.event.payload {
+    // What each kind adds to the fields every command carries.
+    let (kind, extra) = match &p.event.payload {
         Payload::UpdateCommand(c) => (
-            c.command_id,
-            &c.device_id,
-            &c.rollout_id,
-            &c.gateway_id,
-            json!({
-                "kind": "update", "command_id": c.command_id, "device_id": c.device_id,
-                "rollout_id": c.rollout_id, "release": c.release,
-                "deadline_ms": c.deadline / 1000,
-            }),
+            "update",
+            json!({"release": c.release, "deadline_ms": c.deadline / 1000}),
         ),
-        Payload::RollbackCommand(c) => (
-            c.command_id,
-            &c.device_id,
-            &c.rollout_id,
-            &c.gateway_id,
-            json!({
-                "kind": "rollback", "command_id": c.command_id, "device_id": c.device_id,
-                "rollout_id": c.rollout_id, "target_version": c.target_version,
-            }),
-        ),
-        Payload::CancelCommand(c) => (
-            c.command_id,
-            &c.device_id,
-            &c.rollout_id,
-            &c.gateway_id,
-            json!({
-                "kind": "cancel", "command_id": c.command_id, "device_id": c.device_id,
-                "rollout_id": c.rollout_id, "reason": c.reason,
-            }),
-        ),
+        Payload::RollbackCommand(c) => ("rollback", json!({"target_version": c.target_version})),
+        Payload::CancelCommand(c) => ("cancel", json!({"reason": c.reason})),
         _ => return None,
     };
+    let c = p.event.payload.as_command()?;
+    let mut body = json!({
+        "kind": kind, "command_id": c.command_id(), "device_id": c.device_id(),
+        "rollout_id": c.rollout_id(),
+    });
+    if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+        body.extend(extra.clone());
+    }
     Some(Outgoing {
-        command_id,
-        device_id,
-        rollout_id,
-        gateway_id: gateway_id.as_deref(),
+        command_id: c.command_id(),
+        device_id: c.device_id(),
+        rollout_id: c.rollout_id(),
+        gateway_id: c.gateway_id(),
         body: body.to_string().into_bytes(),
         source: p,
     })

@@ -637,12 +637,7 @@ impl Saga {
 }
 
 fn command_id(p: &Payload) -> Uuid {
-    match p {
-        Payload::UpdateCommand(c) => c.command_id,
-        Payload::RollbackCommand(c) => c.command_id,
-        Payload::CancelCommand(c) => c.command_id,
-        _ => new_event_id(),
-    }
+    p.as_command().map_or_else(new_event_id, |c| c.command_id())
 }
 
 fn next_offsets(records: &[Record]) -> BTreeMap<i32, i64> {

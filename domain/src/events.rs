@@ -531,6 +531,48 @@ pub struct CancelCommand {
     pub reason: String,
 }
 
+/// What every command to a device carries: its id, whom it is for, which rollout sent it and the
+/// gateway (if any) that relays it.
+pub trait Addressed {
+    fn command_id(&self) -> Uuid;
+    fn device_id(&self) -> &str;
+    fn rollout_id(&self) -> &str;
+    fn gateway_id(&self) -> Option<&str>;
+}
+
+macro_rules! addressed {
+    ($($command:ty),*) => {$(
+        impl Addressed for $command {
+            fn command_id(&self) -> Uuid {
+                self.command_id
+            }
+            fn device_id(&self) -> &str {
+                &self.device_id
+            }
+            fn rollout_id(&self) -> &str {
+                &self.rollout_id
+            }
+            fn gateway_id(&self) -> Option<&str> {
+                self.gateway_id.as_deref()
+            }
+        }
+    )*};
+}
+addressed!(UpdateCommand, RollbackCommand, CancelCommand);
+
+impl Payload {
+    /// The command this event is, if it is one.
+    #[must_use]
+    pub fn as_command(&self) -> Option<&dyn Addressed> {
+        match self {
+            Payload::UpdateCommand(c) => Some(c),
+            Payload::RollbackCommand(c) => Some(c),
+            Payload::CancelCommand(c) => Some(c),
+            _ => None,
+        }
+    }
+}
+
 /// The dispatcher could not hand a command to the device's broker (MQTT) or gateway (AMQP
 /// return or nack); it retries with backoff and gives up after its attempts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -14,6 +14,7 @@ pub mod rejection;
 pub mod rollout;
 pub mod rollout_request;
 mod serde_uuid;
+pub mod stable_hash;
 mod text;
 pub mod time;
 pub mod version;

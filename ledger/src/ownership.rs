@@ -39,17 +39,7 @@ pub struct Owned {
 /// A stable 31-bit key for (schema, consumer, topic): FNV-1a, the same in every process.
 #[must_use]
 pub fn lock_key(schema: &str, consumer: &str, topic: &str) -> i32 {
-    let mut h: u32 = 0x811c_9dc5;
-    for b in schema
-        .bytes()
-        .chain([0])
-        .chain(consumer.bytes())
-        .chain([0])
-        .chain(topic.bytes())
-    {
-        h ^= u32::from(b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
+    let h = otaledger_domain::stable_hash::fnv1a_32(&[schema, consumer, topic]);
     i32::try_from(h & 0x7fff_ffff).unwrap_or(0)
 }
 

@@ -61,29 +61,17 @@ pub fn split(token: &str) -> Option<(&str, &str)> {
     (hex_of(id, 16) && hex_of(secret, 64)).then_some((id, secret))
 }
 
-/// A token's row, as listed (never the secret or its hash).
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct TokenRow {
-    pub token_id: String,
-    pub name: String,
-    pub role: String,
-    pub issued_by: String,
-    pub issued_at: DateTime<Utc>,
-    pub expires_at: Option<DateTime<Utc>>,
-    pub revoked_at: Option<DateTime<Utc>>,
-}
-
-impl sqlx::FromRow<'_, sqlx::postgres::PgRow> for TokenRow {
-    fn from_row(row: &sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
-        Ok(TokenRow {
-            token_id: row.try_get("token_id")?,
-            name: row.try_get("name")?,
-            role: row.try_get("role")?,
-            issued_by: row.try_get("issued_by")?,
-            issued_at: row.try_get("issued_at")?,
-            expires_at: row.try_get("expires_at")?,
-            revoked_at: row.try_get("revoked_at")?,
-        })
+row_type! {
+    /// A token's row, as listed (never the secret or its hash).
+    #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+    pub struct TokenRow {
+        pub token_id: String,
+        pub name: String,
+        pub role: String,
+        pub issued_by: String,
+        pub issued_at: DateTime<Utc>,
+        pub expires_at: Option<DateTime<Utc>>,
+        pub revoked_at: Option<DateTime<Utc>>,
     }
 }
 

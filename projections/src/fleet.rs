@@ -48,52 +48,27 @@ pub struct PositionOut {
     pub offset: i64,
 }
 
-struct Row {
-    device_id: String,
-    model: Option<String>,
-    site: Option<String>,
-    tags: Option<Vec<String>>,
-    gateway_id: Option<String>,
-    hardware_rev: Option<String>,
-    firmware_version: Option<String>,
-    first_seen_at: DateTime<Utc>,
-    last_seen_at: DateTime<Utc>,
-    last_heartbeat_at: Option<DateTime<Utc>>,
-    uptime_s: Option<i64>,
-    cpu_pct: Option<f32>,
-    mem_pct: Option<f32>,
-    temperature_c: Option<f32>,
-    error_count: Option<i32>,
-    signal_dbm: Option<i32>,
-    events: i64,
-    last_partition: i32,
-    last_offset: i64,
-}
-
-impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for Row {
-    fn from_row(r: &'r sqlx::postgres::PgRow) -> std::result::Result<Self, sqlx::Error> {
-        use sqlx::Row as _;
-        Ok(Row {
-            device_id: r.try_get("device_id")?,
-            model: r.try_get("model")?,
-            site: r.try_get("site")?,
-            tags: r.try_get("tags")?,
-            gateway_id: r.try_get("gateway_id")?,
-            hardware_rev: r.try_get("hardware_rev")?,
-            firmware_version: r.try_get("firmware_version")?,
-            first_seen_at: r.try_get("first_seen_at")?,
-            last_seen_at: r.try_get("last_seen_at")?,
-            last_heartbeat_at: r.try_get("last_heartbeat_at")?,
-            uptime_s: r.try_get("uptime_s")?,
-            cpu_pct: r.try_get("cpu_pct")?,
-            mem_pct: r.try_get("mem_pct")?,
-            temperature_c: r.try_get("temperature_c")?,
-            error_count: r.try_get("error_count")?,
-            signal_dbm: r.try_get("signal_dbm")?,
-            events: r.try_get("events")?,
-            last_partition: r.try_get("last_partition")?,
-            last_offset: r.try_get("last_offset")?,
-        })
+row_type! {
+    struct Row {
+        device_id: String,
+        model: Option<String>,
+        site: Option<String>,
+        tags: Option<Vec<String>>,
+        gateway_id: Option<String>,
+        hardware_rev: Option<String>,
+        firmware_version: Option<String>,
+        first_seen_at: DateTime<Utc>,
+        last_seen_at: DateTime<Utc>,
+        last_heartbeat_at: Option<DateTime<Utc>>,
+        uptime_s: Option<i64>,
+        cpu_pct: Option<f32>,
+        mem_pct: Option<f32>,
+        temperature_c: Option<f32>,
+        error_count: Option<i32>,
+        signal_dbm: Option<i32>,
+        events: i64,
+        last_partition: i32,
+        last_offset: i64,
     }
 }
 

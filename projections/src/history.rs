@@ -10,8 +10,7 @@ use otaledger_domain::events::Payload;
 use otaledger_domain::time::Micros;
 use otaledger_ledger::{Positioned, Projection};
 use serde::Serialize;
-use sqlx::postgres::PgRow;
-use sqlx::{FromRow, PgConnection, PgPool, Row};
+use sqlx::{PgConnection, PgPool};
 
 use crate::projector::ts;
 use crate::{DbContext, Error, Result};
@@ -362,33 +361,20 @@ impl Projection for HistoryProjector {
     }
 }
 
-/// One entry of a device's history.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct HistoryEntry {
-    pub occurred_at: DateTime<Utc>,
-    pub event_type: String,
-    pub summary: String,
-    /// Heartbeat runs: the firmware, the last heartbeat of the run and how many.
-    pub version: Option<String>,
-    pub until: Option<DateTime<Utc>>,
-    pub count: i64,
-    /// Where the (first) event sits in `ota.device-events`.
-    pub partition: i32,
-    pub offset: i64,
-}
-
-impl FromRow<'_, PgRow> for HistoryEntry {
-    fn from_row(row: &PgRow) -> Result<Self, sqlx::Error> {
-        Ok(HistoryEntry {
-            occurred_at: row.try_get("occurred_at")?,
-            event_type: row.try_get("event_type")?,
-            summary: row.try_get("summary")?,
-            version: row.try_get("version")?,
-            until: row.try_get("until_at")?,
-            count: row.try_get("count")?,
-            partition: row.try_get("partition")?,
-            offset: row.try_get("offset")?,
-        })
+row_type! {
+    /// One entry of a device's history.
+    #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+    pub struct HistoryEntry {
+        pub occurred_at: DateTime<Utc>,
+        pub event_type: String,
+        pub summary: String,
+        /// Heartbeat runs: the firmware, the last heartbeat of the run and how many.
+        pub version: Option<String>,
+        pub until: Option<DateTime<Utc>>,
+        pub count: i64,
+        /// Where the (first) event sits in `ota.device-events`.
+        pub partition: i32,
+        pub offset: i64,
     }
 }
 
@@ -407,7 +393,7 @@ pub async fn history(
         })?),
     };
     sqlx::query_as(
-        "SELECT occurred_at, event_type, summary, version, until_at, count, partition, \"offset\"
+        "SELECT occurred_at, event_type, summary, version, until_at AS \"until\", count, partition, \"offset\"
          FROM device_history WHERE device_id = $1
            AND ($2::bigint IS NULL OR (occurred_at, partition, \"offset\") >
                 (TIMESTAMPTZ 'epoch' + $2::bigint * INTERVAL '1 microsecond', $3, $4))

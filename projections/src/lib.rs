@@ -2,6 +2,32 @@
 //! device counts by firmware, model and site. [`projector::FleetProjector`] writes them;
 //! [`fleet`] reads them for the API.
 
+/// A row type read from a query by its field names: the struct as written, plus a
+/// `sqlx::FromRow` that takes each field from the column of the same name (so a query aliases a
+/// column whose name differs). One definition instead of a hand-written field-by-field copy.
+macro_rules! row_type {
+    (
+        $(#[$meta:meta])*
+        $vis:vis struct $name:ident {
+            $($(#[$fmeta:meta])* $fvis:vis $field:ident : $ty:ty),* $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        $vis struct $name {
+            $($(#[$fmeta])* $fvis $field: $ty),*
+        }
+
+        impl sqlx::FromRow<'_, sqlx::postgres::PgRow> for $name {
+            fn from_row(row: &sqlx::postgres::PgRow) -> std::result::Result<Self, sqlx::Error> {
+                use sqlx::Row as _;
+                Ok($name {
+                    $($field: row.try_get(stringify!($field))?),*
+                })
+            }
+        }
+    };
+}
+
 pub mod access;
 pub mod fleet;
 pub mod history;

@@ -34,6 +34,14 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     ),
 ];
 
+/// A pool on `schema` (created when missing) with every migration applied: where each process
+/// that reads or writes the projection tables starts.
+pub async fn migrated_pool(url: &str, schema: &str, max_connections: u32) -> Result<PgPool> {
+    let pool = otaledger_ledger::db::pool(url, schema, max_connections).await?;
+    migrate(&pool).await?;
+    Ok(pool)
+}
+
 /// Applies the migrations missing from the pool's schema (its `search_path`).
 pub async fn migrate(pool: &PgPool) -> Result<()> {
     let mut tx = pool.begin().await.db("beginning migration")?;

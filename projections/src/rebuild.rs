@@ -216,8 +216,7 @@ pub async fn build_shadow(
     mut report: impl FnMut(Progress),
 ) -> Result<Progress> {
     otaledger_ledger::db::validate_schema(&plan.shadow)?;
-    let pool = otaledger_ledger::db::pool(&plan.database_url, &plan.shadow, 8).await?;
-    crate::migrations::migrate(&pool).await?;
+    let pool = crate::migrations::migrated_pool(&plan.database_url, &plan.shadow, 8).await?;
     otaledger_ledger::db::create_if_missing(&pool, otaledger_ledger::ownership::OFFSETS_DDL)
         .await?;
     let deferred = defer_indexes(&pool, &plan.shadow).await?;

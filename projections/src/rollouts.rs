@@ -6,8 +6,7 @@ use chrono::{DateTime, Utc};
 use otaledger_domain::events::DeviceRolloutState;
 use otaledger_ledger::{Positioned, Projection};
 use serde::Serialize;
-use sqlx::postgres::PgRow;
-use sqlx::{FromRow, PgConnection, PgPool, Row};
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::rollout_fold::RolloutBatch;
@@ -179,44 +178,26 @@ impl Projection for RolloutProjector {
 
 // ---- queries ---------------------------------------------------------------------------------
 
-/// A rollout as requested and where it stands.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct RolloutRow {
-    pub rollout_id: String,
-    pub state: String,
-    pub state_reason: Option<String>,
-    pub requested_by: String,
-    #[schema(value_type = Object)]
-    pub release: serde_json::Value,
-    #[schema(value_type = Object)]
-    pub selector: serde_json::Value,
-    #[schema(value_type = Object)]
-    pub strategy: serde_json::Value,
-    pub current_wave: i32,
-    pub targeted: i64,
-    pub requested_at: DateTime<Utc>,
-    pub started_at: Option<DateTime<Utc>>,
-    pub finished_at: Option<DateTime<Utc>>,
-    pub updated_at: DateTime<Utc>,
-}
-
-impl FromRow<'_, PgRow> for RolloutRow {
-    fn from_row(row: &PgRow) -> Result<Self, sqlx::Error> {
-        Ok(RolloutRow {
-            rollout_id: row.try_get("rollout_id")?,
-            state: row.try_get("state")?,
-            state_reason: row.try_get("state_reason")?,
-            requested_by: row.try_get("requested_by")?,
-            release: row.try_get("release")?,
-            selector: row.try_get("selector")?,
-            strategy: row.try_get("strategy")?,
-            current_wave: row.try_get("current_wave")?,
-            targeted: row.try_get("targeted")?,
-            requested_at: row.try_get("requested_at")?,
-            started_at: row.try_get("started_at")?,
-            finished_at: row.try_get("finished_at")?,
-            updated_at: row.try_get("updated_at")?,
-        })
+row_type! {
+    /// A rollout as requested and where it stands.
+    #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+    pub struct RolloutRow {
+        pub rollout_id: String,
+        pub state: String,
+        pub state_reason: Option<String>,
+        pub requested_by: String,
+        #[schema(value_type = Object)]
+        pub release: serde_json::Value,
+        #[schema(value_type = Object)]
+        pub selector: serde_json::Value,
+        #[schema(value_type = Object)]
+        pub strategy: serde_json::Value,
+        pub current_wave: i32,
+        pub targeted: i64,
+        pub requested_at: DateTime<Utc>,
+        pub started_at: Option<DateTime<Utc>>,
+        pub finished_at: Option<DateTime<Utc>>,
+        pub updated_at: DateTime<Utc>,
     }
 }
 
@@ -267,31 +248,18 @@ pub async fn wave_counts(pool: &PgPool, id: &str) -> Result<Vec<(i32, String, i6
     .db("counting rollout devices")
 }
 
-/// A device in a rollout.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct RolloutDeviceRow {
-    pub device_id: String,
-    pub wave: i32,
-    pub state: String,
-    pub attempt: i32,
-    pub command_id: Option<Uuid>,
-    pub from_version: Option<String>,
-    pub reason: Option<String>,
-    pub updated_at: DateTime<Utc>,
-}
-
-impl FromRow<'_, PgRow> for RolloutDeviceRow {
-    fn from_row(row: &PgRow) -> Result<Self, sqlx::Error> {
-        Ok(RolloutDeviceRow {
-            device_id: row.try_get("device_id")?,
-            wave: row.try_get("wave")?,
-            state: row.try_get("state")?,
-            attempt: row.try_get("attempt")?,
-            command_id: row.try_get("command_id")?,
-            from_version: row.try_get("from_version")?,
-            reason: row.try_get("reason")?,
-            updated_at: row.try_get("updated_at")?,
-        })
+row_type! {
+    /// A device in a rollout.
+    #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+    pub struct RolloutDeviceRow {
+        pub device_id: String,
+        pub wave: i32,
+        pub state: String,
+        pub attempt: i32,
+        pub command_id: Option<Uuid>,
+        pub from_version: Option<String>,
+        pub reason: Option<String>,
+        pub updated_at: DateTime<Utc>,
     }
 }
 
@@ -327,28 +295,17 @@ pub async fn rollout_devices(
     .db("listing rollout devices")
 }
 
-/// A decision of the rollout and what it was decided from.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct DecisionRow {
-    pub position: i64,
-    pub event_id: Uuid,
-    pub event_type: String,
-    pub occurred_at: DateTime<Utc>,
-    pub summary: String,
-    #[schema(value_type = Object)]
-    pub detail: serde_json::Value,
-}
-
-impl FromRow<'_, PgRow> for DecisionRow {
-    fn from_row(row: &PgRow) -> Result<Self, sqlx::Error> {
-        Ok(DecisionRow {
-            position: row.try_get("position")?,
-            event_id: row.try_get("event_id")?,
-            event_type: row.try_get("event_type")?,
-            occurred_at: row.try_get("occurred_at")?,
-            summary: row.try_get("summary")?,
-            detail: row.try_get("detail")?,
-        })
+row_type! {
+    /// A decision of the rollout and what it was decided from.
+    #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+    pub struct DecisionRow {
+        pub position: i64,
+        pub event_id: Uuid,
+        pub event_type: String,
+        pub occurred_at: DateTime<Utc>,
+        pub summary: String,
+        #[schema(value_type = Object)]
+        pub detail: serde_json::Value,
     }
 }
 

@@ -12,7 +12,7 @@ use otaledger_domain::device_view::{DeviceView, Position};
 use otaledger_domain::events::Health;
 use otaledger_domain::time::now_micros;
 use otaledger_ledger::kafka::{ensure_topics, EventProducer};
-use otaledger_tests::{config, read_topic, unique, Services};
+use otaledger_tests::{config, migrated_test_pool, read_topic, unique, Services};
 use serde_json::Value;
 use tower::ServiceExt;
 
@@ -71,12 +71,7 @@ async fn fixture(test: &str) -> Fixture {
     let name = unique(test);
     let cfg = config(&services, &name);
     ensure_topics(&cfg.kafka).await.unwrap();
-    let pool = otaledger_ledger::db::pool(&cfg.database.url, &cfg.database.schema, 4)
-        .await
-        .unwrap();
-    otaledger_projections::migrations::migrate(&pool)
-        .await
-        .unwrap();
+    let pool = migrated_test_pool(&cfg, 4).await;
     let devices = devices();
     let mut tx = pool.begin().await.unwrap();
     let patches: Vec<(String, DeviceView)> = devices

@@ -11,7 +11,9 @@ use http_body_util::BodyExt;
 use otaledger_domain::access::Role;
 use otaledger_domain::Payload;
 use otaledger_ledger::kafka::{ensure_topics, EventProducer};
-use otaledger_tests::{config, decode_all, issue_token, read_topic, unique, Services};
+use otaledger_tests::{
+    config, decode_all, issue_token, migrated_test_pool, read_topic, unique, Services,
+};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use tower::ServiceExt;
@@ -29,12 +31,7 @@ async fn fixture(test: &str) -> Fixture {
     let services = Services::get().await;
     let cfg = config(&services, &unique(test));
     ensure_topics(&cfg.kafka).await.unwrap();
-    let pool = otaledger_ledger::db::pool(&cfg.database.url, &cfg.database.schema, 4)
-        .await
-        .unwrap();
-    otaledger_projections::migrations::migrate(&pool)
-        .await
-        .unwrap();
+    let pool = migrated_test_pool(&cfg, 4).await;
     let producer = EventProducer::new(&cfg.kafka).unwrap();
     Fixture {
         app: bare_app(&cfg, &pool, &producer),

@@ -16,7 +16,7 @@ use otaledger_cli::components::Component;
 use otaledger_domain::access::Role;
 use otaledger_ledger::kafka::ensure_topics;
 use otaledger_tests::{
-    api_app, config, eventually, issue_token, spawn_components, unique, Services,
+    api_app, config, eventually, issue_token, spawn_components, test_pool, unique, Services,
 };
 
 async fn status(app: &axum::Router, method: &str, uri: &str, body: String) -> u16 {
@@ -57,9 +57,7 @@ async fn the_server_keeps_the_contract_its_openapi_document_states() {
     // way any client passes them, so schemathesis also checks that routes refuse requests
     // without one (401, as documented).
     let app = api_app(&cfg).await;
-    let pool = otaledger_ledger::db::pool(&cfg.database.url, &cfg.database.schema, 4)
-        .await
-        .unwrap();
+    let pool = test_pool(&cfg, 4).await;
     let producer = otaledger_ledger::kafka::EventProducer::new(&cfg.kafka).unwrap();
     let admin = issue_token(&pool, &producer, "contract-admin", Role::Admin).await;
     let device = issue_token(&pool, &producer, "dev-contract", Role::Device).await;

@@ -21,7 +21,7 @@ use otaledger_ledger::unappliable::data_fault;
 use otaledger_ledger::{DbContext, Positioned, Projection, Runner};
 use otaledger_tests::{
     config, drop_schema, eventually, fold_topic, otaledger_command, read_topic, records_when,
-    registered, spawn_components, unique, Record, Services,
+    registered, spawn_components, test_pool, unique, Record, Services,
 };
 use sqlx::{PgConnection, PgPool};
 
@@ -136,7 +136,7 @@ async fn a_heartbeat_postgresql_refuses_is_dead_lettered_by_each_projector_and_t
     let bad_at = delivered[9];
 
     let (shutdown, handles) = spawn_components(&cfg, &[Component::Projector, Component::History]);
-    let pool = test_pool(&cfg).await;
+    let pool = test_pool(&cfg, 4).await;
     let topic = cfg.kafka.topics().device_events;
     for consumer in ["projector", "history"] {
         committed_up_to(&pool, consumer, &topic, &ends(&delivered)).await;
@@ -275,12 +275,6 @@ impl Projection for LosesItsConnection {
     }
 }
 
-async fn test_pool(cfg: &Config) -> PgPool {
-    otaledger_ledger::db::pool(&cfg.database.url, &cfg.database.schema, 4)
-        .await
-        .unwrap()
-}
-
 /// Runs `projection` as consumer `consumer` of the device events until `shutdown`.
 fn spawn_runner<P: Projection + Sync + 'static>(
     cfg: &Config,
@@ -314,7 +308,7 @@ async fn rows_that_violate_a_constraint_are_dead_lettered_one_by_one_and_the_res
     events.push(heartbeat("d-17", "1.0.0", 1000));
     let delivered = producer.append_all(&events).await.unwrap();
 
-    let pool = test_pool(&cfg).await;
+    let pool = test_pool(&cfg, 4).await;
     otaledger_ledger::db::create_if_missing(&pool, UPTIMES_DDL)
         .await
         .unwrap();
@@ -371,7 +365,7 @@ async fn a_lost_database_connection_still_stops_the_runner_and_dead_letters_noth
         .unwrap();
     assert_eq!(delivered.len(), 1);
 
-    let pool = test_pool(&cfg).await;
+    let pool = test_pool(&cfg, 4).await;
     let shutdown = Shutdown::new();
     let runner = spawn_runner(&cfg, &pool, "disconnected", LosesItsConnection, &shutdown);
     let stopped = tokio::time::timeout(Duration::from_secs(90), runner)

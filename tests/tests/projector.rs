@@ -16,7 +16,8 @@ use otaledger_domain::{Event, Payload};
 use otaledger_ledger::config::Config;
 use otaledger_ledger::kafka::EventProducer;
 use otaledger_tests::{
-    config, eventually, fold_topic, read_topic, spawn_process, unique, Services,
+    config, eventually, fold_topic, migrated_test_pool, read_topic, spawn_process, test_pool,
+    unique, Services,
 };
 use sqlx::PgPool;
 
@@ -171,9 +172,7 @@ async fn a_projector_killed_mid_stream_and_restarted_loses_and_duplicates_nothin
     let name = unique("proj_kill");
     let cfg = config(&services, &name);
     prepare(&cfg).await.unwrap();
-    let pool = otaledger_ledger::db::pool(&cfg.database.url, &cfg.database.schema, 2)
-        .await
-        .unwrap();
+    let pool = test_pool(&cfg, 2).await;
 
     let producing = produce(&cfg, 500, 0..80);
     let mut first = spawn_process(&cfg, "projector", "p1", &log_path(&name, "p1"));
@@ -205,9 +204,7 @@ async fn two_projectors_share_the_partitions_and_the_survivor_takes_over() {
     let name = unique("proj_pair");
     let cfg = config(&services, &name);
     prepare(&cfg).await.unwrap();
-    let pool = otaledger_ledger::db::pool(&cfg.database.url, &cfg.database.schema, 2)
-        .await
-        .unwrap();
+    let pool = test_pool(&cfg, 2).await;
 
     let mut a = spawn_process(&cfg, "projector", "a", &log_path(&name, "a"));
     let mut b = spawn_process(&cfg, "projector", "b", &log_path(&name, "b"));
@@ -298,12 +295,7 @@ async fn the_dimension_cache_must_be_cleared_when_ownership_changes() {
 
     let services = Services::get().await;
     let cfg = config(&services, &unique("proj_cache"));
-    let pool = otaledger_ledger::db::pool(&cfg.database.url, &cfg.database.schema, 2)
-        .await
-        .unwrap();
-    otaledger_projections::migrations::migrate(&pool)
-        .await
-        .unwrap();
+    let pool = migrated_test_pool(&cfg, 2).await;
     let (mut a, mut b) = (DimensionCache::new(), DimensionCache::new());
 
     // Instance A owns x, B takes it over and writes, A gets it back without forgetting: wrong.
@@ -376,9 +368,7 @@ fn projector_transactions() -> u64 {
 /// Projects the whole topic into a fresh schema; resolves to the transactions it took.
 async fn project_once(cfg: &Config, ends: &BTreeMap<i32, i64>) -> u64 {
     prepare(cfg).await.unwrap();
-    let pool = otaledger_ledger::db::pool(&cfg.database.url, &cfg.database.schema, 2)
-        .await
-        .unwrap();
+    let pool = test_pool(cfg, 2).await;
     let before = projector_transactions();
     let (shutdown, handles) =
         otaledger_tests::spawn_components(cfg, &[otaledger_cli::components::Component::Projector]);
@@ -432,9 +422,7 @@ async fn a_projector_process_serves_its_metrics() {
     cfg.http.metrics_listen = otaledger_bench::process::free_loopback_addr().unwrap();
     let addr = cfg.http.metrics_listen.clone();
     prepare(&cfg).await.unwrap();
-    let pool = otaledger_ledger::db::pool(&cfg.database.url, &cfg.database.schema, 2)
-        .await
-        .unwrap();
+    let pool = test_pool(&cfg, 2).await;
     let mut child = spawn_process(&cfg, "projector", "p", &log_path(&name, "p"));
     let ends = produce(&cfg, 50, 0..2).await.unwrap();
     caught_up(&cfg, &pool, ends).await;

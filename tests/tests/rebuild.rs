@@ -13,7 +13,8 @@ use otaledger_domain::Event;
 use otaledger_ledger::kafka::{ensure_topics, EventProducer};
 use otaledger_tests::rollouts::get;
 use otaledger_tests::{
-    config, event_at as event, eventually, otaledger_command, spawn_process, unique, Services,
+    config, event_at as event, eventually, otaledger_command, spawn_process, test_pool, unique,
+    Services,
 };
 
 const S: i64 = 1_000_000;
@@ -240,9 +241,7 @@ async fn verify_rebuild_and_snapshots_answer_from_the_ledger() {
     assert!(!out.contains("left out"), "{out}");
 
     // A deliberate change to one live row is reported, and only that row.
-    let pool = otaledger_ledger::db::pool(&cfg.database.url, &cfg.database.schema, 1)
-        .await
-        .unwrap();
+    let pool = test_pool(&cfg, 1).await;
     sqlx::query("UPDATE devices SET site = 'tampered' WHERE device_id = 'rb-0007'")
         .execute(&pool)
         .await

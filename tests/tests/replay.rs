@@ -144,24 +144,13 @@ async fn replay_decodes_every_version_and_filters_exactly() {
         ..Filter::default()
     };
     let (all, stats) = run(&kafka, &base, Format::Json).await;
-    let (by_device, _) = run(
-        &kafka,
-        &Filter {
-            device: Some("d1".into()),
-            ..base.clone()
-        },
-        Format::Json,
-    )
-    .await;
-    let (by_rollout, _) = run(
-        &kafka,
-        &Filter {
-            rollout: Some("r1".into()),
-            ..base.clone()
-        },
-        Format::Json,
-    )
-    .await;
+    let by = |device: Option<&str>, rollout: Option<&str>| Filter {
+        device: device.map(Into::into),
+        rollout: rollout.map(Into::into),
+        ..base.clone()
+    };
+    let (by_device, _) = run(&kafka, &by(Some("d1"), None), Format::Json).await;
+    let (by_rollout, _) = run(&kafka, &by(None, Some("r1")), Format::Json).await;
     let window = Filter {
         types: vec![EventType::Heartbeat],
         since: Some(T0 + 1),

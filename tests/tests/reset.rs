@@ -10,13 +10,15 @@ use std::time::Duration;
 
 use otaledger_cli::components::{ledger_reset, prepare, run, supervise, Component};
 use otaledger_domain::Event;
+use otaledger_ledger::config::Config;
 use otaledger_ledger::kafka::{client_config, ensure_topics, EventProducer};
 use otaledger_ledger::runner::committed_offsets;
 use otaledger_ledger::shutdown::Shutdown;
-use otaledger_tests::{config, drop_schema, eventually, registered, unique, Services};
+use otaledger_tests::{config, drop_schema, eventually, registered, test_pool, unique, Services};
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use sqlx::PgPool;
 
 /// Whether the broker lists `topic`.
 fn topic_listed(consumer: &BaseConsumer, topic: &str) -> bool {
@@ -29,6 +31,26 @@ fn topic_listed(consumer: &BaseConsumer, topic: &str) -> bool {
         })
 }
 
+/// Runs the projector until it has applied `n` events of the one partition, then stops it; the
+/// committed offsets it left.
+async fn project_until(cfg: &Config, pool: &PgPool, n: i64) -> BTreeMap<i32, i64> {
+    let topic = cfg.kafka.topics().device_events;
+    let shutdown = Shutdown::new();
+    let projector = tokio::spawn(run(Component::Projector, cfg.clone(), shutdown.signal()));
+    let applied = BTreeMap::from([(0, n)]);
+    eventually(
+        Duration::from_secs(60),
+        &format!("{n} events applied"),
+        || async {
+            (committed_offsets(pool, "projector", &topic).await.ok()? == applied).then_some(())
+        },
+    )
+    .await;
+    shutdown.trigger();
+    projector.await.unwrap().unwrap();
+    applied
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_recreated_topic_stops_the_projector_with_the_cause_and_the_fix() {
     let services = Services::get().await;
@@ -37,36 +59,18 @@ async fn a_recreated_topic_stops_the_projector_with_the_cause_and_the_fix() {
     cfg.kafka.partitions = 1;
     prepare(&cfg).await.unwrap();
     let topic = cfg.kafka.topics().device_events;
-    let pool = otaledger_ledger::db::pool(&cfg.database.url, &cfg.database.schema, 2)
-        .await
-        .unwrap();
+    let pool = test_pool(&cfg, 2).await;
     let producer = EventProducer::new(&cfg.kafka).unwrap();
 
     // The projector applies 30 events and stops.
-    let shutdown = Shutdown::new();
-    let projector = tokio::spawn(run(Component::Projector, cfg.clone(), shutdown.signal()));
     let before: Vec<Event> = (0..30).map(|i| registered(&format!("old-{i}"))).collect();
     producer.append_all(&before).await.unwrap();
-    let applied = BTreeMap::from([(0, 30)]);
-    eventually(Duration::from_secs(60), "30 events applied", || async {
-        (committed_offsets(&pool, "projector", &topic).await.ok()? == applied).then_some(())
-    })
-    .await;
-    shutdown.trigger();
-    projector.await.unwrap().unwrap();
+    project_until(&cfg, &pool, 30).await;
 
     // Started again on the same ledger it goes on: tansu reports the end of a partition as the
     // newest batch's base offset plus one (here below 30), so the check reads to confirm.
-    let shutdown = Shutdown::new();
-    let projector = tokio::spawn(run(Component::Projector, cfg.clone(), shutdown.signal()));
     producer.append(&registered("old-30")).await.unwrap();
-    let applied = BTreeMap::from([(0, 31)]);
-    eventually(Duration::from_secs(60), "31 events applied", || async {
-        (committed_offsets(&pool, "projector", &topic).await.ok()? == applied).then_some(())
-    })
-    .await;
-    shutdown.trigger();
-    projector.await.unwrap().unwrap();
+    let applied = project_until(&cfg, &pool, 31).await;
 
     // The broker forgets the topic; it is created again and holds fewer events than applied.
     let admin: AdminClient<DefaultClientContext> = client_config(&cfg.kafka).create().unwrap();

@@ -7,7 +7,7 @@ use otaledger_domain::events::RollbackPolicy;
 use otaledger_domain::{EventType, Payload};
 use otaledger_ledger::kafka::ensure_topics;
 use otaledger_tests::rollouts::call_as;
-use otaledger_tests::{config, decode_all, read_topic, unique, Services};
+use otaledger_tests::{config, decode_all, read_topic, test_pool, unique, Services};
 use serde_json::{json, Value};
 
 async fn post(app: &axum::Router, alice: &str, uri: &str, body: &Value) -> (StatusCode, Value) {
@@ -34,9 +34,7 @@ async fn rollout_requests_are_validated_and_appended() {
     ensure_topics(&cfg.kafka).await.unwrap();
     let app = otaledger_tests::api_app(&cfg).await;
     // The actor of every request is who the token names.
-    let pool = otaledger_ledger::db::pool(&cfg.database.url, &cfg.database.schema, 1)
-        .await
-        .unwrap();
+    let pool = test_pool(&cfg, 1).await;
     let producer = otaledger_ledger::kafka::EventProducer::new(&cfg.kafka).unwrap();
     let alice = otaledger_tests::issue_token(
         &pool,

@@ -30,25 +30,23 @@ fn serde_name<T: Serialize>(v: &T) -> String {
 fn state_names_are_the_serde_names_and_round_trip() {
     use serde::de::value::{Error, StrDeserializer};
     use serde::de::IntoDeserializer;
-    assert_eq!(RolloutState::ALL.len(), 7);
-    assert_eq!(RolloutState::NAMES.len(), 7);
-    for (i, s) in RolloutState::ALL.into_iter().enumerate() {
-        assert_eq!(RolloutState::NAMES[i], s.as_str());
-        assert_eq!(serde_name(&s), s.as_str());
-        assert_eq!(s.to_string(), s.as_str());
-        assert_eq!(s.as_str().parse(), Ok(s));
-        let de: StrDeserializer<'_, Error> = s.as_str().into_deserializer();
-        assert_eq!(RolloutState::deserialize(de), Ok(s));
+    // Both state enums, checked by one body.
+    macro_rules! round_trips {
+        ($state:ty, $count:literal) => {
+            assert_eq!(<$state>::ALL.len(), $count);
+            assert_eq!(<$state>::NAMES.len(), $count);
+            for (i, s) in <$state>::ALL.into_iter().enumerate() {
+                assert_eq!(<$state>::NAMES[i], s.as_str());
+                assert_eq!(serde_name(&s), s.as_str());
+                assert_eq!(s.to_string(), s.as_str());
+                assert_eq!(s.as_str().parse(), Ok(s));
+                let de: StrDeserializer<'_, Error> = s.as_str().into_deserializer();
+                assert_eq!(<$state>::deserialize(de), Ok(s));
+            }
+        };
     }
-    assert_eq!(DeviceRolloutState::ALL.len(), 11);
-    for (i, s) in DeviceRolloutState::ALL.into_iter().enumerate() {
-        assert_eq!(DeviceRolloutState::NAMES[i], s.as_str());
-        assert_eq!(serde_name(&s), s.as_str());
-        assert_eq!(s.to_string(), s.as_str());
-        assert_eq!(s.as_str().parse(), Ok(s));
-        let de: StrDeserializer<'_, Error> = s.as_str().into_deserializer();
-        assert_eq!(DeviceRolloutState::deserialize(de), Ok(s));
-    }
+    round_trips!(RolloutState, 7);
+    round_trips!(DeviceRolloutState, 11);
     assert_eq!(RolloutState::RolledBack.as_str(), "ROLLED_BACK");
     assert_eq!(DeviceRolloutState::TimedOut.as_str(), "TIMED_OUT");
     assert_eq!(

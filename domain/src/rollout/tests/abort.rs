@@ -31,20 +31,24 @@ fn devices(events: &[Payload], kind: CommandKind) -> Vec<&str> {
         .collect()
 }
 
+/// Without a rollback policy, and with rollback on failure (an operator's abort is no failure),
+/// an abort only cancels what is installing.
 #[test]
-fn without_a_rollback_policy_an_abort_only_cancels_what_is_installing() {
-    let (r, events) = operator_abort(&one_installed(RollbackPolicy::None));
-    assert_eq!(devices(&events, CommandKind::Rollback), Vec::<&str>::new());
-    assert_eq!(devices(&events, CommandKind::Cancel), vec!["d001", "d002"]);
-    assert_eq!(r.state, Some(RolloutState::Aborted));
-}
-
-#[test]
-fn with_rollback_on_failure_an_operator_abort_rolls_nothing_back() {
-    let (r, events) = operator_abort(&one_installed(RollbackPolicy::OnFailure));
-    assert_eq!(devices(&events, CommandKind::Rollback), Vec::<&str>::new());
-    assert_eq!(devices(&events, CommandKind::Cancel), vec!["d001", "d002"]);
-    assert_eq!(r.state, Some(RolloutState::Aborted));
+fn an_operator_abort_rolls_nothing_back_unless_the_policy_says_always() {
+    for policy in [RollbackPolicy::None, RollbackPolicy::OnFailure] {
+        let (r, events) = operator_abort(&one_installed(policy));
+        assert_eq!(
+            devices(&events, CommandKind::Rollback),
+            Vec::<&str>::new(),
+            "{policy:?}"
+        );
+        assert_eq!(
+            devices(&events, CommandKind::Cancel),
+            vec!["d001", "d002"],
+            "{policy:?}"
+        );
+        assert_eq!(r.state, Some(RolloutState::Aborted), "{policy:?}");
+    }
 }
 
 #[test]
