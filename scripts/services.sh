@@ -10,6 +10,14 @@ TANSU_STORAGE="${OTALEDGER_TANSU_STORAGE:-memory://tansu/}"
 mkdir -p "$STATE_DIR"
 
 log() { printf '[services] %s\n' "$*" >&2; }
+SCRIPTS="$(cd "$(dirname "$0")" && pwd)"
+mosquitto_stop() {
+  port_open 1883 || return 0
+  local pid
+  pid=$(cat /run/mosquitto/mosquitto.pid 2>/dev/null || pgrep -x mosquitto || true)
+  [ -n "$pid" ] && kill $pid || true
+  for _ in $(seq 50); do port_open 1883 || break; sleep 0.2; done
+}
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 wait_port() {
   local port=$1 name=$2 tries=${3:-120}
@@ -52,10 +60,62 @@ max_inflight_messages 1000
 max_queued_messages 1000000
 max_queued_bytes 0
 CONF
-  if port_open 1883; then
-    pid=$(cat /run/mosquitto/mosquitto.pid 2>/dev/null || pgrep -x mosquitto || true)
-    [ -n "$pid" ] && kill $pid || true
-    for _ in $(seq 50); do port_open 1883 || break; sleep 0.2; done
+  mosquitto_stop
+fi
+
+# Mosquitto: device identities (docs/adr/0026). The dynamic-security plugin holds the logins:
+# otaledger's admin (adds and removes device logins over $CONTROL), its service login (the
+# bridge, the dispatcher) and one login per provisioned device, added by otaledger. Anonymous
+# clients are refused. The plugin in Mosquitto 2.0 has no per-user topic patterns, so the
+# acl_file's %u patterns confine each device to its own topics. The two passwords are made
+# once, kept 0600 under $MQTT_SECRETS; the plugin's file is written again only when it is
+# missing or refuses the admin login.
+MQTT_SECRETS="$STATE_DIR/mqtt"
+DYNSEC_JSON=/var/lib/mosquitto/otaledger-dynsec.json
+MOSQ_ACL=/etc/mosquitto/otaledger.acl
+if [ -f "$MOSQ_CONF" ]; then
+  (umask 077; mkdir -p "$MQTT_SECRETS")
+  for who in admin service; do
+    [ -s "$MQTT_SECRETS/$who.password" ] ||
+      (umask 077; head -c 48 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' >"$MQTT_SECRETS/$who.password")
+  done
+  reconfigure=0
+  grep -q "otaledger: device identities" "$MOSQ_CONF" || reconfigure=1
+  [ -f "$DYNSEC_JSON" ] || reconfigure=1
+  if [ "$reconfigure" = 0 ] && port_open 1883 &&
+     ! python3 "$SCRIPTS/mqtt_dynsec.py" login 127.0.0.1 1883 otaledger-admin "$MQTT_SECRETS/admin.password"; then
+    log "Mosquitto refuses otaledger's admin login: writing its dynamic-security file again (device logins are lost: provision the devices again)"
+    reconfigure=1
+  fi
+  if [ "$reconfigure" = 1 ]; then
+    log "configuring Mosquitto's dynamic-security plugin: logins required, devices confined to their own topics"
+    plugin=$(find /usr/lib -name mosquitto_dynamic_security.so 2>/dev/null | head -1)
+    [ -n "$plugin" ] || { log "mosquitto_dynamic_security.so not found (Debian's mosquitto 2 ships it)"; exit 1; }
+    mosquitto_stop
+    python3 "$SCRIPTS/mqtt_dynsec.py" write "$DYNSEC_JSON" "$MQTT_SECRETS"
+    chown mosquitto:mosquitto "$DYNSEC_JSON" 2>/dev/null || true
+    cat >"$MOSQ_ACL" <<'ACL'
+# otaledger (docs/adr/0026): a device (user name = device id) publishes only under its own id and
+# receives only its own commands; the second pair serves deployments and tests with a topic
+# root of two levels ({tenant}/devices). otaledger's own logins are allowed by their roles in the
+# dynamic-security plugin, which decides before this file.
+pattern write devices/%u/+
+pattern read devices/%u/commands
+pattern write +/devices/%u/+
+pattern read +/devices/%u/commands
+ACL
+    chmod 644 "$MOSQ_ACL"
+    if ! grep -q "otaledger: device identities" "$MOSQ_CONF"; then
+      sed -i 's/^allow_anonymous true/allow_anonymous false/' "$MOSQ_CONF"
+      cat >>"$MOSQ_CONF" <<CONF
+
+# otaledger: device identities (docs/adr/0026), written by scripts/services.sh.
+allow_anonymous false
+plugin $plugin
+plugin_opt_config_file $DYNSEC_JSON
+acl_file $MOSQ_ACL
+CONF
+    fi
   fi
 fi
 if ! port_open 1883; then

@@ -10,6 +10,12 @@ export OTALEDGER_TEST_KAFKA="${OTALEDGER_TEST_KAFKA:-127.0.0.1:${OTALEDGER_KAFKA
 export OTALEDGER_TEST_DATABASE_URL="${OTALEDGER_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 export OTALEDGER_TEST_AMQP_URL="${OTALEDGER_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
 export OTALEDGER_TEST_MQTT="${OTALEDGER_TEST_MQTT:-127.0.0.1:1883}"
+# Mosquitto's logins, made by scripts/services.sh (ADR 0026).
+MQTT_SECRETS="${OTALEDGER_STATE_DIR:-$HOME/.cache/otaledger}/mqtt"
+export OTALEDGER_TEST_MQTT_USERNAME="${OTALEDGER_TEST_MQTT_USERNAME:-otaledger-service}"
+export OTALEDGER_TEST_MQTT_PASSWORD="${OTALEDGER_TEST_MQTT_PASSWORD:-$(cat "$MQTT_SECRETS/service.password")}"
+export OTALEDGER_TEST_MQTT_ADMIN_USERNAME="${OTALEDGER_TEST_MQTT_ADMIN_USERNAME:-otaledger-admin}"
+export OTALEDGER_TEST_MQTT_ADMIN_PASSWORD="${OTALEDGER_TEST_MQTT_ADMIN_PASSWORD:-$(cat "$MQTT_SECRETS/admin.password")}"
 # The export test reads the Parquet files back with DuckDB (the PyPI package).
 python3 -c 'import duckdb' 2>/dev/null || python3 -m pip install --quiet duckdb >&2
 # The contract test fuzzes the API from its OpenAPI document with schemathesis (PyPI).

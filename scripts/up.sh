@@ -11,6 +11,16 @@ cargo build --release --locked -p otaledger-cli
 LISTEN="${OTALEDGER_HTTP_LISTEN:-127.0.0.1:8080}"
 export OTALEDGER_HTTP_LISTEN="$LISTEN"
 OTALEDGER="$CARGO_TARGET_DIR/release/otaledger"
+STATE_DIR="${OTALEDGER_STATE_DIR:-$HOME/.cache/otaledger}"
+# Mosquitto's logins, made by scripts/services.sh (docs/adr/0026): the service login for the
+# bridge and the dispatcher, the admin login that adds a device's login when it is provisioned.
+MQTT_SECRETS="$STATE_DIR/mqtt"
+export OTALEDGER_MQTT_USERNAME=otaledger-service
+OTALEDGER_MQTT_PASSWORD="$(cat "$MQTT_SECRETS/service.password")"
+export OTALEDGER_MQTT_PASSWORD
+export OTALEDGER_MQTT_ADMIN_USERNAME=otaledger-admin
+OTALEDGER_MQTT_ADMIN_PASSWORD="$(cat "$MQTT_SECRETS/admin.password")"
+export OTALEDGER_MQTT_ADMIN_PASSWORD
 # Every /v1 route needs a token: a fresh admin token for this quick start (the previous one is
 # revoked), printed once. `otaledger token create` makes more (viewer, operator, approver).
 "$OTALEDGER" --config otaledger.example.toml token revoke quickstart-admin 2>/dev/null || true
@@ -18,5 +28,19 @@ TOKEN=$("$OTALEDGER" --config otaledger.example.toml token create --name quickst
 echo "otaledger API: http://$LISTEN  (open: /healthz, /readyz, /openapi.json)"
 echo "admin token (shown once):  export OTALEDGER_TOKEN=$TOKEN"
 echo "  curl -H \"Authorization: Bearer \$OTALEDGER_TOKEN\" http://$LISTEN/v1/fleet/summary"
-exec "$OTALEDGER" --config otaledger.example.toml up --simulate \
-  --devices "${DEVICES:-10000}" --rate "${RATE:-2000}" "$@"
+# The simulated fleet is provisioned as a real one is: each device gets its credential and its
+# MQTT login, and the simulator logs each device in as itself. The credentials are kept (0600)
+# for the next start, and made again when the broker no longer admits them.
+DEVICES="${DEVICES:-2000}"
+CREDS="$STATE_DIR/fleet-$DEVICES.csv"
+first=$(sed -n 2p "$CREDS" 2>/dev/null || true)
+if [ -z "$first" ] ||
+   ! python3 scripts/mqtt_dynsec.py login 127.0.0.1 1883 "${first%%,*}" <(printf '%s' "${first#*,}") "${first%%,*}"; then
+  echo "provisioning the simulated fleet: $DEVICES devices, each with a credential and an MQTT login"
+  seq 0 $((DEVICES - 1)) | awk '{ printf "dev-%06d\n", $1 }' >"$STATE_DIR/fleet-ids.csv"
+  (umask 077; "$OTALEDGER" --config otaledger.example.toml devices provision --replace \
+     --from "$STATE_DIR/fleet-ids.csv" >"$CREDS.new")
+  mv "$CREDS.new" "$CREDS"
+fi
+exec "$OTALEDGER" --config otaledger.example.toml up --simulate --credentials "$CREDS" \
+  --devices "$DEVICES" --rate "${RATE:-500}" "$@"

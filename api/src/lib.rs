@@ -32,7 +32,7 @@ use sqlx::PgPool;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
-pub use error::{ApiError, ErrorBody};
+pub use error::{ApiError, ErrorBody, Unavailable};
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -49,6 +49,9 @@ pub struct AppState {
     /// Off only through [`AppState::unauthenticated_for_benchmarks`]; no configuration turns it
     /// off.
     pub authenticate: bool,
+    /// Adds and removes device logins in the MQTT broker when devices are provisioned and
+    /// revoked (ADR 0026); without it a provisioned device can report over HTTP only.
+    pub mqtt_admin: Option<Arc<otaledger_ledger::mqtt_admin::MqttAdmin>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -80,7 +83,15 @@ impl AppState {
             kafka,
             offline_after,
             summary: Arc::new(summary_cache::SummaryCache::new(Duration::from_secs(1))),
+            mqtt_admin: None,
         })
+    }
+
+    /// Provisioning and revoking devices also adds and removes their MQTT logins.
+    #[must_use]
+    pub fn with_mqtt_admin(mut self, admin: otaledger_ledger::mqtt_admin::MqttAdmin) -> Self {
+        self.mqtt_admin = Some(Arc::new(admin));
+        self
     }
 }
 

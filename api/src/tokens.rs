@@ -14,6 +14,7 @@ use otaledger_domain::ids::new_trace_id;
 use otaledger_domain::json_schema;
 use otaledger_domain::{Event, Payload};
 use otaledger_ledger::kafka::EventProducer;
+use otaledger_ledger::mqtt_admin::MqttAdmin;
 use otaledger_projections::access::{self, TokenRow};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
@@ -43,6 +44,9 @@ pub enum AccessError {
     Store(#[from] otaledger_projections::Error),
     #[error("appending the access event: {0}")]
     Ledger(#[from] otaledger_ledger::Error),
+    /// The MQTT broker did not take the device's login (ADR 0026).
+    #[error("the device's MQTT login: {0}")]
+    Broker(#[from] otaledger_ledger::mqtt_admin::AdminError),
 }
 
 impl From<AccessError> for ApiError {
@@ -116,10 +120,38 @@ pub async fn issue(
     })
 }
 
-/// Revokes the live token of `name`; `None` when it has none.
+/// Provisions `device`: its credential (a token of role `device` named by its id) and, with the
+/// broker's admin login, its MQTT login with that credential as the password, so the broker
+/// admits it (ADR 0026). When the broker does not take the login the credential is revoked
+/// again and the error returned: a device is provisioned on every channel or on none. With
+/// `replace`, a live credential of the device is revoked first instead of being a conflict.
+pub async fn provision_device(
+    pool: &PgPool,
+    producer: &EventProducer,
+    broker: Option<&MqttAdmin>,
+    device: &str,
+    issued_by: &str,
+    replace: bool,
+) -> Result<IssuedToken, AccessError> {
+    if replace {
+        revoke_named(pool, producer, broker, device, issued_by).await?;
+    }
+    let issued = issue(pool, producer, device, Role::Device, None, issued_by).await?;
+    if let Some(broker) = broker {
+        if let Err(e) = broker.add_device(device, &issued.token).await {
+            revoke_named(pool, producer, None, device, issued_by).await?;
+            return Err(e.into());
+        }
+    }
+    Ok(issued)
+}
+
+/// Revokes the live token of `name`; `None` when it has none. A device's credential also loses
+/// its MQTT login (the broker closes its connections) before the revocation commits.
 pub async fn revoke_named(
     pool: &PgPool,
     producer: &EventProducer,
+    broker: Option<&MqttAdmin>,
     name: &str,
     revoked_by: &str,
 ) -> Result<Option<TokenRow>, AccessError> {
@@ -133,6 +165,9 @@ pub async fn revoke_named(
     let Some(row) = access::revoke(&mut tx, name).await? else {
         return Ok(None);
     };
+    if let (Some(broker), true) = (broker, row.role == Role::Device.as_str()) {
+        broker.remove_device(name).await?;
+    }
     let event = Event::now(
         Payload::TokenRevoked(TokenRevoked {
             token_id: row.token_id.clone(),
@@ -195,7 +230,7 @@ impl utoipa::ToSchema for TokenIn {}
         (status = 201, description = "Issued; the token is shown this once", body = IssuedToken),
         (status = 400, description = "A bad request", body = ErrorBody),
         (status = 409, description = "The name has a live token", body = ErrorBody),
-        (status = 503, description = "A backing service is unavailable", body = ErrorBody),
+        crate::Unavailable,
     ))]
 async fn create(
     State(s): State<AppState>,
@@ -250,7 +285,7 @@ async fn create(
     security(("token" = ["admin"])), tag = "access",
     responses(
         (status = 200, description = "Every token, newest first", body = Vec<TokenRow>),
-        (status = 503, description = "A backing service is unavailable", body = ErrorBody),
+        crate::Unavailable,
     ))]
 async fn list(State(s): State<AppState>) -> Result<Json<Vec<TokenRow>>, ApiError> {
     Ok(Json(access::list(&s.pool, false).await?))
@@ -277,17 +312,23 @@ struct TokenName {
     responses(
         (status = 200, description = "Revoked", body = TokenRow),
         (status = 404, description = "No live token of that name", body = ErrorBody),
-        (status = 503, description = "A backing service is unavailable", body = ErrorBody),
+        crate::Unavailable,
     ))]
 async fn revoke(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
     Path(name): Path<String>,
 ) -> Result<Json<TokenRow>, ApiError> {
-    revoke_named(&s.pool, &s.producer, &name, &who.name)
-        .await?
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("no live token named {name:?}")))
+    revoke_named(
+        &s.pool,
+        &s.producer,
+        s.mqtt_admin.as_deref(),
+        &name,
+        &who.name,
+    )
+    .await?
+    .map(Json)
+    .ok_or_else(|| ApiError::not_found(format!("no live token named {name:?}")))
 }
 
 /// A device to provision.
@@ -316,7 +357,7 @@ impl utoipa::ToSchema for DeviceIn {}
         (status = 201, description = "Provisioned; the credential is shown this once", body = IssuedToken),
         (status = 400, description = "A bad device id", body = ErrorBody),
         (status = 409, description = "The device has a live credential", body = ErrorBody),
-        (status = 503, description = "A backing service is unavailable", body = ErrorBody),
+        crate::Unavailable,
     ))]
 pub(crate) async fn provision(
     State(s): State<AppState>,
@@ -325,13 +366,13 @@ pub(crate) async fn provision(
 ) -> Result<Response, ApiError> {
     let input: DeviceIn = crate::body::object(&body)?;
     crate::params::id("device", &input.device_id)?;
-    let issued = issue(
+    let issued = provision_device(
         &s.pool,
         &s.producer,
+        s.mqtt_admin.as_deref(),
         &input.device_id,
-        Role::Device,
-        None,
         &who.name,
+        false,
     )
     .await?;
     Ok((StatusCode::CREATED, Json(issued)).into_response())

@@ -240,8 +240,12 @@ pub async fn run(
     devices: usize,
     bin: &std::path::Path,
 ) -> Result<RolloutFigures, BoxError> {
-    let pool = otaledger_ledger::db::pool(&cfg.database.url, &cfg.database.schema, 2).await?;
-    otaledger_projections::migrations::migrate(&pool).await?;
+    let pool = otaledger_projections::migrations::migrated_pool(
+        &cfg.database.url,
+        &cfg.database.schema,
+        2,
+    )
+    .await?;
     let mut stack = Vec::new();
     // The rollout's pipeline: every component but the API and the device history.
     for c in Component::ALL
@@ -301,6 +305,7 @@ async fn drive(
         seed: 5,
         rounds: None,
         mqtt_connections: 8,
+        credentials: None,
         mqtt: cfg.mqtt.clone(),
         amqp: cfg.amqp.clone(),
         behaviour: Behaviour::default(),

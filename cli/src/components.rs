@@ -1,5 +1,6 @@
 //! The components `otaledger up` runs together and `otaledger run <component>` runs alone.
 
+use anyhow::Context as _;
 use std::time::Duration;
 
 use otaledger_consumers::dispatcher::{Dispatcher, DispatcherConfig, DISPATCHER_DDL};
@@ -68,8 +69,12 @@ impl Component {
 /// Creates topics, schema and tables that do not exist yet.
 pub async fn prepare(cfg: &Config) -> anyhow::Result<()> {
     ensure_topics(&cfg.kafka).await?;
-    let pool = otaledger_ledger::db::pool(&cfg.database.url, &cfg.database.schema, 2).await?;
-    otaledger_projections::migrations::migrate(&pool).await?;
+    let pool = otaledger_projections::migrations::migrated_pool(
+        &cfg.database.url,
+        &cfg.database.schema,
+        2,
+    )
+    .await?;
     pool.close().await;
     Ok(())
 }
@@ -132,8 +137,9 @@ pub fn saga_config(cfg: &Config) -> SagaConfig {
 /// A pool on the configured schema, migrated.
 async fn migrated_pool(cfg: &Config) -> anyhow::Result<sqlx::PgPool> {
     let db = &cfg.database;
-    let pool = otaledger_ledger::db::pool(&db.url, &db.schema, db.max_connections).await?;
-    otaledger_projections::migrations::migrate(&pool).await?;
+    let pool =
+        otaledger_projections::migrations::migrated_pool(&db.url, &db.schema, db.max_connections)
+            .await?;
     Ok(pool)
 }
 
@@ -231,8 +237,16 @@ async fn run_api(
     mut shutdown: ShutdownSignal,
 ) -> anyhow::Result<()> {
     let pool = migrated_pool(cfg).await?;
-    let state =
+    let mut state =
         otaledger_api::AppState::new(pool, producer, cfg.kafka.clone(), cfg.offline_after())?;
+    match otaledger_ledger::mqtt_admin::MqttAdmin::connect(&cfg.mqtt) {
+        Ok(admin) => state = state.with_mqtt_admin(admin),
+        Err(otaledger_ledger::mqtt_admin::AdminError::NotConfigured) => tracing::warn!(
+            "no MQTT admin login (mqtt.admin_username, mqtt.admin_password): devices provisioned \
+             through the API get no MQTT login and can report over HTTP only"
+        ),
+        Err(e) => return Err(e).context("connecting to the MQTT broker as its admin"),
+    }
     let listener = tokio::net::TcpListener::bind(&cfg.http.listen).await?;
     tracing::info!(listen = %listener.local_addr()?, "API listening");
     axum::serve(listener, otaledger_api::app(state))

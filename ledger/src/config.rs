@@ -231,15 +231,40 @@ pub struct EnvOverride {
     set: fn(&mut Config, String) -> Result<(), &'static str>,
 }
 
-/// A text setting.
+/// How a text setting reads from and shows as an environment variable: an optional one is
+/// unset when empty.
+trait EnvText {
+    fn shown(&self) -> String;
+    fn from_env(v: String) -> Self;
+}
+
+impl EnvText for String {
+    fn shown(&self) -> String {
+        self.clone()
+    }
+    fn from_env(v: String) -> Self {
+        v
+    }
+}
+
+impl EnvText for Option<String> {
+    fn shown(&self) -> String {
+        self.clone().unwrap_or_default()
+    }
+    fn from_env(v: String) -> Self {
+        (!v.is_empty()).then_some(v)
+    }
+}
+
+/// A text setting (a `String`, or an `Option<String>` that empty unsets).
 macro_rules! text {
     ($var:literal, $section:ident . $key:ident) => {
         EnvOverride {
             var: $var,
             setting: concat!(stringify!($section), ".", stringify!($key)),
-            get: |c| c.$section.$key.clone(),
+            get: |c| EnvText::shown(&c.$section.$key),
             set: |c, v| {
-                c.$section.$key = v;
+                c.$section.$key = EnvText::from_env(v);
                 Ok(())
             },
         }
@@ -272,6 +297,10 @@ pub const ENV_OVERRIDES: &[EnvOverride] = &[
     number!("OTALEDGER_MQTT_PORT", mqtt.port, "port"),
     text!("OTALEDGER_MQTT_CLIENT_ID", mqtt.client_id),
     text!("OTALEDGER_MQTT_TOPIC_ROOT", mqtt.topic_root),
+    text!("OTALEDGER_MQTT_USERNAME", mqtt.username),
+    text!("OTALEDGER_MQTT_PASSWORD", mqtt.password),
+    text!("OTALEDGER_MQTT_ADMIN_USERNAME", mqtt.admin_username),
+    text!("OTALEDGER_MQTT_ADMIN_PASSWORD", mqtt.admin_password),
     text!("OTALEDGER_AMQP_URL", amqp.url),
     text!("OTALEDGER_AMQP_QUEUE", amqp.reports_queue),
     text!("OTALEDGER_AMQP_EXCHANGE", amqp.commands_exchange),

@@ -15,6 +15,7 @@ pub mod dead_letters;
 pub mod kafka;
 pub mod metrics;
 pub mod mqtt;
+pub mod mqtt_admin;
 pub mod ownership;
 pub mod reader;
 pub mod reset;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use rumqttc::MqttOptions;
 use serde::Deserialize;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MqttConfig {
     pub host: String,
@@ -18,8 +18,32 @@ pub struct MqttConfig {
     pub topic_root: String,
     /// Bridges sharing a group split the device traffic (`$share/{group}/...`).
     pub shared_group: Option<String>,
+    /// otaledger's service login (the bridge, the dispatcher): with Mosquitto's dynamic-security
+    /// plugin (ADR 0026) every client logs in.
     pub username: Option<String>,
     pub password: Option<String>,
+    /// The login that adds and removes device logins in the broker (`$CONTROL`); used by the
+    /// API and the CLI when they provision or revoke a device.
+    pub admin_username: Option<String>,
+    pub admin_password: Option<String>,
+}
+
+/// Passwords are never shown.
+impl std::fmt::Debug for MqttConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |p: &Option<String>| p.as_ref().map(|_| "<redacted>");
+        f.debug_struct("MqttConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("client_id", &self.client_id)
+            .field("topic_root", &self.topic_root)
+            .field("shared_group", &self.shared_group)
+            .field("username", &self.username)
+            .field("password", &hidden(&self.password))
+            .field("admin_username", &self.admin_username)
+            .field("admin_password", &hidden(&self.admin_password))
+            .finish()
+    }
 }
 
 impl Default for MqttConfig {
@@ -32,6 +56,8 @@ impl Default for MqttConfig {
             shared_group: None,
             username: None,
             password: None,
+            admin_username: None,
+            admin_password: None,
         }
     }
 }
@@ -108,5 +134,22 @@ mod tests {
         assert_eq!(cfg.route("t1/devices/d-1/a/b"), None);
         assert_eq!(cfg.route("other/d-1/heartbeat"), None);
         assert_eq!(cfg.subscription(), "t1/devices/+/+");
+    }
+
+    #[test]
+    fn debug_hides_the_passwords() {
+        let cfg = MqttConfig {
+            username: Some("svc".into()),
+            password: Some("s3cret-service".into()),
+            admin_username: Some("adm".into()),
+            admin_password: Some("s3cret-admin".into()),
+            ..MqttConfig::default()
+        };
+        let shown = format!("{cfg:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(
+            shown.contains("svc") && shown.contains("<redacted>"),
+            "{shown}"
+        );
     }
 }

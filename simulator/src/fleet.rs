@@ -1,6 +1,8 @@
 //! The simulated fleet: models, sites, tags and firmware drawn per device, and the rules that
 //! make a share of devices fail, stay silent or turn unhealthy after an install.
 
+use std::collections::HashMap;
+
 use otaledger_domain::events::DeviceRegistered;
 use otaledger_ledger::config::{AmqpConfig, MqttConfig};
 use rand::rngs::SmallRng;
@@ -37,6 +39,50 @@ pub fn model_names() -> Vec<&'static str> {
 pub type SimDevice = DeviceRegistered;
 
 /// The simulator's settings.
+/// Device credentials by device id. `Debug` shows how many, never a secret.
+#[derive(Clone, Default)]
+pub struct DeviceCredentials(HashMap<String, String>);
+
+impl std::fmt::Debug for DeviceCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DeviceCredentials({} devices)", self.0.len())
+    }
+}
+
+impl DeviceCredentials {
+    /// Reads `device_id,token` lines, as `otaledger devices provision` prints them (the header
+    /// line and blank lines are skipped).
+    #[must_use]
+    pub fn from_csv(text: &str) -> Self {
+        DeviceCredentials(
+            text.lines()
+                .filter_map(|l| l.split_once(','))
+                .map(|(id, token)| (id.trim().to_owned(), token.trim().to_owned()))
+                .filter(|(id, token)| id != "device_id" && !id.is_empty() && !token.is_empty())
+                .collect(),
+        )
+    }
+
+    #[must_use]
+    pub fn get(&self, device: &str) -> Option<&String> {
+        self.0.get(device)
+    }
+
+    pub fn insert(&mut self, device: String, token: String) {
+        self.0.insert(device, token);
+    }
+
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct SimConfig {
     pub devices: usize,
@@ -51,6 +97,9 @@ pub struct SimConfig {
     /// Heartbeats each device sends before the simulator stops; `None` runs until shutdown.
     pub rounds: Option<u64>,
     pub mqtt_connections: usize,
+    /// Device id to credential (as `otaledger devices provision` prints them): each device
+    /// reporting over MQTT logs in as itself. `None`: shared connections under `mqtt`'s login.
+    pub credentials: Option<DeviceCredentials>,
     pub mqtt: MqttConfig,
     pub amqp: AmqpConfig,
     pub behaviour: Behaviour,
@@ -67,6 +116,7 @@ impl Default for SimConfig {
             seed: 7,
             rounds: None,
             mqtt_connections: 8,
+            credentials: None,
             mqtt: MqttConfig::default(),
             amqp: AmqpConfig::default(),
             behaviour: Behaviour::default(),
@@ -185,17 +235,7 @@ pub fn fleet(cfg: &SimConfig) -> Vec<SimDevice> {
 /// Deterministic share draw for (device, version, what): the same device fails the same
 /// release every run, so a killed-and-restarted rollout sees the same outcomes.
 fn draw(device: &str, version: &str, what: &str) -> f64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in device
-        .bytes()
-        .chain([0])
-        .chain(version.bytes())
-        .chain([0])
-        .chain(what.bytes())
-    {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
+    let h = otaledger_domain::stable_hash::fnv1a_64(&[device, version, what]);
     #[allow(clippy::cast_precision_loss)]
     let x = (h >> 11) as f64 / (1u64 << 53) as f64;
     x

@@ -38,6 +38,8 @@ pub enum Error {
     Ledger(#[from] otaledger_ledger::Error),
     #[error("the MQTT broker did not acknowledge every publish within {0:?}")]
     Unacknowledged(Duration),
+    #[error("no credential for device {0} (provision it: `otaledger devices provision`)")]
+    NoCredential(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -68,13 +70,67 @@ struct MqttLink {
     sent: u64,
 }
 
-/// Opens the MQTT links; messages arriving on them (commands) go to `commands`.
-async fn mqtt_links(cfg: &SimConfig, commands: &mpsc::UnboundedSender<Vec<u8>>) -> Vec<MqttLink> {
+/// The MQTT connections and which one each device reporting directly uses.
+struct Links {
+    all: Vec<MqttLink>,
+    /// By device index; devices behind gateways have none.
+    of_device: Vec<Option<usize>>,
+}
+
+/// Opens the MQTT links; messages arriving on them (commands) go to `commands`. With device
+/// credentials each direct device logs in as itself on its own connection, as a real device
+/// does (ADR 0026); without, `mqtt_connections` links with the configured login carry every
+/// device's messages, which only a login allowed to publish for every device (otaledger's
+/// service login) can do: a load generator, not a fleet.
+fn mqtt_links(
+    cfg: &SimConfig,
+    devices: &[SimDevice],
+    commands: &mpsc::UnboundedSender<Vec<u8>>,
+) -> Result<Links> {
+    let mut logins = Vec::new();
+    let mut of_device = Vec::with_capacity(devices.len());
+    match &cfg.credentials {
+        Some(credentials) => {
+            for d in devices {
+                if d.gateway_id.is_some() {
+                    of_device.push(None);
+                    continue;
+                }
+                let token = credentials
+                    .get(&d.device_id)
+                    .ok_or_else(|| Error::NoCredential(d.device_id.clone()))?;
+                let mut opts = cfg.mqtt.options(&d.device_id);
+                opts.set_credentials(d.device_id.clone(), token.clone());
+                opts.set_inflight(20);
+                of_device.push(Some(logins.len()));
+                logins.push(opts);
+            }
+        }
+        None => {
+            tracing::warn!(
+                devices = devices.len(),
+                "simulated devices share {} MQTT connections under one login: the broker checks \
+                 no device's identity (give device credentials to simulate a real fleet)",
+                cfg.mqtt_connections.max(1)
+            );
+            let n = cfg.mqtt_connections.max(1);
+            for i in 0..n {
+                let client_id =
+                    format!("otaledger-sim-{}-{}-{i}", cfg.id_prefix, std::process::id());
+                let mut opts = cfg.mqtt.options(&client_id);
+                opts.set_inflight(200);
+                logins.push(opts);
+            }
+            of_device.extend(
+                devices
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| d.gateway_id.is_none().then_some(i % n)),
+            );
+        }
+    }
     let mut links = Vec::new();
-    for i in 0..cfg.mqtt_connections.max(1) {
-        let client_id = format!("otaledger-sim-{}-{}-{i}", cfg.id_prefix, std::process::id());
-        let mut opts = cfg.mqtt.options(&client_id);
-        opts.set_inflight(200);
+    for opts in logins {
         let (client, mut eventloop) = AsyncClient::new(opts, 10_000);
         let acked = Arc::new(AtomicU64::new(0));
         let counter = acked.clone();
@@ -103,17 +159,19 @@ async fn mqtt_links(cfg: &SimConfig, commands: &mpsc::UnboundedSender<Vec<u8>>) 
             sent: 0,
         });
     }
-    links
+    Ok(Links {
+        all: links,
+        of_device,
+    })
 }
 
 /// Each device reached directly listens on `{root}/{device}/commands` on its link.
-async fn subscribe_commands(links: &[MqttLink], devices: &[SimDevice], root: &str) -> Result<()> {
-    let n = links.len();
-    for (l, link) in links.iter().enumerate() {
+async fn subscribe_commands(links: &Links, devices: &[SimDevice], root: &str) -> Result<()> {
+    for (l, link) in links.all.iter().enumerate() {
         let filters: Vec<rumqttc::SubscribeFilter> = devices
             .iter()
             .enumerate()
-            .filter(|(i, d)| i % n == l && d.gateway_id.is_none())
+            .filter(|(i, _)| links.of_device[*i] == Some(l))
             .map(|(_, d)| {
                 rumqttc::SubscribeFilter::new(
                     format!("{root}/{}/{COMMANDS_KIND}", d.device_id),
@@ -243,7 +301,7 @@ struct Sim<'a> {
     index: HashMap<String, usize>,
     seen: HashSet<Uuid>,
     due: Vec<Due>,
-    links: Vec<MqttLink>,
+    links: Links,
     batches: HashMap<String, Vec<serde_json::Value>>,
     stats: SimStats,
     rng: SmallRng,
@@ -403,7 +461,7 @@ impl Sim<'_> {
 pub async fn run(cfg: SimConfig, mut shutdown: ShutdownSignal) -> Result<SimStats> {
     let devices = fleet(&cfg);
     let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel::<Vec<u8>>();
-    let links = mqtt_links(&cfg, &cmd_tx).await;
+    let links = mqtt_links(&cfg, &devices, &cmd_tx)?;
     let root = cfg.mqtt.topic_root.clone();
     subscribe_commands(&links, &devices, &root).await?;
     let mut gateways: Vec<String> = devices
@@ -505,7 +563,7 @@ pub async fn run(cfg: SimConfig, mut shutdown: ShutdownSignal) -> Result<SimStat
     flush_batches(gateway_channel, &cfg.amqp, &mut sim.batches, &mut sim.stats).await?;
     // Wait until the broker acknowledged every QoS 1 publish.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    for link in &sim.links {
+    for link in &sim.links.all {
         while link.acked.load(Ordering::Relaxed) < link.sent {
             if tokio::time::Instant::now() > deadline {
                 return Err(Error::Unacknowledged(Duration::from_secs(60)));
@@ -524,7 +582,7 @@ pub async fn run(cfg: SimConfig, mut shutdown: ShutdownSignal) -> Result<SimStat
 
 #[allow(clippy::too_many_arguments)]
 async fn send(
-    links: &mut [MqttLink],
+    links: &mut Links,
     batches: &mut HashMap<String, Vec<serde_json::Value>>,
     root: &str,
     index: usize,
@@ -540,8 +598,9 @@ async fn send(
             .push(json!({"device_id": d.device_id, "kind": kind, "data": body}));
         return Ok(());
     }
-    let n = links.len();
-    let link = &mut links[index % n];
+    let Some(link) = links.of_device[index].and_then(|l| links.all.get_mut(l)) else {
+        return Ok(());
+    };
     link.client
         .publish(
             format!("{root}/{}/{kind}", d.device_id),

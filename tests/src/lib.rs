@@ -25,6 +25,16 @@ pub struct Services {
     pub amqp_url: String,
     pub mqtt_host: String,
     pub mqtt_port: u16,
+    /// Mosquitto's logins (ADR 0026), from `OTALEDGER_TEST_MQTT_USERNAME`/`_PASSWORD` (the
+    /// service login) and `OTALEDGER_TEST_MQTT_ADMIN_USERNAME`/`_PASSWORD` (the admin login that
+    /// adds device logins); scripts/test.sh reads them from what scripts/services.sh made.
+    pub mqtt_login: Option<(String, String)>,
+    pub mqtt_admin: Option<(String, String)>,
+}
+
+/// A user name and password pair from two variables, when both are set.
+fn login(user: &str, password: &str) -> Option<(String, String)> {
+    Some((var(user)?, var(password)?))
 }
 
 fn var(name: &str) -> Option<String> {
@@ -82,6 +92,14 @@ impl Services {
             amqp_url,
             mqtt_host: mqtt_host.to_owned(),
             mqtt_port: mqtt_port.parse().unwrap_or(1883),
+            mqtt_login: login(
+                "OTALEDGER_TEST_MQTT_USERNAME",
+                "OTALEDGER_TEST_MQTT_PASSWORD",
+            ),
+            mqtt_admin: login(
+                "OTALEDGER_TEST_MQTT_ADMIN_USERNAME",
+                "OTALEDGER_TEST_MQTT_ADMIN_PASSWORD",
+            ),
         })
     }
 }
@@ -140,6 +158,10 @@ mod containers {
                     ),
                     mqtt_host: "127.0.0.1".into(),
                     mqtt_port: port(mosquitto.get_host_port_ipv4(1883).await),
+                    // The container's broker is anonymous (no dynamic-security plugin): the
+                    // broker-enforced identity tests need the loopback services.
+                    mqtt_login: None,
+                    mqtt_admin: None,
                 };
                 let kept: Kept = vec![
                     Box::new(kafka),
@@ -179,6 +201,10 @@ pub fn config(services: &Services, name: &str) -> Config {
     cfg.mqtt.host = services.mqtt_host.clone();
     cfg.mqtt.port = services.mqtt_port;
     cfg.mqtt.topic_root = format!("{name}/devices");
+    cfg.mqtt.username = services.mqtt_login.as_ref().map(|l| l.0.clone());
+    cfg.mqtt.password = services.mqtt_login.as_ref().map(|l| l.1.clone());
+    cfg.mqtt.admin_username = services.mqtt_admin.as_ref().map(|l| l.0.clone());
+    cfg.mqtt.admin_password = services.mqtt_admin.as_ref().map(|l| l.1.clone());
     cfg.amqp.url = services.amqp_url.clone();
     cfg.amqp.reports_queue = format!("{name}.reports");
     cfg.amqp.commands_exchange = format!("{name}.gateway-commands");
@@ -191,17 +217,36 @@ pub fn config(services: &Services, name: &str) -> Config {
     cfg
 }
 
+/// A pool on the test's schema (created when missing).
+///
+/// # Panics
+/// When PostgreSQL cannot be reached.
+pub async fn test_pool(cfg: &Config, max_connections: u32) -> sqlx::PgPool {
+    otaledger_ledger::db::pool(&cfg.database.url, &cfg.database.schema, max_connections)
+        .await
+        .expect("a pool on the test's schema")
+}
+
+/// A pool on the test's schema with the projection tables migrated.
+///
+/// # Panics
+/// When PostgreSQL cannot be reached or a migration fails.
+pub async fn migrated_test_pool(cfg: &Config, max_connections: u32) -> sqlx::PgPool {
+    otaledger_projections::migrations::migrated_pool(
+        &cfg.database.url,
+        &cfg.database.schema,
+        max_connections,
+    )
+    .await
+    .expect("a migrated pool on the test's schema")
+}
+
 /// The API over the test's (migrated) schema and topics, for `oneshot` requests.
 ///
 /// # Panics
 /// When PostgreSQL or Kafka cannot be reached.
 pub async fn api_app(cfg: &Config) -> axum::Router {
-    let pool = otaledger_ledger::db::pool(&cfg.database.url, &cfg.database.schema, 4)
-        .await
-        .expect("pool");
-    otaledger_projections::migrations::migrate(&pool)
-        .await
-        .expect("migrations");
+    let pool = migrated_test_pool(cfg, 4).await;
     let producer = otaledger_ledger::kafka::EventProducer::new(&cfg.kafka).expect("producer");
     let state = otaledger_api::AppState::new(
         pool.clone(),

@@ -91,6 +91,7 @@ pub fn sim_config(cfg: &Config, devices: usize, prefix: &str, behaviour: Behavio
         seed: 3,
         rounds: None,
         mqtt_connections: 3,
+        credentials: None,
         mqtt: cfg.mqtt.clone(),
         amqp: cfg.amqp.clone(),
         behaviour,
@@ -178,9 +179,7 @@ pub fn verdicts(events: &[Event]) -> Vec<(i32, Verdict, String)> {
 }
 
 pub async fn firmware_counts(cfg: &Config, prefix: &str) -> HashMap<String, i64> {
-    let pool = otaledger_ledger::db::pool(&cfg.database.url, &cfg.database.schema, 1)
-        .await
-        .unwrap();
+    let pool = crate::test_pool(cfg, 1).await;
     let rows = otaledger_projections::fleet::firmware_counts(&pool, prefix)
         .await
         .unwrap();

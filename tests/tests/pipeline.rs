@@ -58,6 +58,7 @@ async fn every_simulated_device_reaches_the_api_with_the_right_fields() {
         seed: 11,
         rounds: Some(1),
         mqtt_connections: 3,
+        credentials: None,
         mqtt: cfg.mqtt.clone(),
         amqp: cfg.amqp.clone(),
         behaviour: simulator::Behaviour::default(),

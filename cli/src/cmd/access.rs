@@ -10,6 +10,7 @@ use chrono::Utc;
 use otaledger_domain::access::Role;
 use otaledger_ledger::config::Config;
 use otaledger_ledger::kafka::EventProducer;
+use otaledger_ledger::mqtt_admin::{AdminError, MqttAdmin};
 
 /// Who issues and revokes from the command line, as recorded in the ledger.
 fn actor() -> String {
@@ -26,6 +27,22 @@ async fn store(cfg: &Config) -> anyhow::Result<(sqlx::PgPool, EventProducer)> {
         .context("connecting to PostgreSQL")?;
     let producer = EventProducer::new(&cfg.kafka).context("creating the Kafka producer")?;
     Ok((pool, producer))
+}
+
+/// The broker's admin login, to add and remove device logins (ADR 0026); `None`, said loudly,
+/// when none is configured.
+fn broker(cfg: &Config) -> anyhow::Result<Option<MqttAdmin>> {
+    match MqttAdmin::connect(&cfg.mqtt) {
+        Ok(admin) => Ok(Some(admin)),
+        Err(AdminError::NotConfigured) => {
+            tracing::warn!(
+                "no MQTT admin login (mqtt.admin_username, mqtt.admin_password): device logins \
+                 are not added to or removed from the broker; devices can report over HTTP only"
+            );
+            Ok(None)
+        }
+        Err(e) => Err(e).context("connecting to the MQTT broker as its admin"),
+    }
 }
 
 /// API tokens.
@@ -62,6 +79,9 @@ pub enum DevicesCommand {
     Provision {
         #[arg(long = "from")]
         from: PathBuf,
+        /// Revoke a device's live credential (and MQTT login) first instead of refusing it.
+        #[arg(long)]
+        replace: bool,
     },
     /// Revoke a device's credential.
     Revoke { device_id: String },
@@ -129,13 +149,21 @@ pub async fn token(cfg: &Config, command: TokenCommand) -> anyhow::Result<()> {
                 );
             }
         }
-        TokenCommand::Revoke { name } => revoke(&pool, &producer, &name).await?,
+        TokenCommand::Revoke { name } => revoke(cfg, &pool, &producer, &name).await?,
     }
     Ok(())
 }
 
-async fn revoke(pool: &sqlx::PgPool, producer: &EventProducer, name: &str) -> anyhow::Result<()> {
-    match otaledger_api::tokens::revoke_named(pool, producer, name, &actor()).await? {
+async fn revoke(
+    cfg: &Config,
+    pool: &sqlx::PgPool,
+    producer: &EventProducer,
+    name: &str,
+) -> anyhow::Result<()> {
+    let broker = broker(cfg)?;
+    match otaledger_api::tokens::revoke_named(pool, producer, broker.as_ref(), name, &actor())
+        .await?
+    {
         Some(r) => eprintln!("revoked {:?} (id {})", r.name, r.token_id),
         None => bail!("no live token named {name:?}"),
     }
@@ -145,7 +173,7 @@ async fn revoke(pool: &sqlx::PgPool, producer: &EventProducer, name: &str) -> an
 pub async fn devices(cfg: &Config, command: DevicesCommand) -> anyhow::Result<()> {
     let (pool, producer) = store(cfg).await?;
     match command {
-        DevicesCommand::Provision { from } => {
+        DevicesCommand::Provision { from, replace } => {
             let text = std::fs::read_to_string(&from)
                 .with_context(|| format!("reading {}", from.display()))?;
             let ids: Vec<&str> = text
@@ -158,24 +186,45 @@ pub async fn devices(cfg: &Config, command: DevicesCommand) -> anyhow::Result<()
                 otaledger_domain::ids::validate_device_id(id)
                     .with_context(|| format!("{}: device {id:?}", from.display()))?;
             }
+            let broker = broker(cfg)?;
             let mut out = std::io::stdout().lock();
             writeln!(out, "device_id,token")?;
-            for id in &ids {
-                let issued = otaledger_api::tokens::issue(
+            let started = std::time::Instant::now();
+            for (i, id) in ids.iter().enumerate() {
+                let issued = otaledger_api::tokens::provision_device(
                     &pool,
                     &producer,
+                    broker.as_ref(),
                     id,
-                    Role::Device,
-                    None,
                     &actor(),
+                    replace,
                 )
                 .await
                 .with_context(|| format!("provisioning {id}"))?;
                 writeln!(out, "{id},{}", issued.token)?;
+                if (i + 1) % 500 == 0 {
+                    eprintln!(
+                        "provisioned {} of {} devices ({:.0?})",
+                        i + 1,
+                        ids.len(),
+                        started.elapsed()
+                    );
+                }
             }
-            eprintln!("provisioned {} devices", ids.len());
+            eprintln!(
+                "provisioned {} devices in {:.1?}{}",
+                ids.len(),
+                started.elapsed(),
+                if broker.is_some() {
+                    ", with their MQTT logins"
+                } else {
+                    ""
+                }
+            );
         }
-        DevicesCommand::Revoke { device_id } => revoke(&pool, &producer, &device_id).await?,
+        DevicesCommand::Revoke { device_id } => {
+            revoke(cfg, &pool, &producer, &device_id).await?;
+        }
     }
     Ok(())
 }

@@ -1,9 +1,12 @@
 //! `otaledger simulate`: a fleet of devices over MQTT and gateways over AMQP.
 
+use anyhow::Context as _;
 use clap::Args;
 use otaledger_ledger::config::Config;
 use otaledger_ledger::shutdown::Shutdown;
-use otaledger_simulator::{self as simulator, Behaviour, OutcomeRule, SimConfig};
+use otaledger_simulator::{
+    self as simulator, Behaviour, DeviceCredentials, OutcomeRule, SimConfig,
+};
 
 #[derive(Debug, Args)]
 pub struct SimArgs {
@@ -28,7 +31,13 @@ pub struct SimArgs {
     /// Seed of the fleet's models, sites, tags and versions.
     #[arg(long, default_value_t = 7)]
     seed: u64,
-    /// MQTT connections the devices are multiplexed over.
+    /// Device credentials, as `otaledger devices provision` prints them (`device_id,token`):
+    /// each device reporting over MQTT logs in as itself on its own connection, as a real
+    /// device does. Without it the devices share `--mqtt-connections` connections under the
+    /// configured MQTT login, which only otaledger's service login may do (a load generator).
+    #[arg(long, value_name = "FILE")]
+    credentials: Option<std::path::PathBuf>,
+    /// MQTT connections the devices are multiplexed over (without --credentials).
     #[arg(long, default_value_t = 8)]
     mqtt_connections: usize,
     /// Milliseconds from receiving an update command to reporting its result.
@@ -50,8 +59,18 @@ pub struct SimArgs {
 }
 
 impl SimArgs {
-    pub fn to_config(&self, cfg: &Config) -> SimConfig {
-        SimConfig {
+    pub fn to_config(&self, cfg: &Config) -> anyhow::Result<SimConfig> {
+        let credentials = match &self.credentials {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                let credentials = DeviceCredentials::from_csv(&text);
+                tracing::info!(devices = credentials.len(), file = %path.display(), "device credentials");
+                Some(credentials)
+            }
+            None => None,
+        };
+        Ok(SimConfig {
             devices: self.devices,
             rate: self.rate,
             gateway_share: self.gateway_share,
@@ -60,6 +79,7 @@ impl SimArgs {
             seed: self.seed,
             rounds: self.rounds,
             mqtt_connections: self.mqtt_connections,
+            credentials,
             mqtt: cfg.mqtt.clone(),
             amqp: cfg.amqp.clone(),
             behaviour: Behaviour {
@@ -69,12 +89,12 @@ impl SimArgs {
                 silent: self.silent.clone(),
                 unhealthy: self.unhealthy.clone(),
             },
-        }
+        })
     }
 }
 
 pub async fn run(sim: &SimArgs, cfg: &Config, shutdown: &Shutdown) -> anyhow::Result<()> {
-    let stats = simulator::run(sim.to_config(cfg), shutdown.signal()).await?;
+    let stats = simulator::run(sim.to_config(cfg)?, shutdown.signal()).await?;
     println!(
         "sent {} MQTT messages and {} gateway batches ({} reports); executed {} commands ({} duplicates ignored), reported {} results",
         stats.mqtt_messages,

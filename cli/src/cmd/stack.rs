@@ -21,7 +21,7 @@ pub async fn up(
         try GET /v1/fleet/summary, /v1/devices, /metrics, /openapi.json");
     let stack = components::supervise(Component::ALL.to_vec(), cfg.clone(), shutdown);
     if simulate {
-        let sim_cfg = sim.to_config(cfg);
+        let sim_cfg = sim.to_config(cfg)?;
         let signal = shutdown.signal();
         tokio::spawn(async move {
             if let Err(e) = simulator::run(sim_cfg, signal).await {
