@@ -16,6 +16,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use otaledger_domain::command_key::CommandKey;
 use otaledger_domain::device_view::Position;
 use otaledger_domain::events::{
     CancelCommand, CommandKind, DeviceCommanded, Payload, RollbackCommand, UpdateCommand,
@@ -25,6 +26,7 @@ use otaledger_domain::rollout::{Input, Rollout, Target};
 use otaledger_domain::time::{now_micros, Micros};
 use otaledger_domain::Event;
 use otaledger_ledger::config::KafkaConfig;
+use otaledger_ledger::dead_letters::{dead_letter_for, Origin, Rejection};
 use otaledger_ledger::kafka::{EventProducer, Pending};
 use otaledger_ledger::metrics::{Counter, Gauge, Histogram, REGISTRY};
 use otaledger_ledger::reader::{dead_letter_undecodable, Body, LedgerReader, Start};
@@ -72,6 +74,7 @@ struct Metrics {
     decisions: Counter,
     commands: Counter,
     refused: Counter,
+    unauthorized: Counter,
     latency: Histogram,
     rollouts: Gauge,
 }
@@ -87,6 +90,8 @@ pub struct Saga {
     emitted: HashSet<Uuid>,
     /// Gateway of each device, from target resolution (`None`: reached over MQTT directly).
     gateways: HashMap<String, Option<String>>,
+    /// The key command ids are derived with (ADR 0027), loaded when the saga starts.
+    command_key: CommandKey,
     metrics: Metrics,
 }
 
@@ -137,6 +142,12 @@ impl Saga {
                 "Inputs the rollout decider refused (e.g. resume of a running rollout)",
                 &[],
             ),
+            unauthorized: REGISTRY.counter(
+                "otaledger_saga_unauthorized_reports_total",
+                "Install results naming a command id never issued to that device for that \
+                 rollout, dead-lettered with reason unauthorized",
+                &[],
+            ),
             latency: REGISTRY.histogram(
                 "otaledger_saga_decision_seconds",
                 "From an input's recorded-at time to its decisions acknowledged by Kafka",
@@ -155,6 +166,7 @@ impl Saga {
             rollouts: HashMap::new(),
             emitted: HashSet::new(),
             gateways: HashMap::new(),
+            command_key: CommandKey::default(),
             metrics,
         }
     }
@@ -162,6 +174,7 @@ impl Saga {
     /// Runs until shutdown.
     pub async fn run(mut self, mut shutdown: ShutdownSignal) -> Result<()> {
         let cfg = self.cfg.clone();
+        self.command_key = command_key(&self.pool).await?;
         let (mut ownership, reader) = otaledger_ledger::runner::join_partitions(
             &self.pool,
             &cfg.kafka,
@@ -335,7 +348,7 @@ impl Saga {
             .rollouts
             .entry(rollout_id.to_owned())
             .or_insert_with(|| Entry {
-                rollout: Rollout::default(),
+                rollout: Rollout::keyed(self.command_key.clone()),
                 started_at: None,
                 next_join_check: Instant::now(),
             });
@@ -396,6 +409,18 @@ impl Saga {
             let Some(entry) = self.rollouts.get_mut(&rollout_id) else {
                 continue;
             };
+            if let Input::Result {
+                device_id,
+                command_id,
+                ..
+            } = &input
+            {
+                if !entry.rollout.issued(device_id, *command_id) {
+                    self.metrics.unauthorized.inc();
+                    unauthorized(&self.producer, &self.cfg.topic, r).await?;
+                    continue;
+                }
+            }
             match entry.rollout.decide(input) {
                 Ok(events) if !events.is_empty() => {
                     oldest = Some(oldest.map_or(r.event.meta.recorded_at, |o: Micros| {
@@ -634,6 +659,68 @@ impl Saga {
             }),
         })
     }
+}
+
+/// The table that keeps the saga's key for command ids.
+const COMMAND_KEY_DDL: &str = "CREATE TABLE IF NOT EXISTS saga_command_key (
+    id  int PRIMARY KEY CHECK (id = 1),
+    key bytea NOT NULL CHECK (length(key) = 32)
+)";
+
+/// The saga's key for command ids (ADR 0027): made once per schema from the operating system's
+/// random source (two version-4 UUIDs) and kept in PostgreSQL, where every saga instance, and the
+/// same instance after a restart, finds it.
+async fn command_key(pool: &PgPool) -> Result<CommandKey> {
+    otaledger_ledger::db::create_if_missing(pool, COMMAND_KEY_DDL).await?;
+    let fresh = [Uuid::new_v4().into_bytes(), Uuid::new_v4().into_bytes()].concat();
+    sqlx::query(
+        "INSERT INTO saga_command_key (id, key) VALUES (1, $1) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(&fresh)
+    .execute(pool)
+    .await
+    .db("storing the command key")?;
+    let key: Vec<u8> = sqlx::query_scalar("SELECT key FROM saga_command_key WHERE id = 1")
+        .fetch_one(pool)
+        .await
+        .db("reading the command key")?;
+    let mut bytes = [0u8; 32];
+    bytes.copy_from_slice(&key);
+    Ok(CommandKey::new(bytes))
+}
+
+/// Dead-letters a routed install result whose command id was never issued to its device for
+/// its rollout (a forged or misrouted report), as its event in JSON, with reason `unauthorized`.
+async fn unauthorized(producer: &EventProducer, topic: &str, r: &Record) -> Result<()> {
+    let rejection = Rejection::new(
+        "unauthorized",
+        "the install result names a command id never issued to that device for that rollout",
+    );
+    tracing::warn!(
+        partition = r.partition,
+        offset = r.offset,
+        event_id = %r.event.meta.event_id,
+        "an install result with a command id never issued to its device: dead-lettered"
+    );
+    let payload = serde_json::to_vec(&r.event.payload).unwrap_or_default();
+    let origin = Origin {
+        source: "kafka",
+        channel: topic,
+        partition: Some(r.partition),
+        offset: Some(r.offset),
+    };
+    dead_letter_for(
+        producer,
+        CONSUMER,
+        &origin,
+        r.event.key().as_bytes(),
+        &payload,
+        &rejection,
+    )
+    .await?
+    .acked()
+    .await?;
+    Ok(())
 }
 
 fn command_id(p: &Payload) -> Uuid {

@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod audit;
+pub mod command_key;
 pub mod device_json;
 pub mod device_view;
 pub mod digest;

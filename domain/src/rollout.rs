@@ -21,13 +21,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use thiserror::Error;
 use uuid::Uuid;
 
+use crate::command_key::CommandKey;
 use crate::events::{
     CommandKind, DeviceCommanded, DeviceOutcome, DeviceReportRouted, DeviceRolloutState,
     DeviceTimedOut, DevicesJoined, InstallOutcome, InstallPhase, Payload, ReportKind,
     RollbackPolicy, RolloutState, RolloutStateChanged, StateCounts, Strategy, ThresholdEvaluated,
     UpdateRequested, Verdict, WaveStarted,
 };
-use crate::ids::derived_event_id;
 use crate::time::Micros;
 
 mod decide;
@@ -155,6 +155,8 @@ pub struct Rollout {
     /// The wave the runtime should start next (with the targets it resolves), if any.
     pub awaiting_wave: Option<i32>,
     pub devices: BTreeMap<String, DeviceProgress>,
+    /// The saga's key for command ids (ADR 0027); not folded from events: the saga sets it.
+    pub command_key: CommandKey,
     counts: BTreeMap<i32, StateCounts>,
     in_flight_total: i64,
     /// Index of the first never-commanded device of the current wave.
@@ -232,6 +234,26 @@ pub fn wave_sizes(n: usize, waves_pct: &[f64]) -> Vec<usize> {
 impl Rollout {
     fn id(&self) -> &str {
         self.request.as_ref().map_or("", |r| r.rollout_id.as_str())
+    }
+
+    /// A rollout before its first event, deriving its command ids with `key`.
+    #[must_use]
+    pub fn keyed(key: CommandKey) -> Self {
+        Rollout {
+            command_key: key,
+            ..Rollout::default()
+        }
+    }
+
+    /// Whether `command_id` names a command this rollout gave (or may yet give) `device_id`, of
+    /// any kind, up to the device's current attempt: an install result naming anything else is
+    /// forged or misrouted (ADR 0027).
+    #[must_use]
+    pub fn issued(&self, device_id: &str, command_id: Option<Uuid>) -> bool {
+        match (self.devices.get(device_id), command_id) {
+            (Some(d), Some(id)) => self.command_key.issued(self.id(), device_id, d.attempt, id),
+            _ => false,
+        }
     }
 
     /// Counts of one wave's devices by state group.

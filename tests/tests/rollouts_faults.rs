@@ -8,7 +8,7 @@ use otaledger_cli::components::Component;
 use otaledger_domain::events::{CommandKind, Payload, Verdict};
 use otaledger_domain::Event;
 use otaledger_ledger::kafka::ensure_topics;
-use otaledger_simulator::Behaviour;
+use otaledger_simulator::{Behaviour, SimConfig};
 use otaledger_tests::{
     config, eventually, read_topic, spawn_components, spawn_process, unique, Services,
 };
@@ -256,6 +256,103 @@ async fn an_operator_abort_cancels_devices_in_flight_and_rolls_back_the_updated_
             .contains("test-admin asked to abort: field reports"),
         "{timeline}"
     );
+    sim_stop.trigger();
+    sim.await.unwrap();
+    stack.trigger();
+}
+
+/// Install results that name a command id never issued to the device for the rollout (a
+/// made-up id, the id anyone could compute from public values, another device's real id) are
+/// dead-lettered `unauthorized` and move nothing; the device's own id still counts (ADR 0027).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn install_results_naming_commands_never_issued_are_dead_lettered_unauthorized() {
+    let (cfg, app, stack) = start_stack("forged_results", true).await;
+    // Devices that never answer: only a report of the test's can move them.
+    let behaviour = Behaviour {
+        silent: vec![rule("*=1")],
+        ..Behaviour::default()
+    };
+    let (sim_stop, sim) = start_sim(SimConfig {
+        gateway_share: 0.0,
+        ..sim_config(&cfg, 4, "f-", behaviour)
+    });
+    wait_fleet(&app, 4).await;
+    let id = request_rollout(
+        &app,
+        &rollout_body("9.0.0", all_models(), json!({"waves_pct": [100]})),
+    )
+    .await;
+    let devices = eventually(
+        Duration::from_secs(60),
+        "every device commanded",
+        || async {
+            let (_, v) = get(&app, &format!("/v1/rollouts/{id}/devices")).await;
+            let items = v["items"].as_array()?.clone();
+            (items.len() == 4 && items.iter().all(|d| d["command_id"].is_string())).then_some(items)
+        },
+    )
+    .await;
+    let (a, b) = (
+        devices[0]["device_id"].as_str().unwrap(),
+        devices[1]["device_id"].as_str().unwrap(),
+    );
+    let command_of_b = devices[1]["command_id"].as_str().unwrap();
+    let report = |device: &str, command_id: String| {
+        let uri = format!("/v1/devices/{device}/install-reports");
+        let body = json!({"kind": "result", "rollout_id": id, "command_id": command_id, "outcome": "SUCCEEDED",
+                          "firmware_version": "9.0.0"});
+        let app = app.clone();
+        async move {
+            let (status, answer) = call(&app, "POST", &uri, Some(&body)).await;
+            assert_eq!(status, axum::http::StatusCode::ACCEPTED, "{answer}");
+        }
+    };
+    let public = otaledger_domain::ids::derived_event_id(&[&id, a, "update", "1"]);
+    for forged in [
+        uuid::Uuid::new_v4().to_string(),
+        public.to_string(),
+        command_of_b.to_owned(),
+    ] {
+        report(a, forged).await;
+    }
+    report(b, command_of_b.to_owned()).await;
+
+    let topic = cfg.kafka.topics().dead_letters;
+    let unauthorized = |records: &[otaledger_tests::Record]| {
+        records
+            .iter()
+            .filter(|r| r.headers.get("dlq-reason").map(String::as_str) == Some("unauthorized"))
+            .count()
+    };
+    let records = otaledger_tests::records_when(&cfg.kafka, &topic, "3 unauthorized", |r| {
+        unauthorized(r) >= 3
+    })
+    .await;
+    assert_eq!(unauthorized(&records), 3, "each forged result, once");
+    assert!(records
+        .iter()
+        .all(|r| r.headers.get("dlq-consumer").map(String::as_str) == Some("saga")));
+    // B's own result counts; A's forged ones moved nothing.
+    eventually(Duration::from_secs(30), "B's result applied", || async {
+        let (_, v) = get(&app, &format!("/v1/rollouts/{id}/devices")).await;
+        let items = v["items"].as_array()?.clone();
+        let state = |d: &str| {
+            items
+                .iter()
+                .find(|i| i["device_id"] == d)
+                .map(|i| i["state"].as_str().unwrap_or("").to_owned())
+        };
+        // Counted: past COMMANDED (into the health gate, where the simulator's heartbeats on
+        // the old firmware fail it).
+        (state(b)? != "COMMANDED").then_some(())?;
+        assert_eq!(
+            state(a).as_deref(),
+            Some("COMMANDED"),
+            "a forged result counted"
+        );
+        Some(())
+    })
+    .await;
     sim_stop.trigger();
     sim.await.unwrap();
     stack.trigger();

@@ -53,12 +53,10 @@ impl Decisions<'_> {
     }
 
     fn command(&mut self, device_id: &str, kind: CommandKind, attempt: i32, now: Micros) {
-        let kind_name = match kind {
-            CommandKind::Update => "update",
-            CommandKind::Rollback => "rollback",
-            CommandKind::Cancel => "cancel",
-        };
-        let command_id = derived_event_id(&[self.id, device_id, kind_name, &attempt.to_string()]);
+        let command_id = self
+            .rollout
+            .command_key
+            .derive(self.id, device_id, kind, attempt);
         let timeout = self.strategy().map_or(0, |s| s.device_timeout_s);
         self.push(Payload::DeviceCommanded(DeviceCommanded {
             rollout_id: self.id.to_owned(),

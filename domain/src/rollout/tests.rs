@@ -152,7 +152,7 @@ fn given_a_request_when_started_then_the_canary_wave_is_commanded() {
     assert_eq!(cmds[0].deadline, 10 * S + 600 * S);
     assert_eq!(
         cmds[0].command_id,
-        derived_event_id(&["r1", "d000", "update", "1"])
+        CommandKey::default().derive("r1", "d000", CommandKind::Update, 1)
     );
 }
 
@@ -282,7 +282,7 @@ fn given_a_silent_device_when_its_deadline_passes_then_it_is_retried_after_backo
     assert_eq!(retry[0].attempt, 2);
     assert_eq!(
         retry[0].command_id,
-        derived_event_id(&["r1", "d000", "update", "2"])
+        CommandKey::default().derive("r1", "d000", CommandKind::Update, 2)
     );
     let (r, events) = when(&r, Input::Tick { now: 1230 * S });
     assert!(events
@@ -296,10 +296,33 @@ fn given_a_silent_device_when_its_deadline_passes_then_it_is_retried_after_backo
     let stale = Input::Result {
         now: 1231 * S,
         device_id: "d000".into(),
-        command_id: Some(derived_event_id(&["r1", "d000", "update", "1"])),
+        command_id: Some(CommandKey::default().derive("r1", "d000", CommandKind::Update, 1)),
         outcome: InstallOutcome::Succeeded,
     };
     assert_eq!(handle(&r, stale), Ok(vec![]));
+}
+
+#[test]
+fn only_ids_derived_with_the_saga_key_count_as_issued() {
+    let mut r = started(single_wave(0), 3);
+    r.command_key = CommandKey::new([9; 32]);
+    let attempt = r.devices["d000"].attempt;
+    let real = CommandKey::new([9; 32]).derive("r1", "d000", CommandKind::Update, attempt);
+    assert!(r.issued("d000", Some(real)));
+    // What anyone could compute from public values: the unkeyed derivation, the default key.
+    let public = crate::ids::derived_event_id(&["r1", "d000", "update", &attempt.to_string()]);
+    for forged in [
+        public,
+        CommandKey::default().derive("r1", "d000", CommandKind::Update, attempt),
+    ] {
+        assert!(!r.issued("d000", Some(forged)), "{forged}");
+    }
+    assert!(!r.issued("d001", Some(real)), "another device's id");
+    assert!(!r.issued("d000", None), "no id at all");
+    assert!(
+        !r.issued("nobody", Some(real)),
+        "a device outside the rollout"
+    );
 }
 
 #[test]
