@@ -51,6 +51,8 @@ fi
 # broker drop device messages queued for the bridge during a burst; otaledger needs it to keep
 # them (docs/adr/0006). The settings are added once and the broker restarted to load them.
 MOSQ_CONF=/etc/mosquitto/mosquitto.conf
+# Installed first: the settings below are written into its configuration.
+command -v mosquitto >/dev/null || { log "installing Mosquitto"; apt_install mosquitto; }
 if [ -f "$MOSQ_CONF" ] && ! grep -q "otaledger: keep queued QoS 1 messages" "$MOSQ_CONF"; then
   log "configuring Mosquitto to queue instead of dropping QoS 1 messages"
   cat >>"$MOSQ_CONF" <<'CONF'
@@ -59,6 +61,45 @@ if [ -f "$MOSQ_CONF" ] && ! grep -q "otaledger: keep queued QoS 1 messages" "$MO
 max_inflight_messages 1000
 max_queued_messages 1000000
 max_queued_bytes 0
+CONF
+  mosquitto_stop
+fi
+
+# Development certificates (docs/adr/0028): a CA and a server certificate for localhost and
+# 127.0.0.1, made once with openssl under $STATE_DIR/tls. Mosquitto serves TLS with them on 8883
+# beside the plain listener; the API serves HTTPS when given them (http.tls_cert, http.tls_key).
+TLS_DIR="$STATE_DIR/tls"
+if [ ! -s "$TLS_DIR/server.pem" ]; then
+  log "making development TLS certificates in $TLS_DIR"
+  (umask 077; mkdir -p "$TLS_DIR")
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=otaledger development CA" \
+    -keyout "$TLS_DIR/ca.key" -out "$TLS_DIR/ca.pem" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+    -keyout "$TLS_DIR/server.key" -out "$TLS_DIR/server.csr" 2>/dev/null
+  printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >"$TLS_DIR/server.ext"
+  openssl x509 -req -in "$TLS_DIR/server.csr" -CA "$TLS_DIR/ca.pem" -CAkey "$TLS_DIR/ca.key" \
+    -CAcreateserial -days 3650 -extfile "$TLS_DIR/server.ext" -out "$TLS_DIR/server.pem" 2>/dev/null
+  chmod 644 "$TLS_DIR/ca.pem" "$TLS_DIR/server.pem"
+fi
+# Mosquitto reads its copy (it runs as user mosquitto; the state directory is root's).
+MOSQ_TLS=/etc/mosquitto/certs
+if [ -f "$MOSQ_CONF" ] && ! cmp -s "$TLS_DIR/server.pem" "$MOSQ_TLS/otaledger-server.pem" 2>/dev/null; then
+  mkdir -p "$MOSQ_TLS"
+  cp "$TLS_DIR/ca.pem" "$MOSQ_TLS/otaledger-ca.pem"
+  cp "$TLS_DIR/server.pem" "$MOSQ_TLS/otaledger-server.pem"
+  cp "$TLS_DIR/server.key" "$MOSQ_TLS/otaledger-server.key"
+  chown mosquitto "$MOSQ_TLS"/otaledger-* 2>/dev/null || true
+  chmod 600 "$MOSQ_TLS/otaledger-server.key"
+fi
+if [ -f "$MOSQ_CONF" ] && ! grep -q "otaledger: TLS listener" "$MOSQ_CONF"; then
+  log "adding Mosquitto's TLS listener on 8883"
+  cat >>"$MOSQ_CONF" <<CONF
+
+# otaledger: TLS listener (docs/adr/0028) beside the plain one, written by scripts/services.sh.
+listener 8883 127.0.0.1
+cafile $MOSQ_TLS/otaledger-ca.pem
+certfile $MOSQ_TLS/otaledger-server.pem
+keyfile $MOSQ_TLS/otaledger-server.key
 CONF
   mosquitto_stop
 fi
@@ -119,10 +160,9 @@ CONF
   fi
 fi
 if ! port_open 1883; then
-  command -v mosquitto >/dev/null || { log "installing Mosquitto"; apt_install mosquitto; }
   log "starting Mosquitto"
   mkdir -p /run/mosquitto && chown mosquitto /run/mosquitto 2>/dev/null || true
-  mosquitto -d -c "$MOSQ_CONF" || mosquitto -d -p 1883
+  mosquitto -d -c "$MOSQ_CONF"
   wait_port 1883 Mosquitto
 fi
 

@@ -14,6 +14,7 @@ mod params;
 mod rollout_views;
 pub mod rollouts;
 pub mod summary_cache;
+pub mod tls;
 pub mod tokens;
 
 use std::sync::Arc;

@@ -248,10 +248,24 @@ async fn run_api(
         Err(e) => return Err(e).context("connecting to the MQTT broker as its admin"),
     }
     let listener = tokio::net::TcpListener::bind(&cfg.http.listen).await?;
-    tracing::info!(listen = %listener.local_addr()?, "API listening");
-    axum::serve(listener, otaledger_api::app(state))
-        .with_graceful_shutdown(async move { shutdown.wait().await })
-        .await?;
+    let app = otaledger_api::app(state);
+    let shutdown = async move { shutdown.wait().await };
+    if cfg.http.tls_cert.is_empty() && cfg.http.tls_key.is_empty() {
+        tracing::info!(listen = %listener.local_addr()?, "API listening (plain HTTP)");
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await?;
+        return Ok(());
+    }
+    if cfg.http.tls_cert.is_empty() || cfg.http.tls_key.is_empty() {
+        anyhow::bail!("HTTPS needs both http.tls_cert and http.tls_key");
+    }
+    let acceptor = otaledger_api::tls::acceptor(
+        std::path::Path::new(&cfg.http.tls_cert),
+        std::path::Path::new(&cfg.http.tls_key),
+    )?;
+    tracing::info!(listen = %listener.local_addr()?, "API listening (HTTPS)");
+    otaledger_api::tls::serve(listener, acceptor, app, shutdown).await?;
     Ok(())
 }
 

@@ -111,6 +111,10 @@ pub struct HttpConfig {
     pub metrics_listen: String,
     /// A device is offline when nothing was recorded from it for this long.
     pub offline_after_s: u64,
+    /// PEM files of the API's certificate (chain) and private key: with both, the API serves
+    /// HTTPS only (ADR 0028); empty: plain HTTP.
+    pub tls_cert: String,
+    pub tls_key: String,
 }
 
 impl Default for HttpConfig {
@@ -119,6 +123,8 @@ impl Default for HttpConfig {
             listen: "127.0.0.1:8080".into(),
             metrics_listen: String::new(),
             offline_after_s: 300,
+            tls_cert: String::new(),
+            tls_key: String::new(),
         }
     }
 }
@@ -306,6 +312,8 @@ pub const ENV_OVERRIDES: &[EnvOverride] = &[
     text!("OTALEDGER_AMQP_EXCHANGE", amqp.commands_exchange),
     text!("OTALEDGER_HTTP_LISTEN", http.listen),
     text!("OTALEDGER_METRICS_LISTEN", http.metrics_listen),
+    text!("OTALEDGER_HTTP_TLS_CERT", http.tls_cert),
+    text!("OTALEDGER_HTTP_TLS_KEY", http.tls_key),
     text!("OTALEDGER_PROJECTOR_MEMBER", projector.member),
     number!("OTALEDGER_REBALANCE_MS", projector.rebalance_ms, "number"),
 ];

@@ -1,0 +1,243 @@
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+//! TLS (ADR 0028), tried with clients no one here wrote: the API given a certificate and key
+//! serves HTTPS only (curl verifies it against the CA; a client that does not trust the CA, or
+//! speaks plain HTTP, gets nothing); Mosquitto's TLS listener that scripts/services.sh adds
+//! admits a login over TLS and nothing in plain text.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use otaledger_cli::components::{prepare, run, Component};
+use otaledger_ledger::shutdown::Shutdown;
+use otaledger_tests::{config, eventually, unique, Services};
+
+/// A CA and a certificate for localhost and 127.0.0.1 signed by it, made with openssl.
+fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    std::fs::create_dir_all(dir).unwrap();
+    let ossl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ossl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    ossl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    std::fs::write(
+        dir.join("ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .unwrap();
+    ossl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext",
+        "-out",
+        "server.pem",
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    )
+}
+
+/// curl's exit code and the HTTP status it printed.
+fn curl(args: &[&str]) -> (i32, String) {
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "5",
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_serves_https_only_with_its_certificate() {
+    let services = Services::get().await;
+    let name = unique("tls_api");
+    let mut cfg = config(&services, &name);
+    prepare(&cfg).await.unwrap();
+    let (ca, cert, key) = certificates(&std::env::temp_dir().join(&name));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    cfg.http.listen = format!("127.0.0.1:{port}");
+    cfg.http.tls_cert = cert.display().to_string();
+    cfg.http.tls_key = key.display().to_string();
+    let shutdown = Shutdown::new();
+    let api = tokio::spawn(run(Component::Api, cfg.clone(), shutdown.signal()));
+    let ca = ca.display().to_string();
+    let https = |path: &str| format!("https://localhost:{port}{path}");
+    let (code, status) = eventually(Duration::from_secs(30), "the API over HTTPS", || {
+        let (ca, url) = (ca.clone(), https("/healthz"));
+        async move {
+            let r = tokio::task::spawn_blocking(move || curl(&["--cacert", &ca, &url]))
+                .await
+                .ok()?;
+            (r.0 == 0).then_some(r)
+        }
+    })
+    .await;
+    assert_eq!((code, status.as_str()), (0, "200"));
+    let blocking = |args: Vec<String>| async move {
+        tokio::task::spawn_blocking(move || {
+            curl(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        })
+        .await
+        .unwrap()
+    };
+    // The same router behind TLS: a /v1 route still wants a token.
+    let (_, status) = blocking(vec![
+        "--cacert".into(),
+        ca.clone(),
+        https("/v1/fleet/summary"),
+    ])
+    .await;
+    assert_eq!(status, "401");
+    // By IP address too (the certificate names 127.0.0.1).
+    let (code, status) = blocking(vec![
+        "--cacert".into(),
+        ca.clone(),
+        format!("https://127.0.0.1:{port}/healthz"),
+    ])
+    .await;
+    assert_eq!((code, status.as_str()), (0, "200"));
+    // A client that does not trust the CA refuses the server (curl 60: certificate problem).
+    let (code, _) = blocking(vec![https("/healthz")]).await;
+    assert_eq!(code, 60, "a certificate no trusted CA signed was accepted");
+    // Plain HTTP to the TLS port gets no answer.
+    let (code, status) = blocking(vec![format!("http://127.0.0.1:{port}/healthz")]).await;
+    assert_ne!(code, 0, "plain HTTP was answered ({status})");
+    shutdown.trigger();
+    api.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_refuses_to_start_with_half_a_tls_configuration() {
+    let services = Services::get().await;
+    let mut cfg = config(&services, &unique("tls_half"));
+    prepare(&cfg).await.unwrap();
+    cfg.http.tls_cert = "/nonexistent/cert.pem".into();
+    let err = run(Component::Api, cfg.clone(), Shutdown::new().signal())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("both http.tls_cert and http.tls_key"),
+        "{err}"
+    );
+    cfg.http.tls_key = "/nonexistent/key.pem".into();
+    let err = run(Component::Api, cfg, Shutdown::new().signal())
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("/nonexistent/cert.pem"),
+        "{err:#}"
+    );
+}
+
+#[test]
+fn mosquitto_admits_logins_over_tls_and_nothing_in_plain_text_on_its_tls_listener() {
+    let (Ok(tls), Ok(ca), Ok(user), Ok(password)) = (
+        std::env::var("OTALEDGER_TEST_MQTT_TLS"),
+        std::env::var("OTALEDGER_TEST_TLS_CA"),
+        std::env::var("OTALEDGER_TEST_MQTT_USERNAME"),
+        std::env::var("OTALEDGER_TEST_MQTT_PASSWORD"),
+    ) else {
+        panic!("set OTALEDGER_TEST_MQTT_TLS, OTALEDGER_TEST_TLS_CA and the MQTT login (scripts/test.sh does)");
+    };
+    let (host, port) = tls.rsplit_once(':').unwrap();
+    let host = if host == "127.0.0.1" {
+        "localhost"
+    } else {
+        host
+    };
+    let publish = |extra: &[&str]| {
+        Command::new("mosquitto_pub")
+            .args([
+                "-h",
+                host,
+                "-p",
+                port,
+                "-t",
+                &format!("{}/tls/check", unique("tls")),
+                "-m",
+                "x",
+                "-q",
+                "1",
+            ])
+            .args(extra)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(
+        publish(&["--cafile", &ca, "-u", &user, "-P", &password]),
+        "the service login over TLS"
+    );
+    assert!(
+        !publish(&["-u", &user, "-P", &password]),
+        "plain text on the TLS listener"
+    );
+    assert!(!publish(&["--cafile", &ca]), "an anonymous client over TLS");
+    assert!(
+        !publish(&["--cafile", &ca, "-u", &user, "-P", "wrong"]),
+        "a wrong password over TLS"
+    );
+}
