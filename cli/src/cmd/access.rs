@@ -7,10 +7,14 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context as _};
 use chrono::Utc;
+use futures_util::StreamExt as _;
 use otaledger_domain::access::Role;
 use otaledger_ledger::config::Config;
 use otaledger_ledger::kafka::EventProducer;
 use otaledger_ledger::mqtt_admin::{AdminError, MqttAdmin};
+
+/// Devices provisioned at once by `devices provision`.
+const PROVISION_CONCURRENCY: usize = 16;
 
 /// Who issues and revokes from the command line, as recorded in the ledger.
 fn actor() -> String {
@@ -22,7 +26,7 @@ async fn store(cfg: &Config) -> anyhow::Result<(sqlx::PgPool, EventProducer)> {
     otaledger_cli::components::prepare(cfg)
         .await
         .context("creating topics and tables")?;
-    let pool = otaledger_ledger::db::pool(&cfg.database.url, &cfg.database.schema, 2)
+    let pool = otaledger_ledger::db::pool(&cfg.database.url, &cfg.database.schema, 8)
         .await
         .context("connecting to PostgreSQL")?;
     let producer = EventProducer::new(&cfg.kafka).context("creating the Kafka producer")?;
@@ -190,22 +194,33 @@ pub async fn devices(cfg: &Config, command: DevicesCommand) -> anyhow::Result<()
             let mut out = std::io::stdout().lock();
             writeln!(out, "device_id,token")?;
             let started = std::time::Instant::now();
-            for (i, id) in ids.iter().enumerate() {
-                let issued = otaledger_api::tokens::provision_device(
-                    &pool,
-                    &producer,
-                    broker.as_ref(),
-                    id,
-                    &actor(),
-                    replace,
-                )
-                .await
-                .with_context(|| format!("provisioning {id}"))?;
-                writeln!(out, "{id},{}", issued.token)?;
-                if (i + 1) % 500 == 0 {
+            // Several at once: each waits on PostgreSQL, Kafka's acknowledgement and the
+            // broker's answer, which overlap (the producer batches, the admin connection
+            // carries many requests).
+            let actor = actor();
+            let mut provisioned = futures_util::stream::iter(&ids)
+                .map(|id| {
+                    let (pool, producer, broker, actor) =
+                        (&pool, &producer, broker.as_ref(), &actor);
+                    async move {
+                        otaledger_api::tokens::provision_device(
+                            pool, producer, broker, id, actor, replace,
+                        )
+                        .await
+                        .with_context(|| format!("provisioning {id}"))
+                        .map(|issued| (*id, issued.token))
+                    }
+                })
+                .buffer_unordered(PROVISION_CONCURRENCY);
+            let mut i = 0;
+            while let Some(done) = provisioned.next().await {
+                let (id, token) = done?;
+                writeln!(out, "{id},{token}")?;
+                i += 1;
+                if i % 500 == 0 {
                     eprintln!(
                         "provisioned {} of {} devices ({:.0?})",
-                        i + 1,
+                        i,
                         ids.len(),
                         started.elapsed()
                     );
