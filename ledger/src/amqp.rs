@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use crate::{AmqpContext, Error, Result};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AmqpConfig {
     pub url: String,
@@ -17,6 +17,18 @@ pub struct AmqpConfig {
     /// The topic exchange commands to gateways go to (routing key = gateway id).
     pub commands_exchange: String,
     pub prefetch: u16,
+}
+
+/// The URL's password is never shown.
+impl std::fmt::Debug for AmqpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpConfig")
+            .field("url", &crate::config::redact_url(&self.url))
+            .field("reports_queue", &self.reports_queue)
+            .field("commands_exchange", &self.commands_exchange)
+            .field("prefetch", &self.prefetch)
+            .finish()
+    }
 }
 
 impl Default for AmqpConfig {

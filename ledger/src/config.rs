@@ -83,13 +83,42 @@ impl Topics {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// `url` with the password of its user information replaced, for `Debug` and logs:
+/// `postgres://app:secret@db/x` shows as `postgres://app:<redacted>@db/x`.
+#[must_use]
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    // The user information ends at the last '@' before the path.
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_owned();
+    };
+    match rest[..at].split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:<redacted>@{}", &rest[at + 1..]),
+        None => url.to_owned(),
+    }
+}
+
+#[derive(Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseConfig {
     pub url: String,
     /// The PostgreSQL schema of the projections and their offsets.
     pub schema: String,
     pub max_connections: u32,
+}
+
+/// The URL's password is never shown.
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &redact_url(&self.url))
+            .field("schema", &self.schema)
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
 }
 
 impl Default for DatabaseConfig {
@@ -374,6 +403,33 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_lose_their_passwords_in_debug() {
+        assert_eq!(
+            redact_url("postgres://app:s3cret@db:5432/x"),
+            "postgres://app:<redacted>@db:5432/x"
+        );
+        assert_eq!(
+            redact_url("amqp://gw:p@ss:w@rd@mq/%2f"),
+            "amqp://gw:<redacted>@mq/%2f"
+        );
+        for unchanged in [
+            "postgres://postgres@127.0.0.1:5432/postgres",
+            "amqp://mq/%2f",
+            "not a url",
+            "postgres://host/db@x",
+        ] {
+            assert_eq!(redact_url(unchanged), unchanged);
+        }
+        let mut cfg = Config::default();
+        cfg.database.url = "postgres://app:s3cret-db@db/x".into();
+        cfg.amqp.url = "amqp://gw:s3cret-amqp@mq/%2f".into();
+        cfg.mqtt.password = Some("s3cret-mqtt".into());
+        cfg.mqtt.admin_password = Some("s3cret-admin".into());
+        let shown = format!("{cfg:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+    }
 
     #[test]
     fn env_round_trips_through_apply_env() {
