@@ -323,6 +323,16 @@ fn only_ids_derived_with_the_saga_key_count_as_issued() {
         !r.issued("nobody", Some(real)),
         "a device outside the rollout"
     );
+    // The saga's way in: a state before its first event, with the key.
+    let keyed = Rollout::keyed(CommandKey::new([9; 32]));
+    assert_eq!(keyed.command_key, CommandKey::new([9; 32]));
+    assert_eq!(
+        Rollout {
+            command_key: CommandKey::default(),
+            ..keyed
+        },
+        Rollout::default()
+    );
 }
 
 #[test]
