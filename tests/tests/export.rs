@@ -15,7 +15,9 @@ use otaledger_domain::ids::new_event_id;
 use otaledger_domain::{Event, EventType};
 use otaledger_ledger::kafka::{ensure_topics, EventProducer};
 use otaledger_schemas::{encode_with, Schemas};
-use otaledger_tests::{config, event_at as event, otaledger_command, read_topic, unique, Services};
+use otaledger_tests::{
+    config, event_at as event, otaledger_command, read_topic, unique, Process, Services,
+};
 use rdkafka::message::OwnedHeaders;
 use serde_json::Value;
 
@@ -150,11 +152,14 @@ async fn the_parquet_export_matches_a_replay_and_survives_a_kill() {
 
     // Killed once it wrote a few segments, then run again to the end.
     let dir = std::env::temp_dir().join(&name);
-    let mut first = export(&cfg, &dir)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    // Killed on drop too, so a failing test leaves no exporter running.
+    let mut first = Process(
+        export(&cfg, &dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     loop {
         let segment = std::fs::read(dir.join("_checkpoint.json"))
@@ -171,8 +176,7 @@ async fn the_parquet_export_matches_a_replay_and_survives_a_kill() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    first.kill().unwrap();
-    first.wait().unwrap();
+    first.kill();
     let out = export(&cfg, &dir).output().unwrap();
     assert!(
         out.status.success(),
@@ -270,23 +274,25 @@ async fn export_follow_keeps_exporting_as_events_arrive_and_stops_on_sigterm() {
     ensure_topics(&cfg.kafka).await.unwrap();
     let producer = EventProducer::new(&cfg.kafka).unwrap();
     let dir = std::env::temp_dir().join(&name);
-    let mut follow = otaledger_command(
-        &cfg,
-        &[
+    let mut follow = Process(
+        otaledger_command(
+            &cfg,
+            &[
+                "export",
+                "parquet",
+                "--out",
+                dir.to_str().unwrap(),
+                "--follow",
+                "--flush-seconds",
+                "1",
+            ],
             "export",
-            "parquet",
-            "--out",
-            dir.to_str().unwrap(),
-            "--follow",
-            "--flush-seconds",
-            "1",
-        ],
-        "export",
-    )
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::null())
-    .spawn()
-    .unwrap();
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap(),
+    );
     let count = |dir: std::path::PathBuf| async move {
         if !dir.join("_checkpoint.json").exists() {
             return 0;
@@ -312,16 +318,16 @@ async fn export_follow_keeps_exporting_as_events_arrive_and_stops_on_sigterm() {
         )
         .await;
     }
-    let pid = follow.id().to_string();
+    let pid = follow.0.id().to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])
         .status()
         .unwrap()
         .success());
-    let status = follow.wait().unwrap();
+    let status = follow.0.wait().unwrap();
     assert!(status.success(), "{status:?}");
     let mut text = String::new();
-    std::io::Read::read_to_string(&mut follow.stdout.take().unwrap(), &mut text).unwrap();
+    std::io::Read::read_to_string(&mut follow.0.stdout.take().unwrap(), &mut text).unwrap();
     assert!(text.contains("exported 1500 events"), "{text}");
     let _ = std::fs::remove_dir_all(&dir);
 }
