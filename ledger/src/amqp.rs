@@ -19,17 +19,11 @@ pub struct AmqpConfig {
     pub prefetch: u16,
 }
 
-/// The URL's password is never shown.
-impl std::fmt::Debug for AmqpConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AmqpConfig")
-            .field("url", &crate::config::redact_url(&self.url))
-            .field("reports_queue", &self.reports_queue)
-            .field("commands_exchange", &self.commands_exchange)
-            .field("prefetch", &self.prefetch)
-            .finish()
-    }
-}
+crate::config::debug_with_redacted_url!(AmqpConfig {
+    reports_queue,
+    commands_exchange,
+    prefetch
+});
 
 impl Default for AmqpConfig {
     fn default() -> Self {

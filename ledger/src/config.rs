@@ -110,16 +110,26 @@ pub struct DatabaseConfig {
     pub max_connections: u32,
 }
 
-/// The URL's password is never shown.
-impl std::fmt::Debug for DatabaseConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DatabaseConfig")
-            .field("url", &redact_url(&self.url))
-            .field("schema", &self.schema)
-            .field("max_connections", &self.max_connections)
-            .finish()
-    }
+/// `Debug` for settings whose `url` may carry a password: the URL redacted, the other fields
+/// as they are.
+macro_rules! debug_with_redacted_url {
+    ($settings:ident { $($field:ident),* }) => {
+        impl std::fmt::Debug for $settings {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($settings))
+                    .field("url", &$crate::config::redact_url(&self.url))
+                    $(.field(stringify!($field), &self.$field))*
+                    .finish()
+            }
+        }
+    };
 }
+pub(crate) use debug_with_redacted_url;
+
+debug_with_redacted_url!(DatabaseConfig {
+    schema,
+    max_connections
+});
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
