@@ -30,6 +30,12 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2
 }
 
+# Tools the scripts and the tests run: openssl (development certificates) and, as clients no one
+# here wrote, curl (HTTPS) and mosquitto_pub (MQTT over TLS).
+for tool in python3:python3 openssl:openssl curl:curl mosquitto_pub:mosquitto-clients; do
+  command -v "${tool%%:*}" >/dev/null || { log "installing ${tool#*:}"; apt_install "${tool#*:}"; }
+done
+
 # PostgreSQL
 if ! port_open 5432; then
   if ! ls /etc/postgresql/*/main >/dev/null 2>&1; then log "installing PostgreSQL"; apt_install postgresql; fi
@@ -93,6 +99,9 @@ if [ -f "$MOSQ_CONF" ] && ! cmp -s "$TLS_DIR/server.pem" "$MOSQ_TLS/otaledger-se
 fi
 if [ -f "$MOSQ_CONF" ] && ! grep -q "otaledger: TLS listener" "$MOSQ_CONF"; then
   log "adding Mosquitto's TLS listener on 8883"
+  # Debian's own file names no listener (Mosquitto then listens on 1883 alone); a second
+  # listener would end that one, so the plain listener is named first.
+  grep -q "^listener 1883" "$MOSQ_CONF" || printf '\nlistener 1883 127.0.0.1\n' >>"$MOSQ_CONF"
   cat >>"$MOSQ_CONF" <<CONF
 
 # otaledger: TLS listener (docs/adr/0028) beside the plain one, written by scripts/services.sh.

@@ -72,6 +72,11 @@ impl Authenticator {
         let answer = access::verify(&self.pool, token)
             .await
             .map_err(|e| ApiError::unavailable(&e))?;
+        // Only answers for tokens of our form are remembered: junk needs no database call, and
+        // remembering it would let anyone flood the cache out.
+        if access::split(token).is_none() {
+            return Ok(answer);
+        }
         if let Ok(mut recent) = self.recent.lock() {
             if recent.len() >= MAX_REMEMBERED {
                 recent.clear();
@@ -82,18 +87,20 @@ impl Authenticator {
     }
 }
 
-/// The role each secured operation needs, by path and then method, read from the document
-/// (keyed so that a request's lookup allocates nothing).
-static REQUIRED: LazyLock<HashMap<String, Vec<(Method, Role)>>> = LazyLock::new(|| {
+/// A path's documented methods and the role each needs (`None`: open).
+type Operations = Vec<(Method, Option<Role>)>;
+
+/// The role each documented operation needs (`None`: open), by path and then method, read from
+/// the document (keyed so that a request's lookup allocates nothing).
+static REQUIRED: LazyLock<HashMap<String, Operations>> = LazyLock::new(|| {
     let doc = serde_json::to_value(crate::openapi()).unwrap_or_default();
-    let mut required: HashMap<String, Vec<(Method, Role)>> = HashMap::new();
+    let mut required: HashMap<String, Operations> = HashMap::new();
     for (path, item) in doc["paths"].as_object().into_iter().flatten() {
         for (method, op) in item.as_object().into_iter().flatten() {
             let role = op["security"][0][SCHEME][0]
                 .as_str()
                 .and_then(|r| r.parse().ok());
-            let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes()).ok();
-            if let (Some(role), Some(method)) = (role, method) {
+            if let Ok(method) = Method::from_bytes(method.to_ascii_uppercase().as_bytes()) {
                 required
                     .entry(path.clone())
                     .or_default()
@@ -104,14 +111,25 @@ static REQUIRED: LazyLock<HashMap<String, Vec<(Method, Role)>>> = LazyLock::new(
     required
 });
 
-/// The role a route needs; `None` for an open route.
-#[must_use]
-pub fn required_role(method: &Method, path: &str) -> Option<Role> {
+/// What a route's operation in the document says: `None` when the document does not have it,
+/// `Some(None)` for an open operation, `Some(Some(role))` for a secured one. HEAD is GET's.
+fn documented(method: &Method, path: &str) -> Option<Option<Role>> {
+    let method = if method == Method::HEAD {
+        &Method::GET
+    } else {
+        method
+    };
     REQUIRED
         .get(path)?
         .iter()
         .find(|(m, _)| m == method)
         .map(|(_, role)| *role)
+}
+
+/// The role a route needs; `None` for an open route.
+#[must_use]
+pub fn required_role(method: &Method, path: &str) -> Option<Role> {
+    documented(method, path).flatten()
 }
 
 /// A refusal, counted by status and error.
@@ -161,12 +179,20 @@ fn is_json(req: &Request) -> bool {
 
 /// The layer: authenticates and authorises a request for a secured route.
 pub(crate) async fn authorize(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
-    let Some(required) = req
-        .extensions()
-        .get::<MatchedPath>()
-        .and_then(|p| required_role(req.method(), p.as_str()))
-    else {
-        return next.run(req).await;
+    let path = req.extensions().get::<MatchedPath>().map(|p| p.as_str());
+    let required = match path.map(|p| documented(req.method(), p)) {
+        Some(Some(Some(role))) => role,
+        Some(Some(None)) => return next.run(req).await,
+        // Closed unless documented: a route added without `routes!` has no role in the
+        // document, so no one may use it (and the route matrix test would not see it).
+        _ => {
+            tracing::error!(method = %req.method(), path = ?path, "a route missing from the OpenAPI document was refused");
+            return refused(
+                StatusCode::FORBIDDEN,
+                "undocumented_route",
+                "this route is not in /openapi.json, so no role may use it".into(),
+            );
+        }
     };
     if !s.authenticate {
         req.extensions_mut().insert(Principal {
@@ -235,4 +261,23 @@ pub(crate) async fn authorize(State(s): State<AppState>, mut req: Request, next:
         token_id: holder.token_id,
     });
     next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_documented_operations_are_open_or_secured() {
+        assert_eq!(documented(&Method::GET, "/healthz"), Some(None));
+        assert_eq!(documented(&Method::HEAD, "/healthz"), Some(None));
+        assert_eq!(
+            documented(&Method::POST, "/v1/rollouts"),
+            Some(Some(Role::Operator))
+        );
+        assert_eq!(required_role(&Method::GET, "/metrics"), Some(Role::Viewer));
+        // Not in the document: closed, not open.
+        assert_eq!(documented(&Method::DELETE, "/healthz"), None);
+        assert_eq!(documented(&Method::GET, "/v1/undocumented"), None);
+    }
 }

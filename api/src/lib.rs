@@ -49,7 +49,7 @@ pub struct AppState {
     pub auth: Arc<auth::Authenticator>,
     /// Off only through [`AppState::unauthenticated_for_benchmarks`]; no configuration turns it
     /// off.
-    pub authenticate: bool,
+    authenticate: bool,
     /// Adds and removes device logins in the MQTT broker when devices are provisioned and
     /// revoked (ADR 0026); without it a provisioned device can report over HTTP only.
     pub mqtt_admin: Option<Arc<otaledger_ledger::mqtt_admin::MqttAdmin>>,

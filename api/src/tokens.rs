@@ -26,6 +26,10 @@ use utoipa_axum::routes;
 use crate::auth::Principal;
 use crate::{ApiError, AppState, ErrorBody};
 
+/// The prefix of otaledger's own MQTT logins (`otaledger-admin`, `otaledger-service`): no device
+/// may take it.
+const RESERVED_PREFIX: &str = "otaledger-";
+
 /// The longest token name, in characters.
 const MAX_NAME_LEN: usize = 128;
 /// The longest lifetime a token may be given (ten years).
@@ -133,6 +137,13 @@ pub async fn provision_device(
     issued_by: &str,
     replace: bool,
 ) -> Result<IssuedToken, AccessError> {
+    // otaledger's own broker logins share the namespace of device logins.
+    if device.starts_with(RESERVED_PREFIX) {
+        return Err(otaledger_projections::Error::Conflict(format!(
+            "device ids starting with {RESERVED_PREFIX:?} are reserved for otaledger's own logins"
+        ))
+        .into());
+    }
     if replace {
         revoke_named(pool, producer, broker, device, issued_by).await?;
     }

@@ -68,9 +68,7 @@ impl MqttAdmin {
             std::process::id(),
             uuid::Uuid::new_v4()
         );
-        let mut opts = rumqttc::MqttOptions::new(client_id, &cfg.host, cfg.port);
-        opts.set_keep_alive(Duration::from_secs(15));
-        opts.set_max_packet_size(1024 * 1024, 1024 * 1024);
+        let mut opts = cfg.options(&client_id);
         opts.set_credentials(user, password);
         let (client, mut eventloop) = AsyncClient::new(opts, 100);
         let waiting: Waiting = Arc::default();
@@ -156,14 +154,6 @@ impl MqttAdmin {
             Some(a) if a["error"] == "Client not found" => Ok(()),
             other => refused(other, "deleteClient"),
         }
-    }
-
-    /// Whether the broker holds a login for `device`.
-    pub async fn has_device(&self, device: &str) -> Result<bool, AdminError> {
-        let answers = self
-            .request(vec![json!({"command": "getClient", "username": device})])
-            .await?;
-        Ok(answers.first().is_some_and(|a| a.get("error").is_none()))
     }
 }
 

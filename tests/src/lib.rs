@@ -248,14 +248,28 @@ pub async fn migrated_test_pool(cfg: &Config, max_connections: u32) -> sqlx::PgP
 pub async fn api_app(cfg: &Config) -> axum::Router {
     let pool = migrated_test_pool(cfg, 4).await;
     let producer = otaledger_ledger::kafka::EventProducer::new(&cfg.kafka).expect("producer");
-    let state = otaledger_api::AppState::new(
+    let state = app_state(cfg, &pool, &producer);
+    as_client(otaledger_api::app(state), pool, producer).await
+}
+
+/// The API's state over the test's store and topics (an API instance; wrap its app with
+/// [`as_client`] to send requests with credentials).
+///
+/// # Panics
+/// When the Kafka probe cannot be created.
+#[must_use]
+pub fn app_state(
+    cfg: &Config,
+    pool: &sqlx::PgPool,
+    producer: &otaledger_ledger::kafka::EventProducer,
+) -> otaledger_api::AppState {
+    otaledger_api::AppState::new(
         pool.clone(),
         producer.clone(),
         cfg.kafka.clone(),
         cfg.offline_after(),
     )
-    .expect("state");
-    as_client(otaledger_api::app(state), pool, producer).await
+    .expect("the API's state")
 }
 
 /// Issues a token directly through the credential store (and the ledger), as `otaledger token

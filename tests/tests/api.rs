@@ -3,7 +3,6 @@
 //! ingest and the operations endpoints, driven with `oneshot`.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
@@ -87,13 +86,7 @@ async fn fixture(test: &str) -> Fixture {
     .unwrap();
     tx.commit().await.unwrap();
     let producer = EventProducer::new(&cfg.kafka).unwrap();
-    let state = otaledger_api::AppState::new(
-        pool.clone(),
-        producer.clone(),
-        cfg.kafka.clone(),
-        Duration::from_secs(300),
-    )
-    .unwrap();
+    let state = otaledger_tests::app_state(&cfg, &pool, &producer);
     Fixture {
         app: otaledger_tests::as_client(otaledger_api::app(state), pool, producer).await,
         devices,

@@ -48,14 +48,7 @@ fn bare_app(
     pool: &PgPool,
     producer: &EventProducer,
 ) -> axum::Router {
-    let state = otaledger_api::AppState::new(
-        pool.clone(),
-        producer.clone(),
-        cfg.kafka.clone(),
-        Duration::from_secs(300),
-    )
-    .unwrap();
-    otaledger_api::app(state)
+    otaledger_api::app(otaledger_tests::app_state(cfg, pool, producer))
 }
 
 struct Answer {

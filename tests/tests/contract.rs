@@ -61,10 +61,7 @@ async fn the_server_keeps_the_contract_its_openapi_document_states() {
     let producer = otaledger_ledger::kafka::EventProducer::new(&cfg.kafka).unwrap();
     let admin = issue_token(&pool, &producer, "contract-admin", Role::Admin).await;
     let device = issue_token(&pool, &producer, "dev-contract", Role::Device).await;
-    let state =
-        otaledger_api::AppState::new(pool, producer, cfg.kafka.clone(), cfg.offline_after())
-            .unwrap();
-    let bare = otaledger_api::app(state);
+    let bare = otaledger_api::app(otaledger_tests::app_state(&cfg, &pool, &producer));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, bare).await.unwrap() });

@@ -37,14 +37,8 @@ async fn setup(test: &str) -> (String, Config, axum::Router) {
     );
     let pool = migrated_test_pool(&cfg, 4).await;
     let producer = EventProducer::new(&cfg.kafka).unwrap();
-    let state = otaledger_api::AppState::new(
-        pool.clone(),
-        producer.clone(),
-        cfg.kafka.clone(),
-        cfg.offline_after(),
-    )
-    .unwrap()
-    .with_mqtt_admin(MqttAdmin::connect(&cfg.mqtt).unwrap());
+    let state = otaledger_tests::app_state(&cfg, &pool, &producer)
+        .with_mqtt_admin(MqttAdmin::connect(&cfg.mqtt).unwrap());
     let app = as_client(otaledger_api::app(state), pool, producer).await;
     (name, cfg, app)
 }
@@ -156,6 +150,12 @@ async fn the_broker_confines_each_device_to_its_own_identity_and_topics() {
     let (a, b) = (format!("{name}-a"), format!("{name}-b"));
     let token_a = provision(&app, &a).await;
     let token_b = provision(&app, &b).await;
+    // otaledger's own logins cannot be taken (nor replaced) by provisioning a device.
+    for reserved in ["otaledger-service", "otaledger-admin"] {
+        let body = json!({"device_id": reserved});
+        let (status, answer) = call(&app, "POST", "/v1/devices", Some(&body)).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+    }
 
     // otaledger's service login sees everything under the root, as the bridge does.
     let service = cfg.mqtt.username.clone().unwrap();
