@@ -111,19 +111,23 @@ static REQUIRED: LazyLock<HashMap<String, Operations>> = LazyLock::new(|| {
     required
 });
 
-/// What a route's operation in the document says: `None` when the document does not have it,
-/// `Some(None)` for an open operation, `Some(Some(role))` for a secured one. HEAD is GET's.
+/// What the document says of a request: `None` when it does not have the path at all,
+/// `Some(None)` when the request may pass without a token (an open operation, or a method the
+/// path does not have, which the router answers 405 without running a handler),
+/// `Some(Some(role))` for a secured operation. HEAD is GET's.
 fn documented(method: &Method, path: &str) -> Option<Option<Role>> {
     let method = if method == Method::HEAD {
         &Method::GET
     } else {
         method
     };
-    REQUIRED
-        .get(path)?
-        .iter()
-        .find(|(m, _)| m == method)
-        .map(|(_, role)| *role)
+    Some(
+        REQUIRED
+            .get(path)?
+            .iter()
+            .find(|(m, _)| m == method)
+            .and_then(|(_, role)| *role),
+    )
 }
 
 /// The role a route needs; `None` for an open route.
@@ -276,8 +280,9 @@ mod tests {
             Some(Some(Role::Operator))
         );
         assert_eq!(required_role(&Method::GET, "/metrics"), Some(Role::Viewer));
-        // Not in the document: closed, not open.
-        assert_eq!(documented(&Method::DELETE, "/healthz"), None);
+        // A method the path lacks passes to the router's 405.
+        assert_eq!(documented(&Method::DELETE, "/healthz"), Some(None));
+        // A path not in the document: closed, not open.
         assert_eq!(documented(&Method::GET, "/v1/undocumented"), None);
     }
 }
