@@ -52,6 +52,14 @@ if ! port_open 5672; then
   rabbitmq-server -detached || true
   wait_port 5672 RabbitMQ 240
 fi
+# Its management API, through which otaledger creates each gateway's RabbitMQ user
+# (docs/adr/0029). Enabled on the running node (and remembered for its next start). guest may
+# use it from loopback only, as RabbitMQ allows guest nowhere else.
+if ! port_open 15672; then
+  log "enabling RabbitMQ's management plugin"
+  rabbitmq-plugins enable --quiet rabbitmq_management >&2
+  wait_port 15672 "RabbitMQ management" 120
+fi
 
 # Mosquitto. Its defaults (20 QoS 1 messages in flight and 1,000 queued per client) make the
 # broker drop device messages queued for the bridge during a burst; otaledger needs it to keep
@@ -190,4 +198,4 @@ if ! port_open "$KAFKA_PORT"; then
    echo $! >"$STATE_DIR/tansu.pid")
   wait_port "$KAFKA_PORT" tansu
 fi
-log "PostgreSQL :5432, RabbitMQ :5672, Mosquitto :1883 and Kafka :$KAFKA_PORT are up"
+log "PostgreSQL :5432, RabbitMQ :5672 (management :15672), Mosquitto :1883 and Kafka :$KAFKA_PORT are up"

@@ -9,6 +9,7 @@ bash scripts/services.sh
 export OTALEDGER_TEST_KAFKA="${OTALEDGER_TEST_KAFKA:-127.0.0.1:${OTALEDGER_KAFKA_PORT:-9092}}"
 export OTALEDGER_TEST_DATABASE_URL="${OTALEDGER_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 export OTALEDGER_TEST_AMQP_URL="${OTALEDGER_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
+export OTALEDGER_TEST_AMQP_ADMIN_URL="${OTALEDGER_TEST_AMQP_ADMIN_URL:-http://guest:guest@127.0.0.1:15672}"
 export OTALEDGER_TEST_MQTT="${OTALEDGER_TEST_MQTT:-127.0.0.1:1883}"
 # Mosquitto's logins, made by scripts/services.sh (ADR 0026).
 MQTT_SECRETS="${OTALEDGER_STATE_DIR:-$HOME/.cache/otaledger}/mqtt"

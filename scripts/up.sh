@@ -21,6 +21,9 @@ export OTALEDGER_MQTT_PASSWORD
 export OTALEDGER_MQTT_ADMIN_USERNAME=otaledger-admin
 OTALEDGER_MQTT_ADMIN_PASSWORD="$(cat "$MQTT_SECRETS/admin.password")"
 export OTALEDGER_MQTT_ADMIN_PASSWORD
+# RabbitMQ's management API (enabled by scripts/services.sh): provisioning a gateway creates
+# its RabbitMQ user there (docs/adr/0029).
+export OTALEDGER_AMQP_ADMIN_URL="${OTALEDGER_AMQP_ADMIN_URL:-http://guest:guest@127.0.0.1:15672}"
 # Every /v1 route needs a token: a fresh admin token for this quick start (the previous one is
 # revoked), printed once. `otaledger token create` makes more (viewer, operator, approver).
 "$OTALEDGER" --config otaledger.example.toml token revoke quickstart-admin 2>/dev/null || true
@@ -28,19 +31,30 @@ TOKEN=$("$OTALEDGER" --config otaledger.example.toml token create --name quickst
 echo "otaledger API: http://$LISTEN  (open: /healthz, /readyz, /openapi.json)"
 echo "admin token (shown once):  export OTALEDGER_TOKEN=$TOKEN"
 echo "  curl -H \"Authorization: Bearer \$OTALEDGER_TOKEN\" http://$LISTEN/v1/fleet/summary"
-# The simulated fleet is provisioned as a real one is: each device gets its credential and its
-# MQTT login, and the simulator logs each device in as itself. The credentials are kept (0600)
+# The simulated fleet is provisioned as a real one is. Each gateway gets its credential and its
+# own RabbitMQ user (made again at every start: ten gateways take a second); each device its
+# credential and MQTT login, every fifth one attached to a gateway that reports for it. The
+# simulator logs each device and gateway in as itself. The device credentials are kept (0600)
 # for the next start, and made again when the broker no longer admits them.
 DEVICES="${DEVICES:-2000}"
+GATEWAYS=10
+GW_CREDS="$STATE_DIR/gateways.csv"
+seq 0 $((GATEWAYS - 1)) | awk '{ printf "gw-%03d\n", $1 }' >"$STATE_DIR/gateway-ids.csv"
+(umask 077; "$OTALEDGER" --config otaledger.example.toml gateways provision --replace \
+   --from "$STATE_DIR/gateway-ids.csv" >"$GW_CREDS.new")
+mv "$GW_CREDS.new" "$GW_CREDS"
 CREDS="$STATE_DIR/fleet-$DEVICES.csv"
 first=$(sed -n 2p "$CREDS" 2>/dev/null || true)
-if [ -z "$first" ] ||
-   ! python3 scripts/mqtt_dynsec.py login 127.0.0.1 1883 "${first%%,*}" <(printf '%s' "${first#*,}") "${first%%,*}"; then
+token=$(printf '%s' "$first" | cut -d, -f2)
+if [ "$(head -1 "$CREDS" 2>/dev/null)" != "device_id,token,gateway_id" ] ||
+   ! python3 scripts/mqtt_dynsec.py login 127.0.0.1 1883 "${first%%,*}" <(printf '%s' "$token") "${first%%,*}"; then
   echo "provisioning the simulated fleet: $DEVICES devices, each with a credential and an MQTT login"
-  seq 0 $((DEVICES - 1)) | awk '{ printf "dev-%06d\n", $1 }' >"$STATE_DIR/fleet-ids.csv"
+  seq 0 $((DEVICES - 1)) |
+    awk -v g="$GATEWAYS" '{ printf "dev-%06d", $1; if ($1 % 5 == 0) printf ",gw-%03d", ($1 / 5) % g; printf "\n" }' \
+    >"$STATE_DIR/fleet-ids.csv"
   (umask 077; "$OTALEDGER" --config otaledger.example.toml devices provision --replace \
      --from "$STATE_DIR/fleet-ids.csv" >"$CREDS.new")
   mv "$CREDS.new" "$CREDS"
 fi
 exec "$OTALEDGER" --config otaledger.example.toml up --simulate --credentials "$CREDS" \
-  --devices "$DEVICES" --rate "${RATE:-500}" "$@"
+  --gateway-credentials "$GW_CREDS" --devices "$DEVICES" --rate "${RATE:-500}" "$@"

@@ -40,10 +40,12 @@ pub struct Principal {
 /// What the store answered for a token, and when.
 type Remembered = (Instant, Result<Holder, Refusal>);
 
-/// Checks presented tokens against the credential store, remembering answers briefly.
+/// Checks presented tokens against the credential store, remembering answers briefly, and
+/// OIDC bearer tokens against their issuer's keys when configured (ADR 0030).
 pub struct Authenticator {
     pool: PgPool,
     recent: Mutex<HashMap<String, Remembered>>,
+    oidc: Option<crate::oidc::OidcVerifier>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -58,7 +60,15 @@ impl Authenticator {
         Authenticator {
             pool,
             recent: Mutex::new(HashMap::new()),
+            oidc: None,
         }
+    }
+
+    /// Also accepts OIDC bearer tokens that `verifier` verifies.
+    #[must_use]
+    pub fn with_oidc(mut self, verifier: crate::oidc::OidcVerifier) -> Self {
+        self.oidc = Some(verifier);
+        self
     }
 
     async fn check(&self, token: &str) -> Result<Result<Holder, Refusal>, ApiError> {
@@ -231,18 +241,31 @@ pub(crate) async fn authorize(State(s): State<AppState>, mut req: Request, next:
             "this route needs a bearer token (Authorization: Bearer …)".into(),
         );
     };
-    let holder = match s.auth.check(token).await {
-        Ok(Ok(holder)) => holder,
-        Ok(Err(why)) => {
-            let reason = match why {
-                Refusal::Malformed => "the bearer token is not an otaledger token",
-                Refusal::Unknown => "the bearer token is not known",
-                Refusal::Revoked => "the bearer token was revoked",
-                Refusal::Expired => "the bearer token has expired",
-            };
-            return refused(StatusCode::UNAUTHORIZED, "unauthenticated", reason.into());
-        }
-        Err(e) => return e.into_response(),
+    let holder = match (
+        &s.auth.oidc,
+        crate::oidc::OidcVerifier::looks_like_jwt(token),
+    ) {
+        (Some(oidc), true) => match oidc.verify(token) {
+            Ok(subject) => Holder {
+                token_id: subject.token_id,
+                name: subject.name,
+                role: subject.role,
+            },
+            Err(reason) => return refused(StatusCode::UNAUTHORIZED, "unauthenticated", reason),
+        },
+        _ => match s.auth.check(token).await {
+            Ok(Ok(holder)) => holder,
+            Ok(Err(why)) => {
+                let reason = match why {
+                    Refusal::Malformed => "the bearer token is not an otaledger token",
+                    Refusal::Unknown => "the bearer token is not known",
+                    Refusal::Revoked => "the bearer token was revoked",
+                    Refusal::Expired => "the bearer token has expired",
+                };
+                return refused(StatusCode::UNAUTHORIZED, "unauthenticated", reason.into());
+            }
+            Err(e) => return e.into_response(),
+        },
     };
     if !holder.role.allows(required) {
         let path = req

@@ -7,6 +7,7 @@ pub mod device_lookup;
 mod devices;
 mod error;
 pub mod ingest;
+pub mod oidc;
 mod openapi;
 mod ops;
 pub use ops::metrics_routes;
@@ -53,6 +54,9 @@ pub struct AppState {
     /// Adds and removes device logins in the MQTT broker when devices are provisioned and
     /// revoked (ADR 0026); without it a provisioned device can report over HTTP only.
     pub mqtt_admin: Option<Arc<otaledger_ledger::mqtt_admin::MqttAdmin>>,
+    /// Creates and deletes gateways' RabbitMQ users when gateways are provisioned and revoked
+    /// (ADR 0029); without it no gateway can be provisioned.
+    pub rabbit_admin: Option<Arc<otaledger_ledger::amqp_admin::RabbitAdmin>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -85,6 +89,7 @@ impl AppState {
             offline_after,
             summary: Arc::new(summary_cache::SummaryCache::new(Duration::from_secs(1))),
             mqtt_admin: None,
+            rabbit_admin: None,
         })
     }
 
@@ -93,6 +98,29 @@ impl AppState {
     pub fn with_mqtt_admin(mut self, admin: otaledger_ledger::mqtt_admin::MqttAdmin) -> Self {
         self.mqtt_admin = Some(Arc::new(admin));
         self
+    }
+
+    /// Provisioning and revoking gateways also creates and deletes their RabbitMQ users.
+    #[must_use]
+    pub fn with_rabbit_admin(mut self, admin: otaledger_ledger::amqp_admin::RabbitAdmin) -> Self {
+        self.rabbit_admin = Some(Arc::new(admin));
+        self
+    }
+
+    /// Also accepts OIDC bearer tokens (ADR 0030).
+    #[must_use]
+    pub fn with_oidc(mut self, verifier: oidc::OidcVerifier) -> Self {
+        self.auth = Arc::new(auth::Authenticator::new(self.pool.clone()).with_oidc(verifier));
+        self
+    }
+
+    /// The brokers whose logins follow provisioning and revocation.
+    #[must_use]
+    pub fn brokers(&self) -> tokens::Brokers<'_> {
+        tokens::Brokers {
+            mqtt: self.mqtt_admin.as_deref(),
+            amqp: self.rabbit_admin.as_deref(),
+        }
     }
 }
 

@@ -1,5 +1,5 @@
-//! Issuing and revoking access: API tokens (`/v1/tokens`, admin) and device credentials
-//! (`POST /v1/devices`, admin). Each change is an event in `ota.access-events` (who, what role,
+//! Issuing and revoking access: API tokens (`/v1/tokens`, admin), device credentials
+//! (`POST /v1/devices`, admin) and gateway credentials (`POST /v1/gateways`, admin). Each change is an event in `ota.access-events` (who, what role,
 //! by whom) and a row in the credential store, written together: the row commits only once
 //! Kafka holds the event. The secret is answered once and kept nowhere.
 
@@ -9,10 +9,11 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use chrono::{DateTime, Utc};
 use otaledger_domain::access::Role;
-use otaledger_domain::events::{TokenIssued, TokenRevoked};
+use otaledger_domain::events::{DeviceAttached, TokenIssued, TokenRevoked};
 use otaledger_domain::ids::new_trace_id;
 use otaledger_domain::json_schema;
 use otaledger_domain::{Event, Payload};
+use otaledger_ledger::amqp_admin::RabbitAdmin;
 use otaledger_ledger::kafka::EventProducer;
 use otaledger_ledger::mqtt_admin::MqttAdmin;
 use otaledger_projections::access::{self, TokenRow};
@@ -39,6 +40,15 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create, list))
         .routes(routes!(revoke))
+        .routes(routes!(provision_gateway_route))
+}
+
+/// The brokers whose logins follow the credential store: device logins in Mosquitto (ADR
+/// 0026), gateway users in RabbitMQ (ADR 0029). `None`: that broker is not told.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Brokers<'a> {
+    pub mqtt: Option<&'a MqttAdmin>,
+    pub amqp: Option<&'a RabbitAdmin>,
 }
 
 /// Why issuing or revoking failed.
@@ -51,6 +61,12 @@ pub enum AccessError {
     /// The MQTT broker did not take the device's login (ADR 0026).
     #[error("the device's MQTT login: {0}")]
     Broker(#[from] otaledger_ledger::mqtt_admin::AdminError),
+    /// RabbitMQ did not take the gateway's user (ADR 0029).
+    #[error("the gateway's RabbitMQ user: {0}")]
+    GatewayBroker(#[from] otaledger_ledger::amqp_admin::AdminError),
+    /// A device may only be attached to a gateway that holds a live credential.
+    #[error("{0:?} is not a provisioned gateway (provision it first: POST /v1/gateways)")]
+    UnknownGateway(String),
 }
 
 impl From<AccessError> for ApiError {
@@ -60,6 +76,11 @@ impl From<AccessError> for ApiError {
                 status: StatusCode::CONFLICT,
                 error: "conflict",
                 reason,
+            },
+            e @ AccessError::UnknownGateway(_) => ApiError {
+                status: StatusCode::CONFLICT,
+                error: "unknown_gateway",
+                reason: e.to_string(),
             },
             e => ApiError::unavailable(&e),
         }
@@ -124,45 +145,127 @@ pub async fn issue(
     })
 }
 
+fn reserved(name: &str) -> Result<(), AccessError> {
+    // otaledger's own broker logins share the namespace of device and gateway logins.
+    if name.starts_with(RESERVED_PREFIX) {
+        return Err(otaledger_projections::Error::Conflict(format!(
+            "ids starting with {RESERVED_PREFIX:?} are reserved for otaledger's own logins"
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+fn db(context: &'static str) -> impl FnOnce(sqlx::Error) -> AccessError {
+    move |source| otaledger_projections::Error::Db { context, source }.into()
+}
+
 /// Provisions `device`: its credential (a token of role `device` named by its id) and, with the
 /// broker's admin login, its MQTT login with that credential as the password, so the broker
 /// admits it (ADR 0026). When the broker does not take the login the credential is revoked
 /// again and the error returned: a device is provisioned on every channel or on none. With
 /// `replace`, a live credential of the device is revoked first instead of being a conflict.
+/// `gateway` attaches it to the gateway that will report for it (which must be provisioned);
+/// `None` makes it a device that reports directly (ADR 0029).
 pub async fn provision_device(
     pool: &PgPool,
     producer: &EventProducer,
-    broker: Option<&MqttAdmin>,
+    brokers: Brokers<'_>,
     device: &str,
+    gateway: Option<&str>,
     issued_by: &str,
     replace: bool,
 ) -> Result<IssuedToken, AccessError> {
-    // otaledger's own broker logins share the namespace of device logins.
-    if device.starts_with(RESERVED_PREFIX) {
-        return Err(otaledger_projections::Error::Conflict(format!(
-            "device ids starting with {RESERVED_PREFIX:?} are reserved for otaledger's own logins"
-        ))
-        .into());
+    reserved(device)?;
+    if let Some(gateway) = gateway {
+        let mut conn = pool.acquire().await.map_err(db("checking a gateway"))?;
+        if !access::is_live(&mut conn, gateway, Role::Gateway).await? {
+            return Err(AccessError::UnknownGateway(gateway.to_owned()));
+        }
     }
     if replace {
-        revoke_named(pool, producer, broker, device, issued_by).await?;
+        revoke_named(pool, producer, brokers, device, issued_by).await?;
     }
     let issued = issue(pool, producer, device, Role::Device, None, issued_by).await?;
-    if let Some(broker) = broker {
+    if let Some(broker) = brokers.mqtt {
         if let Err(e) = broker.add_device(device, &issued.token).await {
-            revoke_named(pool, producer, None, device, issued_by).await?;
+            revoke_named(pool, producer, Brokers::default(), device, issued_by).await?;
             return Err(e.into());
         }
+    }
+    attach(pool, producer, device, gateway, issued_by).await?;
+    Ok(issued)
+}
+
+/// Attaches `device` to `gateway` (or makes it direct) and records the change in the ledger;
+/// nothing is recorded when nothing changes.
+pub async fn attach(
+    pool: &PgPool,
+    producer: &EventProducer,
+    device: &str,
+    gateway: Option<&str>,
+    by: &str,
+) -> Result<(), AccessError> {
+    let mut tx = pool
+        .begin()
+        .await
+        .map_err(db("beginning to attach a device"))?;
+    if let Some(gateway) = gateway {
+        if !access::is_live(&mut tx, gateway, Role::Gateway).await? {
+            return Err(AccessError::UnknownGateway(gateway.to_owned()));
+        }
+    }
+    let before = access::attach(&mut tx, device, gateway, by).await?;
+    if before.as_deref() == gateway {
+        return Ok(());
+    }
+    let event = Event::now(
+        Payload::DeviceAttached(DeviceAttached {
+            device_id: device.to_owned(),
+            gateway_id: gateway.map(str::to_owned),
+            attached_by: by.to_owned(),
+        }),
+        new_trace_id(),
+    );
+    producer.append(&event).await?;
+    tx.commit().await.map_err(db("committing an attachment"))?;
+    Ok(())
+}
+
+/// Provisions `gateway`: its credential (a token of role `gateway` named by its id) and its
+/// RabbitMQ user with that credential as the password, allowed to publish reports and read
+/// its own command queue (ADR 0029). Without RabbitMQ's management login nothing is issued:
+/// a gateway credential the broker does not know would be of no use.
+pub async fn provision_gateway(
+    pool: &PgPool,
+    producer: &EventProducer,
+    brokers: Brokers<'_>,
+    gateway: &str,
+    issued_by: &str,
+    replace: bool,
+) -> Result<IssuedToken, AccessError> {
+    reserved(gateway)?;
+    let broker = brokers
+        .amqp
+        .ok_or(otaledger_ledger::amqp_admin::AdminError::NotConfigured)?;
+    if replace {
+        revoke_named(pool, producer, brokers, gateway, issued_by).await?;
+    }
+    let issued = issue(pool, producer, gateway, Role::Gateway, None, issued_by).await?;
+    if let Err(e) = broker.add_gateway(gateway, &issued.token).await {
+        revoke_named(pool, producer, Brokers::default(), gateway, issued_by).await?;
+        return Err(e.into());
     }
     Ok(issued)
 }
 
 /// Revokes the live token of `name`; `None` when it has none. A device's credential also loses
-/// its MQTT login (the broker closes its connections) before the revocation commits.
+/// its MQTT login, a gateway's its RabbitMQ user (each broker closes its connections), before
+/// the revocation commits.
 pub async fn revoke_named(
     pool: &PgPool,
     producer: &EventProducer,
-    broker: Option<&MqttAdmin>,
+    brokers: Brokers<'_>,
     name: &str,
     revoked_by: &str,
 ) -> Result<Option<TokenRow>, AccessError> {
@@ -176,8 +279,11 @@ pub async fn revoke_named(
     let Some(row) = access::revoke(&mut tx, name).await? else {
         return Ok(None);
     };
-    if let (Some(broker), true) = (broker, row.role == Role::Device.as_str()) {
+    if let (Some(broker), true) = (brokers.mqtt, row.role == Role::Device.as_str()) {
         broker.remove_device(name).await?;
+    }
+    if let (Some(broker), true) = (brokers.amqp, row.role == Role::Gateway.as_str()) {
+        broker.remove_gateway(name).await?;
     }
     let event = Event::now(
         Payload::TokenRevoked(TokenRevoked {
@@ -211,7 +317,7 @@ impl utoipa::PartialSchema for TokenIn {
     fn schema() -> RefOr<Schema> {
         let roles = Role::ALL
             .into_iter()
-            .filter(|r| *r != Role::Device)
+            .filter(|r| !matches!(r, Role::Device | Role::Gateway))
             .map(Role::as_str);
         json_schema::closed_object("An API token to issue.")
             .property(
@@ -260,7 +366,7 @@ async fn create(
         .role
         .parse()
         .ok()
-        .filter(|r| *r != Role::Device)
+        .filter(|r| !matches!(r, Role::Device | Role::Gateway))
         .ok_or_else(|| {
             ApiError::bad_request(
                 "invalid_field",
@@ -330,16 +436,10 @@ async fn revoke(
     Extension(who): Extension<Principal>,
     Path(name): Path<String>,
 ) -> Result<Json<TokenRow>, ApiError> {
-    revoke_named(
-        &s.pool,
-        &s.producer,
-        s.mqtt_admin.as_deref(),
-        &name,
-        &who.name,
-    )
-    .await?
-    .map(Json)
-    .ok_or_else(|| ApiError::not_found(format!("no live token named {name:?}")))
+    revoke_named(&s.pool, &s.producer, s.brokers(), &name, &who.name)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no live token named {name:?}")))
 }
 
 /// A device to provision.
@@ -347,6 +447,8 @@ async fn revoke(
 #[serde(deny_unknown_fields)]
 struct DeviceIn {
     device_id: String,
+    #[serde(default)]
+    gateway_id: Option<String>,
 }
 
 impl utoipa::PartialSchema for DeviceIn {
@@ -354,6 +456,13 @@ impl utoipa::PartialSchema for DeviceIn {
         json_schema::closed_object("A device to give a credential.")
             .property("device_id", json_schema::device_id())
             .required("device_id")
+            .property(
+                "gateway_id",
+                json_schema::or_null(json_schema::device_id(), Type::String).description(Some(
+                    "The provisioned gateway that reports for it; absent or null: it reports \
+                     directly.",
+                )),
+            )
             .into()
     }
 }
@@ -377,11 +486,64 @@ pub(crate) async fn provision(
 ) -> Result<Response, ApiError> {
     let input: DeviceIn = crate::body::object(&body)?;
     crate::params::id("device", &input.device_id)?;
+    if let Some(g) = &input.gateway_id {
+        crate::params::id("gateway", g)?;
+    }
     let issued = provision_device(
         &s.pool,
         &s.producer,
-        s.mqtt_admin.as_deref(),
+        s.brokers(),
         &input.device_id,
+        input.gateway_id.as_deref(),
+        &who.name,
+        false,
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(issued)).into_response())
+}
+
+/// A gateway to provision.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GatewayIn {
+    gateway_id: String,
+}
+
+impl utoipa::PartialSchema for GatewayIn {
+    fn schema() -> RefOr<Schema> {
+        json_schema::closed_object("An edge gateway to give a credential and a RabbitMQ user.")
+            .property("gateway_id", json_schema::device_id())
+            .required("gateway_id")
+            .into()
+    }
+}
+impl utoipa::ToSchema for GatewayIn {}
+
+/// Provision an edge gateway: its credential (a token of role `gateway`, named by its id),
+/// once, which is also the password of its RabbitMQ user. It may publish report batches for
+/// the devices attached to it and read its own command queue; revoke it with
+/// `DELETE /v1/tokens/{gateway id}`.
+#[utoipa::path(post, path = "/v1/gateways", operation_id = "provisionGateway",
+    security(("token" = ["admin"])), tag = "access",
+    request_body(content = GatewayIn, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Provisioned; the credential is shown this once", body = IssuedToken),
+        (status = 400, description = "A bad gateway id", body = ErrorBody),
+        (status = 409, description = "The gateway has a live credential", body = ErrorBody),
+        crate::Unavailable,
+    ))]
+async fn provision_gateway_route(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let input: GatewayIn = crate::body::object(&body)?;
+    crate::params::id("gateway", &input.gateway_id)?;
+    let issued = provision_gateway(
+        &s.pool,
+        &s.producer,
+        s.brokers(),
+        &input.gateway_id,
         &who.name,
         false,
     )

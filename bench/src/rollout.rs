@@ -306,6 +306,7 @@ async fn drive(
         rounds: None,
         mqtt_connections: 8,
         credentials: None,
+        gateway_credentials: None,
         mqtt: cfg.mqtt.clone(),
         amqp: cfg.amqp.clone(),
         behaviour: Behaviour::default(),

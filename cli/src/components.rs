@@ -159,9 +159,15 @@ pub async fn run(
                 .map_err(Into::into)
         }
         Component::AmqpBridge => {
-            otaledger_producers::amqp_bridge::run(cfg.amqp.clone(), producer.clone(), shutdown)
-                .await
-                .map_err(Into::into)
+            let pool = migrated_pool(&cfg).await?;
+            otaledger_producers::amqp_bridge::run(
+                cfg.amqp.clone(),
+                producer.clone(),
+                pool,
+                shutdown,
+            )
+            .await
+            .map_err(Into::into)
         }
         Component::Router => {
             let pool = migrated_pool(&cfg).await?;
@@ -246,6 +252,18 @@ async fn run_api(
              through the API get no MQTT login and can report over HTTP only"
         ),
         Err(e) => return Err(e).context("connecting to the MQTT broker as its admin"),
+    }
+    match otaledger_ledger::amqp_admin::RabbitAdmin::new(&cfg.amqp) {
+        Ok(admin) => state = state.with_rabbit_admin(admin),
+        Err(otaledger_ledger::amqp_admin::AdminError::NotConfigured) => tracing::warn!(
+            "no RabbitMQ management login (amqp.admin_url): gateways cannot be provisioned \
+             through the API"
+        ),
+        Err(e) => return Err(e).context("reading amqp.admin_url"),
+    }
+    if let Some(verifier) = otaledger_api::oidc::OidcVerifier::new(&cfg.oidc)? {
+        tracing::info!(issuer = %cfg.oidc.issuer, audience = %cfg.oidc.audience, "accepting OIDC bearer tokens");
+        state = state.with_oidc(verifier);
     }
     let listener = tokio::net::TcpListener::bind(&cfg.http.listen).await?;
     let app = otaledger_api::app(state);

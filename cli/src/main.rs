@@ -101,6 +101,11 @@ enum Command {
         #[command(subcommand)]
         command: cmd::access::DevicesCommand,
     },
+    /// Edge gateway credentials: provision (each its own RabbitMQ user), revoke.
+    Gateways {
+        #[command(subcommand)]
+        command: cmd::access::GatewaysCommand,
+    },
 }
 
 fn init_tracing(format: &str) {
@@ -166,5 +171,8 @@ async fn dispatch(command: Command, cfg: Config, shutdown: &Shutdown) -> anyhow:
         Command::Devices { command } => {
             cmd::access::devices(&cfg, command).await.context("devices")
         }
+        Command::Gateways { command } => cmd::access::gateways(&cfg, command)
+            .await
+            .context("gateways"),
     }
 }

@@ -5,7 +5,8 @@ use std::str::FromStr;
 /// A principal's role. Operator roles are ordered, each allowing what the ones before it do:
 /// `viewer` reads; `operator` also requests, pauses, resumes and aborts rollouts; `approver`
 /// also approves rollouts that need a second person; `admin` also manages tokens and devices.
-/// `device` stands apart: a device's credential allows only its own reports.
+/// `device` and `gateway` stand apart: a device's credential allows only its own reports, a
+/// gateway's only its own batches (over AMQP, as its own RabbitMQ user: ADR 0029).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
     Viewer,
@@ -13,16 +14,18 @@ pub enum Role {
     Approver,
     Admin,
     Device,
+    Gateway,
 }
 
 impl Role {
     /// Every role, operator roles from least to most allowed.
-    pub const ALL: [Role; 5] = [
+    pub const ALL: [Role; 6] = [
         Role::Viewer,
         Role::Operator,
         Role::Approver,
         Role::Admin,
         Role::Device,
+        Role::Gateway,
     ];
 
     #[must_use]
@@ -33,17 +36,18 @@ impl Role {
             Role::Approver => "approver",
             Role::Admin => "admin",
             Role::Device => "device",
+            Role::Gateway => "gateway",
         }
     }
 
-    /// The rank among operator roles; `None` for a device.
+    /// The rank among operator roles; `None` for a device or a gateway.
     fn rank(self) -> Option<u8> {
         match self {
             Role::Viewer => Some(0),
             Role::Operator => Some(1),
             Role::Approver => Some(2),
             Role::Admin => Some(3),
-            Role::Device => None,
+            Role::Device | Role::Gateway => None,
         }
     }
 
@@ -52,7 +56,8 @@ impl Role {
     pub fn allows(self, required: Role) -> bool {
         match (self.rank(), required.rank()) {
             (Some(have), Some(need)) => have >= need,
-            (None, None) => true,
+            // A device's routes are a device's alone, and a gateway's a gateway's.
+            (None, None) => self == required,
             _ => false,
         }
     }
@@ -60,7 +65,7 @@ impl Role {
 
 /// A word that is not a role.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0:?} is not a role (viewer, operator, approver, admin or device)")]
+#[error("{0:?} is not a role (viewer, operator, approver, admin, device or gateway)")]
 pub struct UnknownRole(pub String);
 
 impl FromStr for Role {
@@ -98,6 +103,7 @@ mod tests {
         assert_eq!(allowed(Approver), [Viewer, Operator, Approver]);
         assert_eq!(allowed(Admin), [Viewer, Operator, Approver, Admin]);
         assert_eq!(allowed(Device), [Device]);
+        assert_eq!(allowed(Gateway), [Gateway]);
     }
 
     #[test]

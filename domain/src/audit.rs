@@ -204,7 +204,7 @@ pub fn access_timeline(events: &[Event]) -> Vec<Line> {
                 Payload::TokenIssued(t) => format!(
                     "{} {} issued to {} (token {}) by {}{}",
                     t.role,
-                    if t.role == "device" {
+                    if t.role == "device" || t.role == "gateway" {
                         "credential"
                     } else {
                         "token"
@@ -215,6 +215,16 @@ pub fn access_timeline(events: &[Event]) -> Vec<Line> {
                     t.expires_at
                         .map_or(String::new(), |at| format!(", expires at {at} µs")),
                 ),
+                Payload::DeviceAttached(a) => match &a.gateway_id {
+                    Some(g) => format!(
+                        "device {} attached to gateway {} by {}",
+                        a.device_id, g, a.attached_by
+                    ),
+                    None => format!(
+                        "device {} reports directly (no gateway), set by {}",
+                        a.device_id, a.attached_by
+                    ),
+                },
                 Payload::TokenRevoked(t) => format!(
                     "access of {} (token {}) revoked by {}",
                     t.name, t.token_id, t.revoked_by

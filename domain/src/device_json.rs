@@ -22,26 +22,28 @@ mod schema;
 /// The longest text field of a device message (model, site, firmware version, tag), in
 /// characters.
 pub const MAX_TEXT_LEN: usize = 256;
-/// The device clock readings accepted, in milliseconds since the epoch (kept in microseconds).
-pub const OCCURRED_AT_MS: std::ops::RangeInclusive<i64> = 1..=i64::MAX / 1000;
+/// The device clock readings accepted, in milliseconds since the epoch (kept in microseconds):
+/// up to the last millisecond of 9999, the last instant an RFC 3339 timestamp (as the API
+/// answers them) can write.
+pub const OCCURRED_AT_MS: std::ops::RangeInclusive<i64> = 1..=253_402_300_799_999;
 
 /// The fields each message reads. Others are ignored, whatever they hold, so that newer
 /// firmware can add fields; only these are checked (a NUL character in an ignored field
-/// harms nothing: it is never stored).
-pub const REGISTER_FIELDS: [&str; 8] = [
+/// harms nothing: it is never stored). `gateway_id` is not among them: a device does not name
+/// its gateway; the AMQP bridge sets it from the batch of the gateway provisioning attached the
+/// device to (ADR 0029).
+pub const REGISTER_FIELDS: [&str; 7] = [
     "device_id",
     "model",
     "site",
     "tags",
     "firmware_version",
-    "gateway_id",
     "hardware_rev",
     "occurred_at_ms",
 ];
-pub const HEARTBEAT_FIELDS: [&str; 10] = [
+pub const HEARTBEAT_FIELDS: [&str; 9] = [
     "device_id",
     "firmware_version",
-    "gateway_id",
     "uptime_s",
     "cpu_pct",
     "mem_pct",
@@ -270,7 +272,8 @@ fn event(
     Ok(Event::at(payload, occurred_at, recorded_at, trace_id))
 }
 
-/// Checks a device message and turns it into an event.
+/// Checks a message a device sent directly (MQTT, HTTP) and turns it into an event. A
+/// `gateway_id` in it is ignored: only a gateway's authenticated batch names the gateway.
 pub fn parse_device_message(
     kind: MessageKind,
     device_id: &str,
@@ -283,11 +286,15 @@ pub fn parse_device_message(
             format!("{} bytes, the limit is {MAX_DEVICE_PAYLOAD}", body.len()),
         ));
     }
-    let value: serde_json::Value = parse_json(body)?;
+    let mut value: serde_json::Value = parse_json(body)?;
+    if let Some(obj) = value.as_object_mut() {
+        obj.remove("gateway_id");
+    }
     device_message_from_value(kind, device_id, &value, trace_id)
 }
 
-/// As [`parse_device_message`], for a report already parsed as JSON (gateway batches).
+/// As [`parse_device_message`], for a report already parsed as JSON (gateway batches, whose
+/// `gateway_id` the bridge sets to the batch's).
 pub fn device_message_from_value(
     kind: MessageKind,
     device_id: &str,

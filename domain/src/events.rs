@@ -16,7 +16,8 @@ pub enum Stream {
     RolloutEvents,
     /// `ota.device-commands`, keyed by device id.
     DeviceCommands,
-    /// `ota.access-events`, keyed by token id: who was given or lost access, by whom.
+    /// `ota.access-events`, keyed by token id (a device's attachment by device id): who was
+    /// given or lost access, by whom.
     AccessEvents,
 }
 
@@ -315,6 +316,16 @@ pub struct TokenIssued {
     pub role: String,
     pub expires_at: Option<Micros>,
     pub issued_by: String,
+}
+
+/// A device was attached to the gateway that reports for it (or detached: `gateway_id` null),
+/// at provisioning. Only this event moves a device between gateways: the AMQP bridge accepts a
+/// gateway's report for a device only while the device is attached to it (ADR 0029).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceAttached {
+    pub device_id: String,
+    pub gateway_id: Option<String>,
+    pub attached_by: String,
 }
 
 /// A token or device credential was revoked.
@@ -664,6 +675,7 @@ catalogue! {
     CommandDeliveryFailed(CommandDeliveryFailed) => "CommandDeliveryFailed", DeviceCommands, device_id;
     TokenIssued(TokenIssued) => "TokenIssued", AccessEvents, token_id;
     TokenRevoked(TokenRevoked) => "TokenRevoked", AccessEvents, token_id;
+    DeviceAttached(DeviceAttached) => "DeviceAttached", AccessEvents, device_id;
 }
 
 impl std::fmt::Display for EventType {

@@ -147,8 +147,13 @@ fn the_device_clock_is_taken_when_positive() {
         assert_eq!(e.reason, "invalid_field", "{bad}");
         assert!(e.detail.contains("must be positive"), "{e}");
     }
-    let e = with(json!(i64::MAX)).unwrap_err();
-    assert_eq!(e.detail, "occurred_at_ms is out of range");
+    // 9999-12-31T23:59:59.999Z is the last instant RFC 3339 writes; a millisecond later is not.
+    let e = with(json!(253_402_300_799_999_i64)).unwrap();
+    assert_eq!(e.meta.occurred_at, 253_402_300_799_999_000);
+    for far in [json!(253_402_300_800_000_i64), json!(i64::MAX)] {
+        let e = with(far).unwrap_err();
+        assert_eq!(e.detail, "occurred_at_ms is out of range");
+    }
 }
 
 #[test]

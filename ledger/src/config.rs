@@ -124,7 +124,6 @@ macro_rules! debug_with_redacted_url {
         }
     };
 }
-pub(crate) use debug_with_redacted_url;
 
 debug_with_redacted_url!(DatabaseConfig {
     schema,
@@ -264,6 +263,34 @@ pub struct Config {
     pub projector: ProjectorConfig,
     pub saga: SagaConfig,
     pub dispatcher: DispatcherConfig,
+    pub oidc: OidcConfig,
+}
+
+/// OpenID Connect bearer tokens (JWTs) accepted beside otaledger's own API tokens (ADR 0030):
+/// off while `issuer` is empty.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OidcConfig {
+    /// The `iss` a token must carry, e.g. `https://login.example.com/realms/ops`.
+    pub issuer: String,
+    /// The `aud` a token must carry (one of its audiences), e.g. `otaledger`.
+    pub audience: String,
+    /// The issuer's public keys as a JWKS document (its `jwks_uri`, saved); read again when the
+    /// file changes, so keys rotate without a restart.
+    pub jwks_file: String,
+    /// The claim holding the role: viewer, operator, approver or admin.
+    pub role_claim: String,
+}
+
+impl Default for OidcConfig {
+    fn default() -> Self {
+        OidcConfig {
+            issuer: String::new(),
+            audience: String::new(),
+            jwks_file: String::new(),
+            role_claim: "otaledger_role".into(),
+        }
+    }
 }
 
 /// An environment variable that overrides one setting of the file.
@@ -346,14 +373,20 @@ pub const ENV_OVERRIDES: &[EnvOverride] = &[
     text!("OTALEDGER_MQTT_PASSWORD", mqtt.password),
     text!("OTALEDGER_MQTT_ADMIN_USERNAME", mqtt.admin_username),
     text!("OTALEDGER_MQTT_ADMIN_PASSWORD", mqtt.admin_password),
+    text!("OTALEDGER_MQTT_TLS_CA", mqtt.tls_ca),
     text!("OTALEDGER_AMQP_URL", amqp.url),
     text!("OTALEDGER_AMQP_QUEUE", amqp.reports_queue),
     text!("OTALEDGER_AMQP_EXCHANGE", amqp.commands_exchange),
+    text!("OTALEDGER_AMQP_ADMIN_URL", amqp.admin_url),
     text!("OTALEDGER_HTTP_LISTEN", http.listen),
     text!("OTALEDGER_METRICS_LISTEN", http.metrics_listen),
     text!("OTALEDGER_HTTP_TLS_CERT", http.tls_cert),
     text!("OTALEDGER_HTTP_TLS_KEY", http.tls_key),
     text!("OTALEDGER_PROJECTOR_MEMBER", projector.member),
+    text!("OTALEDGER_OIDC_ISSUER", oidc.issuer),
+    text!("OTALEDGER_OIDC_AUDIENCE", oidc.audience),
+    text!("OTALEDGER_OIDC_JWKS_FILE", oidc.jwks_file),
+    text!("OTALEDGER_OIDC_ROLE_CLAIM", oidc.role_claim),
     number!("OTALEDGER_REBALANCE_MS", projector.rebalance_ms, "number"),
 ];
 

@@ -9,6 +9,7 @@
 //! transaction as the rows it writes, and fences stale owners with an epoch per partition.
 
 pub mod amqp;
+pub mod amqp_admin;
 pub mod config;
 pub mod db;
 pub mod dead_letters;

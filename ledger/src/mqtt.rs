@@ -26,6 +26,10 @@ pub struct MqttConfig {
     /// API and the CLI when they provision or revoke a device.
     pub admin_username: Option<String>,
     pub admin_password: Option<String>,
+    /// A PEM file of the certificate authority that signed the broker's certificate: with it
+    /// every connection (bridge, dispatcher, admin, simulator) is MQTT over TLS, and `port`
+    /// should be the broker's TLS listener (8883). The broker's name is checked against `host`.
+    pub tls_ca: Option<String>,
 }
 
 /// Passwords are never shown.
@@ -42,6 +46,7 @@ impl std::fmt::Debug for MqttConfig {
             .field("password", &hidden(&self.password))
             .field("admin_username", &self.admin_username)
             .field("admin_password", &hidden(&self.admin_password))
+            .field("tls_ca", &self.tls_ca)
             .finish()
     }
 }
@@ -58,6 +63,7 @@ impl Default for MqttConfig {
             password: None,
             admin_username: None,
             admin_password: None,
+            tls_ca: None,
         }
     }
 }
@@ -70,6 +76,11 @@ impl MqttConfig {
         o.set_max_packet_size(1024 * 1024, 1024 * 1024);
         if let (Some(u), Some(p)) = (&self.username, &self.password) {
             o.set_credentials(u, p);
+        }
+        if let Some(ca) = &self.tls_ca {
+            o.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(tls_client_config(ca)),
+            ));
         }
         o
     }
@@ -116,6 +127,54 @@ impl MqttConfig {
 
 /// The last topic level of commands to devices: `{root}/{device}/commands`.
 pub const COMMANDS_KIND: &str = "commands";
+
+/// A TLS client configuration (rustls with ring) trusting the CA in `ca_pem`, made once per
+/// file: a simulator opens thousands of connections with it. A CA that does not read leaves
+/// the trust store empty, so every handshake fails with an unknown-issuer error (logged once).
+fn tls_client_config(ca_pem: &str) -> std::sync::Arc<tokio_rustls::rustls::ClientConfig> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::CertificateDer;
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+    use tokio_rustls::rustls;
+
+    static MADE: Mutex<Option<HashMap<String, Arc<rustls::ClientConfig>>>> = Mutex::new(None);
+    let mut made = MADE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let made = made.get_or_insert_with(HashMap::new);
+    if let Some(config) = made.get(ca_pem) {
+        return config.clone();
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    match CertificateDer::pem_file_iter(ca_pem).and_then(Iterator::collect::<Result<Vec<_>, _>>) {
+        Ok(certs) => {
+            let (added, ignored) = roots.add_parsable_certificates(certs);
+            if added == 0 || ignored > 0 {
+                tracing::error!(
+                    file = ca_pem,
+                    added,
+                    ignored,
+                    "the MQTT CA file holds no usable certificate"
+                );
+            }
+        }
+        Err(e) => tracing::error!(file = ca_pem, error = %e, "the MQTT CA file does not read"),
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+        .unwrap_or_else(|e| {
+            tracing::error!(error = %e, "no TLS protocol version in common with rustls' defaults");
+            rustls::ClientConfig::builder()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth()
+        });
+    let config = Arc::new(config);
+    made.insert(ca_pem.to_owned(), config.clone());
+    config
+}
 
 #[cfg(test)]
 mod tests {

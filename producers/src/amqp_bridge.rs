@@ -1,5 +1,12 @@
 //! The AMQP bridge: edge gateways publish batches of device reports to a RabbitMQ queue; each
 //! delivery is acknowledged only after every event (or dead letter) it produced is in Kafka.
+//!
+//! Who may report for whom (ADR 0029): a batch is believed only from the gateway it names, as
+//! the broker vouches for it (the message's `user_id`, which RabbitMQ checks against the
+//! publishing connection's login), and only for the devices provisioning attached to that
+//! gateway; or from otaledger's own AMQP login (a component relaying, like a load generator).
+//! Anything else is dead-lettered `unauthorized` and counted. A report's gateway is the
+//! batch's, whatever the report says: a device moves between gateways only by provisioning.
 
 use futures_util::StreamExt;
 use lapin::message::Delivery;
@@ -15,11 +22,31 @@ use otaledger_ledger::kafka::{EventProducer, Pending};
 use otaledger_ledger::metrics::{self, REGISTRY};
 use otaledger_ledger::shutdown::ShutdownSignal;
 use otaledger_ledger::AmqpContext;
+use sqlx::PgPool;
 
 use crate::{Error, Result};
 
 static AMQP_INGESTED: std::sync::LazyLock<metrics::Counter> =
     std::sync::LazyLock::new(|| metrics::ingested("amqp"));
+
+static UNAUTHORIZED: std::sync::LazyLock<metrics::Counter> = std::sync::LazyLock::new(|| {
+    REGISTRY.counter(
+        "otaledger_amqp_unauthorized_reports_total",
+        "Gateway reports dead-lettered because their sender may not report for that device",
+        &[],
+    )
+});
+
+/// Whom a batch's sender may report for.
+enum Authority {
+    /// otaledger's own login: a component relaying batches it vouches for.
+    Relay,
+    /// The gateway the batch names, authenticated by the broker: these devices of the batch
+    /// are attached to it.
+    Gateway(std::collections::HashSet<String>),
+    /// No one: the reason.
+    Refused(String),
+}
 
 struct InFlight {
     pending: Vec<Pending>,
@@ -30,6 +57,7 @@ struct InFlight {
 pub async fn run(
     cfg: AmqpConfig,
     producer: EventProducer,
+    pool: PgPool,
     mut shutdown: ShutdownSignal,
 ) -> Result<()> {
     let conn = connect(&cfg).await?;
@@ -74,7 +102,7 @@ pub async fn run(
             }
         };
         batches.inc();
-        let pending = match handle(&cfg, &producer, &delivery).await {
+        let pending = match handle(&cfg, &producer, &pool, &delivery).await {
             Ok(p) => p,
             Err(e) => {
                 let _ = delivery
@@ -105,9 +133,36 @@ pub async fn run(
     }
 }
 
+/// Who the broker says sent `delivery`, and whom that sender may report for among `devices`.
+async fn authority(
+    cfg: &AmqpConfig,
+    pool: &PgPool,
+    delivery: &Delivery,
+    gateway: &str,
+    devices: &[&str],
+) -> Result<Authority> {
+    let Some(sender) = delivery.properties.user_id().as_ref().map(|u| u.as_str()) else {
+        return Ok(Authority::Refused(format!(
+            "the batch for gateway {gateway:?} carries no user_id (a gateway publishes with its own \
+             login as the message's user_id)"
+        )));
+    };
+    if sender == cfg.login() {
+        return Ok(Authority::Relay);
+    }
+    if sender != gateway {
+        return Ok(Authority::Refused(format!(
+            "login {sender:?} sent a batch naming gateway {gateway:?}"
+        )));
+    }
+    let attached = otaledger_projections::access::attached_to(pool, gateway, devices).await?;
+    Ok(Authority::Gateway(attached))
+}
+
 async fn handle(
     cfg: &AmqpConfig,
     producer: &EventProducer,
+    pool: &PgPool,
     delivery: &Delivery,
 ) -> Result<Vec<Pending>> {
     let origin = Origin {
@@ -125,24 +180,38 @@ async fn handle(
         }
     };
     let trace_id = new_trace_id();
+    let devices: Vec<&str> = batch.reports.iter().map(|r| r.device_id.as_str()).collect();
+    let authority = authority(cfg, pool, delivery, &batch.gateway_id, &devices).await?;
     let mut pending = Vec::with_capacity(batch.reports.len());
     for report in batch.reports {
-        let parsed = match MessageKind::from_name(&report.kind) {
-            None => Err((
+        let refused = match &authority {
+            Authority::Relay => None,
+            Authority::Gateway(attached) if attached.contains(&report.device_id) => None,
+            Authority::Gateway(_) => Some(format!(
+                "device {:?} is not attached to gateway {:?}",
+                report.device_id, batch.gateway_id
+            )),
+            Authority::Refused(why) => Some(why.clone()),
+        };
+        let parsed = match (refused, MessageKind::from_name(&report.kind)) {
+            (Some(why), _) => {
+                UNAUTHORIZED.inc();
+                Err((Rejection::new("unauthorized", why), Some(report.data)))
+            }
+            (None, None) => Err((
                 Rejection::new(
                     "unknown_kind",
                     format!("unknown report kind {:?}", report.kind),
                 ),
                 None,
             )),
-            Some(kind) => {
+            (None, Some(kind)) => {
                 let mut data = report.data;
-                // Reports from a gateway name it unless they say otherwise.
+                // A report's gateway is the batch's, whatever the report says.
                 if let (MessageKind::Heartbeat | MessageKind::Register, Some(obj)) =
                     (kind, data.as_object_mut())
                 {
-                    obj.entry("gateway_id")
-                        .or_insert_with(|| batch.gateway_id.clone().into());
+                    obj.insert("gateway_id".into(), batch.gateway_id.clone().into());
                 }
                 device_message_from_value(kind, &report.device_id, &data, &trace_id)
                     .map_err(|r| (r, Some(data)))

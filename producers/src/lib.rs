@@ -20,6 +20,8 @@ pub enum Error {
     Stopped(&'static str),
     #[error("the acknowledging task failed: {0}")]
     Acker(#[from] tokio::task::JoinError),
+    #[error(transparent)]
+    Store(#[from] otaledger_projections::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

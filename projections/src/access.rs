@@ -132,6 +132,72 @@ pub async fn list(pool: &PgPool, live: bool) -> Result<Vec<TokenRow>> {
     .db("listing tokens")
 }
 
+/// Whether `name` holds a live credential of `role` (a gateway a device is attached to must).
+pub async fn is_live(tx: &mut PgConnection, name: &str, role: Role) -> Result<bool> {
+    sqlx::query_scalar::<_, bool>(
+        "SELECT EXISTS (SELECT 1 FROM access_tokens WHERE name = $1 AND role = $2
+             AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now()))",
+    )
+    .bind(name)
+    .bind(role.as_str())
+    .fetch_one(&mut *tx)
+    .await
+    .db("reading a credential")
+}
+
+/// Attaches `device` to `gateway` (`None`: it reports directly), in the caller's transaction;
+/// answers the gateway it was attached to before.
+pub async fn attach(
+    tx: &mut PgConnection,
+    device: &str,
+    gateway: Option<&str>,
+    by: &str,
+) -> Result<Option<String>> {
+    let before: Option<String> = sqlx::query_scalar(
+        "SELECT gateway_id FROM device_gateways WHERE device_id = $1 FOR UPDATE",
+    )
+    .bind(device)
+    .fetch_optional(&mut *tx)
+    .await
+    .db("reading a device's gateway")?;
+    if before.as_deref() == gateway {
+        return Ok(before);
+    }
+    match gateway {
+        Some(gateway) => sqlx::query(
+            "INSERT INTO device_gateways (device_id, gateway_id, attached_by) VALUES ($1, $2, $3)
+             ON CONFLICT (device_id) DO UPDATE
+             SET gateway_id = excluded.gateway_id, attached_by = excluded.attached_by,
+                 attached_at = now()",
+        )
+        .bind(device)
+        .bind(gateway)
+        .bind(by),
+        None => sqlx::query("DELETE FROM device_gateways WHERE device_id = $1").bind(device),
+    }
+    .execute(&mut *tx)
+    .await
+    .db("attaching a device to its gateway")?;
+    Ok(before)
+}
+
+/// Which of `devices` are attached to `gateway` (one query for a whole batch).
+pub async fn attached_to(
+    pool: &PgPool,
+    gateway: &str,
+    devices: &[&str],
+) -> Result<std::collections::HashSet<String>> {
+    let rows: Vec<String> = sqlx::query_scalar(
+        "SELECT device_id FROM device_gateways WHERE gateway_id = $1 AND device_id = ANY($2)",
+    )
+    .bind(gateway)
+    .bind(devices)
+    .fetch_all(pool)
+    .await
+    .db("reading a gateway's devices")?;
+    Ok(rows.into_iter().collect())
+}
+
 /// Who a presented token's secret proves, if it is live.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Holder {

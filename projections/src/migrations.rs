@@ -32,6 +32,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "access_tokens",
         include_str!("../migrations/0006_access_tokens.sql"),
     ),
+    (
+        7,
+        "device_gateways",
+        include_str!("../migrations/0007_device_gateways.sql"),
+    ),
 ];
 
 /// A pool on `schema` (created when missing) with every migration applied: where each process

@@ -40,6 +40,7 @@ const FILES: &[(&str, &str)] = avsc![
     "CommandDeliveryFailed.v1.avsc",
     "TokenIssued.v1.avsc",
     "TokenRevoked.v1.avsc",
+    "DeviceAttached.v1.avsc",
 ];
 
 /// One schema version.

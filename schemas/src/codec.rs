@@ -2,10 +2,10 @@
 
 use apache_avro::{from_value, to_avro_datum, to_value, types::Value, write_avro_datum_ref};
 use otaledger_domain::events::{
-    CancelCommand, CommandDeliveryFailed, DeviceCommanded, DeviceOutcome, DeviceRegistered,
-    DeviceReportRouted, DeviceTimedOut, DevicesJoined, Heartbeat, InstallProgress, InstallResult,
-    OperatorRequest, RollbackCommand, RolloutStateChanged, ThresholdEvaluated, TokenIssued,
-    TokenRevoked, UpdateCommand, UpdateRequested, WaveStarted,
+    CancelCommand, CommandDeliveryFailed, DeviceAttached, DeviceCommanded, DeviceOutcome,
+    DeviceRegistered, DeviceReportRouted, DeviceTimedOut, DevicesJoined, Heartbeat,
+    InstallProgress, InstallResult, OperatorRequest, RollbackCommand, RolloutStateChanged,
+    ThresholdEvaluated, TokenIssued, TokenRevoked, UpdateCommand, UpdateRequested, WaveStarted,
 };
 use otaledger_domain::{Event, EventMeta, EventType, Payload};
 use serde::{Deserialize, Serialize};
@@ -172,6 +172,7 @@ dispatch! {
     CommandDeliveryFailed(CommandDeliveryFailed),
     TokenIssued(TokenIssued),
     TokenRevoked(TokenRevoked),
+    DeviceAttached(DeviceAttached),
 }
 
 #[cfg(test)]

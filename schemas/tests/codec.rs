@@ -249,6 +249,16 @@ fn samples() -> Vec<Event> {
             name: "alice".into(),
             revoked_by: "admin".into(),
         }),
+        Payload::DeviceAttached(DeviceAttached {
+            device_id: "dev-1".into(),
+            gateway_id: Some("gw-1".into()),
+            attached_by: "admin".into(),
+        }),
+        Payload::DeviceAttached(DeviceAttached {
+            device_id: "dev-1".into(),
+            gateway_id: None,
+            attached_by: "oidc:alice".into(),
+        }),
     ];
     payloads
         .into_iter()

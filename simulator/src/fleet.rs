@@ -38,10 +38,10 @@ pub fn model_names() -> Vec<&'static str> {
 /// One simulated device: what it tells the ledger when it registers.
 pub type SimDevice = DeviceRegistered;
 
-/// The simulator's settings.
-/// Device credentials by device id. `Debug` shows how many, never a secret.
+/// Device (or gateway) credentials by id, with the gateway provisioning attached each device
+/// to. `Debug` shows how many, never a secret.
 #[derive(Clone, Default)]
-pub struct DeviceCredentials(HashMap<String, String>);
+pub struct DeviceCredentials(HashMap<String, (String, Option<String>)>);
 
 impl std::fmt::Debug for DeviceCredentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -50,26 +50,41 @@ impl std::fmt::Debug for DeviceCredentials {
 }
 
 impl DeviceCredentials {
-    /// Reads `device_id,token` lines, as `otaledger devices provision` prints them (the header
-    /// line and blank lines are skipped).
+    /// Reads `id,token[,gateway_id]` lines, as `otaledger devices provision` and `otaledger
+    /// gateways provision` print them (header and blank lines are skipped).
     #[must_use]
     pub fn from_csv(text: &str) -> Self {
         DeviceCredentials(
             text.lines()
-                .filter_map(|l| l.split_once(','))
-                .map(|(id, token)| (id.trim().to_owned(), token.trim().to_owned()))
-                .filter(|(id, token)| id != "device_id" && !id.is_empty() && !token.is_empty())
+                .filter_map(|l| {
+                    let mut cols = l.split(',').map(str::trim);
+                    let (id, token) = (cols.next()?, cols.next()?);
+                    let gateway = cols.next().filter(|g| !g.is_empty());
+                    let header = id == "device_id" || id == "gateway_id";
+                    (!header && !id.is_empty() && !token.is_empty()).then(|| {
+                        (
+                            id.to_owned(),
+                            (token.to_owned(), gateway.map(str::to_owned)),
+                        )
+                    })
+                })
                 .collect(),
         )
     }
 
     #[must_use]
-    pub fn get(&self, device: &str) -> Option<&String> {
-        self.0.get(device)
+    pub fn get(&self, id: &str) -> Option<&String> {
+        self.0.get(id).map(|(token, _)| token)
     }
 
-    pub fn insert(&mut self, device: String, token: String) {
-        self.0.insert(device, token);
+    /// The gateway `device` is attached to; `None` for a device that reports directly.
+    #[must_use]
+    pub fn gateway(&self, device: &str) -> Option<&str> {
+        self.0.get(device).and_then(|(_, g)| g.as_deref())
+    }
+
+    pub fn insert(&mut self, id: String, token: String, gateway: Option<String>) {
+        self.0.insert(id, (token, gateway));
     }
 
     #[must_use]
@@ -83,6 +98,7 @@ impl DeviceCredentials {
     }
 }
 
+/// The simulator's settings.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
     pub devices: usize,
@@ -100,6 +116,9 @@ pub struct SimConfig {
     /// Device id to credential (as `otaledger devices provision` prints them): each device
     /// reporting over MQTT logs in as itself. `None`: shared connections under `mqtt`'s login.
     pub credentials: Option<DeviceCredentials>,
+    /// Gateway id to credential (as `otaledger gateways provision` prints them): each gateway
+    /// logs in to RabbitMQ as itself. `None`: one connection under `amqp`'s login relays all.
+    pub gateway_credentials: Option<DeviceCredentials>,
     pub mqtt: MqttConfig,
     pub amqp: AmqpConfig,
     pub behaviour: Behaviour,
@@ -117,6 +136,7 @@ impl Default for SimConfig {
             rounds: None,
             mqtt_connections: 8,
             credentials: None,
+            gateway_credentials: None,
             mqtt: MqttConfig::default(),
             amqp: AmqpConfig::default(),
             behaviour: Behaviour::default(),

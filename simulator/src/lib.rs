@@ -189,72 +189,154 @@ async fn subscribe_commands(links: &Links, devices: &[SimDevice], root: &str) ->
     Ok(())
 }
 
-/// Each gateway consumes its own queue, bound to the commands exchange by its id.
-async fn consume_gateway_commands(
-    conn: &lapin::Connection,
-    cfg: &AmqpConfig,
-    gateways: &[String],
+/// Hands every command arriving on `queue` to `commands`.
+async fn consume_queue(
+    channel: &lapin::Channel,
+    queue: &str,
+    gw: &str,
     commands: &mpsc::UnboundedSender<Vec<u8>>,
 ) -> Result<()> {
-    let channel = conn
-        .create_channel()
+    let mut consumer = channel
+        .basic_consume(
+            queue.into(),
+            format!("sim-{gw}").as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await
-        .amqp("opening gateway channel")?;
-    declare_commands_exchange(&channel, cfg).await?;
-    for gw in gateways {
-        let queue = format!("{}.{gw}", cfg.commands_exchange);
-        channel
-            .queue_declare(
-                queue.as_str().into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .amqp("declaring a gateway queue")?;
-        channel
-            .queue_bind(
-                queue.as_str().into(),
-                cfg.commands_exchange.as_str().into(),
-                gw.as_str().into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .amqp("binding a gateway queue")?;
-        let mut consumer = channel
-            .basic_consume(
-                queue.as_str().into(),
-                format!("sim-{gw}").as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .amqp("consuming gateway commands")?;
-        let commands = commands.clone();
-        let keep = channel.clone();
-        let gw = gw.clone();
-        tokio::spawn(async move {
-            // The channel lives as long as its consumer.
-            let _channel = keep;
-            // A delivery error is logged, not the end of the gateway: a gateway that stopped
-            // silently would leave its devices' commands unanswered for good.
-            while let Some(delivery) = consumer.next().await {
-                match delivery {
-                    Ok(delivery) => {
-                        let _ = commands.send(delivery.data.clone());
-                        let _ = delivery.ack(BasicAckOptions::default()).await;
-                    }
-                    Err(e) => tracing::warn!(gateway = %gw, error = %e, "gateway delivery failed"),
+        .amqp("consuming gateway commands")?;
+    let commands = commands.clone();
+    let keep = channel.clone();
+    let gw = gw.to_owned();
+    tokio::spawn(async move {
+        // The channel lives as long as its consumer.
+        let _channel = keep;
+        // A delivery error is logged, not the end of the gateway: a gateway that stopped
+        // silently would leave its devices' commands unanswered for good.
+        while let Some(delivery) = consumer.next().await {
+            match delivery {
+                Ok(delivery) => {
+                    let _ = commands.send(delivery.data.clone());
+                    let _ = delivery.ack(BasicAckOptions::default()).await;
+                }
+                Err(e) => tracing::warn!(gateway = %gw, error = %e, "gateway delivery failed"),
+            }
+        }
+        tracing::debug!(gateway = %gw, "gateway command stream ended");
+    });
+    Ok(())
+}
+
+/// `url` with its login replaced by `user:password`.
+fn url_with_login(url: &str, user: &str, password: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("amqp", url));
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let host = rest[..authority_end]
+        .rsplit_once('@')
+        .map_or(&rest[..authority_end], |(_, h)| h);
+    format!(
+        "{scheme}://{user}:{password}@{host}{}",
+        &rest[authority_end..]
+    )
+}
+
+/// Where each gateway's batches go, and the login that sends them (the message's `user_id`).
+struct GatewayLinks {
+    connections: Vec<lapin::Connection>,
+    by_gateway: HashMap<String, (lapin::Channel, String)>,
+}
+
+impl GatewayLinks {
+    /// With gateway credentials each gateway logs in as itself, publishes its batches as
+    /// itself and reads the command queue provisioning made for it, as a real gateway does
+    /// (ADR 0029). Without, one connection under the configured login relays every gateway's
+    /// batches and declares their queues: a load generator, which only otaledger's own AMQP
+    /// login may be.
+    async fn open(
+        cfg: &SimConfig,
+        gateways: &[String],
+        commands: &mpsc::UnboundedSender<Vec<u8>>,
+    ) -> Result<Self> {
+        let mut links = GatewayLinks {
+            connections: Vec::new(),
+            by_gateway: HashMap::new(),
+        };
+        if gateways.is_empty() {
+            return Ok(links);
+        }
+        let confirming = |channel: lapin::Channel| async move {
+            channel
+                .confirm_select(lapin::options::ConfirmSelectOptions::default())
+                .await
+                .amqp("enabling publisher confirms")?;
+            Ok::<_, Error>(channel)
+        };
+        match &cfg.gateway_credentials {
+            Some(credentials) => {
+                for gw in gateways {
+                    let token = credentials
+                        .get(gw)
+                        .ok_or_else(|| Error::NoCredential(gw.clone()))?;
+                    let mut own = cfg.amqp.clone();
+                    own.url = url_with_login(&cfg.amqp.url, gw, token);
+                    let conn = connect(&own).await?;
+                    let channel = conn.create_channel().await.amqp("opening channel")?;
+                    consume_queue(&channel, &cfg.amqp.gateway_queue(gw), gw, commands).await?;
+                    let channel = confirming(channel).await?;
+                    links.by_gateway.insert(gw.clone(), (channel, gw.clone()));
+                    links.connections.push(conn);
                 }
             }
-            tracing::debug!(gateway = %gw, "gateway command stream ended");
-        });
+            None => {
+                tracing::warn!(
+                    gateways = gateways.len(),
+                    "simulated gateways share one AMQP connection under the configured login: \
+                     the bridge trusts it as a relay (give gateway credentials to simulate real \
+                     gateways)"
+                );
+                let conn = connect(&cfg.amqp).await?;
+                let channel = conn.create_channel().await.amqp("opening channel")?;
+                declare_reports_queue(&channel, &cfg.amqp).await?;
+                declare_commands_exchange(&channel, &cfg.amqp).await?;
+                for gw in gateways {
+                    let queue = cfg.amqp.gateway_queue(gw);
+                    channel
+                        .queue_declare(
+                            queue.as_str().into(),
+                            QueueDeclareOptions {
+                                durable: true,
+                                auto_delete: true,
+                                ..QueueDeclareOptions::default()
+                            },
+                            FieldTable::default(),
+                        )
+                        .await
+                        .amqp("declaring a gateway queue")?;
+                    channel
+                        .queue_bind(
+                            queue.as_str().into(),
+                            cfg.amqp.commands_exchange.as_str().into(),
+                            gw.as_str().into(),
+                            QueueBindOptions::default(),
+                            FieldTable::default(),
+                        )
+                        .await
+                        .amqp("binding a gateway queue")?;
+                    consume_queue(&channel, &queue, gw, commands).await?;
+                }
+                let publisher =
+                    confirming(conn.create_channel().await.amqp("opening channel")?).await?;
+                let login = cfg.amqp.login();
+                for gw in gateways {
+                    links
+                        .by_gateway
+                        .insert(gw.clone(), (publisher.clone(), login.clone()));
+                }
+                links.connections.push(conn);
+            }
+        }
+        Ok(links)
     }
-    Ok(())
 }
 
 /// A command as the dispatcher sends it.
@@ -459,7 +541,14 @@ impl Sim<'_> {
 /// Runs the simulation until `rounds` heartbeats per device were sent or shutdown. Devices
 /// and gateways execute the commands they receive meanwhile.
 pub async fn run(cfg: SimConfig, mut shutdown: ShutdownSignal) -> Result<SimStats> {
-    let devices = fleet(&cfg);
+    let mut devices = fleet(&cfg);
+    // Provisioning decides which gateway reports for a device (ADR 0029): with credentials,
+    // the fleet follows it.
+    if let Some(credentials) = &cfg.credentials {
+        for d in &mut devices {
+            d.gateway_id = credentials.gateway(&d.device_id).map(str::to_owned);
+        }
+    }
     let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel::<Vec<u8>>();
     let links = mqtt_links(&cfg, &devices, &cmd_tx)?;
     let root = cfg.mqtt.topic_root.clone();
@@ -470,20 +559,8 @@ pub async fn run(cfg: SimConfig, mut shutdown: ShutdownSignal) -> Result<SimStat
         .collect();
     gateways.sort();
     gateways.dedup();
-    let amqp = if gateways.is_empty() {
-        None
-    } else {
-        let conn = connect(&cfg.amqp).await?;
-        let channel = conn.create_channel().await.amqp("opening channel")?;
-        declare_reports_queue(&channel, &cfg.amqp).await?;
-        channel
-            .confirm_select(lapin::options::ConfirmSelectOptions::default())
-            .await
-            .amqp("enabling publisher confirms")?;
-        consume_gateway_commands(&conn, &cfg.amqp, &gateways, &cmd_tx).await?;
-        Some((conn, channel))
-    };
-    let gateway_channel = amqp.as_ref().map(|(_, c)| c);
+    let amqp = GatewayLinks::open(&cfg, &gateways, &cmd_tx).await?;
+    let gateway_channel = &amqp;
     let mut sim = Sim {
         cfg: &cfg,
         life: vec![Life::default(); devices.len()],
@@ -572,7 +649,7 @@ pub async fn run(cfg: SimConfig, mut shutdown: ShutdownSignal) -> Result<SimStat
         }
         let _ = link.client.disconnect().await;
     }
-    if let Some((conn, _)) = amqp {
+    for conn in &amqp.connections {
         let _ = conn.close(200, "simulation done".into()).await;
     }
     let stats = sim.stats;
@@ -616,22 +693,22 @@ async fn send(
 }
 
 async fn flush_batches(
-    channel: Option<&lapin::Channel>,
+    links: &GatewayLinks,
     cfg: &AmqpConfig,
     batches: &mut HashMap<String, Vec<serde_json::Value>>,
     stats: &mut SimStats,
 ) -> Result<()> {
-    let Some(channel) = channel else {
-        return Ok(());
-    };
     for (gateway_id, reports) in batches.drain() {
+        let Some((channel, login)) = links.by_gateway.get(&gateway_id) else {
+            continue;
+        };
         if reports.is_empty() {
             continue;
         }
         stats.gateway_batches += 1;
         stats.gateway_reports += reports.len() as u64;
         let body = json!({"gateway_id": gateway_id, "reports": reports}).to_string();
-        publish_batch(channel, cfg, body.as_bytes()).await?;
+        publish_batch(channel, cfg, login, body.as_bytes()).await?;
     }
     Ok(())
 }

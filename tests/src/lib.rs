@@ -30,6 +30,9 @@ pub struct Services {
     /// adds device logins); scripts/test.sh reads them from what scripts/services.sh made.
     pub mqtt_login: Option<(String, String)>,
     pub mqtt_admin: Option<(String, String)>,
+    /// RabbitMQ's management API with an administrator login (ADR 0029), from
+    /// `OTALEDGER_TEST_AMQP_ADMIN_URL`: gateways are provisioned through it.
+    pub amqp_admin_url: Option<String>,
 }
 
 /// A user name and password pair from two variables, when both are set.
@@ -100,6 +103,7 @@ impl Services {
                 "OTALEDGER_TEST_MQTT_ADMIN_USERNAME",
                 "OTALEDGER_TEST_MQTT_ADMIN_PASSWORD",
             ),
+            amqp_admin_url: var("OTALEDGER_TEST_AMQP_ADMIN_URL"),
         })
     }
 }
@@ -162,6 +166,11 @@ mod containers {
                     // broker-enforced identity tests need the loopback services.
                     mqtt_login: None,
                     mqtt_admin: None,
+                    // The image is RabbitMQ's management variant.
+                    amqp_admin_url: Some(format!(
+                        "http://guest:guest@127.0.0.1:{}",
+                        port(rabbit.get_host_port_ipv4(15672).await)
+                    )),
                 };
                 let kept: Kept = vec![
                     Box::new(kafka),
@@ -208,6 +217,7 @@ pub fn config(services: &Services, name: &str) -> Config {
     cfg.amqp.url = services.amqp_url.clone();
     cfg.amqp.reports_queue = format!("{name}.reports");
     cfg.amqp.commands_exchange = format!("{name}.gateway-commands");
+    cfg.amqp.admin_url.clone_from(&services.amqp_admin_url);
     cfg.saga.tick_ms = 100;
     cfg.saga.join_every_ms = 500;
     cfg.saga.settle_ms = 400;

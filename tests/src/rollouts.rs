@@ -92,6 +92,7 @@ pub fn sim_config(cfg: &Config, devices: usize, prefix: &str, behaviour: Behavio
         rounds: None,
         mqtt_connections: 3,
         credentials: None,
+        gateway_credentials: None,
         mqtt: cfg.mqtt.clone(),
         amqp: cfg.amqp.clone(),
         behaviour,

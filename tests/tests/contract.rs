@@ -61,7 +61,11 @@ async fn the_server_keeps_the_contract_its_openapi_document_states() {
     let producer = otaledger_ledger::kafka::EventProducer::new(&cfg.kafka).unwrap();
     let admin = issue_token(&pool, &producer, "contract-admin", Role::Admin).await;
     let device = issue_token(&pool, &producer, "dev-contract", Role::Device).await;
-    let bare = otaledger_api::app(otaledger_tests::app_state(&cfg, &pool, &producer));
+    // Gateways it provisions are real RabbitMQ users, revoked again at the end.
+    let rabbit = || otaledger_ledger::amqp_admin::RabbitAdmin::new(&cfg.amqp).unwrap();
+    let bare = otaledger_api::app(
+        otaledger_tests::app_state(&cfg, &pool, &producer).with_rabbit_admin(rabbit()),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, bare).await.unwrap() });
@@ -124,6 +128,15 @@ parameters = {{ "path.id" = "dev-contract" }}
     .unwrap()
     .expect("python3 with schemathesis (scripts/test.sh installs it from PyPI)");
     shutdown.trigger();
+    let rabbit = rabbit();
+    for t in otaledger_projections::access::list(&pool, true)
+        .await
+        .unwrap()
+    {
+        if t.role == "gateway" {
+            rabbit.remove_gateway(&t.name).await.unwrap();
+        }
+    }
     let report = String::from_utf8_lossy(&out.stdout);
     println!("{report}{}", String::from_utf8_lossy(&out.stderr));
     assert!(

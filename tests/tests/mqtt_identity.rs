@@ -317,7 +317,7 @@ async fn a_fleet_logging_in_with_its_own_credentials_reaches_the_fleet_view() {
     let mut credentials = DeviceCredentials::default();
     for d in simulator::fleet(&sim) {
         let token = provision(&app, &d.device_id).await;
-        credentials.insert(d.device_id, token);
+        credentials.insert(d.device_id, token, None);
     }
     assert_eq!(
         format!("{credentials:?}"),
@@ -344,7 +344,7 @@ async fn a_fleet_logging_in_with_its_own_credentials_reaches_the_fleet_view() {
 
     // Without credentials for every device, the simulator says which is missing.
     let mut partial = DeviceCredentials::default();
-    partial.insert(format!("{name}-dev-000000"), "x".into());
+    partial.insert(format!("{name}-dev-000000"), "x".into(), None);
     let err = simulator::run(
         SimConfig {
             credentials: Some(partial),

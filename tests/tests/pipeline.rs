@@ -59,6 +59,7 @@ async fn every_simulated_device_reaches_the_api_with_the_right_fields() {
         rounds: Some(1),
         mqtt_connections: 3,
         credentials: None,
+        gateway_credentials: None,
         mqtt: cfg.mqtt.clone(),
         amqp: cfg.amqp.clone(),
         behaviour: simulator::Behaviour::default(),
@@ -198,14 +199,14 @@ async fn malformed_mqtt_and_amqp_input_goes_to_dead_letters_while_good_traffic_f
         .confirm_select(lapin::options::ConfirmSelectOptions::default())
         .await
         .unwrap();
-    publish_batch(&channel, &cfg.amqp, b"definitely not json")
+    publish_batch(&channel, &cfg.amqp, "guest", b"definitely not json")
         .await
         .unwrap();
     let mixed = serde_json::json!({"gateway_id": "gw-9", "reports": [
         {"device_id": "gwdev-bad", "kind": "heartbeat", "data": {"firmware_version": "1", "uptime_s": 1, "cpu_pct": 500, "mem_pct": 1, "temperature_c": 1}},
         {"device_id": "gwdev-good", "kind": "heartbeat", "data": {"firmware_version": "1", "uptime_s": 1, "cpu_pct": 5, "mem_pct": 1, "temperature_c": 1}},
     ]});
-    publish_batch(&channel, &cfg.amqp, mixed.to_string().as_bytes())
+    publish_batch(&channel, &cfg.amqp, "guest", mixed.to_string().as_bytes())
         .await
         .unwrap();
 

@@ -241,3 +241,67 @@ fn mosquitto_admits_logins_over_tls_and_nothing_in_plain_text_on_its_tls_listene
         "a wrong password over TLS"
     );
 }
+
+/// The components and the simulator over Mosquitto's TLS listener (`mqtt.tls_ca`): devices
+/// report over TLS, the bridge reads them over TLS, and the fleet view holds them; with a CA
+/// that did not sign the broker's certificate nothing connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_bridge_and_simulated_devices_talk_mqtt_over_tls() {
+    use otaledger_simulator::{self as simulator, SimConfig};
+    use otaledger_tests::rollouts::wait_fleet;
+
+    let (Ok(tls), Ok(ca)) = (
+        std::env::var("OTALEDGER_TEST_MQTT_TLS"),
+        std::env::var("OTALEDGER_TEST_TLS_CA"),
+    ) else {
+        panic!("set OTALEDGER_TEST_MQTT_TLS and OTALEDGER_TEST_TLS_CA (scripts/test.sh does)");
+    };
+    let name = unique("mqtt_tls");
+    let mut cfg = config(&Services::get().await, &name);
+    let (host, port) = tls.rsplit_once(':').unwrap();
+    cfg.mqtt.host = host.to_owned();
+    cfg.mqtt.port = port.parse().unwrap();
+    cfg.mqtt.tls_ca = Some(ca);
+    prepare(&cfg).await.unwrap();
+    let app = otaledger_tests::api_app(&cfg).await;
+    let (stop, _) =
+        otaledger_tests::spawn_components(&cfg, &[Component::MqttBridge, Component::Projector]);
+    otaledger_tests::mqtt_bridge_subscribed(&cfg).await;
+    let sim = SimConfig {
+        devices: 20,
+        rate: 200.0,
+        gateway_share: 0.0,
+        id_prefix: format!("{name}-"),
+        rounds: Some(1),
+        mqtt_connections: 2,
+        mqtt: cfg.mqtt.clone(),
+        amqp: cfg.amqp.clone(),
+        ..SimConfig::default()
+    };
+    let stats = simulator::run(sim.clone(), Shutdown::new().signal())
+        .await
+        .unwrap();
+    assert_eq!(
+        stats.mqtt_messages, 40,
+        "20 registrations and 20 heartbeats"
+    );
+    wait_fleet(&app, 20).await;
+
+    // A CA that did not sign the broker's certificate: the device cannot connect.
+    let dir = std::env::temp_dir().join(unique("other_ca"));
+    let (other_ca, _, _) = certificates(&dir);
+    let mut untrusting = sim;
+    untrusting.mqtt.tls_ca = Some(other_ca.display().to_string());
+    untrusting.id_prefix = format!("{name}-untrusted-");
+    let refused = tokio::time::timeout(
+        Duration::from_secs(20),
+        simulator::run(untrusting, Shutdown::new().signal()),
+    )
+    .await;
+    assert!(
+        !matches!(refused, Ok(Ok(_))),
+        "a device that does not trust the broker's CA reported anyway"
+    );
+    stop.trigger();
+    let _ = std::fs::remove_dir_all(&dir);
+}

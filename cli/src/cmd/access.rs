@@ -1,4 +1,5 @@
-//! `otaledger token …` and `otaledger devices …`: issuing and revoking access from where the
+//! `otaledger token …`, `otaledger devices …` and `otaledger gateways …`: issuing and revoking
+//! access from where the
 //! database and Kafka are reachable (the trust root: the first admin token comes from here).
 //! Secrets are printed once, to stdout, and never logged.
 
@@ -8,7 +9,9 @@ use std::path::PathBuf;
 use anyhow::{bail, Context as _};
 use chrono::Utc;
 use futures_util::StreamExt as _;
+use otaledger_api::tokens::Brokers;
 use otaledger_domain::access::Role;
+use otaledger_ledger::amqp_admin::RabbitAdmin;
 use otaledger_ledger::config::Config;
 use otaledger_ledger::kafka::EventProducer;
 use otaledger_ledger::mqtt_admin::{AdminError, MqttAdmin};
@@ -49,6 +52,16 @@ fn broker(cfg: &Config) -> anyhow::Result<Option<MqttAdmin>> {
     }
 }
 
+/// RabbitMQ's management login, to create and delete gateway users (ADR 0029); `None` when
+/// none is configured.
+fn rabbit(cfg: &Config) -> anyhow::Result<Option<RabbitAdmin>> {
+    match RabbitAdmin::new(&cfg.amqp) {
+        Ok(admin) => Ok(Some(admin)),
+        Err(otaledger_ledger::amqp_admin::AdminError::NotConfigured) => Ok(None),
+        Err(e) => Err(e).context("reading amqp.admin_url"),
+    }
+}
+
 /// API tokens.
 #[derive(Debug, clap::Subcommand)]
 pub enum TokenCommand {
@@ -78,8 +91,9 @@ pub enum TokenCommand {
 /// Device credentials.
 #[derive(Debug, clap::Subcommand)]
 pub enum DevicesCommand {
-    /// Give devices their credentials: FILE has one device id per line (a CSV whose first
-    /// column is the id; a `device_id` header is skipped). Prints `device_id,token` lines once.
+    /// Give devices their credentials: FILE has one device per line, `device_id` or
+    /// `device_id,gateway_id` (a device behind a provisioned gateway: only that gateway may
+    /// report for it); a header line is skipped. Prints `device_id,token,gateway_id` lines once.
     Provision {
         #[arg(long = "from")]
         from: PathBuf,
@@ -89,6 +103,26 @@ pub enum DevicesCommand {
     },
     /// Revoke a device's credential.
     Revoke { device_id: String },
+}
+
+/// Edge gateway credentials: each gateway is its own RabbitMQ user (ADR 0029).
+#[derive(Debug, clap::Subcommand)]
+pub enum GatewaysCommand {
+    /// Give gateways their credentials and RabbitMQ users (needs amqp.admin_url, the
+    /// management API's administrator login). Prints `gateway_id,token` lines once; the token
+    /// is the gateway's RabbitMQ password.
+    Provision {
+        /// Gateway ids.
+        ids: Vec<String>,
+        /// Also every gateway id in FILE, one per line (a header line is skipped).
+        #[arg(long = "from")]
+        from: Option<PathBuf>,
+        /// Revoke a gateway's live credential (and RabbitMQ user) first instead of refusing it.
+        #[arg(long)]
+        replace: bool,
+    },
+    /// Revoke a gateway's credential: its RabbitMQ user is deleted and its connections closed.
+    Revoke { gateway_id: String },
 }
 
 /// `90d`, `12h`, `30m`, `45s` as seconds.
@@ -164,10 +198,12 @@ async fn revoke(
     producer: &EventProducer,
     name: &str,
 ) -> anyhow::Result<()> {
-    let broker = broker(cfg)?;
-    match otaledger_api::tokens::revoke_named(pool, producer, broker.as_ref(), name, &actor())
-        .await?
-    {
+    let (mqtt, amqp) = (broker(cfg)?, rabbit(cfg)?);
+    let brokers = Brokers {
+        mqtt: mqtt.as_ref(),
+        amqp: amqp.as_ref(),
+    };
+    match otaledger_api::tokens::revoke_named(pool, producer, brokers, name, &actor()).await? {
         Some(r) => eprintln!("revoked {:?} (id {})", r.name, r.token_id),
         None => bail!("no live token named {name:?}"),
     }
@@ -180,42 +216,52 @@ pub async fn devices(cfg: &Config, command: DevicesCommand) -> anyhow::Result<()
         DevicesCommand::Provision { from, replace } => {
             let text = std::fs::read_to_string(&from)
                 .with_context(|| format!("reading {}", from.display()))?;
-            let ids: Vec<&str> = text
+            let ids: Vec<(&str, Option<&str>)> = text
                 .lines()
-                .filter_map(|l| l.split(',').next())
-                .map(str::trim)
-                .filter(|id| !id.is_empty() && *id != "device_id")
+                .map(|l| {
+                    let mut cols = l.split(',').map(str::trim);
+                    let id = cols.next().unwrap_or_default();
+                    (id, cols.next().filter(|g| !g.is_empty()))
+                })
+                .filter(|(id, _)| !id.is_empty() && *id != "device_id")
                 .collect();
-            for id in &ids {
+            for (id, gateway) in &ids {
                 otaledger_domain::ids::validate_device_id(id)
                     .with_context(|| format!("{}: device {id:?}", from.display()))?;
+                if let Some(g) = gateway {
+                    otaledger_domain::ids::validate_device_id(g)
+                        .with_context(|| format!("{}: gateway {g:?}", from.display()))?;
+                }
             }
             let broker = broker(cfg)?;
             let mut out = std::io::stdout().lock();
-            writeln!(out, "device_id,token")?;
+            writeln!(out, "device_id,token,gateway_id")?;
             let started = std::time::Instant::now();
             // Several at once: each waits on PostgreSQL, Kafka's acknowledgement and the
             // broker's answer, which overlap (the producer batches, the admin connection
             // carries many requests).
             let actor = actor();
             let mut provisioned = futures_util::stream::iter(&ids)
-                .map(|id| {
-                    let (pool, producer, broker, actor) =
-                        (&pool, &producer, broker.as_ref(), &actor);
+                .map(|(id, gateway)| {
+                    let brokers = Brokers {
+                        mqtt: broker.as_ref(),
+                        amqp: None,
+                    };
+                    let (pool, producer, actor) = (&pool, &producer, &actor);
                     async move {
                         otaledger_api::tokens::provision_device(
-                            pool, producer, broker, id, actor, replace,
+                            pool, producer, brokers, id, *gateway, actor, replace,
                         )
                         .await
                         .with_context(|| format!("provisioning {id}"))
-                        .map(|issued| (*id, issued.token))
+                        .map(|issued| (*id, issued.token, gateway.unwrap_or_default()))
                     }
                 })
                 .buffer_unordered(PROVISION_CONCURRENCY);
             let mut i = 0;
             while let Some(done) = provisioned.next().await {
-                let (id, token) = done?;
-                writeln!(out, "{id},{token}")?;
+                let (id, token, gateway) = done?;
+                writeln!(out, "{id},{token},{gateway}")?;
                 i += 1;
                 if i % 500 == 0 {
                     eprintln!(
@@ -239,6 +285,62 @@ pub async fn devices(cfg: &Config, command: DevicesCommand) -> anyhow::Result<()
         }
         DevicesCommand::Revoke { device_id } => {
             revoke(cfg, &pool, &producer, &device_id).await?;
+        }
+    }
+    Ok(())
+}
+
+pub async fn gateways(cfg: &Config, command: GatewaysCommand) -> anyhow::Result<()> {
+    let (pool, producer) = store(cfg).await?;
+    match command {
+        GatewaysCommand::Provision { ids, from, replace } => {
+            let text = match &from {
+                Some(f) => std::fs::read_to_string(f)
+                    .with_context(|| format!("reading {}", f.display()))?,
+                None => String::new(),
+            };
+            let listed = text
+                .lines()
+                .filter_map(|l| l.split(',').next())
+                .map(str::trim)
+                .filter(|id| !id.is_empty() && *id != "gateway_id");
+            let all: Vec<&str> = ids.iter().map(String::as_str).chain(listed).collect();
+            for id in &all {
+                otaledger_domain::ids::validate_device_id(id)
+                    .with_context(|| format!("gateway {id:?}"))?;
+            }
+            let Some(rabbit) = rabbit(cfg)? else {
+                bail!(
+                    "gateways need RabbitMQ's management API: set amqp.admin_url (or \
+                     OTALEDGER_AMQP_ADMIN_URL) to http://user:password@host:15672"
+                );
+            };
+            let brokers = Brokers {
+                mqtt: None,
+                amqp: Some(&rabbit),
+            };
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "gateway_id,token")?;
+            for id in &all {
+                let issued = otaledger_api::tokens::provision_gateway(
+                    &pool,
+                    &producer,
+                    brokers,
+                    id,
+                    &actor(),
+                    replace,
+                )
+                .await
+                .with_context(|| format!("provisioning gateway {id}"))?;
+                writeln!(out, "{id},{}", issued.token)?;
+            }
+            eprintln!(
+                "provisioned {} gateways, each its own RabbitMQ user",
+                all.len()
+            );
+        }
+        GatewaysCommand::Revoke { gateway_id } => {
+            revoke(cfg, &pool, &producer, &gateway_id).await?;
         }
     }
     Ok(())

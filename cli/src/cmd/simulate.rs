@@ -31,12 +31,19 @@ pub struct SimArgs {
     /// Seed of the fleet's models, sites, tags and versions.
     #[arg(long, default_value_t = 7)]
     seed: u64,
-    /// Device credentials, as `otaledger devices provision` prints them (`device_id,token`):
-    /// each device reporting over MQTT logs in as itself on its own connection, as a real
-    /// device does. Without it the devices share `--mqtt-connections` connections under the
-    /// configured MQTT login, which only otaledger's service login may do (a load generator).
+    /// Device credentials, as `otaledger devices provision` prints them
+    /// (`device_id,token,gateway_id`): each device reporting over MQTT logs in as itself on
+    /// its own connection, as a real device does, and a device attached to a gateway reports
+    /// through that gateway. Without it the devices share `--mqtt-connections` connections
+    /// under the configured MQTT login, which only otaledger's service login may do (a load
+    /// generator).
     #[arg(long, value_name = "FILE")]
     credentials: Option<std::path::PathBuf>,
+    /// Gateway credentials, as `otaledger gateways provision` prints them
+    /// (`gateway_id,token`): each gateway logs in to RabbitMQ as itself. Without it one
+    /// connection under the configured AMQP login relays every gateway's batches.
+    #[arg(long, value_name = "FILE")]
+    gateway_credentials: Option<std::path::PathBuf>,
     /// MQTT connections the devices are multiplexed over (without --credentials).
     #[arg(long, default_value_t = 8)]
     mqtt_connections: usize,
@@ -60,16 +67,16 @@ pub struct SimArgs {
 
 impl SimArgs {
     pub fn to_config(&self, cfg: &Config) -> anyhow::Result<SimConfig> {
-        let credentials = match &self.credentials {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading {}", path.display()))?;
-                let credentials = DeviceCredentials::from_csv(&text);
-                tracing::info!(devices = credentials.len(), file = %path.display(), "device credentials");
-                Some(credentials)
-            }
-            None => None,
+        let read = |path: &Option<std::path::PathBuf>, what: &str| -> anyhow::Result<_> {
+            let Some(path) = path else { return Ok(None) };
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let credentials = DeviceCredentials::from_csv(&text);
+            tracing::info!(count = credentials.len(), file = %path.display(), "{what} credentials");
+            Ok(Some(credentials))
         };
+        let credentials = read(&self.credentials, "device")?;
+        let gateway_credentials = read(&self.gateway_credentials, "gateway")?;
         Ok(SimConfig {
             devices: self.devices,
             rate: self.rate,
@@ -80,6 +87,7 @@ impl SimArgs {
             rounds: self.rounds,
             mqtt_connections: self.mqtt_connections,
             credentials,
+            gateway_credentials,
             mqtt: cfg.mqtt.clone(),
             amqp: cfg.amqp.clone(),
             behaviour: Behaviour {

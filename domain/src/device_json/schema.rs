@@ -10,7 +10,7 @@ use super::{
     HeartbeatJson, InstallJson, RegisterJson, HEARTBEAT_FIELDS, INSTALL_FIELDS, MAX_TEXT_LEN,
     OCCURRED_AT_MS, REGISTER_FIELDS,
 };
-use crate::json_schema::{array_of, device_id, integer, number, one_of_words, or_null, text};
+use crate::json_schema::{array_of, integer, number, one_of_words, or_null, text};
 
 /// Any text without a NUL character.
 fn plain_text() -> ObjectBuilder {
@@ -35,7 +35,6 @@ fn field(name: &str) -> Option<ObjectBuilder> {
     Some(match name {
         "device_id" => return None,
         "model" | "site" | "firmware_version" => text(MAX_TEXT_LEN),
-        "gateway_id" => or_null(device_id(), Type::String),
         "hardware_rev" | "rollout_id" | "error_code" | "message" => {
             or_null(plain_text(), Type::String)
         }
