@@ -121,6 +121,36 @@ CONF
   mosquitto_stop
 fi
 
+# RabbitMQ's TLS listener on 5671 beside the plain one, with the same development certificate
+# (docs/adr/0028), for amqps:// with amqp.tls_ca. Its copy is readable by user rabbitmq. Added
+# once; the broker is restarted to load it (about 15 s).
+RMQ_CONF=/etc/rabbitmq/rabbitmq.conf
+RMQ_TLS=/etc/rabbitmq/otaledger-tls
+if [ -d /etc/rabbitmq ] && ! cmp -s "$TLS_DIR/server.pem" "$RMQ_TLS/server.pem" 2>/dev/null; then
+  mkdir -p "$RMQ_TLS"
+  cp "$TLS_DIR/ca.pem" "$TLS_DIR/server.pem" "$TLS_DIR/server.key" "$RMQ_TLS/"
+  chown -R rabbitmq "$RMQ_TLS" 2>/dev/null || true
+  chmod 600 "$RMQ_TLS/server.key"
+fi
+if [ -d /etc/rabbitmq ] && ! grep -q "^listeners.ssl" "$RMQ_CONF" 2>/dev/null; then
+  log "adding RabbitMQ's TLS listener on 5671 (restarting RabbitMQ)"
+  cat >>"$RMQ_CONF" <<CONF
+# otaledger: TLS listener (docs/adr/0028), written by scripts/services.sh.
+listeners.ssl.local = 127.0.0.1:5671
+ssl_options.cacertfile = $RMQ_TLS/ca.pem
+ssl_options.certfile = $RMQ_TLS/server.pem
+ssl_options.keyfile = $RMQ_TLS/server.key
+ssl_options.verify = verify_none
+ssl_options.fail_if_no_peer_cert = false
+CONF
+  rabbitmqctl stop >/dev/null 2>&1 || true
+  for _ in $(seq 120); do port_open 5672 || break; sleep 0.5; done
+  rabbitmq-server -detached || true
+  wait_port 5672 RabbitMQ 240
+  wait_port 15672 "RabbitMQ management" 120
+fi
+port_open 5671 || log "RabbitMQ has no TLS listener on 5671 (see $RMQ_CONF)"
+
 # Mosquitto: device identities (docs/adr/0026). The dynamic-security plugin holds the logins:
 # otaledger's admin (adds and removes device logins over $CONTROL), its service login (the
 # bridge, the dispatcher) and one login per provisioned device, added by otaledger. Anonymous
@@ -198,4 +228,4 @@ if ! port_open "$KAFKA_PORT"; then
    echo $! >"$STATE_DIR/tansu.pid")
   wait_port "$KAFKA_PORT" tansu
 fi
-log "PostgreSQL :5432, RabbitMQ :5672 (management :15672), Mosquitto :1883 and Kafka :$KAFKA_PORT are up"
+log "PostgreSQL :5432, RabbitMQ :5672 (TLS :5671, management :15672), Mosquitto :1883 (TLS :8883) and Kafka :$KAFKA_PORT are up"

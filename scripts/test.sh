@@ -18,6 +18,7 @@ export OTALEDGER_TEST_MQTT_PASSWORD="${OTALEDGER_TEST_MQTT_PASSWORD:-$(cat "$MQT
 export OTALEDGER_TEST_MQTT_ADMIN_USERNAME="${OTALEDGER_TEST_MQTT_ADMIN_USERNAME:-otaledger-admin}"
 # Mosquitto's TLS listener and the development CA that signed its certificate (ADR 0028).
 export OTALEDGER_TEST_MQTT_TLS="${OTALEDGER_TEST_MQTT_TLS:-127.0.0.1:8883}"
+export OTALEDGER_TEST_AMQP_TLS="${OTALEDGER_TEST_AMQP_TLS:-127.0.0.1:5671}"
 export OTALEDGER_TEST_TLS_CA="${OTALEDGER_TEST_TLS_CA:-${OTALEDGER_STATE_DIR:-$HOME/.cache/otaledger}/tls/ca.pem}"
 export OTALEDGER_TEST_MQTT_ADMIN_PASSWORD="${OTALEDGER_TEST_MQTT_ADMIN_PASSWORD:-$(cat "$MQTT_SECRETS/admin.password")}"
 # The export test reads the Parquet files back with DuckDB (the PyPI package).

@@ -23,6 +23,9 @@ pub struct AmqpConfig {
     /// `http://admin:secret@127.0.0.1:15672`: provisioning a gateway creates its RabbitMQ user
     /// there. `None`: gateways are not given broker logins.
     pub admin_url: Option<String>,
+    /// A PEM file of the certificate authority that signed the broker's certificate, for an
+    /// `amqps://` URL (ADR 0028). Without it an `amqps://` URL trusts the bundled web roots.
+    pub tls_ca: Option<String>,
 }
 
 impl std::fmt::Debug for AmqpConfig {
@@ -36,6 +39,7 @@ impl std::fmt::Debug for AmqpConfig {
                 "admin_url",
                 &self.admin_url.as_deref().map(crate::config::redact_url),
             )
+            .field("tls_ca", &self.tls_ca)
             .finish()
     }
 }
@@ -48,6 +52,7 @@ impl Default for AmqpConfig {
             commands_exchange: "ota.gateway-commands".into(),
             prefetch: 256,
             admin_url: None,
+            tls_ca: None,
         }
     }
 }
@@ -85,11 +90,26 @@ impl AmqpConfig {
     }
 }
 
-/// Connects to RabbitMQ.
+/// Connects to RabbitMQ (over TLS for an `amqps://` URL, trusting `tls_ca` when given).
 pub async fn connect(cfg: &AmqpConfig) -> Result<Connection> {
-    Connection::connect(&cfg.url, ConnectionProperties::default())
+    use lapin::Connect as _;
+    let Some(ca) = &cfg.tls_ca else {
+        return Connection::connect(&cfg.url, ConnectionProperties::default())
+            .await
+            .amqp("connecting");
+    };
+    let pem = std::fs::read_to_string(ca)
+        .map_err(|e| Error::Other(format!("reading the AMQP CA {ca}: {e}")))?;
+    let tls = lapin::tcp::OwnedTLSConfig {
+        identity: None,
+        cert_chain: Some(pem),
+    };
+    let runtime = lapin::runtime::default_runtime().amqp("starting the AMQP runtime")?;
+    cfg.url
+        .as_str()
+        .connect_with_config(ConnectionProperties::default(), tls, runtime)
         .await
-        .amqp("connecting")
+        .amqp("connecting over TLS")
 }
 
 /// Declares the durable reports queue and the fanout exchange of the same name bound to it,

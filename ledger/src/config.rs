@@ -11,7 +11,7 @@ pub use crate::amqp::AmqpConfig;
 pub use crate::mqtt::MqttConfig;
 
 /// Kafka settings. `topic_prefix` lets several ledgers (tests, tenants) share one cluster.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct KafkaConfig {
     pub brokers: String,
@@ -19,6 +19,36 @@ pub struct KafkaConfig {
     /// Partitions of each ledger topic when otaledger creates it.
     pub partitions: i32,
     pub replication_factor: i32,
+    /// librdkafka's `security.protocol`: `plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl`.
+    /// TLS needs a librdkafka built with OpenSSL (the `rdkafka` crate's `ssl` feature); this
+    /// build refuses `ssl` and `sasl_ssl` at start, naming why (ADR 0028).
+    pub security_protocol: String,
+    /// `ssl.ca.location`: the PEM file of the CA that signed the brokers' certificates.
+    pub ssl_ca_location: Option<String>,
+    /// `sasl.mechanism` (`PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512`) with its login.
+    pub sasl_mechanism: Option<String>,
+    pub sasl_username: Option<String>,
+    pub sasl_password: Option<String>,
+}
+
+/// The SASL password is never shown.
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("topic_prefix", &self.topic_prefix)
+            .field("partitions", &self.partitions)
+            .field("replication_factor", &self.replication_factor)
+            .field("security_protocol", &self.security_protocol)
+            .field("ssl_ca_location", &self.ssl_ca_location)
+            .field("sasl_mechanism", &self.sasl_mechanism)
+            .field("sasl_username", &self.sasl_username)
+            .field(
+                "sasl_password",
+                &self.sasl_password.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
 }
 
 impl Default for KafkaConfig {
@@ -28,6 +58,11 @@ impl Default for KafkaConfig {
             topic_prefix: String::new(),
             partitions: 6,
             replication_factor: 1,
+            security_protocol: "plaintext".into(),
+            ssl_ca_location: None,
+            sasl_mechanism: None,
+            sasl_username: None,
+            sasl_password: None,
         }
     }
 }
@@ -87,6 +122,17 @@ impl Topics {
 /// `postgres://app:secret@db/x` shows as `postgres://app:<redacted>@db/x`.
 #[must_use]
 pub fn redact_url(url: &str) -> String {
+    // A password may also ride in the query (`?password=…`, as libpq and sqlx read it).
+    if let Some((base, query)) = url.split_once('?') {
+        let query: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=<redacted>"),
+                _ => pair.to_owned(),
+            })
+            .collect();
+        return format!("{}?{}", redact_url(base), query.join("&"));
+    }
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
@@ -362,6 +408,11 @@ macro_rules! number {
 pub const ENV_OVERRIDES: &[EnvOverride] = &[
     text!("OTALEDGER_KAFKA_BROKERS", kafka.brokers),
     text!("OTALEDGER_TOPIC_PREFIX", kafka.topic_prefix),
+    text!("OTALEDGER_KAFKA_SECURITY_PROTOCOL", kafka.security_protocol),
+    text!("OTALEDGER_KAFKA_SSL_CA_LOCATION", kafka.ssl_ca_location),
+    text!("OTALEDGER_KAFKA_SASL_MECHANISM", kafka.sasl_mechanism),
+    text!("OTALEDGER_KAFKA_SASL_USERNAME", kafka.sasl_username),
+    text!("OTALEDGER_KAFKA_SASL_PASSWORD", kafka.sasl_password),
     number!("OTALEDGER_KAFKA_PARTITIONS", kafka.partitions, "number"),
     text!("OTALEDGER_DATABASE_URL", database.url),
     text!("OTALEDGER_DB_SCHEMA", database.schema),
@@ -378,6 +429,7 @@ pub const ENV_OVERRIDES: &[EnvOverride] = &[
     text!("OTALEDGER_AMQP_QUEUE", amqp.reports_queue),
     text!("OTALEDGER_AMQP_EXCHANGE", amqp.commands_exchange),
     text!("OTALEDGER_AMQP_ADMIN_URL", amqp.admin_url),
+    text!("OTALEDGER_AMQP_TLS_CA", amqp.tls_ca),
     text!("OTALEDGER_HTTP_LISTEN", http.listen),
     text!("OTALEDGER_METRICS_LISTEN", http.metrics_listen),
     text!("OTALEDGER_HTTP_TLS_CERT", http.tls_cert),
@@ -457,8 +509,13 @@ mod tests {
             redact_url("amqp://gw:p@ss:w@rd@mq/%2f"),
             "amqp://gw:<redacted>@mq/%2f"
         );
+        assert_eq!(
+            redact_url("postgres://app:a@db/x?sslmode=require&password=b&x=password"),
+            "postgres://app:<redacted>@db/x?sslmode=require&password=<redacted>&x=password"
+        );
         for unchanged in [
             "postgres://postgres@127.0.0.1:5432/postgres",
+            "postgres://db/x?sslmode=verify-full&sslrootcert=/ca.pem",
             "amqp://mq/%2f",
             "not a url",
             "postgres://host/db@x",
@@ -470,6 +527,9 @@ mod tests {
         cfg.amqp.url = "amqp://gw:s3cret-amqp@mq/%2f".into();
         cfg.mqtt.password = Some("s3cret-mqtt".into());
         cfg.mqtt.admin_password = Some("s3cret-admin".into());
+        cfg.amqp.admin_url = Some("http://admin:s3cret-mgmt@mq:15672".into());
+        cfg.kafka.sasl_password = Some("s3cret-sasl".into());
+        cfg.database.url = "postgres://db/x?user=app&password=s3cret-query&sslmode=require".into();
         let shown = format!("{cfg:?}");
         assert!(!shown.contains("s3cret"), "{shown}");
     }

@@ -201,6 +201,7 @@ pub fn config(services: &Services, name: &str) -> Config {
             topic_prefix: format!("{name}."),
             partitions: 4,
             replication_factor: 1,
+            ..KafkaConfig::default()
         },
         ..Config::default()
     };

@@ -305,3 +305,109 @@ async fn the_bridge_and_simulated_devices_talk_mqtt_over_tls() {
     stop.trigger();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// PostgreSQL over TLS when the URL asks (`sslmode`, `sslrootcert`; ADR 0028): the session is
+/// encrypted, and a server whose certificate the named CA did not sign is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_connections_use_tls_when_the_url_asks() {
+    let url = Services::get().await.database_url;
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let pool = otaledger_ledger::db::pool(&format!("{url}{sep}sslmode=require"), "public", 1)
+        .await
+        .unwrap();
+    let encrypted: bool =
+        sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(encrypted, "sslmode=require gave a plain-text session");
+    let dir = std::env::temp_dir().join(unique("pg_ca"));
+    let (other_ca, _, _) = certificates(&dir);
+    let refused = otaledger_ledger::db::pool(
+        &format!(
+            "{url}{sep}sslmode=verify-full&sslrootcert={}",
+            other_ca.display()
+        ),
+        "public",
+        1,
+    )
+    .await;
+    assert!(
+        refused.is_err(),
+        "a server certificate the CA did not sign was accepted"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The AMQP bridge and a gateway over RabbitMQ's TLS listener (`amqps://`, `amqp.tls_ca`): the
+/// batch reaches the ledger; with a CA that did not sign the broker's certificate the
+/// connection is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_amqp_bridge_and_a_gateway_talk_over_tls() {
+    use otaledger_domain::Payload;
+    use otaledger_ledger::amqp::{connect, publish_batch};
+
+    let (Ok(tls), Ok(ca)) = (
+        std::env::var("OTALEDGER_TEST_AMQP_TLS"),
+        std::env::var("OTALEDGER_TEST_TLS_CA"),
+    ) else {
+        panic!("set OTALEDGER_TEST_AMQP_TLS and OTALEDGER_TEST_TLS_CA (scripts/test.sh does)");
+    };
+    let name = unique("amqp_tls");
+    let mut cfg = config(&Services::get().await, &name);
+    let login = cfg
+        .amqp
+        .url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.rsplit_once('@'))
+        .map_or("guest:guest", |(l, _)| l)
+        .to_owned();
+    cfg.amqp.url = format!("amqps://{login}@{tls}/%2f");
+    cfg.amqp.tls_ca = Some(ca);
+    prepare(&cfg).await.unwrap();
+    let (stop, _) = otaledger_tests::spawn_components(&cfg, &[Component::AmqpBridge]);
+    let conn = eventually(Duration::from_secs(20), "a TLS connection", || {
+        let cfg = cfg.clone();
+        async move { connect(&cfg.amqp).await.ok() }
+    })
+    .await;
+    let batch = serde_json::json!({"gateway_id": "gw-tls", "reports": [
+        {"device_id": "dev-tls", "kind": "heartbeat", "data": {"firmware_version": "1", "uptime_s": 1,
+         "cpu_pct": 1, "mem_pct": 1, "temperature_c": 1}}]});
+    let relay = cfg.amqp.login();
+    // The bridge declares the reports exchange when it starts: publish once it has (a publish
+    // to a missing exchange closes its channel, so each try takes a new one).
+    let conn = &conn;
+    eventually(Duration::from_secs(20), "the batch published", || {
+        let (cfg, relay, body) = (cfg.clone(), relay.clone(), batch.to_string());
+        async move {
+            let channel = conn.create_channel().await.ok()?;
+            channel
+                .confirm_select(lapin::options::ConfirmSelectOptions::default())
+                .await
+                .ok()?;
+            publish_batch(&channel, &cfg.amqp, &relay, body.as_bytes())
+                .await
+                .ok()
+        }
+    })
+    .await;
+    let topic = cfg.kafka.topics().device_events;
+    otaledger_tests::records_when(&cfg.kafka, &topic, "the heartbeat", |r| {
+        otaledger_tests::decode_all(r)
+            .iter()
+            .any(|(_, e)| matches!(&e.payload, Payload::Heartbeat(h) if h.device_id == "dev-tls"))
+    })
+    .await;
+
+    let dir = std::env::temp_dir().join(unique("amqp_ca"));
+    let (other_ca, _, _) = certificates(&dir);
+    let mut untrusting = cfg.amqp.clone();
+    untrusting.tls_ca = Some(other_ca.display().to_string());
+    assert!(
+        connect(&untrusting).await.is_err(),
+        "a broker certificate the CA did not sign was accepted"
+    );
+    stop.trigger();
+    let _ = std::fs::remove_dir_all(&dir);
+}
