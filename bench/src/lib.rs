@@ -22,6 +22,7 @@ use otaledger_ledger::config::Config;
 pub mod api;
 pub mod lag;
 mod limits;
+pub mod mqtt_ingest;
 pub mod process;
 pub mod projection;
 pub mod rollout;
@@ -47,6 +48,9 @@ pub enum Scenario {
     /// A four-wave rollout over a fleet of instant simulated devices: commands/s over MQTT and
     /// AMQP, request to last command and to completion, saga decision latency, peak RSS.
     Rollout,
+    /// Device reports/s through Mosquitto and the MQTT bridge into the ledger, in plain text
+    /// and over TLS (the cost of TLS on ingest).
+    MqttIngest,
     /// Every scenario above.
     All,
 }
@@ -68,6 +72,10 @@ pub struct BenchArgs {
     pub api_duration: Duration,
     /// Devices in the rollout scenario's fleet.
     pub rollout_devices: usize,
+    /// Devices of the MQTT ingest scenario (each registers and sends four heartbeats), and the
+    /// broker's TLS listener it also measures (`None`: plain text only).
+    pub mqtt_devices: usize,
+    pub mqtt_tls: Option<mqtt_ingest::TlsListener>,
     pub out: std::path::PathBuf,
     /// The `otaledger` binary the rollout scenario runs each component with, a process each.
     pub components: std::path::PathBuf,
@@ -93,6 +101,8 @@ impl BenchArgs {
                 api_rate: 5_000.0,
                 api_duration: Duration::from_secs(5),
                 rollout_devices: 10_000,
+                mqtt_devices: 5_000,
+                mqtt_tls: None,
                 out,
                 components,
             }
@@ -108,6 +118,8 @@ impl BenchArgs {
                 api_rate: 5_000.0,
                 api_duration: Duration::from_secs(20),
                 rollout_devices: 100_000,
+                mqtt_devices: 20_000,
+                mqtt_tls: None,
                 out,
                 components,
             }
@@ -294,7 +306,7 @@ pub async fn run(cfg: &Config, args: &BenchArgs) -> Result<Report, BoxError> {
     let mut b = prepare(cfg, args).await?;
     use Scenario as S;
     let wants = |of: &[Scenario]| args.scenario == S::All || of.contains(&args.scenario);
-    use scenarios::{api, ingest, lag, limits, projection, rebuild, rollout};
+    use scenarios::{api, ingest, lag, limits, mqtt, projection, rebuild, rollout};
     if wants(&[S::Limits, S::Ingest, S::Projection]) {
         limits(&mut b).await?;
     }
@@ -315,6 +327,9 @@ pub async fn run(cfg: &Config, args: &BenchArgs) -> Result<Report, BoxError> {
     }
     if wants(&[S::Rollout]) {
         rollout(&mut b).await?;
+    }
+    if wants(&[S::MqttIngest]) {
+        mqtt(&mut b).await?;
     }
     finish(b).await
 }

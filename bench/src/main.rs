@@ -44,6 +44,16 @@ struct Cli {
     /// The `otaledger` binary that runs the components (default: the one beside this binary).
     #[arg(long)]
     otaledger: Option<PathBuf>,
+    /// Devices of the MQTT ingest scenario (overrides the size).
+    #[arg(long)]
+    mqtt_devices: Option<usize>,
+    /// Mosquitto's TLS listener port, measured beside the plain one in the MQTT ingest scenario.
+    #[arg(long, default_value_t = 8883)]
+    mqtt_tls_port: u16,
+    /// The CA that signed the broker's certificate (default: the development CA that
+    /// scripts/services.sh makes, when it exists).
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
     /// Where to write the JSON report.
     #[arg(long, default_value = "bench/results.json")]
     out: PathBuf,
@@ -84,6 +94,17 @@ async fn bench(cli: Cli) -> anyhow::Result<()> {
     args.events = cli.events.unwrap_or(args.events);
     args.devices = cli.devices.unwrap_or(args.devices);
     args.rollout_devices = cli.rollout_devices.unwrap_or(args.rollout_devices);
+    args.mqtt_devices = cli.mqtt_devices.unwrap_or(args.mqtt_devices);
+    let dev_ca = std::env::var_os("HOME")
+        .map(|h| PathBuf::from(h).join(".cache/otaledger/tls/ca.pem"))
+        .filter(|p| p.exists());
+    args.mqtt_tls = cli
+        .tls_ca
+        .or(dev_ca)
+        .map(|ca| otaledger_bench::mqtt_ingest::TlsListener {
+            port: cli.mqtt_tls_port,
+            ca: ca.display().to_string(),
+        });
     if let Some(bin) = cli.otaledger {
         args.components = bin;
     }

@@ -507,3 +507,48 @@ pub(crate) async fn rollout(b: &mut Ctx<'_>) -> Result<(), BoxError> {
     );
     Ok(())
 }
+
+/// Device reports through Mosquitto and the MQTT bridge, plain and over TLS, alternating twice
+/// and keeping the better run of each (two shared cores move one run by a tenth).
+pub(crate) async fn mqtt(b: &mut Ctx<'_>) -> Result<(), BoxError> {
+    let Ctx {
+        args,
+        cfg: bench_cfg,
+        name,
+        report,
+        ..
+    } = b;
+    let (mut plain, mut tls) = (0.0_f64, 0.0_f64);
+    for i in 0..2 {
+        let root = format!("{name}-plain-{i}");
+        let r =
+            crate::mqtt_ingest::reports_per_s(bench_cfg, &root, args.mqtt_devices, 4, None).await?;
+        plain = plain.max(r);
+        if let Some(listener) = &args.mqtt_tls {
+            let root = format!("{name}-tls-{i}");
+            let r = crate::mqtt_ingest::reports_per_s(
+                bench_cfg,
+                &root,
+                args.mqtt_devices,
+                4,
+                Some(listener),
+            )
+            .await?;
+            tls = tls.max(r);
+        }
+    }
+    report.add("mqtt", "MQTT ingest, plain", plain, "reports/s");
+    if args.mqtt_tls.is_none() {
+        println!("  (no TLS listener given: --mqtt-tls-port and --tls-ca)");
+        return Ok(());
+    }
+    report.add("mqtt", "MQTT ingest, TLS", tls, "reports/s");
+    report.ratio("MQTT ingest, TLS", "MQTT ingest, plain");
+    report.add(
+        "mqtt",
+        "TLS cost on MQTT ingest",
+        (1.0 - tls / plain.max(f64::EPSILON)) * 100.0,
+        "%",
+    );
+    Ok(())
+}

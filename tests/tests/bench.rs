@@ -21,6 +21,16 @@ async fn bench_all_reports_every_figure_and_writes_json() {
         api_rate: 200.0,
         api_duration: std::time::Duration::from_secs(1),
         rollout_devices: 300,
+        mqtt_devices: 200,
+        mqtt_tls: std::env::var("OTALEDGER_TEST_TLS_CA").ok().map(|ca| {
+            otaledger_bench::mqtt_ingest::TlsListener {
+                port: std::env::var("OTALEDGER_TEST_MQTT_TLS")
+                    .ok()
+                    .and_then(|t| t.rsplit_once(':').and_then(|(_, p)| p.parse().ok()))
+                    .unwrap_or(8883),
+                ca,
+            }
+        }),
         out: out.clone(),
         components: otaledger_tests::binary(),
     };
@@ -51,6 +61,8 @@ async fn bench_all_reports_every_figure_and_writes_json() {
         "peak RSS, projector",
         "peak RSS, dispatcher",
         "peak RSS, saga",
+        "MQTT ingest, plain",
+        "MQTT ingest, TLS",
     ] {
         let f = report
             .figures
