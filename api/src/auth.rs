@@ -35,6 +35,8 @@ pub struct Principal {
     pub name: String,
     pub role: Role,
     pub token_id: String,
+    /// The devices the token is confined to (ADR 0031); `None`: the whole fleet.
+    pub scope: Option<otaledger_domain::events::TargetSelector>,
 }
 
 /// What the store answered for a token, and when.
@@ -213,6 +215,7 @@ pub(crate) async fn authorize(State(s): State<AppState>, mut req: Request, next:
             name: "unauthenticated".into(),
             role: Role::Admin,
             token_id: String::new(),
+            scope: None,
         });
         return next.run(req).await;
     }
@@ -250,6 +253,7 @@ pub(crate) async fn authorize(State(s): State<AppState>, mut req: Request, next:
                 token_id: subject.token_id,
                 name: subject.name,
                 role: subject.role,
+                scope: None,
             },
             Err(reason) => return refused(StatusCode::UNAUTHORIZED, "unauthenticated", reason),
         },
@@ -282,10 +286,21 @@ pub(crate) async fn authorize(State(s): State<AppState>, mut req: Request, next:
             ),
         );
     }
+    if holder.scope.is_some() {
+        let path = req
+            .extensions()
+            .get::<MatchedPath>()
+            .map_or("", MatchedPath::as_str);
+        if !crate::scope::scope_aware(req.method(), path) {
+            let refusal = crate::scope::fleet_wide(req.method(), path);
+            return refused(refusal.status, refusal.error, refusal.reason);
+        }
+    }
     req.extensions_mut().insert(Principal {
         name: holder.name,
         role: holder.role,
         token_id: holder.token_id,
+        scope: holder.scope,
     });
     next.run(req).await
 }

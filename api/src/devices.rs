@@ -57,7 +57,7 @@ struct ListQuery {
     limit: Option<String>,
 }
 
-fn filter_from(q: ListQuery) -> Result<DeviceFilter, ApiError> {
+fn filter_from(q: ListQuery, who: &crate::auth::Principal) -> Result<DeviceFilter, ApiError> {
     let status = match q.status.as_deref() {
         None => None,
         Some("online") => Some(Status::Online),
@@ -78,6 +78,7 @@ fn filter_from(q: ListQuery) -> Result<DeviceFilter, ApiError> {
         status,
         after: params::text("cursor", q.cursor)?,
         limit,
+        scope: who.scope.clone(),
     })
 }
 
@@ -90,9 +91,10 @@ fn filter_from(q: ListQuery) -> Result<DeviceFilter, ApiError> {
     ))]
 async fn list(
     State(s): State<AppState>,
+    axum::Extension(who): axum::Extension<crate::auth::Principal>,
     Params(q): Params<ListQuery>,
 ) -> Result<Json<Page>, ApiError> {
-    let filter = filter_from(q)?;
+    let filter = filter_from(q, &who)?;
     let page = fleet::list_devices(&s.pool, &filter, s.offline_after).await?;
     Ok(Json(page))
 }
@@ -107,6 +109,7 @@ async fn list(
     ))]
 async fn one(
     State(s): State<AppState>,
+    axum::Extension(who): axum::Extension<crate::auth::Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<fleet::Device>, ApiError> {
     params::id("device", &id)?;
@@ -114,6 +117,8 @@ async fn one(
         .get(id.clone())
         .await
         .map_err(|e| ApiError::unavailable(&e))?
+        // Outside a scoped token's devices, as if there were none.
+        .filter(|d| crate::scope::admits(&who, d))
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("no device {id:?}")))
 }
@@ -149,6 +154,7 @@ struct HistoryPage {
     ))]
 async fn history(
     State(s): State<AppState>,
+    axum::Extension(who): axum::Extension<crate::auth::Principal>,
     Path(id): Path<String>,
     Params(q): Params<HistoryQuery>,
 ) -> Result<Json<HistoryPage>, ApiError> {
@@ -156,6 +162,15 @@ async fn history(
     params::id("device", &id)?;
     let limit = page_limit(q.limit.as_deref())?;
     let cursor = params::text("cursor", q.cursor)?;
+    // A scoped token sees the history of its own devices only (as they are now).
+    if who.scope.is_some() {
+        s.devices
+            .get(id.clone())
+            .await
+            .map_err(|e| ApiError::unavailable(&e))?
+            .filter(|d| crate::scope::admits(&who, d))
+            .ok_or_else(|| ApiError::not_found(format!("no device {id:?}")))?;
+    }
     let items = history::history(&s.pool, &id, cursor.as_deref(), limit).await?;
     if items.is_empty() && cursor.is_none() {
         s.devices

@@ -14,6 +14,7 @@ pub use ops::metrics_routes;
 mod params;
 mod rollout_views;
 pub mod rollouts;
+pub mod scope;
 pub mod summary_cache;
 pub mod tls;
 pub mod tokens;

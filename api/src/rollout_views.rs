@@ -163,9 +163,11 @@ struct RolloutOut {
     ))]
 async fn one(
     State(s): State<AppState>,
+    axum::Extension(who): axum::Extension<crate::auth::Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<RolloutOut>, ApiError> {
     check_id(&id)?;
+    crate::scope::rollout(&s, &who, &id).await?;
     let rollout = rollouts::get_rollout(&s.pool, &id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no rollout {id:?}")))?;
@@ -199,10 +201,12 @@ async fn one(
     ))]
 async fn devices(
     State(s): State<AppState>,
+    axum::Extension(who): axum::Extension<crate::auth::Principal>,
     Path(id): Path<String>,
     q: Params<PageQuery>,
 ) -> Result<Json<Page<RolloutDeviceRow>>, ApiError> {
     check_id(&id)?;
+    crate::scope::rollout(&s, &who, &id).await?;
     let q = query(q)?;
     let n = page_limit(q.limit.as_deref())?;
     let state = q.state.map(|s| s.to_uppercase());
@@ -239,10 +243,12 @@ async fn devices(
     ))]
 async fn decisions(
     State(s): State<AppState>,
+    axum::Extension(who): axum::Extension<crate::auth::Principal>,
     Path(id): Path<String>,
     q: Params<PageQuery>,
 ) -> Result<Json<Page<DecisionRow>>, ApiError> {
     check_id(&id)?;
+    crate::scope::rollout(&s, &who, &id).await?;
     let q = query(q)?;
     let n = page_limit(q.limit.as_deref())?;
     if q.state.is_some() {

@@ -79,6 +79,7 @@ async fn append(
     responses(
         (status = 202, description = "The ledger holds the request", body = Accepted),
         (status = 400, description = "A bad request, naming the field", body = ErrorBody),
+        (status = 403, description = "The selector selects nothing within the token's scope", body = ErrorBody),
         crate::Unavailable,
     ))]
 async fn create(
@@ -87,7 +88,9 @@ async fn create(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let input: RolloutIn = crate::body::object(&body)?;
-    let request = validate(input, &who.name)?;
+    let mut request = validate(input, &who.name)?;
+    // A scoped token's rollout reaches only the devices within its scope.
+    request.selector = crate::scope::narrow(&who, request.selector)?;
     append(
         &s,
         request.rollout_id.clone(),
@@ -127,6 +130,7 @@ async fn operator_request(
     make: fn(OperatorRequest) -> Payload,
 ) -> Result<Response, ApiError> {
     crate::params::id("rollout", &id)?;
+    crate::scope::rollout(s, who, &id).await?;
     // No body, or `null`, gives no reason.
     let reason: ReasonIn = crate::body::object_or_none(body)?;
     if reason.reason.chars().count() > MAX_REASON_LEN {
@@ -154,6 +158,7 @@ macro_rules! operator_route {
             responses(
                 (status = 202, description = "The ledger holds the request", body = Accepted),
                 (status = 400, description = "A bad id or body", body = ErrorBody),
+                (status = 404, description = "No such rollout within the token's scope", body = ErrorBody),
                 crate::Unavailable,
             ))]
         async fn $name(

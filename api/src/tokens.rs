@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use chrono::{DateTime, Utc};
 use otaledger_domain::access::Role;
-use otaledger_domain::events::{DeviceAttached, TokenIssued, TokenRevoked};
+use otaledger_domain::events::{DeviceAttached, TargetSelector, TokenIssued, TokenRevoked};
 use otaledger_domain::ids::new_trace_id;
 use otaledger_domain::json_schema;
 use otaledger_domain::{Event, Payload};
@@ -104,7 +104,8 @@ impl std::fmt::Debug for IssuedToken {
     }
 }
 
-/// Issues a token (or, with [`Role::Device`], a device credential named by the device id).
+/// Issues a token (or, with [`Role::Device`], a device credential named by the device id),
+/// confined to the devices `scope` selects when given (ADR 0031).
 pub async fn issue(
     pool: &PgPool,
     producer: &EventProducer,
@@ -112,6 +113,7 @@ pub async fn issue(
     role: Role,
     expires_at: Option<DateTime<Utc>>,
     issued_by: &str,
+    scope: Option<&TargetSelector>,
 ) -> Result<IssuedToken, AccessError> {
     let minted = access::mint();
     let mut tx = pool
@@ -121,7 +123,7 @@ pub async fn issue(
             context: "beginning to issue a token",
             source,
         })?;
-    let row = access::insert(&mut tx, &minted, name, role, expires_at, issued_by).await?;
+    let row = access::insert(&mut tx, &minted, name, role, expires_at, issued_by, scope).await?;
     let event = Event::now(
         Payload::TokenIssued(TokenIssued {
             token_id: row.token_id.clone(),
@@ -129,6 +131,7 @@ pub async fn issue(
             role: row.role.clone(),
             expires_at: row.expires_at.map(|t| t.timestamp_micros()),
             issued_by: issued_by.to_owned(),
+            scope: row.scope.as_ref().map(serde_json::Value::to_string),
         }),
         new_trace_id(),
     );
@@ -186,7 +189,7 @@ pub async fn provision_device(
     if replace {
         revoke_named(pool, producer, brokers, device, issued_by).await?;
     }
-    let issued = issue(pool, producer, device, Role::Device, None, issued_by).await?;
+    let issued = issue(pool, producer, device, Role::Device, None, issued_by, None).await?;
     if let Some(broker) = brokers.mqtt {
         if let Err(e) = broker.add_device(device, &issued.token).await {
             revoke_named(pool, producer, Brokers::default(), device, issued_by).await?;
@@ -251,7 +254,16 @@ pub async fn provision_gateway(
     if replace {
         revoke_named(pool, producer, brokers, gateway, issued_by).await?;
     }
-    let issued = issue(pool, producer, gateway, Role::Gateway, None, issued_by).await?;
+    let issued = issue(
+        pool,
+        producer,
+        gateway,
+        Role::Gateway,
+        None,
+        issued_by,
+        None,
+    )
+    .await?;
     if let Err(e) = broker.add_gateway(gateway, &issued.token).await {
         revoke_named(pool, producer, Brokers::default(), gateway, issued_by).await?;
         return Err(e.into());
@@ -311,6 +323,8 @@ struct TokenIn {
     role: String,
     #[serde(default, deserialize_with = "otaledger_domain::json_number::opt_int")]
     expires_in_s: Option<i64>,
+    #[serde(default)]
+    scope: Option<otaledger_domain::rollout_request::SelectorIn>,
 }
 
 impl utoipa::PartialSchema for TokenIn {
@@ -333,6 +347,12 @@ impl utoipa::PartialSchema for TokenIn {
                 "expires_in_s",
                 json_schema::or_null(json_schema::integer(&(1..=MAX_EXPIRES_IN_S)), Type::Integer)
                     .description(Some("Seconds until it expires; absent or null: never.")),
+            )
+            // A viewer, operator or approver token confined to the devices this selector
+            // selects (a rollout's selector); absent: the whole fleet (ADR 0031).
+            .property(
+                "scope",
+                <otaledger_domain::rollout_request::SelectorIn as utoipa::PartialSchema>::schema(),
             )
             .into()
     }
@@ -385,6 +405,19 @@ async fn create(
             ))
         }
     };
+    let scope = match input.scope {
+        None => None,
+        Some(_) if role == Role::Admin => {
+            return Err(ApiError::bad_request(
+                "invalid_field",
+                "scope: an admin manages tokens and devices fleet-wide, so it cannot be scoped",
+            ))
+        }
+        Some(sel) => Some(
+            otaledger_domain::rollout_request::parse_selector(sel)
+                .map_err(|e| ApiError::bad_request("invalid_field", format!("scope: {e}")))?,
+        ),
+    };
     let issued = issue(
         &s.pool,
         &s.producer,
@@ -392,6 +425,7 @@ async fn create(
         role,
         expires_at,
         &who.name,
+        scope.as_ref(),
     )
     .await?;
     Ok((StatusCode::CREATED, Json(issued)).into_response())

@@ -70,6 +70,7 @@ pub(crate) async fn api_over_fleet(
         otaledger_domain::access::Role::Viewer,
         None,
         "bench",
+        None,
     )
     .await?;
     tx.commit().await?;

@@ -234,7 +234,7 @@ pub struct Release {
     pub signature: String,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TargetSelector {
     pub models: Vec<String>,
     pub sites: Vec<String>,
@@ -316,6 +316,9 @@ pub struct TokenIssued {
     pub role: String,
     pub expires_at: Option<Micros>,
     pub issued_by: String,
+    /// The device selector the token is confined to, as JSON (ADR 0031); added in v2.
+    #[serde(default)]
+    pub scope: Option<String>,
 }
 
 /// A device was attached to the gateway that reports for it (or detached: `gateway_id` null),

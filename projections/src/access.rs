@@ -4,6 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use otaledger_domain::access::Role;
+use otaledger_domain::events::TargetSelector;
 use rand::{RngCore, SeedableRng};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -72,10 +73,12 @@ row_type! {
         pub issued_at: DateTime<Utc>,
         pub expires_at: Option<DateTime<Utc>>,
         pub revoked_at: Option<DateTime<Utc>>,
+        /// The device selector the token is confined to (ADR 0031); null: the whole fleet.
+        pub scope: Option<serde_json::Value>,
     }
 }
 
-const COLUMNS: &str = "token_id, name, role, issued_by, issued_at, expires_at, revoked_at";
+const COLUMNS: &str = "token_id, name, role, issued_by, issued_at, expires_at, revoked_at, scope";
 
 /// Stores a minted token in the caller's transaction. A live token of the same name is a
 /// conflict.
@@ -86,10 +89,12 @@ pub async fn insert(
     role: Role,
     expires_at: Option<DateTime<Utc>>,
     issued_by: &str,
+    scope: Option<&TargetSelector>,
 ) -> Result<TokenRow> {
     let row = sqlx::query_as::<_, TokenRow>(&format!(
-        "INSERT INTO access_tokens (token_id, name, role, secret_sha256, issued_by, expires_at)
-         VALUES ($1, $2, $3, $4, $5, $6) RETURNING {COLUMNS}"
+        "INSERT INTO access_tokens (token_id, name, role, secret_sha256, issued_by, expires_at,
+                                    scope)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {COLUMNS}"
     ))
     .bind(&minted.token_id)
     .bind(name)
@@ -97,6 +102,7 @@ pub async fn insert(
     .bind(&minted.secret_sha256[..])
     .bind(issued_by)
     .bind(expires_at)
+    .bind(scope.map(|s| serde_json::to_value(s).unwrap_or_default()))
     .fetch_one(&mut *tx)
     .await;
     match row {
@@ -204,6 +210,8 @@ pub struct Holder {
     pub token_id: String,
     pub name: String,
     pub role: Role,
+    /// The devices it is confined to; `None`: the whole fleet.
+    pub scope: Option<TargetSelector>,
 }
 
 /// Why a presented token was refused (the answer names it; the log does not carry the token).
@@ -221,7 +229,7 @@ pub async fn verify(pool: &PgPool, token: &str) -> Result<Result<Holder, Refusal
         return Ok(Err(Refusal::Malformed));
     };
     let row = sqlx::query(
-        "SELECT name, role, secret_sha256, revoked_at IS NOT NULL AS revoked,
+        "SELECT name, role, secret_sha256, scope, revoked_at IS NOT NULL AS revoked,
                 coalesce(expires_at <= now(), false) AS expired
          FROM access_tokens WHERE token_id = $1",
     )
@@ -254,10 +262,16 @@ pub async fn verify(pool: &PgPool, token: &str) -> Result<Result<Holder, Refusal
     let role = role
         .parse()
         .map_err(|e: otaledger_domain::access::UnknownRole| Error::Other(e.to_string()))?;
+    let scope: Option<serde_json::Value> = row.try_get("scope").db("reading a token")?;
+    let scope = scope
+        .map(serde_json::from_value::<TargetSelector>)
+        .transpose()
+        .map_err(|e| Error::Other(format!("a token's scope does not read: {e}")))?;
     Ok(Ok(Holder {
         token_id: token_id.to_owned(),
         name: row.try_get("name").db("reading a token")?,
         role,
+        scope,
     }))
 }
 

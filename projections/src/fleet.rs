@@ -150,6 +150,8 @@ pub struct DeviceFilter {
     /// Keyset cursor: devices with ids after this one.
     pub after: Option<String>,
     pub limit: i64,
+    /// Only the devices this selector selects (a scoped token's, ADR 0031).
+    pub scope: Option<otaledger_domain::events::TargetSelector>,
 }
 
 /// One page of devices and the cursor of the next page, if any.
@@ -200,6 +202,26 @@ pub async fn list_devices(
     }
     if let Some(after) = &f.after {
         q.push(" AND device_id > ").push_bind(after);
+    }
+    if let Some(s) = &f.scope {
+        // As a rollout's selector selects (projections::targets): any of each list, all tags.
+        q.push(" AND (cardinality(").push_bind(&s.models);
+        q.push("::text[]) = 0 OR model = ANY(")
+            .push_bind(&s.models)
+            .push("))");
+        q.push(" AND (cardinality(").push_bind(&s.sites);
+        q.push("::text[]) = 0 OR site = ANY(")
+            .push_bind(&s.sites)
+            .push("))");
+        q.push(" AND tags @> ").push_bind(&s.tags).push("::text[]");
+        q.push(" AND (cardinality(").push_bind(&s.current_versions);
+        q.push("::text[]) = 0 OR firmware_version = ANY(")
+            .push_bind(&s.current_versions)
+            .push("))");
+        q.push(" AND (cardinality(").push_bind(&s.device_ids);
+        q.push("::text[]) = 0 OR device_id = ANY(")
+            .push_bind(&s.device_ids)
+            .push("))");
     }
     // One extra row tells whether another page follows.
     q.push(" ORDER BY device_id LIMIT ").push_bind(f.limit + 1);

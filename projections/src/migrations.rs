@@ -37,6 +37,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "device_gateways",
         include_str!("../migrations/0007_device_gateways.sql"),
     ),
+    (
+        8,
+        "token_scopes",
+        include_str!("../migrations/0008_token_scopes.sql"),
+    ),
 ];
 
 /// A pool on `schema` (created when missing) with every migration applied: where each process

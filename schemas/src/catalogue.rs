@@ -39,6 +39,7 @@ const FILES: &[(&str, &str)] = avsc![
     "DevicesJoined.v1.avsc",
     "CommandDeliveryFailed.v1.avsc",
     "TokenIssued.v1.avsc",
+    "TokenIssued.v2.avsc",
     "TokenRevoked.v1.avsc",
     "DeviceAttached.v1.avsc",
 ];

@@ -236,6 +236,7 @@ fn samples() -> Vec<Event> {
             role: "operator".into(),
             expires_at: Some(1_800_000_000_000_000),
             issued_by: "admin".into(),
+            scope: Some(r#"{"models":[],"sites":["berlin"],"tags":[],"current_versions":[],"device_ids":[]}"#.into()),
         }),
         Payload::TokenIssued(TokenIssued {
             token_id: "fedcba9876543210".into(),
@@ -243,6 +244,7 @@ fn samples() -> Vec<Event> {
             role: "device".into(),
             expires_at: None,
             issued_by: "admin".into(),
+            scope: None,
         }),
         Payload::TokenRevoked(TokenRevoked {
             token_id: "0123456789abcdef".into(),

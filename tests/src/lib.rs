@@ -294,7 +294,7 @@ pub async fn issue_token(
     name: &str,
     role: otaledger_domain::access::Role,
 ) -> String {
-    otaledger_api::tokens::issue(pool, producer, name, role, None, "test-harness")
+    otaledger_api::tokens::issue(pool, producer, name, role, None, "test-harness", None)
         .await
         .expect("issuing a token")
         .token

@@ -77,6 +77,13 @@ pub enum TokenCommand {
         /// Lifetime, e.g. 90d, 12h, 30m, 45s; none: until revoked.
         #[arg(long)]
         expires: Option<String>,
+        /// Confine the token to the devices a selector selects, e.g.
+        /// `site=berlin-01,site=munich-02,tag=prod` (keys model, site, tag, version, device;
+        /// a repeated key means any of its values; tags all must be carried). Its rollouts
+        /// reach only those devices, it sees only those devices, and routes that answer for
+        /// the whole fleet refuse it. Not for admin tokens.
+        #[arg(long, value_name = "SELECTOR")]
+        scope: Option<String>,
     },
     /// List tokens and device credentials (never their secrets).
     List {
@@ -141,7 +148,9 @@ fn seconds(text: &str) -> anyhow::Result<i64> {
     if n <= 0 {
         bail!("a lifetime must be positive");
     }
-    n.checked_mul(scale).context("lifetime out of range")
+    n.checked_mul(scale)
+        .filter(|s| *s <= 10 * 366 * 86_400)
+        .context("a lifetime is at most ten years")
 }
 
 pub async fn token(cfg: &Config, command: TokenCommand) -> anyhow::Result<()> {
@@ -151,17 +160,37 @@ pub async fn token(cfg: &Config, command: TokenCommand) -> anyhow::Result<()> {
             name,
             role,
             expires,
+            scope,
         } => {
             let role: Role = role.parse()?;
+            if name.trim().is_empty() || name.chars().count() > 128 || name.contains('\0') {
+                bail!("--name must be 1 to 128 characters, not blank");
+            }
+            let scope = scope
+                .as_deref()
+                .map(otaledger_domain::access::scope::parse)
+                .transpose()
+                .map_err(anyhow::Error::msg)
+                .context("--scope")?;
+            if scope.is_some() && role == Role::Admin {
+                bail!("an admin manages tokens and devices fleet-wide, so it cannot be scoped");
+            }
             let expires_at = expires
                 .as_deref()
                 .map(seconds)
                 .transpose()?
                 .map(|s| Utc::now() + chrono::Duration::seconds(s));
-            let issued =
-                otaledger_api::tokens::issue(&pool, &producer, &name, role, expires_at, &actor())
-                    .await
-                    .context("issuing the token")?;
+            let issued = otaledger_api::tokens::issue(
+                &pool,
+                &producer,
+                &name,
+                role,
+                expires_at,
+                &actor(),
+                scope.as_ref(),
+            )
+            .await
+            .context("issuing the token")?;
             eprintln!(
                 "issued {role} token {:?} (id {}); it is shown once:",
                 issued.row.name, issued.row.token_id
@@ -356,7 +385,19 @@ mod tests {
         assert_eq!(seconds("12h").unwrap(), 12 * 3_600);
         assert_eq!(seconds("30m").unwrap(), 1_800);
         assert_eq!(seconds("1s").unwrap(), 1);
-        for bad in ["", "d", "0d", "-1h", "5w", "1.5h", "h5"] {
+        assert_eq!(seconds("3660d").unwrap(), 3660 * 86_400, "ten years");
+        // Past ten years (and past what a timestamp holds: no panic in chrono).
+        for bad in [
+            "",
+            "d",
+            "0d",
+            "-1h",
+            "5w",
+            "1.5h",
+            "h5",
+            "3661d",
+            "9223372036854775807s",
+        ] {
             assert!(seconds(bad).is_err(), "{bad}");
         }
     }
