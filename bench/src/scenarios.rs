@@ -521,12 +521,20 @@ pub(crate) async fn mqtt(b: &mut Ctx<'_>) -> Result<(), BoxError> {
     let (mut plain, mut tls) = (0.0_f64, 0.0_f64);
     for i in 0..2 {
         let root = format!("{name}-plain-{i}");
-        let r =
-            crate::mqtt_ingest::reports_per_s(bench_cfg, &root, args.mqtt_devices, 4, None).await?;
+        let r = crate::mqtt_ingest::reports_per_s(
+            &args.components,
+            bench_cfg,
+            &root,
+            args.mqtt_devices,
+            4,
+            None,
+        )
+        .await?;
         plain = plain.max(r);
         if let Some(listener) = &args.mqtt_tls {
             let root = format!("{name}-tls-{i}");
             let r = crate::mqtt_ingest::reports_per_s(
+                &args.components,
                 bench_cfg,
                 &root,
                 args.mqtt_devices,
