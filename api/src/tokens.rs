@@ -333,7 +333,7 @@ impl utoipa::PartialSchema for TokenIn {
             .into_iter()
             .filter(|r| !matches!(r, Role::Device | Role::Gateway))
             .map(Role::as_str);
-        json_schema::closed_object("An API token to issue.")
+        let object = json_schema::closed_object("An API token to issue.")
             .property(
                 "name",
                 json_schema::text(MAX_NAME_LEN).description(Some(
@@ -353,6 +353,21 @@ impl utoipa::PartialSchema for TokenIn {
             .property(
                 "scope",
                 <otaledger_domain::rollout_request::SelectorIn as utoipa::PartialSchema>::schema(),
+            );
+        // An admin manages tokens and devices fleet-wide: it takes no scope (`properties`
+        // holds only for keys present, so "no scope" reads as "scope, if any, is null").
+        let scopable = json_schema::one_of_words(["viewer", "operator", "approver"]);
+        let not_admin = utoipa::openapi::schema::ObjectBuilder::new().property("role", scopable);
+        let unscoped = utoipa::openapi::schema::ObjectBuilder::new().property(
+            "scope",
+            utoipa::openapi::schema::ObjectBuilder::new().schema_type(Type::Null),
+        );
+        utoipa::openapi::schema::AllOfBuilder::new()
+            .item(object)
+            .item(
+                utoipa::openapi::schema::AnyOfBuilder::new()
+                    .item(not_admin)
+                    .item(unscoped),
             )
             .into()
     }
