@@ -4,10 +4,8 @@
 //! secret algorithm, or without an operator role is refused with 401; a good one acts as its
 //! subject, within its role; the issuer's keys rotate by replacing the JWKS file.
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::StatusCode;
 use base64::Engine as _;
-use http_body_util::BodyExt;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use otaledger_api::oidc::OidcVerifier;
 use otaledger_ledger::config::OidcConfig;
@@ -15,7 +13,6 @@ use otaledger_ledger::kafka::{ensure_topics, EventProducer};
 use otaledger_tests::{config, migrated_test_pool, unique, Services};
 use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde_json::{json, Value};
-use tower::ServiceExt;
 
 const ISSUER: &str = "https://login.example.test/realms/ops";
 const AUDIENCE: &str = "otaledger";
@@ -53,23 +50,8 @@ async fn send(
     token: &str,
     body: &Value,
 ) -> (StatusCode, Value) {
-    let mut req = Request::builder()
-        .method(method)
-        .uri(uri)
-        .header("authorization", format!("Bearer {token}"));
-    let body = if body.is_null() {
-        Body::empty()
-    } else {
-        req = req.header("content-type", "application/json");
-        Body::from(body.to_string())
-    };
-    let resp = app.clone().oneshot(req.body(body).unwrap()).await.unwrap();
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
+    otaledger_tests::rollouts::call_as(app, token, method, uri, (!body.is_null()).then_some(body))
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,9 +6,7 @@
 
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use http_body_util::BodyExt;
+use axum::http::StatusCode;
 use otaledger_cli::components::Component;
 use otaledger_domain::events::DeviceRegistered;
 use otaledger_domain::{Event, Payload};
@@ -18,7 +16,6 @@ use otaledger_tests::{
     config, eventually, issue_token, migrated_test_pool, spawn_components, unique, Services,
 };
 use serde_json::{json, Value};
-use tower::ServiceExt;
 
 async fn send(
     app: &axum::Router,
@@ -27,23 +24,8 @@ async fn send(
     token: &str,
     body: &Value,
 ) -> (StatusCode, Value) {
-    let mut req = Request::builder()
-        .method(method)
-        .uri(uri)
-        .header("authorization", format!("Bearer {token}"));
-    let body = if body.is_null() {
-        Body::empty()
-    } else {
-        req = req.header("content-type", "application/json");
-        Body::from(body.to_string())
-    };
-    let resp = app.clone().oneshot(req.body(body).unwrap()).await.unwrap();
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
+    otaledger_tests::rollouts::call_as(app, token, method, uri, (!body.is_null()).then_some(body))
+        .await
 }
 
 fn device(id: &str, site: &str) -> Event {
