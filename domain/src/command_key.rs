@@ -4,7 +4,7 @@
 //! a secret (HMAC-SHA256), an id is still the same on every replay of the same decision, and
 //! whether an id was ever issued to a device is checked without a table of issued ids.
 
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 use uuid::Uuid;
 
 use crate::events::CommandKind;
@@ -20,24 +20,14 @@ impl std::fmt::Debug for CommandKey {
     }
 }
 
-/// HMAC-SHA256 (RFC 2104) of `message` under a key of at most one block.
+/// HMAC-SHA256 (RFC 2104) of `message`, by the `hmac` crate (already built for sqlx's SCRAM).
 fn hmac_sha256(key: &[u8; 32], message: &[u8]) -> [u8; 32] {
-    let pad = |byte: u8| -> [u8; 64] {
-        let mut block = [byte; 64];
-        for (b, k) in block.iter_mut().zip(key) {
-            *b ^= k;
-        }
-        block
+    use hmac::Mac as _;
+    // HMAC takes a key of any length, so this never fails.
+    let Ok(mac) = hmac::Hmac::<Sha256>::new_from_slice(key) else {
+        unreachable!("HMAC accepts keys of every length")
     };
-    let inner = Sha256::new()
-        .chain_update(pad(0x36))
-        .chain_update(message)
-        .finalize();
-    Sha256::new()
-        .chain_update(pad(0x5c))
-        .chain_update(inner)
-        .finalize()
-        .into()
+    mac.chain_update(message).finalize().into_bytes().into()
 }
 
 impl CommandKey {
