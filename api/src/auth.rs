@@ -219,15 +219,6 @@ pub(crate) async fn authorize(State(s): State<AppState>, mut req: Request, next:
         });
         return next.run(req).await;
     }
-    // A declared type must be JSON; an undeclared one only on an empty body.
-    let declared = req.headers().contains_key(header::CONTENT_TYPE);
-    if req.method() != Method::GET && (declared || has_body(&req)) && !is_json(&req) {
-        return refused(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "a request body must be application/json".into(),
-        );
-    }
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -284,6 +275,16 @@ pub(crate) async fn authorize(State(s): State<AppState>, mut req: Request, next:
                 req.method(),
                 holder.role
             ),
+        );
+    }
+    // A declared type must be JSON; an undeclared one only on an empty body. Checked once the
+    // caller is known, so a stranger learns only that it needs a token.
+    let declared = req.headers().contains_key(header::CONTENT_TYPE);
+    if req.method() != Method::GET && (declared || has_body(&req)) && !is_json(&req) {
+        return refused(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "a request body must be application/json".into(),
         );
     }
     if holder.scope.is_some() {

@@ -398,6 +398,17 @@ async fn a_device_reports_for_itself_only_and_a_form_post_reaches_nothing() {
     )
     .await;
     assert_eq!(a.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    // Without a token the same post learns only that it needs one.
+    let a = send(
+        &f.app,
+        "POST",
+        "/v1/rollouts",
+        None,
+        "application/x-www-form-urlencoded",
+        form,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
     let a = send(
         &f.app,
         "POST",
