@@ -195,6 +195,13 @@ pub async fn publish_batch(
     if confirm.is_nack() {
         return Err(Error::Other("broker refused the report batch".into()));
     }
+    // Acknowledged but returned: no queue was bound to take it (the reports exchange exists
+    // before the bridge binds its queue), so it is gone unless sent again.
+    if confirm.take_message().is_some() {
+        return Err(Error::Other(
+            "the report batch was unroutable: no queue is bound to the reports exchange yet".into(),
+        ));
+    }
     Ok(())
 }
 
