@@ -21,10 +21,18 @@ export OTALEDGER_TEST_MQTT_TLS="${OTALEDGER_TEST_MQTT_TLS:-127.0.0.1:8883}"
 export OTALEDGER_TEST_AMQP_TLS="${OTALEDGER_TEST_AMQP_TLS:-127.0.0.1:5671}"
 export OTALEDGER_TEST_TLS_CA="${OTALEDGER_TEST_TLS_CA:-${OTALEDGER_STATE_DIR:-$HOME/.cache/otaledger}/tls/ca.pem}"
 export OTALEDGER_TEST_MQTT_ADMIN_PASSWORD="${OTALEDGER_TEST_MQTT_ADMIN_PASSWORD:-$(cat "$MQTT_SECRETS/admin.password")}"
+# PyPI packages for the tests, into the user's site: a stock Debian python refuses plain
+# `pip install` (PEP 668), and may lack pip itself.
+pip_install() {
+  python3 -m pip --version >/dev/null 2>&1 ||
+    { apt-get update -qq >&2; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip >&2; }
+  python3 -m pip install --quiet "$@" >&2 ||
+    python3 -m pip install --quiet --user --break-system-packages "$@" >&2
+}
 # The export test reads the Parquet files back with DuckDB (the PyPI package).
-python3 -c 'import duckdb' 2>/dev/null || python3 -m pip install --quiet duckdb >&2
+python3 -c 'import duckdb' 2>/dev/null || pip_install duckdb
 # The contract test fuzzes the API from its OpenAPI document with schemathesis (PyPI).
-python3 -c 'import schemathesis' 2>/dev/null || python3 -m pip install --quiet 'schemathesis>=4.3,<5' >&2
+python3 -c 'import schemathesis' 2>/dev/null || pip_install 'schemathesis>=4.3,<5'
 cargo build --locked -p otaledger-cli
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --locked --workspace --no-fail-fast "$@"

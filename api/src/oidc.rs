@@ -5,7 +5,7 @@
 //! family must match the token's algorithm).
 
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use jsonwebtoken::jwk::JwkSet;
@@ -35,7 +35,7 @@ pub struct Subject {
 
 /// The issuer's keys, as last read, and when the file was written.
 struct Keys {
-    set: JwkSet,
+    set: Arc<JwkSet>,
     modified: Option<SystemTime>,
 }
 
@@ -65,7 +65,10 @@ fn read_keys(path: &PathBuf) -> Result<Keys, OidcSetupError> {
     let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
     let text = std::fs::read_to_string(path).map_err(|e| failed(e.to_string()))?;
     let set: JwkSet = serde_json::from_str(&text).map_err(|e| failed(e.to_string()))?;
-    Ok(Keys { set, modified })
+    Ok(Keys {
+        set: Arc::new(set),
+        modified,
+    })
 }
 
 impl OidcVerifier {
@@ -97,10 +100,12 @@ impl OidcVerifier {
         token.split('.').count() == 3 && token.starts_with("ey")
     }
 
-    /// The key set, read again when its file changed (keys rotate without a restart).
-    fn key_set(&self) -> JwkSet {
+    /// The key set, read again when its file changed (keys rotate without a restart). The
+    /// change is seen by the file's modification time: one `stat` a token, a microsecond beside
+    /// the signature check.
+    fn key_set(&self) -> Arc<JwkSet> {
         let Ok(mut keys) = self.keys.lock() else {
-            return JwkSet { keys: Vec::new() };
+            return Arc::new(JwkSet { keys: Vec::new() });
         };
         let modified = std::fs::metadata(&self.jwks_file)
             .and_then(|m| m.modified())
@@ -111,7 +116,7 @@ impl OidcVerifier {
                 Err(e) => tracing::warn!(error = %e, "kept the previous OIDC keys"),
             }
         }
-        keys.set.clone()
+        Arc::clone(&keys.set)
     }
 
     /// The token's subject and role, or why it is refused (said to the caller, so it names

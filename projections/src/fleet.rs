@@ -205,23 +205,17 @@ pub async fn list_devices(
     }
     if let Some(s) = &f.scope {
         // As a rollout's selector selects (projections::targets): any of each list, all tags.
-        q.push(" AND (cardinality(").push_bind(&s.models);
-        q.push("::text[]) = 0 OR model = ANY(")
-            .push_bind(&s.models)
-            .push("))");
-        q.push(" AND (cardinality(").push_bind(&s.sites);
-        q.push("::text[]) = 0 OR site = ANY(")
-            .push_bind(&s.sites)
-            .push("))");
+        for (column, values) in [
+            ("model", &s.models),
+            ("site", &s.sites),
+            ("firmware_version", &s.current_versions),
+            ("device_id", &s.device_ids),
+        ] {
+            q.push(" AND (cardinality(").push_bind(values);
+            q.push("::text[]) = 0 OR ").push(column).push(" = ANY(");
+            q.push_bind(values).push("))");
+        }
         q.push(" AND tags @> ").push_bind(&s.tags).push("::text[]");
-        q.push(" AND (cardinality(").push_bind(&s.current_versions);
-        q.push("::text[]) = 0 OR firmware_version = ANY(")
-            .push_bind(&s.current_versions)
-            .push("))");
-        q.push(" AND (cardinality(").push_bind(&s.device_ids);
-        q.push("::text[]) = 0 OR device_id = ANY(")
-            .push_bind(&s.device_ids)
-            .push("))");
     }
     // One extra row tells whether another page follows.
     q.push(" ORDER BY device_id LIMIT ").push_bind(f.limit + 1);

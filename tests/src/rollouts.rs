@@ -55,6 +55,25 @@ pub async fn call_as(
     send(app, Some(token), method, uri, body).await
 }
 
+/// As [`call_as`], in the argument order of an HTTP request line, with `Value::Null` for no
+/// body.
+pub async fn send_json(
+    app: &axum::Router,
+    method: &str,
+    uri: &str,
+    token: &str,
+    body: &Value,
+) -> (StatusCode, Value) {
+    send(
+        app,
+        Some(token),
+        method,
+        uri,
+        (!body.is_null()).then_some(body),
+    )
+    .await
+}
+
 async fn send(
     app: &axum::Router,
     token: Option<&str>,

@@ -10,6 +10,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use otaledger_api::oidc::OidcVerifier;
 use otaledger_ledger::config::OidcConfig;
 use otaledger_ledger::kafka::{ensure_topics, EventProducer};
+use otaledger_tests::rollouts::send_json as send;
 use otaledger_tests::{config, migrated_test_pool, unique, Services};
 use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde_json::{json, Value};
@@ -41,17 +42,6 @@ fn sign(key: &EncodingKey, kid: &str, claims: &Value) -> String {
     let mut header = Header::new(Algorithm::EdDSA);
     header.kid = Some(kid.to_owned());
     jsonwebtoken::encode(&header, claims, key).unwrap()
-}
-
-async fn send(
-    app: &axum::Router,
-    method: &str,
-    uri: &str,
-    token: &str,
-    body: &Value,
-) -> (StatusCode, Value) {
-    otaledger_tests::rollouts::call_as(app, token, method, uri, (!body.is_null()).then_some(body))
-        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

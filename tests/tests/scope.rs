@@ -11,22 +11,12 @@ use otaledger_cli::components::Component;
 use otaledger_domain::events::DeviceRegistered;
 use otaledger_domain::{Event, Payload};
 use otaledger_ledger::kafka::{ensure_topics, EventProducer};
+use otaledger_tests::rollouts::send_json as send;
 use otaledger_tests::rollouts::{all_models, rollout_body, rollout_events};
 use otaledger_tests::{
     config, eventually, issue_token, migrated_test_pool, spawn_components, unique, Services,
 };
 use serde_json::{json, Value};
-
-async fn send(
-    app: &axum::Router,
-    method: &str,
-    uri: &str,
-    token: &str,
-    body: &Value,
-) -> (StatusCode, Value) {
-    otaledger_tests::rollouts::call_as(app, token, method, uri, (!body.is_null()).then_some(body))
-        .await
-}
 
 fn device(id: &str, site: &str) -> Event {
     Event::now(
