@@ -36,6 +36,12 @@ for tool in python3:python3 openssl:openssl curl:curl mosquitto_pub:mosquitto-cl
   command -v "${tool%%:*}" >/dev/null || { log "installing ${tool#*:}"; apt_install "${tool#*:}"; }
 done
 
+# What the build links: librdkafka's TLS (the rdkafka crate's `ssl` feature) uses the system
+# OpenSSL, found through pkg-config.
+for pkg in libssl-dev pkg-config; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || { log "installing $pkg"; apt_install "$pkg"; }
+done
+
 # PostgreSQL
 if ! port_open 5432; then
   if ! ls /etc/postgresql/*/main >/dev/null 2>&1; then log "installing PostgreSQL"; apt_install postgresql; fi

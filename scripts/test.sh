@@ -19,6 +19,8 @@ export OTALEDGER_TEST_MQTT_ADMIN_USERNAME="${OTALEDGER_TEST_MQTT_ADMIN_USERNAME:
 # Mosquitto's TLS listener and the development CA that signed its certificate (ADR 0028).
 export OTALEDGER_TEST_MQTT_TLS="${OTALEDGER_TEST_MQTT_TLS:-127.0.0.1:8883}"
 export OTALEDGER_TEST_AMQP_TLS="${OTALEDGER_TEST_AMQP_TLS:-127.0.0.1:5671}"
+# tansu's binary, for the Kafka TLS test's broker of its own.
+export OTALEDGER_TEST_TANSU="${OTALEDGER_TEST_TANSU:-$(command -v tansu || echo "$HOME/.cargo/bin/tansu")}"
 export OTALEDGER_TEST_TLS_CA="${OTALEDGER_TEST_TLS_CA:-${OTALEDGER_STATE_DIR:-$HOME/.cache/otaledger}/tls/ca.pem}"
 export OTALEDGER_TEST_MQTT_ADMIN_PASSWORD="${OTALEDGER_TEST_MQTT_ADMIN_PASSWORD:-$(cat "$MQTT_SECRETS/admin.password")}"
 # PyPI packages for the tests, into the user's site: a stock Debian python refuses plain

@@ -193,12 +193,32 @@ fn is_json(req: &Request) -> bool {
         .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
 }
 
+/// The refusal of a request that is not GET and carries something other than JSON: a
+/// declared type must be JSON, an undeclared one is allowed only on an empty body.
+fn not_json(req: &Request) -> Option<Response> {
+    let declared = req.headers().contains_key(header::CONTENT_TYPE);
+    (req.method() != Method::GET && (declared || has_body(req)) && !is_json(req)).then(|| {
+        refused(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "a request body must be application/json".into(),
+        )
+    })
+}
+
 /// The layer: authenticates and authorises a request for a secured route.
 pub(crate) async fn authorize(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
     let path = req.extensions().get::<MatchedPath>().map(|p| p.as_str());
     let required = match path.map(|p| documented(req.method(), p)) {
         Some(Some(Some(role))) => role,
-        Some(Some(None)) => return next.run(req).await,
+        // An open route that changes state (a device asking to be admitted, ADR 0032) takes
+        // JSON only, like every other.
+        Some(Some(None)) => {
+            return match not_json(&req) {
+                Some(refusal) => refusal,
+                None => next.run(req).await,
+            }
+        }
         // Closed unless documented: a route added without `routes!` has no role in the
         // document, so no one may use it (and the route matrix test would not see it).
         _ => {
@@ -277,15 +297,9 @@ pub(crate) async fn authorize(State(s): State<AppState>, mut req: Request, next:
             ),
         );
     }
-    // A declared type must be JSON; an undeclared one only on an empty body. Checked once the
-    // caller is known, so a stranger learns only that it needs a token.
-    let declared = req.headers().contains_key(header::CONTENT_TYPE);
-    if req.method() != Method::GET && (declared || has_body(&req)) && !is_json(&req) {
-        return refused(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "a request body must be application/json".into(),
-        );
+    // Checked once the caller is known, so a stranger learns only that it needs a token.
+    if let Some(refusal) = not_json(&req) {
+        return refusal;
     }
     if holder.scope.is_some() {
         let path = req

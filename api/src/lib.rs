@@ -1,6 +1,7 @@
 //! The HTTP API: `fn app(state) -> Router`, so tests drive it with `oneshot` and binaries serve
 //! it. Errors are JSON `{ "error", "reason" }` and never expose internals.
 
+pub mod admission;
 pub mod auth;
 mod body;
 pub mod device_lookup;
@@ -58,6 +59,9 @@ pub struct AppState {
     /// Creates and deletes gateways' RabbitMQ users when gateways are provisioned and revoked
     /// (ADR 0029); without it no gateway can be provisioned.
     pub rabbit_admin: Option<Arc<otaledger_ledger::amqp_admin::RabbitAdmin>>,
+    /// With `admission.pending` on, how many admission requests may wait (ADR 0032); `None`:
+    /// the admission routes answer 404.
+    pub admission_max_pending: Option<i64>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -91,6 +95,7 @@ impl AppState {
             summary: Arc::new(summary_cache::SummaryCache::new(Duration::from_secs(1))),
             mqtt_admin: None,
             rabbit_admin: None,
+            admission_max_pending: None,
         })
     }
 
@@ -105,6 +110,14 @@ impl AppState {
     #[must_use]
     pub fn with_rabbit_admin(mut self, admin: otaledger_ledger::amqp_admin::RabbitAdmin) -> Self {
         self.rabbit_admin = Some(Arc::new(admin));
+        self
+    }
+
+    /// Records requests of unprovisioned devices as pending, at most `max_pending` at once
+    /// (ADR 0032).
+    #[must_use]
+    pub fn with_admission(mut self, max_pending: i64) -> Self {
+        self.admission_max_pending = Some(max_pending);
         self
     }
 
@@ -139,6 +152,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .merge(rollout_views::routes())
         .merge(ingest::routes())
         .merge(tokens::routes())
+        .merge(admission::routes())
         .merge(ops::routes())
 }
 

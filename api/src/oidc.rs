@@ -6,21 +6,32 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use otaledger_domain::access::Role;
 use otaledger_ledger::config::OidcConfig;
+use tokio::sync::Notify;
 
 /// Clock skew allowed between the issuer and this server.
 const LEEWAY_S: u64 = 30;
+
+/// Most bytes of a fetched key set.
+const MAX_JWKS_BYTES: usize = 1 << 20;
+/// How long one fetch of the key set may take.
+const FETCH_WITHIN: Duration = Duration::from_secs(10);
+/// The least time between two fetches asked for by tokens naming an unknown key: a stranger
+/// sending made-up key ids must not turn the API into a client hammering the issuer.
+const MIN_REFETCH: Duration = Duration::from_secs(10);
 
 /// Why an OIDC configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum OidcSetupError {
     #[error("oidc.{0} must be set when oidc.issuer is")]
     Missing(&'static str),
+    #[error("oidc.jwks_file and oidc.jwks_url are two sources of the same keys: set one")]
+    TwoSources,
     #[error("reading the JWKS {path}: {error}")]
     Jwks { path: String, error: String },
 }
@@ -39,13 +50,21 @@ struct Keys {
     modified: Option<SystemTime>,
 }
 
+/// Where the issuer's keys come from.
+enum Source {
+    /// A file, read again when its modification time changes.
+    File(PathBuf),
+    /// The issuer's `jwks_uri`, fetched by a task; a token naming an unknown key wakes it.
+    Url { refetch: Arc<Notify> },
+}
+
 /// Verifies OIDC bearer tokens against the configured issuer.
 pub struct OidcVerifier {
     issuer: String,
     audience: String,
     role_claim: String,
-    jwks_file: PathBuf,
-    keys: Mutex<Keys>,
+    source: Source,
+    keys: Arc<Mutex<Keys>>,
 }
 
 impl std::fmt::Debug for OidcVerifier {
@@ -71,26 +90,91 @@ fn read_keys(path: &PathBuf) -> Result<Keys, OidcSetupError> {
     })
 }
 
+async fn fetch_keys(url: &str, ca: Option<&str>) -> Result<Keys, OidcSetupError> {
+    let failed = |error: String| OidcSetupError::Jwks {
+        path: url.to_owned(),
+        error,
+    };
+    let body = otaledger_ledger::http_get::get(url, ca, MAX_JWKS_BYTES, FETCH_WITHIN)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let set: JwkSet = serde_json::from_slice(&body).map_err(|e| failed(e.to_string()))?;
+    Ok(Keys {
+        set: Arc::new(set),
+        modified: None,
+    })
+}
+
+/// Fetches the key set every `every`, and when woken (not sooner than [`MIN_REFETCH`] after
+/// the last fetch), until the verifier is dropped. A failed fetch keeps the keys it had.
+async fn refresh(
+    keys: std::sync::Weak<Mutex<Keys>>,
+    refetch: Arc<Notify>,
+    url: String,
+    ca: Option<String>,
+    every: Duration,
+) {
+    let mut last = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = refetch.notified() => {
+                tokio::time::sleep_until(last + MIN_REFETCH).await;
+            }
+        }
+        last = tokio::time::Instant::now();
+        let fetched = fetch_keys(&url, ca.as_deref()).await;
+        let Some(keys) = keys.upgrade() else { return };
+        match fetched {
+            Ok(fresh) => {
+                if let Ok(mut k) = keys.lock() {
+                    *k = fresh;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "kept the previous OIDC keys"),
+        }
+    }
+}
+
 impl OidcVerifier {
-    /// `None` while `issuer` is empty (OIDC off).
-    pub fn new(cfg: &OidcConfig) -> Result<Option<Self>, OidcSetupError> {
+    /// `None` while `issuer` is empty (OIDC off). With `jwks_url`, the keys are fetched before
+    /// this returns (an issuer that cannot be reached at start is an error, as an unreadable
+    /// file is) and then kept fresh by a task of the current Tokio runtime.
+    pub async fn new(cfg: &OidcConfig) -> Result<Option<Self>, OidcSetupError> {
         if cfg.issuer.is_empty() {
             return Ok(None);
         }
         if cfg.audience.is_empty() {
             return Err(OidcSetupError::Missing("audience"));
         }
-        if cfg.jwks_file.is_empty() {
-            return Err(OidcSetupError::Missing("jwks_file"));
-        }
-        let jwks_file = PathBuf::from(&cfg.jwks_file);
-        let keys = read_keys(&jwks_file)?;
+        let (source, keys) = match (cfg.jwks_file.is_empty(), cfg.jwks_url.is_empty()) {
+            (true, true) => return Err(OidcSetupError::Missing("jwks_file or oidc.jwks_url")),
+            (false, false) => return Err(OidcSetupError::TwoSources),
+            (false, true) => {
+                let path = PathBuf::from(&cfg.jwks_file);
+                let keys = read_keys(&path)?;
+                (Source::File(path), Arc::new(Mutex::new(keys)))
+            }
+            (true, false) => {
+                let ca = (!cfg.jwks_ca.is_empty()).then(|| cfg.jwks_ca.clone());
+                let keys = Arc::new(Mutex::new(fetch_keys(&cfg.jwks_url, ca.as_deref()).await?));
+                let refetch = Arc::new(Notify::new());
+                tokio::spawn(refresh(
+                    Arc::downgrade(&keys),
+                    refetch.clone(),
+                    cfg.jwks_url.clone(),
+                    ca,
+                    Duration::from_secs(cfg.jwks_refresh_s.max(1)),
+                ));
+                (Source::Url { refetch }, keys)
+            }
+        };
         Ok(Some(OidcVerifier {
             issuer: cfg.issuer.clone(),
             audience: cfg.audience.clone(),
             role_claim: cfg.role_claim.clone(),
-            jwks_file,
-            keys: Mutex::new(keys),
+            source,
+            keys,
         }))
     }
 
@@ -100,20 +184,20 @@ impl OidcVerifier {
         token.split('.').count() == 3 && token.starts_with("ey")
     }
 
-    /// The key set, read again when its file changed (keys rotate without a restart). The
-    /// change is seen by the file's modification time: one `stat` a token, a microsecond beside
-    /// the signature check.
+    /// The key set: a file's is read again when the file changed (keys rotate without a
+    /// restart), seen by its modification time (one `stat` a token, a microsecond beside the
+    /// signature check); a URL's is what the refresh task fetched last.
     fn key_set(&self) -> Arc<JwkSet> {
         let Ok(mut keys) = self.keys.lock() else {
             return Arc::new(JwkSet { keys: Vec::new() });
         };
-        let modified = std::fs::metadata(&self.jwks_file)
-            .and_then(|m| m.modified())
-            .ok();
-        if modified != keys.modified {
-            match read_keys(&self.jwks_file) {
-                Ok(fresh) => *keys = fresh,
-                Err(e) => tracing::warn!(error = %e, "kept the previous OIDC keys"),
+        if let Source::File(path) = &self.source {
+            let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+            if modified != keys.modified {
+                match read_keys(path) {
+                    Ok(fresh) => *keys = fresh,
+                    Err(e) => tracing::warn!(error = %e, "kept the previous OIDC keys"),
+                }
             }
         }
         Arc::clone(&keys.set)
@@ -147,7 +231,13 @@ impl OidcVerifier {
             None if set.keys.len() == 1 => set.keys.first(),
             None => None,
         }
-        .ok_or("the JWT names no key of the issuer")?;
+        .ok_or_else(|| {
+            // The issuer may have rotated its keys: fetch them again (the task limits how often).
+            if let Source::Url { refetch } = &self.source {
+                refetch.notify_one();
+            }
+            "the JWT names no key of the issuer"
+        })?;
         let key = DecodingKey::from_jwk(jwk).map_err(|_| "the issuer's key does not read")?;
         let mut validation = Validation::new(header.alg);
         validation.set_issuer(&[&self.issuer]);

@@ -261,9 +261,17 @@ async fn run_api(
         ),
         Err(e) => return Err(e).context("reading amqp.admin_url"),
     }
-    if let Some(verifier) = otaledger_api::oidc::OidcVerifier::new(&cfg.oidc)? {
+    if let Some(verifier) = otaledger_api::oidc::OidcVerifier::new(&cfg.oidc).await? {
         tracing::info!(issuer = %cfg.oidc.issuer, audience = %cfg.oidc.audience, "accepting OIDC bearer tokens");
         state = state.with_oidc(verifier);
+    }
+    if cfg.admission.pending {
+        tracing::warn!(
+            max_pending = cfg.admission.max_pending,
+            "admission.pending is on: devices that were not provisioned may ask to be admitted \
+             (POST /v1/admission/requests, open to anyone) and wait for an admin"
+        );
+        state = state.with_admission(cfg.admission.max_pending);
     }
     let listener = tokio::net::TcpListener::bind(&cfg.http.listen).await?;
     let app = otaledger_api::app(state);

@@ -215,6 +215,13 @@ pub fn access_timeline(events: &[Event]) -> Vec<Line> {
                     t.expires_at
                         .map_or(String::new(), |at| format!(", expires at {at} µs")),
                 ),
+                Payload::AdmissionDecided(d) => format!(
+                    "admission of device {} (key fingerprint {}) {} by {}",
+                    d.device_id,
+                    d.fingerprint.get(..16).unwrap_or(&d.fingerprint),
+                    if d.accepted { "accepted" } else { "rejected" },
+                    d.decided_by
+                ),
                 Payload::DeviceAttached(a) => match &a.gateway_id {
                     Some(g) => format!(
                         "device {} attached to gateway {} by {}",

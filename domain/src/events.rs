@@ -331,6 +331,18 @@ pub struct DeviceAttached {
     pub attached_by: String,
 }
 
+/// An admin decided a device's request to be admitted (`admission.pending`, ADR 0032): the
+/// device that holds the secret whose SHA-256 is `fingerprint` may now claim its credential
+/// (`accepted`), or may not. Requests themselves stay out of the ledger: anyone can make one,
+/// and only a decision is a fact worth keeping.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdmissionDecided {
+    pub device_id: String,
+    pub fingerprint: String,
+    pub accepted: bool,
+    pub decided_by: String,
+}
+
 /// A token or device credential was revoked.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TokenRevoked {
@@ -679,6 +691,7 @@ catalogue! {
     TokenIssued(TokenIssued) => "TokenIssued", AccessEvents, token_id;
     TokenRevoked(TokenRevoked) => "TokenRevoked", AccessEvents, token_id;
     DeviceAttached(DeviceAttached) => "DeviceAttached", AccessEvents, device_id;
+    AdmissionDecided(AdmissionDecided) => "AdmissionDecided", AccessEvents, device_id;
 }
 
 impl std::fmt::Display for EventType {

@@ -19,9 +19,11 @@ pub struct KafkaConfig {
     /// Partitions of each ledger topic when otaledger creates it.
     pub partitions: i32,
     pub replication_factor: i32,
-    /// librdkafka's `security.protocol`: `plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl`.
-    /// TLS needs a librdkafka built with OpenSSL (the `rdkafka` crate's `ssl` feature); this
-    /// build refuses `ssl` and `sasl_ssl` at start, naming why (ADR 0028).
+    /// Days the dead-letter topic keeps a record (its `retention.ms`; 0: for ever). The ledger
+    /// topics keep every record for ever.
+    pub dead_letter_retention_days: u32,
+    /// librdkafka's `security.protocol`: `plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl`
+    /// (TLS through the system's OpenSSL; ADR 0028).
     pub security_protocol: String,
     /// `ssl.ca.location`: the PEM file of the CA that signed the brokers' certificates.
     pub ssl_ca_location: Option<String>,
@@ -39,6 +41,10 @@ impl std::fmt::Debug for KafkaConfig {
             .field("topic_prefix", &self.topic_prefix)
             .field("partitions", &self.partitions)
             .field("replication_factor", &self.replication_factor)
+            .field(
+                "dead_letter_retention_days",
+                &self.dead_letter_retention_days,
+            )
             .field("security_protocol", &self.security_protocol)
             .field("ssl_ca_location", &self.ssl_ca_location)
             .field("sasl_mechanism", &self.sasl_mechanism)
@@ -58,6 +64,7 @@ impl Default for KafkaConfig {
             topic_prefix: String::new(),
             partitions: 6,
             replication_factor: 1,
+            dead_letter_retention_days: 30,
             security_protocol: "plaintext".into(),
             ssl_ca_location: None,
             sasl_mechanism: None,
@@ -310,6 +317,27 @@ pub struct Config {
     pub saga: SagaConfig,
     pub dispatcher: DispatcherConfig,
     pub oidc: OidcConfig,
+    pub admission: AdmissionConfig,
+}
+
+/// Devices that were not provisioned asking to be admitted (ADR 0032). Off by default: the
+/// two routes it opens take requests from anyone.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdmissionConfig {
+    /// Record requests of unprovisioned devices as pending, for an admin to accept or reject.
+    pub pending: bool,
+    /// Most requests waiting at once; past it new ones are refused (503) until some are decided.
+    pub max_pending: i64,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        AdmissionConfig {
+            pending: false,
+            max_pending: 10_000,
+        }
+    }
 }
 
 /// OpenID Connect bearer tokens (JWTs) accepted beside otaledger's own API tokens (ADR 0030):
@@ -322,8 +350,16 @@ pub struct OidcConfig {
     /// The `aud` a token must carry (one of its audiences), e.g. `otaledger`.
     pub audience: String,
     /// The issuer's public keys as a JWKS document (its `jwks_uri`, saved); read again when the
-    /// file changes, so keys rotate without a restart.
+    /// file changes, so keys rotate without a restart. Either this or `jwks_url`.
     pub jwks_file: String,
+    /// The issuer's `jwks_uri` (https:// or http://), fetched at start, every `jwks_refresh_s`
+    /// and when a token names a key the set lacks (at most every ten seconds).
+    pub jwks_url: String,
+    /// A PEM file of the CA the `jwks_url` server's certificate must chain to; empty: the
+    /// system's roots.
+    pub jwks_ca: String,
+    /// Seconds between fetches of `jwks_url`.
+    pub jwks_refresh_s: u64,
     /// The claim holding the role: viewer, operator, approver or admin.
     pub role_claim: String,
 }
@@ -334,6 +370,9 @@ impl Default for OidcConfig {
             issuer: String::new(),
             audience: String::new(),
             jwks_file: String::new(),
+            jwks_url: String::new(),
+            jwks_ca: String::new(),
+            jwks_refresh_s: 300,
             role_claim: "otaledger_role".into(),
         }
     }
@@ -414,6 +453,11 @@ pub const ENV_OVERRIDES: &[EnvOverride] = &[
     text!("OTALEDGER_KAFKA_SASL_USERNAME", kafka.sasl_username),
     text!("OTALEDGER_KAFKA_SASL_PASSWORD", kafka.sasl_password),
     number!("OTALEDGER_KAFKA_PARTITIONS", kafka.partitions, "number"),
+    number!(
+        "OTALEDGER_DEAD_LETTER_RETENTION_DAYS",
+        kafka.dead_letter_retention_days,
+        "number of days"
+    ),
     text!("OTALEDGER_DATABASE_URL", database.url),
     text!("OTALEDGER_DB_SCHEMA", database.schema),
     text!("OTALEDGER_MQTT_HOST", mqtt.host),
@@ -438,7 +482,14 @@ pub const ENV_OVERRIDES: &[EnvOverride] = &[
     text!("OTALEDGER_OIDC_ISSUER", oidc.issuer),
     text!("OTALEDGER_OIDC_AUDIENCE", oidc.audience),
     text!("OTALEDGER_OIDC_JWKS_FILE", oidc.jwks_file),
+    text!("OTALEDGER_OIDC_JWKS_URL", oidc.jwks_url),
+    text!("OTALEDGER_OIDC_JWKS_CA", oidc.jwks_ca),
     text!("OTALEDGER_OIDC_ROLE_CLAIM", oidc.role_claim),
+    number!(
+        "OTALEDGER_ADMISSION_PENDING",
+        admission.pending,
+        "true or false"
+    ),
     number!("OTALEDGER_REBALANCE_MS", projector.rebalance_ms, "number"),
 ];
 

@@ -131,7 +131,9 @@ pub const COMMANDS_KIND: &str = "commands";
 /// A TLS client configuration (rustls with ring) trusting the CA in `ca_pem`, made once per
 /// file: a simulator opens thousands of connections with it. A CA that does not read leaves
 /// the trust store empty, so every handshake fails with an unknown-issuer error (logged once).
-fn tls_client_config(ca_pem: &str) -> std::sync::Arc<tokio_rustls::rustls::ClientConfig> {
+pub(crate) fn tls_client_config(
+    ca_pem: &str,
+) -> std::sync::Arc<tokio_rustls::rustls::ClientConfig> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::CertificateDer;
     use std::collections::HashMap;

@@ -29,6 +29,7 @@ macro_rules! row_type {
 }
 
 pub mod access;
+pub mod admission;
 pub mod fleet;
 pub mod history;
 pub mod migrations;

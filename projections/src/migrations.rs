@@ -42,6 +42,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "token_scopes",
         include_str!("../migrations/0008_token_scopes.sql"),
     ),
+    (
+        9,
+        "admission_requests",
+        include_str!("../migrations/0009_admission_requests.sql"),
+    ),
 ];
 
 /// A pool on `schema` (created when missing) with every migration applied: where each process

@@ -42,6 +42,7 @@ const FILES: &[(&str, &str)] = avsc![
     "TokenIssued.v2.avsc",
     "TokenRevoked.v1.avsc",
     "DeviceAttached.v1.avsc",
+    "AdmissionDecided.v1.avsc",
 ];
 
 /// One schema version.

@@ -2,8 +2,8 @@
 
 use apache_avro::{from_value, to_avro_datum, to_value, types::Value, write_avro_datum_ref};
 use otaledger_domain::events::{
-    CancelCommand, CommandDeliveryFailed, DeviceAttached, DeviceCommanded, DeviceOutcome,
-    DeviceRegistered, DeviceReportRouted, DeviceTimedOut, DevicesJoined, Heartbeat,
+    AdmissionDecided, CancelCommand, CommandDeliveryFailed, DeviceAttached, DeviceCommanded,
+    DeviceOutcome, DeviceRegistered, DeviceReportRouted, DeviceTimedOut, DevicesJoined, Heartbeat,
     InstallProgress, InstallResult, OperatorRequest, RollbackCommand, RolloutStateChanged,
     ThresholdEvaluated, TokenIssued, TokenRevoked, UpdateCommand, UpdateRequested, WaveStarted,
 };
@@ -173,6 +173,7 @@ dispatch! {
     TokenIssued(TokenIssued),
     TokenRevoked(TokenRevoked),
     DeviceAttached(DeviceAttached),
+    AdmissionDecided(AdmissionDecided),
 }
 
 #[cfg(test)]

@@ -261,6 +261,12 @@ fn samples() -> Vec<Event> {
             gateway_id: None,
             attached_by: "oidc:alice".into(),
         }),
+        Payload::AdmissionDecided(AdmissionDecided {
+            device_id: "dev-2".into(),
+            fingerprint: "ab".repeat(32),
+            accepted: true,
+            decided_by: "admin".into(),
+        }),
     ];
     payloads
         .into_iter()

@@ -62,6 +62,7 @@ async fn oidc_tokens_act_as_their_subject_and_forged_ones_are_refused() {
         jwks_file: jwks.display().to_string(),
         ..OidcConfig::default()
     })
+    .await
     .unwrap()
     .unwrap();
     let app =
@@ -180,4 +181,100 @@ async fn oidc_tokens_act_as_their_subject_and_forged_ones_are_refused() {
     );
     let _ = std::fs::remove_dir_all(&dir);
     otaledger_tests::drop_schema(&services, &cfg.database.schema).await;
+}
+
+/// The issuer's keys fetched from its `jwks_uri` over HTTPS (`oidc.jwks_url`, `jwks_ca`): a
+/// server whose certificate another CA signed is refused at start; a token signed with a
+/// published key acts; when the issuer rotates to a new key, a token naming it is refused
+/// until the set is fetched again, which the unknown key itself asks for; the retired key is
+/// refused after; made-up key ids do not make the API hammer the issuer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_fetched_from_the_issuer_over_tls_rotate_without_a_restart() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    let dir = std::env::temp_dir().join(unique("oidc_url"));
+    let (ca, cert, tls_key) = otaledger_tests::certificates(&dir.join("good"));
+    let (other_ca, _, _) = otaledger_tests::certificates(&dir.join("other"));
+    let (k1, jwk1) = key("k1");
+    let (k2, jwk2) = key("k2");
+    let published = Arc::new(Mutex::new(json!({"keys": [jwk1]})));
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let issuer = {
+        let (published, fetches) = (published.clone(), fetches.clone());
+        axum::Router::new().route(
+            "/jwks",
+            axum::routing::get(move || {
+                fetches.fetch_add(1, Ordering::SeqCst);
+                let set = published.lock().unwrap().clone();
+                async move { axum::Json(set) }
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let acceptor = otaledger_api::tls::acceptor(&cert, &tls_key).unwrap();
+    tokio::spawn(otaledger_api::tls::serve(
+        listener,
+        acceptor,
+        issuer,
+        std::future::pending(),
+    ));
+    let oidc = |ca: &std::path::Path| OidcConfig {
+        issuer: ISSUER.into(),
+        audience: AUDIENCE.into(),
+        jwks_url: format!("https://127.0.0.1:{port}/jwks"),
+        jwks_ca: ca.display().to_string(),
+        jwks_refresh_s: 3600,
+        ..OidcConfig::default()
+    };
+
+    let refused = OidcVerifier::new(&oidc(&other_ca)).await;
+    assert!(
+        refused.is_err(),
+        "a JWKS server the CA did not sign was believed"
+    );
+    let before = fetches.load(Ordering::SeqCst);
+    let verifier = OidcVerifier::new(&oidc(&ca)).await.unwrap().unwrap();
+    assert_eq!(fetches.load(Ordering::SeqCst), before + 1);
+    let old = sign(&k1, "k1", &claims("alice", "admin"));
+    assert_eq!(verifier.verify(&old).unwrap().name, "oidc:alice");
+
+    // The issuer rotates: only k2 is published now.
+    *published.lock().unwrap() = json!({"keys": [jwk2]});
+    let new = sign(&k2, "k2", &claims("alice", "admin"));
+    assert!(
+        verifier.verify(&new).is_err(),
+        "k2 before the set was fetched again"
+    );
+    let subject = otaledger_tests::eventually(Duration::from_secs(30), "k2 accepted", || {
+        let answer = verifier.verify(&new).ok();
+        async move { answer }
+    })
+    .await;
+    assert_eq!(subject.name, "oidc:alice");
+    assert!(
+        verifier.verify(&old).is_err(),
+        "the retired key still verified"
+    );
+
+    // Made-up key ids ask for a fetch at most once in ten seconds.
+    let after_rotation = fetches.load(Ordering::SeqCst);
+    let (made_up_key, _) = key("x");
+    for i in 0..20 {
+        let token = sign(
+            &made_up_key,
+            &format!("made-up-{i}"),
+            &claims("eve", "admin"),
+        );
+        assert!(verifier.verify(&token).is_err());
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        fetches.load(Ordering::SeqCst) <= after_rotation + 1,
+        "{} fetches for 20 made-up key ids",
+        fetches.load(Ordering::SeqCst) - after_rotation
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

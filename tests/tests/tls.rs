@@ -4,84 +4,13 @@
 //! speaks plain HTTP, gets nothing); Mosquitto's TLS listener that scripts/services.sh adds
 //! admits a login over TLS and nothing in plain text.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use otaledger_cli::components::{prepare, run, Component};
 use otaledger_ledger::shutdown::Shutdown;
-use otaledger_tests::{config, eventually, unique, Services};
-
-/// A CA and a certificate for localhost and 127.0.0.1 signed by it, made with openssl.
-fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    std::fs::create_dir_all(dir).unwrap();
-    let ossl = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    ossl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=test CA",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-    ]);
-    ossl(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=localhost",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-    ]);
-    std::fs::write(
-        dir.join("ext"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
-    )
-    .unwrap();
-    ossl(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        "ext",
-        "-out",
-        "server.pem",
-    ]);
-    (
-        dir.join("ca.pem"),
-        dir.join("server.pem"),
-        dir.join("server.key"),
-    )
-}
+use otaledger_tests::{certificates, config, eventually, unique, Services};
 
 /// curl's exit code and the HTTP status it printed.
 fn curl(args: &[&str]) -> (i32, String) {
@@ -409,5 +338,171 @@ async fn the_amqp_bridge_and_a_gateway_talk_over_tls() {
         "a broker certificate the CA did not sign was accepted"
     );
     stop.trigger();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The Kafka binary of scripts/services.sh, for a broker of this test's own.
+fn tansu_binary() -> PathBuf {
+    std::env::var_os("OTALEDGER_TEST_TANSU")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin/tansu")))
+        .filter(|p| p.exists())
+        .expect("set OTALEDGER_TEST_TANSU to tansu's binary (scripts/test.sh does)")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A process killed when the test ends, passing or not.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Kafka over TLS (`kafka.security_protocol = "ssl"`, `ssl_ca_location`; ADR 0028): neither
+/// tansu nor this machine has a TLS Kafka listener, so the test puts TLS in front of a tansu of
+/// its own (rustls, terminating on the port that broker advertises, so every connection the
+/// client makes after the bootstrap goes through TLS as well). The ledger's own code creates
+/// the topics, appends and reads back through it with the CA. It is refused without the CA
+/// (the system's roots do not hold it), with a CA that did not sign the certificate, and in
+/// plain text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ledger_is_reached_over_kafka_tls_with_its_ca_only() {
+    use otaledger_domain::events::{Health, Heartbeat};
+    use otaledger_domain::Event;
+    use otaledger_domain::Payload;
+    use otaledger_ledger::config::KafkaConfig;
+    use otaledger_ledger::kafka::{client_config, EventProducer};
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+
+    let dir = std::env::temp_dir().join(unique("kafka_tls"));
+    let (ca, cert, key) = certificates(&dir.join("good"));
+    let (other_ca, _, _) = certificates(&dir.join("other"));
+    let (inner, outer) = (free_port(), free_port());
+    let _broker = Killed(
+        Command::new(tansu_binary())
+            .args([
+                "broker",
+                "--listener-url",
+                &format!("tcp://127.0.0.1:{inner}"),
+                "--advertised-listener-url",
+                &format!("tcp://127.0.0.1:{outer}"),
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .current_dir(&dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    eventually(Duration::from_secs(20), "tansu listening", || async move {
+        tokio::net::TcpStream::connect(("127.0.0.1", inner))
+            .await
+            .ok()
+    })
+    .await;
+    // The TLS front: every connection on the advertised port, decrypted, to the broker.
+    let acceptor = otaledger_api::tls::acceptor(&cert, &key).unwrap();
+    let front = tokio::net::TcpListener::bind(("127.0.0.1", outer))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = front.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(client).await else {
+                    return;
+                };
+                let Ok(mut broker) = tokio::net::TcpStream::connect(("127.0.0.1", inner)).await
+                else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut broker).await;
+            });
+        }
+    });
+
+    let mut cfg = config(&Services::get().await, &unique("kafka_tls"));
+    cfg.kafka = KafkaConfig {
+        brokers: format!("127.0.0.1:{outer}"),
+        security_protocol: "ssl".into(),
+        ssl_ca_location: Some(ca.display().to_string()),
+        partitions: 1,
+        ..cfg.kafka.clone()
+    };
+    otaledger_ledger::kafka::ensure_topics(&cfg.kafka)
+        .await
+        .unwrap();
+    let producer = EventProducer::new(&cfg.kafka).unwrap();
+    let event = Event::now(
+        Payload::Heartbeat(Heartbeat {
+            device_id: "dev-kafka-tls".into(),
+            firmware_version: "1.0.0".into(),
+            gateway_id: None,
+            health: Health {
+                uptime_s: 1,
+                cpu_pct: 1.0,
+                mem_pct: 1.0,
+                temperature_c: 20.0,
+                error_count: 0,
+                signal_dbm: None,
+            },
+        }),
+        "trace",
+    );
+    producer.append(&event).await.unwrap();
+    let topic = cfg.kafka.topics().device_events;
+    otaledger_tests::records_when(&cfg.kafka, &topic, "the heartbeat over TLS", |r| {
+        otaledger_tests::decode_all(r)
+            .iter()
+            .any(|(_, e)| e.meta.event_id == event.meta.event_id)
+    })
+    .await;
+
+    // Without the CA, with another CA, and in plain text: no metadata, no ledger.
+    let refused = |kafka: KafkaConfig| async move {
+        tokio::task::spawn_blocking(move || {
+            let probe: BaseConsumer = client_config(&kafka).create().unwrap();
+            probe.fetch_metadata(None, Duration::from_secs(5)).is_err()
+        })
+        .await
+        .unwrap()
+    };
+    for (what, kafka) in [
+        (
+            "the system's roots",
+            KafkaConfig {
+                ssl_ca_location: None,
+                ..cfg.kafka.clone()
+            },
+        ),
+        (
+            "another CA",
+            KafkaConfig {
+                ssl_ca_location: Some(other_ca.display().to_string()),
+                ..cfg.kafka.clone()
+            },
+        ),
+        (
+            "plain text",
+            KafkaConfig {
+                security_protocol: "plaintext".into(),
+                ssl_ca_location: None,
+                ..cfg.kafka.clone()
+            },
+        ),
+    ] {
+        assert!(refused(kafka).await, "Kafka answered a client with {what}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

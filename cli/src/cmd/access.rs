@@ -110,6 +110,26 @@ pub enum DevicesCommand {
     },
     /// Revoke a device's credential.
     Revoke { device_id: String },
+    /// List the admission requests of devices that were not provisioned (with
+    /// `admission.pending` on, ADR 0032), oldest first, as `device_id,fingerprint,model,state,
+    /// requested_at` lines.
+    Pending {
+        /// Also the decided ones (accepted, rejected, claimed).
+        #[arg(long)]
+        all: bool,
+    },
+    /// Accept a device's admission request. FINGERPRINT must be the one the device itself
+    /// shows (its label, its installer): a request with another fingerprint for the same id
+    /// is someone else's. The device then claims its credential with its secret, once.
+    Accept {
+        device_id: String,
+        fingerprint: String,
+    },
+    /// Reject a device's admission request.
+    Reject {
+        device_id: String,
+        fingerprint: String,
+    },
 }
 
 /// Edge gateway credentials: each gateway is its own RabbitMQ user (ADR 0029).
@@ -315,6 +335,54 @@ pub async fn devices(cfg: &Config, command: DevicesCommand) -> anyhow::Result<()
         DevicesCommand::Revoke { device_id } => {
             revoke(cfg, &pool, &producer, &device_id).await?;
         }
+        DevicesCommand::Pending { all } => {
+            let rows = otaledger_projections::admission::list(&pool, !all, i64::MAX).await?;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "device_id,fingerprint,model,state,requested_at")?;
+            for r in &rows {
+                writeln!(
+                    out,
+                    "{},{},{},{},{}",
+                    r.device_id,
+                    r.fingerprint,
+                    r.model.as_deref().unwrap_or_default(),
+                    r.state,
+                    r.requested_at.to_rfc3339()
+                )?;
+            }
+            eprintln!("{} request(s)", rows.len());
+        }
+        DevicesCommand::Accept {
+            device_id,
+            fingerprint,
+        } => decide(&pool, &producer, &device_id, &fingerprint, true).await?,
+        DevicesCommand::Reject {
+            device_id,
+            fingerprint,
+        } => decide(&pool, &producer, &device_id, &fingerprint, false).await?,
+    }
+    Ok(())
+}
+
+async fn decide(
+    pool: &sqlx::PgPool,
+    producer: &EventProducer,
+    device: &str,
+    fingerprint: &str,
+    accept: bool,
+) -> anyhow::Result<()> {
+    let fingerprint = fingerprint.to_ascii_lowercase();
+    let decided =
+        otaledger_api::admission::decide(pool, producer, device, &fingerprint, accept, &actor())
+            .await?;
+    match decided {
+        Some(r) => eprintln!(
+            "{} the admission of {:?} (fingerprint {})",
+            if accept { "accepted" } else { "rejected" },
+            r.device_id,
+            r.fingerprint
+        ),
+        None => bail!("no pending admission request of {device:?} with fingerprint {fingerprint}"),
     }
     Ok(())
 }

@@ -7,7 +7,7 @@ fn names_round_trip_and_streams_are_assigned() {
     for t in EventType::ALL {
         assert_eq!(EventType::from_name(t.name()), Some(*t));
     }
-    assert_eq!(EventType::ALL.len(), 23);
+    assert_eq!(EventType::ALL.len(), 24);
     assert_eq!(EventType::Heartbeat.stream(), Stream::DeviceEvents);
     assert_eq!(
         EventType::ThresholdEvaluated.stream(),
@@ -16,6 +16,7 @@ fn names_round_trip_and_streams_are_assigned() {
     assert_eq!(EventType::CancelCommand.stream(), Stream::DeviceCommands);
     assert_eq!(EventType::TokenRevoked.stream(), Stream::AccessEvents);
     assert_eq!(EventType::DeviceAttached.stream(), Stream::AccessEvents);
+    assert_eq!(EventType::AdmissionDecided.stream(), Stream::AccessEvents);
     assert_eq!(EventType::from_name("Nope"), None);
 }
 

@@ -1,0 +1,171 @@
+//! One GET for a document otaledger reads from elsewhere (an OIDC issuer's key set): hyper's
+//! HTTP/1.1 client, already built for the RabbitMQ admin, over rustls with ring for `https://`,
+//! trusting the system's roots or a given CA. A size limit and a deadline, one request a
+//! connection: these are fetched every few minutes, not streamed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::body::Bytes;
+use hyper::{Request, Uri};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::rustls;
+
+/// Why a GET failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GetError {
+    #[error("{url:?} is not an http:// or https:// URL with a host")]
+    BadUrl { url: String },
+    #[error("GET {url}: {error}")]
+    Failed { url: String, error: String },
+    #[error("GET {url}: answered {status}")]
+    Status { url: String, status: u16 },
+    #[error("GET {url}: no answer within {within:?}")]
+    TimedOut { url: String, within: Duration },
+}
+
+/// The TLS client configuration: the CA in `ca_pem`, or the system's roots.
+fn tls_config(ca_pem: Option<&str>) -> Arc<rustls::ClientConfig> {
+    if let Some(ca) = ca_pem {
+        return crate::mqtt::tls_client_config(ca);
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for e in &native.errors {
+        tracing::warn!(error = %e, "a system root certificate does not read");
+    }
+    roots.add_parsable_certificates(native.certs);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+            .unwrap_or_else(|_| {
+                rustls::ClientConfig::builder()
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth()
+            }),
+    )
+}
+
+/// The body of `GET url`, at most `max_bytes`, within `within`; a status other than 200 is an
+/// error. `ca_pem` is the CA an `https://` server's certificate must chain to (none: the
+/// system's roots).
+pub async fn get(
+    url: &str,
+    ca_pem: Option<&str>,
+    max_bytes: usize,
+    within: Duration,
+) -> Result<Bytes, GetError> {
+    tokio::time::timeout(within, get_now(url, ca_pem, max_bytes))
+        .await
+        .map_err(|_| GetError::TimedOut {
+            url: url.to_owned(),
+            within,
+        })?
+}
+
+async fn get_now(url: &str, ca_pem: Option<&str>, max_bytes: usize) -> Result<Bytes, GetError> {
+    let bad = || GetError::BadUrl {
+        url: url.to_owned(),
+    };
+    let uri: Uri = url.parse().map_err(|_| bad())?;
+    let tls = match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => false,
+        _ => return Err(bad()),
+    };
+    let host = uri.host().ok_or_else(bad)?.to_owned();
+    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    let failed = |error: String| GetError::Failed {
+        url: url.to_owned(),
+        error,
+    };
+    // An IPv6 literal comes bracketed in the URI and is connected to without brackets.
+    let bare = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let tcp = tokio::net::TcpStream::connect((bare.as_str(), port))
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let authority = uri.authority().map_or(host.clone(), ToString::to_string);
+    let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    if tls {
+        let name = rustls_pki_types::ServerName::try_from(bare)
+            .map_err(|e| failed(format!("the host is not a TLS server name: {e}")))?;
+        let stream = tokio_rustls::TlsConnector::from(tls_config(ca_pem))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| failed(format!("TLS: {e}")))?;
+        exchange(stream, &authority, &path, max_bytes, url).await
+    } else {
+        exchange(tcp, &authority, &path, max_bytes, url).await
+    }
+}
+
+async fn exchange<S>(
+    stream: S,
+    authority: &str,
+    path: &str,
+    max_bytes: usize,
+    url: &str,
+) -> Result<Bytes, GetError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let failed = |error: String| GetError::Failed {
+        url: url.to_owned(),
+        error,
+    };
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let conn = tokio::spawn(conn);
+    let request = Request::get(path)
+        .header(hyper::header::HOST, authority)
+        .header(hyper::header::ACCEPT, "application/json")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| failed(e.to_string()))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let status = response.status();
+    let body = Limited::new(response.into_body(), max_bytes)
+        .collect()
+        .await
+        .map_err(|e| failed(format!("reading the body (at most {max_bytes} bytes): {e}")))?
+        .to_bytes();
+    conn.abort();
+    if status != hyper::StatusCode::OK {
+        return Err(GetError::Status {
+            url: url.to_owned(),
+            status: status.as_u16(),
+        });
+    }
+    Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn only_http_and_https_urls_with_a_host_are_fetched() {
+        for url in [
+            "ftp://example.com/x",
+            "/relative",
+            "https:///nohost",
+            "not a url",
+        ] {
+            let answer = get(url, None, 10, Duration::from_secs(1)).await;
+            assert!(
+                matches!(answer, Err(GetError::BadUrl { .. })),
+                "{url}: {answer:?}"
+            );
+        }
+    }
+}
