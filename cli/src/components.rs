@@ -171,7 +171,9 @@ pub async fn run(
         }
         Component::Router => {
             let pool = migrated_pool(&cfg).await?;
-            otaledger_ledger::db::create_if_missing(&pool, ROUTER_DDL).await?;
+            for ddl in ROUTER_DDL {
+                otaledger_ledger::db::create_if_missing(&pool, ddl).await?;
+            }
             let rc = runner_config(&cfg, "router", cfg.kafka.topics().device_events);
             Runner::new(rc, Router::new(producer.clone()), producer.clone(), pool)
                 .run(shutdown)

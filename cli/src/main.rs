@@ -106,6 +106,12 @@ enum Command {
         #[command(subcommand)]
         command: cmd::access::GatewaysCommand,
     },
+    /// What the entrances and the consumers refused (`ota.dead-letters`): list it, and re-drive
+    /// the entrances' refusals into the ledger once their cause is fixed.
+    DeadLetters {
+        #[command(subcommand)]
+        command: cmd::dead_letters::DeadLettersCommand,
+    },
 }
 
 fn init_tracing(format: &str) {
@@ -174,5 +180,8 @@ async fn dispatch(command: Command, cfg: Config, shutdown: &Shutdown) -> anyhow:
         Command::Gateways { command } => cmd::access::gateways(&cfg, command)
             .await
             .context("gateways"),
+        Command::DeadLetters { command } => cmd::dead_letters::run(&cfg, command)
+            .await
+            .context("dead-letters"),
     }
 }

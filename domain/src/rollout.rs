@@ -36,8 +36,39 @@ mod tests;
 
 use decide::Decisions;
 
-/// Device ids per `WaveStarted` chunk, so a wave of any size fits Kafka's message size.
+/// Most devices in one `WaveStarted` or `DevicesJoined` chunk.
 pub const WAVE_CHUNK: usize = 5_000;
+/// Most bytes of device ids and versions in one chunk: with the longest ids and versions,
+/// 5,000 devices would make a record over Kafka's 1,000,000-byte `message.max.bytes` and stall
+/// the saga (aborts included). A chunk is cut at whichever of the two limits it reaches first;
+/// half a megabyte leaves room for the record's other fields.
+pub const WAVE_CHUNK_BYTES: usize = 512 * 1024;
+
+/// What one target adds to a chunk: its id and version and, per string, the Avro length
+/// prefix (a varint of at most 2 bytes for strings this short).
+fn chunk_bytes(t: &Target) -> usize {
+    t.device_id.len() + t.firmware_version.len() + 4
+}
+
+/// `targets` cut into chunks of at most [`WAVE_CHUNK`] devices and [`WAVE_CHUNK_BYTES`] bytes,
+/// in order; none for no targets. A single target is never split, whatever its size.
+#[must_use]
+pub fn wave_chunks(targets: &[Target]) -> Vec<&[Target]> {
+    let mut chunks = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, t) in targets.iter().enumerate() {
+        let size = chunk_bytes(t);
+        if i > start && (i - start == WAVE_CHUNK || bytes + size > WAVE_CHUNK_BYTES) {
+            chunks.push(&targets[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < targets.len() {
+        chunks.push(&targets[start..]);
+    }
+    chunks
+}
 
 const MICROS_PER_S: i64 = 1_000_000;
 const MICROS_PER_MINUTE: i64 = 60 * MICROS_PER_S;

@@ -46,11 +46,22 @@ impl Pending {
     }
 }
 
+/// The largest record otaledger produces (librdkafka's `message.max.bytes`, set explicitly so
+/// that every budget below it is visible: dead letters keep at most
+/// [`crate::dead_letters::MAX_KEPT_BYTES`] of a message, wave chunks at most
+/// `otaledger_domain::rollout::WAVE_CHUNK_BYTES` of ids). Apache Kafka's default for a topic.
+pub const MAX_RECORD_BYTES: usize = 1_000_000;
+
+// Every budget below the record limit, with room for headers and the record's other fields.
+const _: () = assert!(crate::dead_letters::MAX_KEPT_BYTES * 2 < MAX_RECORD_BYTES);
+const _: () = assert!(otaledger_domain::rollout::WAVE_CHUNK_BYTES * 3 / 2 < MAX_RECORD_BYTES);
+
 /// Base settings every client gets.
 #[must_use]
 pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &cfg.brokers)
+        .set("message.max.bytes", MAX_RECORD_BYTES.to_string())
         .set("socket.keepalive.enable", "true")
         .set("log_level", "4")
         .set("security.protocol", &cfg.security_protocol);
@@ -208,21 +219,36 @@ pub fn resume_from(next: i64) -> rdkafka::Offset {
     }
 }
 
-/// Creates the ledger topics that do not exist yet (unlimited retention).
+/// A topic's `retention.ms`: the ledger's topics keep everything; the dead letters keep
+/// `dead_letter_retention_days` (0: everything).
+#[must_use]
+pub fn retention_ms(cfg: &KafkaConfig, topic: &str) -> String {
+    if topic == cfg.topics().dead_letters && cfg.dead_letter_retention_days > 0 {
+        (i64::from(cfg.dead_letter_retention_days) * 86_400_000).to_string()
+    } else {
+        "-1".to_owned()
+    }
+}
+
+/// Creates the ledger topics that do not exist yet, with their retention, and sets the
+/// dead-letter topic's retention again (it is a setting that may change; a broker that cannot
+/// alter topic settings is warned about, not failed on).
 pub async fn ensure_topics(cfg: &KafkaConfig) -> Result<()> {
     let admin: AdminClient<DefaultClientContext> =
         client_config(cfg).create().kafka("creating admin client")?;
     let topics = cfg.topics();
+    let retention: Vec<String> = topics.all().iter().map(|t| retention_ms(cfg, t)).collect();
     let new: Vec<NewTopic<'_>> = topics
         .all()
         .iter()
-        .map(|t| {
+        .zip(&retention)
+        .map(|(t, ms)| {
             NewTopic::new(
                 t,
                 cfg.partitions,
                 TopicReplication::Fixed(cfg.replication_factor),
             )
-            .set("retention.ms", "-1")
+            .set("retention.ms", ms)
         })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
@@ -243,6 +269,20 @@ pub async fn ensure_topics(cfg: &KafkaConfig) -> Result<()> {
     }
     for t in topics.all() {
         wait_for_topic(cfg, t, Duration::from_secs(30)).await?;
+    }
+    let dead_letters = &topics.dead_letters;
+    let ms = retention_ms(cfg, dead_letters);
+    let alter =
+        rdkafka::admin::AlterConfig::new(rdkafka::admin::ResourceSpecifier::Topic(dead_letters))
+            .set("retention.ms", &ms);
+    match admin.alter_configs(&[alter], &opts).await {
+        Ok(results) if results.iter().all(|r| r.is_ok()) => {}
+        other => tracing::warn!(
+            topic = %dead_letters,
+            retention_ms = %ms,
+            answer = ?other.map(|r| r.into_iter().map(|x| x.err()).collect::<Vec<_>>()),
+            "the broker did not take the dead letters' retention; set it there"
+        ),
     }
     Ok(())
 }

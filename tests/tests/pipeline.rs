@@ -192,6 +192,20 @@ async fn malformed_mqtt_and_amqp_input_goes_to_dead_letters_while_good_traffic_f
         .await
         .unwrap();
 
+    // A message as large as the bridge reads (1 MiB): over the device limit, and kept in its
+    // dead letter only in part, or the dead letter itself would be over Kafka's record limit
+    // and stop the bridge for good.
+    let huge = vec![b'x'; 1_000_000];
+    client
+        .publish(
+            format!("{root}/bad-4/heartbeat"),
+            QoS::AtLeastOnce,
+            false,
+            huge,
+        )
+        .await
+        .unwrap();
+
     let conn = connect(&cfg.amqp).await.unwrap();
     let channel = conn.create_channel().await.unwrap();
     declare_reports_queue(&channel, &cfg.amqp).await.unwrap();
@@ -200,6 +214,12 @@ async fn malformed_mqtt_and_amqp_input_goes_to_dead_letters_while_good_traffic_f
         .await
         .unwrap();
     publish_batch(&channel, &cfg.amqp, "guest", b"definitely not json")
+        .await
+        .unwrap();
+    // A 3 MB batch that does not read: under the AMQP limit, over Kafka's record limit.
+    let mut garbage = b"[".to_vec();
+    garbage.resize(3_000_000, b'7');
+    publish_batch(&channel, &cfg.amqp, "guest", &garbage)
         .await
         .unwrap();
     let mixed = serde_json::json!({"gateway_id": "gw-9", "reports": [
@@ -211,11 +231,11 @@ async fn malformed_mqtt_and_amqp_input_goes_to_dead_letters_while_good_traffic_f
         .unwrap();
 
     let topics = cfg.kafka.topics();
-    let dead = records_when(&cfg.kafka, &topics.dead_letters, "5 dead letters", |d| {
-        d.len() >= 5
+    let dead = records_when(&cfg.kafka, &topics.dead_letters, "7 dead letters", |d| {
+        d.len() >= 7
     })
     .await;
-    assert_eq!(dead.len(), 5);
+    assert_eq!(dead.len(), 7);
     let reasons: BTreeMap<String, String> = dead
         .iter()
         .map(|r| {
@@ -232,7 +252,24 @@ async fn malformed_mqtt_and_amqp_input_goes_to_dead_letters_while_good_traffic_f
     assert_eq!(reasons["mqtt:bad-1"], "invalid_json");
     assert_eq!(reasons["mqtt:bad-2"], "invalid_field");
     assert_eq!(reasons["mqtt:bad-3"], "unknown_topic");
-    assert_eq!(reasons["amqp:"], "invalid_json");
+    assert_eq!(reasons["mqtt:bad-4"], "payload_too_large");
+    let bad4 = dead.iter().find(|r| r.key == b"bad-4").unwrap();
+    assert_eq!(
+        bad4.payload.len(),
+        otaledger_ledger::dead_letters::MAX_KEPT_BYTES
+    );
+    assert_eq!(bad4.headers["dlq-truncated-from"], "1000000");
+    let amqp_dead: Vec<_> = dead
+        .iter()
+        .filter(|r| r.headers["dlq-source"] == "amqp" && r.key.is_empty())
+        .collect();
+    assert_eq!(amqp_dead.len(), 2, "both unreadable batches");
+    assert!(amqp_dead
+        .iter()
+        .all(|r| r.headers["dlq-reason"] == "invalid_json"));
+    assert!(amqp_dead
+        .iter()
+        .any(|r| r.headers.get("dlq-truncated-from").map(String::as_str) == Some("3000000")));
     assert_eq!(reasons["amqp:gwdev-bad"], "invalid_field");
     let bad1 = dead.iter().find(|r| r.key == b"bad-1").unwrap();
     assert_eq!(bad1.payload, b"{not json", "the original bytes are kept");

@@ -35,11 +35,11 @@ impl Decisions<'_> {
     }
 
     fn start_wave(&mut self, wave: i32, targets: &[Target]) {
-        let chunks = targets.chunks(WAVE_CHUNK).count().max(1);
-        let mut parts: Vec<&[Target]> = targets.chunks(WAVE_CHUNK).collect();
+        let mut parts = super::wave_chunks(targets);
         if parts.is_empty() {
             parts.push(&[]);
         }
+        let chunks = parts.len();
         for (i, chunk) in parts.into_iter().enumerate() {
             self.push(Payload::WaveStarted(WaveStarted {
                 rollout_id: self.id.to_owned(),
@@ -476,7 +476,7 @@ impl Decisions<'_> {
                 targets.dedup_by(|a, b| a.device_id == b.device_id);
                 targets.retain(|t| !self.rollout.devices.contains_key(&t.device_id));
                 let wave = self.rollout.current_wave;
-                for chunk in targets.chunks(WAVE_CHUNK) {
+                for chunk in super::wave_chunks(&targets) {
                     self.push(Payload::DevicesJoined(DevicesJoined {
                         rollout_id: self.id.to_owned(),
                         wave,

@@ -5,6 +5,7 @@ use super::*;
 use crate::events::{Release, Strategy, TargetSelector};
 
 mod abort;
+mod chunks;
 mod fold;
 mod verdict;
 mod window;
