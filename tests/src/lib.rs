@@ -698,3 +698,22 @@ pub fn certificates(dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {
         dir.join("server.key"),
     )
 }
+
+/// A healthy heartbeat of `device` running `firmware`.
+#[must_use]
+pub fn heartbeat_payload(device: &str, firmware: &str) -> otaledger_domain::Payload {
+    use otaledger_domain::events::{Health, Heartbeat};
+    otaledger_domain::Payload::Heartbeat(Heartbeat {
+        device_id: device.to_owned(),
+        firmware_version: firmware.to_owned(),
+        gateway_id: None,
+        health: Health {
+            uptime_s: 5,
+            cpu_pct: 1.0,
+            mem_pct: 1.0,
+            temperature_c: 30.0,
+            error_count: 0,
+            signal_dbm: None,
+        },
+    })
+}

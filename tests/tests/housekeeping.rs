@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use otaledger_cli::components::{prepare, Component};
-use otaledger_domain::events::{Health, Heartbeat, InstallOutcome, InstallResult, ReportKind};
+use otaledger_domain::events::{InstallOutcome, InstallResult, ReportKind};
 use otaledger_domain::time::now_micros;
 use otaledger_domain::{Event, Payload};
 use otaledger_ledger::kafka::EventProducer;
@@ -37,19 +37,7 @@ fn succeeded(device: &str, recorded_at: i64) -> Event {
 
 fn heartbeat(device: &str) -> Event {
     Event::now(
-        Payload::Heartbeat(Heartbeat {
-            device_id: device.to_owned(),
-            firmware_version: "2.0.0".into(),
-            gateway_id: None,
-            health: Health {
-                uptime_s: 5,
-                cpu_pct: 1.0,
-                mem_pct: 1.0,
-                temperature_c: 30.0,
-                error_count: 0,
-                signal_dbm: None,
-            },
-        }),
+        otaledger_tests::heartbeat_payload(device, "2.0.0"),
         "housekeeping",
     )
 }

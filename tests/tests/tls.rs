@@ -377,9 +377,7 @@ impl Drop for Killed {
 /// plain text.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ledger_is_reached_over_kafka_tls_with_its_ca_only() {
-    use otaledger_domain::events::{Health, Heartbeat};
     use otaledger_domain::Event;
-    use otaledger_domain::Payload;
     use otaledger_ledger::config::KafkaConfig;
     use otaledger_ledger::kafka::{client_config, EventProducer};
     use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -445,19 +443,7 @@ async fn the_ledger_is_reached_over_kafka_tls_with_its_ca_only() {
         .unwrap();
     let producer = EventProducer::new(&cfg.kafka).unwrap();
     let event = Event::now(
-        Payload::Heartbeat(Heartbeat {
-            device_id: "dev-kafka-tls".into(),
-            firmware_version: "1.0.0".into(),
-            gateway_id: None,
-            health: Health {
-                uptime_s: 1,
-                cpu_pct: 1.0,
-                mem_pct: 1.0,
-                temperature_c: 20.0,
-                error_count: 0,
-                signal_dbm: None,
-            },
-        }),
+        otaledger_tests::heartbeat_payload("dev-kafka-tls", "1.0.0"),
         "trace",
     );
     producer.append(&event).await.unwrap();
