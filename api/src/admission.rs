@@ -123,10 +123,10 @@ async fn request(State(s): State<AppState>, body: axum::body::Bytes) -> Result<R
     crate::params::id("device", &input.device_id)?;
     let fingerprint = fingerprint(&input.fingerprint)?;
     if let Some(model) = &input.model {
-        if model.is_empty() || model.chars().count() > MAX_MODEL_LEN {
+        if model.trim().is_empty() || model.chars().count() > MAX_MODEL_LEN {
             return Err(ApiError::bad_request(
                 "invalid_field",
-                format!("model: must be 1 to {MAX_MODEL_LEN} characters"),
+                format!("model: must be 1 to {MAX_MODEL_LEN} characters, not blank"),
             ));
         }
     }
@@ -345,9 +345,16 @@ impl utoipa::PartialSchema for ClaimIn {
             .required("device_id")
             .property(
                 "secret",
-                json_schema::text(MAX_SECRET_LEN)
+                utoipa::openapi::schema::ObjectBuilder::new()
+                    .schema_type(Type::String)
                     .min_length(Some(MIN_SECRET_LEN))
-                    .description(Some("The secret whose SHA-256 the request named.")),
+                    .max_length(Some(MAX_SECRET_LEN))
+                    .pattern(Some(format!(
+                        r"^[!-~]{{{MIN_SECRET_LEN},{MAX_SECRET_LEN}}}$"
+                    )))
+                    .description(Some(
+                        "The secret whose SHA-256 the request named: visible ASCII characters.",
+                    )),
             )
             .required("secret")
             .into()
@@ -381,11 +388,13 @@ async fn claim(State(s): State<AppState>, body: axum::body::Bytes) -> Result<Res
     max_pending(&s)?;
     let input: ClaimIn = crate::body::object(&body)?;
     crate::params::id("device", &input.device_id)?;
-    let n = input.secret.chars().count();
-    if !(MIN_SECRET_LEN..=MAX_SECRET_LEN).contains(&n) {
+    let visible = input.secret.bytes().all(|b| b.is_ascii_graphic());
+    if !visible || !(MIN_SECRET_LEN..=MAX_SECRET_LEN).contains(&input.secret.len()) {
         return Err(ApiError::bad_request(
             "invalid_field",
-            format!("secret: must be {MIN_SECRET_LEN} to {MAX_SECRET_LEN} characters"),
+            format!(
+                "secret: must be {MIN_SECRET_LEN} to {MAX_SECRET_LEN} visible ASCII characters"
+            ),
         ));
     }
     let device = input.device_id.as_str();
