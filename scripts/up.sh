@@ -56,5 +56,17 @@ if [ "$(head -1 "$CREDS" 2>/dev/null)" != "device_id,token,gateway_id" ] ||
      --from "$STATE_DIR/fleet-ids.csv" >"$CREDS.new")
   mv "$CREDS.new" "$CREDS"
 fi
-exec "$OTALEDGER" --config otaledger.example.toml up --simulate --credentials "$CREDS" \
-  --gateway-credentials "$GW_CREDS" --devices "$DEVICES" --rate "${RATE:-500}" "$@"
+# A process that dies is started again, as the systemd unit (deploy/systemd) and the compose
+# file's restart policy do in production: components that fail are restarted inside the process,
+# but a crash (a segfault inside librdkafka, docs/adr/0035) takes every component with it.
+# Ctrl-C or SIGTERM stops it gracefully and ends the loop.
+stopping=0
+trap 'stopping=1' INT TERM
+while :; do
+  status=0
+  "$OTALEDGER" --config otaledger.example.toml up --simulate --credentials "$CREDS" \
+    --gateway-credentials "$GW_CREDS" --devices "$DEVICES" --rate "${RATE:-500}" "$@" || status=$?
+  if [ "$stopping" = 1 ] || [ "$status" = 0 ]; then exit "$status"; fi
+  echo "otaledger exited with status $status; starting it again in 2 s (Ctrl-C stops)" >&2
+  sleep 2
+done

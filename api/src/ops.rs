@@ -55,7 +55,8 @@ async fn openapi_json() -> impl IntoResponse {
     )
 }
 
-/// Ready when PostgreSQL answers and the device-events topic exists.
+/// Ready when PostgreSQL answers, the device-events topic exists and the Kafka producer is not
+/// in a fatal state.
 #[utoipa::path(get, path = "/readyz", operation_id = "readyz", tag = "operations",
     responses(
         (status = 200, description = "Ready", body = Object),
@@ -85,9 +86,12 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     })
     .await
     .unwrap_or_else(|e| Err(e.to_string()));
-    let ready = db.is_ok() && kafka.is_ok();
+    // A producer in librdkafka's fatal state refuses every record: not ready until it is
+    // replaced (this check replaces it).
+    let producer = s.producer.health();
+    let ready = db.is_ok() && kafka.is_ok() && producer.is_ok();
     if !ready {
-        tracing::warn!(?db, ?kafka, "not ready");
+        tracing::warn!(?db, ?kafka, ?producer, "not ready");
     }
     let word = |r: &Result<(), String>| if r.is_ok() { "ok" } else { "unavailable" };
     let status = if ready {
@@ -97,7 +101,10 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     };
     (
         status,
-        Json(json!({"ready": ready, "checks": {"postgres": word(&db), "kafka": word(&kafka)}})),
+        Json(
+            json!({"ready": ready, "checks": {"postgres": word(&db), "kafka": word(&kafka),
+            "producer": word(&producer)}}),
+        ),
     )
 }
 

@@ -19,6 +19,10 @@ pub struct KafkaConfig {
     /// Partitions of each ledger topic when otaledger creates it.
     pub partitions: i32,
     pub replication_factor: i32,
+    /// How long the producer tries to deliver a record before failing it (librdkafka's
+    /// `message.timeout.ms`): the sender then answers 503 or does not acknowledge, and the
+    /// device sends again.
+    pub message_timeout_ms: u64,
     /// Days the dead-letter topic keeps a record (its `retention.ms`; 0: for ever). The ledger
     /// topics keep every record for ever.
     pub dead_letter_retention_days: u32,
@@ -41,6 +45,7 @@ impl std::fmt::Debug for KafkaConfig {
             .field("topic_prefix", &self.topic_prefix)
             .field("partitions", &self.partitions)
             .field("replication_factor", &self.replication_factor)
+            .field("message_timeout_ms", &self.message_timeout_ms)
             .field(
                 "dead_letter_retention_days",
                 &self.dead_letter_retention_days,
@@ -64,6 +69,7 @@ impl Default for KafkaConfig {
             topic_prefix: String::new(),
             partitions: 6,
             replication_factor: 1,
+            message_timeout_ms: 60_000,
             dead_letter_retention_days: 30,
             security_protocol: "plaintext".into(),
             ssl_ca_location: None,
@@ -453,6 +459,11 @@ pub const ENV_OVERRIDES: &[EnvOverride] = &[
     text!("OTALEDGER_KAFKA_SASL_USERNAME", kafka.sasl_username),
     text!("OTALEDGER_KAFKA_SASL_PASSWORD", kafka.sasl_password),
     number!("OTALEDGER_KAFKA_PARTITIONS", kafka.partitions, "number"),
+    number!(
+        "OTALEDGER_KAFKA_MESSAGE_TIMEOUT_MS",
+        kafka.message_timeout_ms,
+        "number of milliseconds"
+    ),
     number!(
         "OTALEDGER_DEAD_LETTER_RETENTION_DAYS",
         kafka.dead_letter_retention_days,

@@ -1,6 +1,8 @@
 //! The one way otaledger appends to Kafka: idempotent, `acks=all`, keyed by aggregate id, with
 //! headers naming the event type, event id, schema fingerprint and trace id.
 
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use otaledger_domain::Event;
@@ -24,7 +26,7 @@ pub struct Delivered {
 }
 
 /// A record handed to librdkafka whose broker acknowledgement is still to come.
-pub struct Pending(DeliveryFuture);
+pub struct Pending(DeliveryFuture, Arc<Shared>, u64);
 
 impl std::fmt::Debug for Pending {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -36,11 +38,19 @@ impl Pending {
     /// Waits until the broker acknowledged the record (acks=all).
     pub async fn acked(self) -> Result<Delivered> {
         match self.0.await {
-            Ok(Ok(d)) => Ok(Delivered {
-                partition: d.partition,
-                offset: d.offset,
-            }),
-            Ok(Err((e, _))) => Err(e).kafka("delivering record"),
+            Ok(Ok(d)) => {
+                self.1.delivered(self.2, None);
+                Ok(Delivered {
+                    partition: d.partition,
+                    offset: d.offset,
+                })
+            }
+            Ok(Err((e, _))) => {
+                // A producer in a fatal state, or one the broker keeps refusing, is replaced:
+                // the next record goes through a new one (the caller retries or answers 503).
+                self.1.delivered(self.2, Some(&e));
+                Err(e).kafka("delivering record")
+            }
             Err(_) => Err(Error::Other("producer dropped before delivery".into())),
         }
     }
@@ -79,11 +89,118 @@ pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
     c
 }
 
-/// The event producer shared by everything that appends to the ledger.
+/// The event producer shared by everything that appends to the ledger: one librdkafka
+/// producer, replaced by a new one when it reaches librdkafka's fatal state (an idempotent
+/// producer does after some broker failures, and refuses every record from then on).
 #[derive(Clone)]
 pub struct EventProducer {
-    producer: FutureProducer,
+    shared: Arc<Shared>,
     topics: Topics,
+}
+
+/// Broker-side refusals in a row after which the producer is replaced. librdkafka retries a
+/// record the broker refused under the same producer id and sequence numbers, and declares the
+/// producer fatal only for some errors: a broker that lost or mistrusts this producer's state
+/// can refuse it without end while a new producer (a new id) would be taken. Replacing it is
+/// what an operator's restart would do, without the restart. A broker that cannot be reached
+/// is only waited for (librdkafka's own errors are not counted).
+const REFUSALS_BEFORE_REPLACING: u32 = 3;
+
+/// The producer in use and how to make another.
+struct Shared {
+    settings: ClientConfig,
+    /// The producer in use and its generation (one more for each replacement).
+    current: RwLock<(u64, FutureProducer)>,
+    /// Broker-side refusals in a row of the current generation's records.
+    refusals: AtomicU32,
+}
+
+impl Shared {
+    fn current(&self) -> (u64, FutureProducer) {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces generation `generation` with a new producer, unless it was replaced already.
+    fn replace(&self, generation: u64, why: &str) {
+        let mut current = self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if current.0 != generation {
+            return;
+        }
+        match self.settings.create::<FutureProducer>() {
+            Ok(fresh) => {
+                *current = (generation + 1, fresh);
+                self.refusals.store(0, Ordering::Relaxed);
+                crate::metrics::REGISTRY
+                    .counter(
+                        "otaledger_kafka_producer_recreated_total",
+                        "Kafka producers replaced: librdkafka's fatal state, or records the broker kept refusing",
+                        &[],
+                    )
+                    .inc();
+                tracing::error!(error = %why, "the Kafka producer is replaced by a new one");
+            }
+            Err(e) => {
+                tracing::error!(error = %why, create = %e, "the Kafka producer failed and no new one could be made");
+            }
+        }
+    }
+
+    /// When the producer in use is in librdkafka's fatal state, replaces it with a new one
+    /// and answers the fatal error; `None` when it is healthy. Records in flight in the old
+    /// producer fail (their senders were not told they were stored, and retry).
+    fn recover(&self) -> Option<String> {
+        let (generation, producer) = self.current();
+        let (code, reason) = producer.client().fatal_error()?;
+        let why = format!("fatal: {code:?}: {reason}");
+        self.replace(generation, &why);
+        Some(why)
+    }
+
+    /// A record of `generation` was delivered (`None`) or failed with `error`.
+    fn delivered(&self, generation: u64, error: Option<&KafkaError>) {
+        match error {
+            None => self.refusals.store(0, Ordering::Relaxed),
+            Some(e) => {
+                if self.recover().is_some() {
+                    return;
+                }
+                if self.current().0 != generation {
+                    return;
+                }
+                // A record that timed out makes librdkafka bump the producer's epoch with the
+                // broker when it is back (KIP-360). tansu 0.6 does not survive that request (its
+                // SQLite storage panics and fails every later request, measured); a new
+                // producer starts with a new id instead and costs one request.
+                if matches!(
+                    e,
+                    KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut)
+                ) {
+                    self.replace(generation, &format!("a record timed out ({e})"));
+                    return;
+                }
+                // librdkafka's own errors are below -100 (transport and the like); a broker's
+                // answers are -1 (unknown) and up.
+                let by_broker =
+                    matches!(e, KafkaError::MessageProduction(code) if (*code as i32) >= -1);
+                if !by_broker {
+                    return;
+                }
+                let n = self.refusals.fetch_add(1, Ordering::Relaxed) + 1;
+                if n >= REFUSALS_BEFORE_REPLACING {
+                    self.replace(
+                        generation,
+                        &format!("the broker refused {n} records in a row, the last with {e}"),
+                    );
+                }
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for EventProducer {
@@ -96,7 +213,8 @@ impl std::fmt::Debug for EventProducer {
 
 impl EventProducer {
     pub fn new(cfg: &KafkaConfig) -> Result<Self> {
-        let producer: FutureProducer = client_config(cfg)
+        let mut settings = client_config(cfg);
+        settings
             .set("enable.idempotence", "true")
             .set("acks", "all")
             // Batches of 10 ms, not 2: tansu lists every stored batch of a partition on each
@@ -105,13 +223,28 @@ impl EventProducer {
             .set("batch.num.messages", "10000")
             .set("queue.buffering.max.messages", "500000")
             .set("queue.buffering.max.kbytes", "1048576")
-            .set("message.timeout.ms", "60000")
-            .create()
-            .kafka("creating producer")?;
+            .set("message.timeout.ms", cfg.message_timeout_ms.to_string());
+        let producer: FutureProducer = settings.create().kafka("creating producer")?;
         Ok(EventProducer {
-            producer,
+            shared: Arc::new(Shared {
+                settings,
+                current: RwLock::new((0, producer)),
+                refusals: AtomicU32::new(0),
+            }),
             topics: cfg.topics(),
         })
+    }
+
+    /// `Err` with librdkafka's fatal error when the producer in use had reached that state (it
+    /// is replaced by then, so the next call is `Ok` unless the new one fails too): `/readyz`
+    /// asks this.
+    pub fn health(&self) -> std::result::Result<(), String> {
+        match self.shared.recover() {
+            None => Ok(()),
+            Some(why) => Err(format!(
+                "the Kafka producer had failed fatally ({why}); a new one replaced it"
+            )),
+        }
     }
 
     #[must_use]
@@ -163,14 +296,18 @@ impl EventProducer {
             .key(key)
             .payload(payload)
             .headers(headers);
+        let (generation, producer) = self.shared.current();
         loop {
-            match self.producer.send_result(record) {
-                Ok(future) => return Ok(Pending(future)),
+            match producer.send_result(record) {
+                Ok(future) => return Ok(Pending(future, Arc::clone(&self.shared), generation)),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     record = r;
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
-                Err((e, _)) => return Err(e).kafka(format!("enqueueing to {topic}")),
+                Err((e, _)) => {
+                    self.shared.recover();
+                    return Err(e).kafka(format!("enqueueing to {topic}"));
+                }
             }
         }
     }
@@ -195,7 +332,9 @@ impl EventProducer {
 
     /// Waits for everything in flight.
     pub fn flush(&self, timeout: Duration) -> Result<()> {
-        self.producer
+        self.shared
+            .current()
+            .1
             .flush(Timeout::After(timeout))
             .kafka("flushing producer")
     }
