@@ -5,8 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/otaledger/target}"
+# The tests' own Kafka-API broker, in memory (each test makes its own topics and keeps
+# nothing): beside the quick start's durable one on 9092, which it neither slows nor fills.
+export OTALEDGER_KAFKA_PORT="${OTALEDGER_TEST_KAFKA_PORT:-9093}"
+export OTALEDGER_TANSU_STORAGE="${OTALEDGER_TEST_TANSU_STORAGE:-memory://tansu/}"
 bash scripts/services.sh
-export OTALEDGER_TEST_KAFKA="${OTALEDGER_TEST_KAFKA:-127.0.0.1:${OTALEDGER_KAFKA_PORT:-9092}}"
+export OTALEDGER_TEST_KAFKA="${OTALEDGER_TEST_KAFKA:-127.0.0.1:$OTALEDGER_KAFKA_PORT}"
 export OTALEDGER_TEST_DATABASE_URL="${OTALEDGER_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 export OTALEDGER_TEST_AMQP_URL="${OTALEDGER_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
 export OTALEDGER_TEST_AMQP_ADMIN_URL="${OTALEDGER_TEST_AMQP_ADMIN_URL:-http://guest:guest@127.0.0.1:15672}"

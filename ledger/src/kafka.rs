@@ -411,17 +411,27 @@ pub async fn ensure_topics(cfg: &KafkaConfig) -> Result<()> {
     }
     let dead_letters = &topics.dead_letters;
     let ms = retention_ms(cfg, dead_letters);
-    let alter =
-        rdkafka::admin::AlterConfig::new(rdkafka::admin::ResourceSpecifier::Topic(dead_letters))
-            .set("retention.ms", &ms);
-    match admin.alter_configs(&[alter], &opts).await {
-        Ok(results) if results.iter().all(|r| r.is_ok()) => {}
-        other => tracing::warn!(
-            topic = %dead_letters,
-            retention_ms = %ms,
-            answer = ?other.map(|r| r.into_iter().map(|x| x.err()).collect::<Vec<_>>()),
-            "the broker did not take the dead letters' retention; set it there"
-        ),
+    let topic = rdkafka::admin::ResourceSpecifier::Topic(dead_letters);
+    // Altered only when it differs, so a broker that cannot alter topic settings (tansu) is
+    // warned about only when there is something to change.
+    let now = admin
+        .describe_configs([&topic], &opts)
+        .await
+        .ok()
+        .and_then(|r| r.into_iter().next()?.ok())
+        .and_then(|r| r.get("retention.ms")?.value.clone());
+    if now.as_deref() != Some(ms.as_str()) {
+        let alter = rdkafka::admin::AlterConfig::new(topic).set("retention.ms", &ms);
+        match admin.alter_configs(&[alter], &opts).await {
+            Ok(results) if results.iter().all(|r| r.is_ok()) => {}
+            other => tracing::warn!(
+                topic = %dead_letters,
+                retention_ms = %ms,
+                was = ?now,
+                answer = ?other.map(|r| r.into_iter().map(|x| x.err()).collect::<Vec<_>>()),
+                "the broker did not take the dead letters' retention; set it there"
+            ),
+        }
     }
     Ok(())
 }

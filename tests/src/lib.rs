@@ -717,3 +717,25 @@ pub fn heartbeat_payload(device: &str, firmware: &str) -> otaledger_domain::Payl
         },
     })
 }
+
+/// A loopback port free at the time of asking, for a server a test starts itself.
+///
+/// # Panics
+/// When no port can be bound.
+#[must_use]
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+/// Waits until something accepts connections on loopback `port` (a server the test started).
+pub async fn listening(port: u16, what: &str) {
+    eventually(Duration::from_secs(20), what, || async move {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()
+    })
+    .await;
+}

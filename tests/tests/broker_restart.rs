@@ -21,14 +21,6 @@ use otaledger_tests::{
     config, eventually, issue_token, migrated_test_pool, spawn_command, unique, Services,
 };
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// tansu on `port`, storing in `dir`; killed with the test.
 struct Broker {
     dir: PathBuf,
@@ -127,28 +119,19 @@ async fn ingest_and_projections_resume_by_themselves_after_the_broker_restarts()
     std::fs::create_dir_all(&dir).unwrap();
     let mut broker = Broker {
         dir: dir.clone(),
-        port: free_port(),
+        port: otaledger_tests::free_port(),
         child: None,
     };
     broker.start();
     let port = broker.port;
-    eventually(
-        Duration::from_secs(20),
-        "the broker listening",
-        || async move {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .ok()
-        },
-    )
-    .await;
+    otaledger_tests::listening(port, "the broker listening").await;
 
     let mut cfg = config(&Services::get().await, &name);
     cfg.kafka.brokers = format!("127.0.0.1:{port}");
     cfg.kafka.partitions = 2;
     // Records not delivered within 5 s fail (their senders answer 503 or do not acknowledge).
     cfg.kafka.message_timeout_ms = 5_000;
-    let api = format!("127.0.0.1:{}", free_port());
+    let api = format!("127.0.0.1:{}", otaledger_tests::free_port());
     cfg.http.listen = api.clone();
     prepare(&cfg).await.unwrap();
     let pool = migrated_test_pool(&cfg, 2).await;

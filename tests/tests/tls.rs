@@ -40,11 +40,7 @@ async fn the_api_serves_https_only_with_its_certificate() {
     let mut cfg = config(&services, &name);
     prepare(&cfg).await.unwrap();
     let (ca, cert, key) = certificates(&std::env::temp_dir().join(&name));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = otaledger_tests::free_port();
     cfg.http.listen = format!("127.0.0.1:{port}");
     cfg.http.tls_cert = cert.display().to_string();
     cfg.http.tls_key = key.display().to_string();
@@ -350,14 +346,6 @@ fn tansu_binary() -> PathBuf {
         .expect("set OTALEDGER_TEST_TANSU to tansu's binary (scripts/test.sh does)")
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A process killed when the test ends, passing or not.
 struct Killed(std::process::Child);
 
@@ -385,7 +373,7 @@ async fn the_ledger_is_reached_over_kafka_tls_with_its_ca_only() {
     let dir = std::env::temp_dir().join(unique("kafka_tls"));
     let (ca, cert, key) = certificates(&dir.join("good"));
     let (other_ca, _, _) = certificates(&dir.join("other"));
-    let (inner, outer) = (free_port(), free_port());
+    let (inner, outer) = (otaledger_tests::free_port(), otaledger_tests::free_port());
     let _broker = Killed(
         Command::new(tansu_binary())
             .args([
@@ -403,12 +391,7 @@ async fn the_ledger_is_reached_over_kafka_tls_with_its_ca_only() {
             .spawn()
             .unwrap(),
     );
-    eventually(Duration::from_secs(20), "tansu listening", || async move {
-        tokio::net::TcpStream::connect(("127.0.0.1", inner))
-            .await
-            .ok()
-    })
-    .await;
+    otaledger_tests::listening(inner, "tansu listening").await;
     // The TLS front: every connection on the advertised port, decrypted, to the broker.
     let acceptor = otaledger_api::tls::acceptor(&cert, &key).unwrap();
     let front = tokio::net::TcpListener::bind(("127.0.0.1", outer))
