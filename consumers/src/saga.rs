@@ -184,6 +184,7 @@ impl Saga {
             &cfg.topic,
             &cfg.member,
             (5_000, Duration::from_millis(5)),
+            cfg.rebalance_every,
         )
         .await?;
         tracing::info!(member = %cfg.member, topic = %cfg.topic, "rollout saga starting");

@@ -84,3 +84,49 @@ pub async fn connection(url: &str, schema: &str) -> Result<PgConnection> {
         .await
         .db("connecting")
 }
+
+/// PostgreSQL's TCP keepalive settings (idle, interval, count, in seconds) that notice a peer
+/// gone silent within about `within`: half of it idle, then two probes a quarter apart; one
+/// second at least each.
+#[must_use]
+pub fn keepalives(within: Duration) -> (u64, u64, u64) {
+    let s = within.as_secs();
+    ((s / 2).max(1), (s / 4).max(1), 2)
+}
+
+/// A connection for advisory locks, which live as long as it does. PostgreSQL probes it with
+/// TCP keepalives, so the locks of a host that died or was cut off (no FIN or RST ever comes)
+/// are released within about `detect_within` (the rebalance interval, ADR 0001), not after the
+/// kernel's default of two hours and more.
+pub async fn lock_connection(
+    url: &str,
+    schema: &str,
+    detect_within: Duration,
+) -> Result<PgConnection> {
+    let (idle, interval, count) = keepalives(detect_within);
+    let (idle, interval, count) = (idle.to_string(), interval.to_string(), count.to_string());
+    let opts = options(url, schema)?.options([
+        ("tcp_keepalives_idle", idle.as_str()),
+        ("tcp_keepalives_interval", interval.as_str()),
+        ("tcp_keepalives_count", count.as_str()),
+    ]);
+    PgConnection::connect_with(&opts).await.db("connecting")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keepalives_notice_a_silent_peer_within_about_the_interval() {
+        assert_eq!(keepalives(Duration::from_secs(2)), (1, 1, 2));
+        assert_eq!(keepalives(Duration::from_secs(8)), (4, 2, 2));
+        assert_eq!(keepalives(Duration::from_secs(60)), (30, 15, 2));
+        // Below a second: one second each, the least PostgreSQL takes.
+        assert_eq!(keepalives(Duration::from_millis(500)), (1, 1, 2));
+        for s in [4, 8, 20, 60, 600] {
+            let (idle, interval, count) = keepalives(Duration::from_secs(s));
+            assert!(idle + interval * count <= s, "{s}");
+        }
+    }
+}

@@ -168,6 +168,7 @@ impl<P: Projection> Runner<P> {
             &cfg.topic,
             &cfg.member,
             (cfg.batch_max, cfg.batch_wait),
+            cfg.rebalance_every,
         )
         .await?;
         let m = Metrics::new(&cfg.consumer);
@@ -629,7 +630,8 @@ impl Metrics {
 
 /// What every ledger consumer starts with: the topic, membership in its partition ownership
 /// (ADR 0001) and the ledger reader of the topic, nothing assigned yet. `batch` is the most
-/// records a read gathers and for how long after its first.
+/// records a read gathers and for how long after its first; a member gone silent loses its
+/// locks within about `rebalance_every`.
 #[allow(clippy::too_many_arguments)]
 pub async fn join_partitions(
     pool: &PgPool,
@@ -640,9 +642,10 @@ pub async fn join_partitions(
     topic: &str,
     member: &str,
     batch: (usize, Duration),
+    rebalance_every: Duration,
 ) -> Result<(Ownership, LedgerReader)> {
     let partitions = wait_for_topic(kafka, topic, Duration::from_secs(60)).await?;
-    let lock_conn = db::connection(database_url, schema).await?;
+    let lock_conn = db::lock_connection(database_url, schema, rebalance_every).await?;
     let ownership = Ownership::join(
         pool.clone(),
         lock_conn,

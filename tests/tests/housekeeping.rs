@@ -287,3 +287,32 @@ async fn dead_letters_are_listed_and_re_driven_only_when_they_can_be_checked_aga
     );
     assert_eq!(retention(cfg.kafka.topics().device_events).await, "-1");
 }
+
+/// A lock connection asks PostgreSQL to probe it (ADR 0001's ownership): a member whose host
+/// dies loses its partitions within about the rebalance interval, not after the kernel's two
+/// hours. The settings are the server's own, as it reports them for the session (a host cut
+/// off for real, with its packets dropped, is not tried here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_connections_ask_postgresql_to_probe_them() {
+    let services = Services::get().await;
+    let mut conn = otaledger_ledger::db::lock_connection(
+        &services.database_url,
+        "public",
+        Duration::from_secs(8),
+    )
+    .await
+    .unwrap();
+    let mut shown = Vec::new();
+    for setting in [
+        "tcp_keepalives_idle",
+        "tcp_keepalives_interval",
+        "tcp_keepalives_count",
+    ] {
+        let v: String = sqlx::query_scalar(&format!("SHOW {setting}"))
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        shown.push(v);
+    }
+    assert_eq!(shown, ["4", "2", "2"]);
+}
