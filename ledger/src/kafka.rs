@@ -106,17 +106,49 @@ pub struct EventProducer {
 /// is only waited for (librdkafka's own errors are not counted).
 const REFUSALS_BEFORE_REPLACING: u32 = 3;
 
+/// A producer whose context says when librdkafka lost every broker connection.
+type Watched = FutureProducer<LossWatch>;
+
+/// Tells the producer's owner, through `lost`, that every broker connection of this producer
+/// is down. A producer that had records stored is then replaced before the broker is back:
+/// the old one would resume with its producer id and sequence numbers, and tansu 0.6 restarted
+/// on SQLite panics on an idempotent record of a producer it does not know (`lite.rs:503`,
+/// `idempotent_message_check`, seen after an unclean restart), which fails every later request
+/// from any client. A new producer asks for a new id once the broker is back.
+struct LossWatch {
+    lost: std::sync::mpsc::Sender<()>,
+}
+
+impl rdkafka::ClientContext for LossWatch {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            let _ = self.lost.send(());
+        }
+        tracing::warn!(error = %error, reason, "librdkafka (producer)");
+    }
+}
+
 /// The producer in use and how to make another.
 struct Shared {
     settings: ClientConfig,
     /// The producer in use and its generation (one more for each replacement).
-    current: RwLock<(u64, FutureProducer)>,
+    current: RwLock<(u64, Watched)>,
     /// Broker-side refusals in a row of the current generation's records.
     refusals: AtomicU32,
+    /// Whether the current generation had a record stored (it holds state at the broker).
+    stored: std::sync::atomic::AtomicBool,
+    /// Where each new producer's context reports a loss of every broker.
+    lost: std::sync::mpsc::Sender<()>,
 }
 
 impl Shared {
-    fn current(&self) -> (u64, FutureProducer) {
+    fn create(&self) -> std::result::Result<Watched, KafkaError> {
+        self.settings.create_with_context(LossWatch {
+            lost: self.lost.clone(),
+        })
+    }
+
+    fn current(&self) -> (u64, Watched) {
         self.current
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -132,10 +164,11 @@ impl Shared {
         if current.0 != generation {
             return;
         }
-        match self.settings.create::<FutureProducer>() {
+        match self.create() {
             Ok(fresh) => {
                 *current = (generation + 1, fresh);
                 self.refusals.store(0, Ordering::Relaxed);
+                self.stored.store(false, Ordering::Relaxed);
                 crate::metrics::REGISTRY
                     .counter(
                         "otaledger_kafka_producer_recreated_total",
@@ -165,7 +198,12 @@ impl Shared {
     /// A record of `generation` was delivered (`None`) or failed with `error`.
     fn delivered(&self, generation: u64, error: Option<&KafkaError>) {
         match error {
-            None => self.refusals.store(0, Ordering::Relaxed),
+            None => {
+                self.refusals.store(0, Ordering::Relaxed);
+                if self.current().0 == generation {
+                    self.stored.store(true, Ordering::Relaxed);
+                }
+            }
             Some(e) => {
                 if self.recover().is_some() {
                     return;
@@ -224,13 +262,40 @@ impl EventProducer {
             .set("queue.buffering.max.messages", "500000")
             .set("queue.buffering.max.kbytes", "1048576")
             .set("message.timeout.ms", cfg.message_timeout_ms.to_string());
-        let producer: FutureProducer = settings.create().kafka("creating producer")?;
+        let (lost, losses) = std::sync::mpsc::channel();
+        let producer: Watched = settings
+            .create_with_context(LossWatch { lost: lost.clone() })
+            .kafka("creating producer")?;
+        let shared = Arc::new(Shared {
+            settings,
+            current: RwLock::new((0, producer)),
+            refusals: AtomicU32::new(0),
+            stored: std::sync::atomic::AtomicBool::new(false),
+            lost,
+        });
+        // Replaces the producer when it lost every broker, from a thread of its own: a
+        // producer cannot be dropped inside its own callback. It ends with the last
+        // EventProducer (the channel's other senders live in the producers it owns).
+        let watched = Arc::downgrade(&shared);
+        std::thread::Builder::new()
+            .name("producer-watch".into())
+            .spawn(move || {
+                while losses.recv().is_ok() {
+                    let Some(shared) = watched.upgrade() else {
+                        return;
+                    };
+                    let generation = shared.current().0;
+                    if shared.stored.load(Ordering::Relaxed) {
+                        shared.replace(
+                            generation,
+                            "every broker connection was lost while this producer held state there",
+                        );
+                    }
+                }
+            })
+            .map_err(|e| Error::Other(format!("starting the producer's watch: {e}")))?;
         Ok(EventProducer {
-            shared: Arc::new(Shared {
-                settings,
-                current: RwLock::new((0, producer)),
-                refusals: AtomicU32::new(0),
-            }),
+            shared,
             topics: cfg.topics(),
         })
     }
