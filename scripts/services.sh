@@ -6,10 +6,12 @@ set -euo pipefail
 
 STATE_DIR="${OTALEDGER_STATE_DIR:-$HOME/.cache/otaledger}"
 KAFKA_PORT="${OTALEDGER_KAFKA_PORT:-9092}"
-# The ledger of record is durable: tansu stores it in SQLite under $STATE_DIR/tansu-$KAFKA_PORT
-# (docs/adr/0036). `memory://tansu/` only when asked: the test suite asks for it, on a broker
-# of its own (port 9093), since its tests keep nothing and run several times faster on it.
-TANSU_STORAGE="${OTALEDGER_TANSU_STORAGE:-sqlite://ledger.db}"
+# tansu's storage: memory unless OTALEDGER_TANSU_STORAGE asks for another, e.g. sqlite://ledger.db
+# (durable, under $STATE_DIR/tansu-$KAFKA_PORT). SQLite is not the default: on this machine tansu
+# 0.6 could not carry the whole stack on it (metadata requests timed out with the broker at 90 %
+# of a core) and its storage panicked after unclean restarts (docs/adr/0036). The test suite
+# runs on a memory broker of its own (port 9093).
+TANSU_STORAGE="${OTALEDGER_TANSU_STORAGE:-memory://tansu/}"
 TANSU_DIR="$STATE_DIR/tansu-$KAFKA_PORT"
 mkdir -p "$STATE_DIR" "$TANSU_DIR"
 
