@@ -46,8 +46,12 @@ mv "$GW_CREDS.new" "$GW_CREDS"
 CREDS="$STATE_DIR/fleet-$DEVICES.csv"
 first=$(sed -n 2p "$CREDS" 2>/dev/null || true)
 token=$(printf '%s' "$first" | cut -d, -f2)
+# Made again too when the database no longer holds the credentials (its schema was dropped, as
+# after a memory broker's restart): gateways would then not be believed for their devices.
 if [ "$(head -1 "$CREDS" 2>/dev/null)" != "device_id,token,gateway_id" ] ||
-   ! python3 scripts/mqtt_dynsec.py login 127.0.0.1 1883 "${first%%,*}" <(printf '%s' "$token") "${first%%,*}"; then
+   ! python3 scripts/mqtt_dynsec.py login 127.0.0.1 1883 "${first%%,*}" <(printf '%s' "$token") "${first%%,*}" ||
+   ! "$OTALEDGER" --config otaledger.example.toml token list --live 2>/dev/null |
+     awk -v d="${first%%,*}" '$2 == d && $3 == "device" { found = 1 } END { exit !found }'; then
   echo "provisioning the simulated fleet: $DEVICES devices, each with a credential and an MQTT login"
   seq 0 $((DEVICES - 1)) |
     awk -v g="$GATEWAYS" '{ printf "dev-%06d", $1; if ($1 % 5 == 0) printf ",gw-%03d", ($1 / 5) % g; printf "\n" }' \
