@@ -78,6 +78,9 @@ fn a_target_larger_than_the_budget_is_a_chunk_of_its_own() {
         firmware_version: "x".repeat(WAVE_CHUNK_BYTES),
     };
     let small = targets(2, 4, 4);
-    let all = vec![small[0].clone(), huge, small[1].clone()];
+    let all = vec![small[0].clone(), huge.clone(), small[1].clone()];
     assert_eq!(sizes(&wave_chunks(&all)), [1, 1, 1]);
+    // First, it is still a chunk of its own: no empty chunk before it.
+    let first = vec![huge, small[0].clone()];
+    assert_eq!(sizes(&wave_chunks(&first)), [1, 1]);
 }
