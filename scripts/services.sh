@@ -36,16 +36,11 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2
 }
 
-# Tools the scripts and the tests run: openssl (development certificates) and, as clients no one
-# here wrote, curl (HTTPS) and mosquitto_pub (MQTT over TLS).
-for tool in python3:python3 openssl:openssl curl:curl mosquitto_pub:mosquitto-clients; do
+# Tools the scripts and the tests run: openssl (development certificates), kill (the tests
+# signal brokers they started) and, as clients no one here wrote, curl (HTTPS) and
+# mosquitto_pub (MQTT over TLS).
+for tool in python3:python3 openssl:openssl /usr/bin/kill:procps curl:curl mosquitto_pub:mosquitto-clients; do
   command -v "${tool%%:*}" >/dev/null || { log "installing ${tool#*:}"; apt_install "${tool#*:}"; }
-done
-
-# What the build links: librdkafka's TLS (the rdkafka crate's `ssl` feature) uses the system
-# OpenSSL, found through pkg-config.
-for pkg in libssl-dev pkg-config; do
-  dpkg -s "$pkg" >/dev/null 2>&1 || { log "installing $pkg"; apt_install "$pkg"; }
 done
 
 # PostgreSQL

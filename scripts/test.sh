@@ -39,6 +39,7 @@ pip_install() {
 python3 -c 'import duckdb' 2>/dev/null || pip_install duckdb
 # The contract test fuzzes the API from its OpenAPI document with schemathesis (PyPI).
 python3 -c 'import schemathesis' 2>/dev/null || pip_install 'schemathesis>=4.3,<5'
+bash scripts/build-deps.sh
 cargo build --locked -p otaledger-cli
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --locked --workspace --no-fail-fast "$@"

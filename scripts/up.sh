@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/otaledger/target}"
 bash scripts/services.sh
+bash scripts/build-deps.sh
 cargo build --release --locked -p otaledger-cli
 LISTEN="${OTALEDGER_HTTP_LISTEN:-127.0.0.1:8080}"
 export OTALEDGER_HTTP_LISTEN="$LISTEN"

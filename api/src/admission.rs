@@ -59,7 +59,7 @@ fn max_pending(s: &AppState) -> Result<i64, ApiError> {
     })
 }
 
-fn fingerprint(text: &str) -> Result<String, ApiError> {
+fn parse_fingerprint(text: &str) -> Result<String, ApiError> {
     if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
         Ok(text.to_ascii_lowercase())
     } else {
@@ -121,7 +121,7 @@ async fn request(State(s): State<AppState>, body: axum::body::Bytes) -> Result<R
     let max_pending = max_pending(&s)?;
     let input: RequestIn = crate::body::object(&body)?;
     crate::params::id("device", &input.device_id)?;
-    let fingerprint = fingerprint(&input.fingerprint)?;
+    let fingerprint = parse_fingerprint(&input.fingerprint)?;
     if let Some(model) = &input.model {
         if model.trim().is_empty() || model.chars().count() > MAX_MODEL_LEN {
             return Err(ApiError::bad_request(
@@ -273,7 +273,7 @@ async fn decide_route(
 ) -> Result<Json<AdmissionRow>, ApiError> {
     crate::params::id("device", device)?;
     let input: DecisionIn = crate::body::object(body)?;
-    let fingerprint = fingerprint(&input.fingerprint)?;
+    let fingerprint = parse_fingerprint(&input.fingerprint)?;
     decide(
         &s.pool,
         &s.producer,

@@ -92,7 +92,7 @@ fn read_keys(path: &PathBuf) -> Result<Keys, OidcSetupError> {
 
 async fn fetch_keys(url: &str, ca: Option<&str>) -> Result<Keys, OidcSetupError> {
     let failed = |error: String| OidcSetupError::Jwks {
-        path: url.to_owned(),
+        path: otaledger_ledger::config::redact_url(url),
         error,
     };
     let body = otaledger_ledger::http_get::get(url, ca, MAX_JWKS_BYTES, FETCH_WITHIN)

@@ -26,11 +26,16 @@ pub enum GetError {
     TimedOut { url: String, within: Duration },
 }
 
-/// The TLS client configuration: the CA in `ca_pem`, or the system's roots.
+/// The TLS client configuration: the CA in `ca_pem`, or the system's roots (read once).
 fn tls_config(ca_pem: Option<&str>) -> Arc<rustls::ClientConfig> {
-    if let Some(ca) = ca_pem {
-        return crate::mqtt::tls_client_config(ca);
+    static SYSTEM: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
+    match ca_pem {
+        Some(ca) => crate::mqtt::tls_client_config(ca),
+        None => Arc::clone(SYSTEM.get_or_init(system_roots)),
     }
+}
+
+fn system_roots() -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for e in &native.errors {
@@ -59,17 +64,24 @@ pub async fn get(
     max_bytes: usize,
     within: Duration,
 ) -> Result<Bytes, GetError> {
-    tokio::time::timeout(within, get_now(url, ca_pem, max_bytes))
+    // A login in the URL never reaches an error (errors are logged).
+    let shown = crate::config::redact_url(url);
+    tokio::time::timeout(within, get_now(url, &shown, ca_pem, max_bytes))
         .await
         .map_err(|_| GetError::TimedOut {
-            url: url.to_owned(),
+            url: shown.clone(),
             within,
         })?
 }
 
-async fn get_now(url: &str, ca_pem: Option<&str>, max_bytes: usize) -> Result<Bytes, GetError> {
+async fn get_now(
+    url: &str,
+    shown: &str,
+    ca_pem: Option<&str>,
+    max_bytes: usize,
+) -> Result<Bytes, GetError> {
     let bad = || GetError::BadUrl {
-        url: url.to_owned(),
+        url: shown.to_owned(),
     };
     let uri: Uri = url.parse().map_err(|_| bad())?;
     let tls = match uri.scheme_str() {
@@ -80,7 +92,7 @@ async fn get_now(url: &str, ca_pem: Option<&str>, max_bytes: usize) -> Result<By
     let host = uri.host().ok_or_else(bad)?.to_owned();
     let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
     let failed = |error: String| GetError::Failed {
-        url: url.to_owned(),
+        url: shown.to_owned(),
         error,
     };
     // An IPv6 literal comes bracketed in the URI and is connected to without brackets.
@@ -91,7 +103,11 @@ async fn get_now(url: &str, ca_pem: Option<&str>, max_bytes: usize) -> Result<By
     let tcp = tokio::net::TcpStream::connect((bare.as_str(), port))
         .await
         .map_err(|e| failed(e.to_string()))?;
-    let authority = uri.authority().map_or(host.clone(), ToString::to_string);
+    // The Host header: host and port, never the URL's user information.
+    let authority = match uri.port_u16() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.clone(),
+    };
     let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
     if tls {
         let name = rustls_pki_types::ServerName::try_from(bare)
@@ -100,9 +116,9 @@ async fn get_now(url: &str, ca_pem: Option<&str>, max_bytes: usize) -> Result<By
             .connect(name, tcp)
             .await
             .map_err(|e| failed(format!("TLS: {e}")))?;
-        exchange(stream, &authority, &path, max_bytes, url).await
+        exchange(stream, &authority, &path, max_bytes, shown).await
     } else {
-        exchange(tcp, &authority, &path, max_bytes, url).await
+        exchange(tcp, &authority, &path, max_bytes, shown).await
     }
 }
 
@@ -152,6 +168,29 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_password_in_the_url_never_reaches_the_error() {
+        // Nothing listens on port 1: the connection is refused, and the error names the URL.
+        let answer = get(
+            "http://reader:s3cret@127.0.0.1:1/jwks",
+            None,
+            10,
+            Duration::from_secs(5),
+        )
+        .await;
+        let shown = format!(
+            "{answer:?} {}",
+            answer
+                .as_ref()
+                .err()
+                .map(ToString::to_string)
+                .unwrap_or_default()
+        );
+        assert!(matches!(answer, Err(GetError::Failed { .. })), "{shown}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("reader:<redacted>@127.0.0.1:1"), "{shown}");
+    }
 
     #[tokio::test]
     async fn only_http_and_https_urls_with_a_host_are_fetched() {

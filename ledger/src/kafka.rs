@@ -1,7 +1,7 @@
 //! The one way otaledger appends to Kafka: idempotent, `acks=all`, keyed by aggregate id, with
 //! headers naming the event type, event id, schema fingerprint and trace id.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -137,6 +137,8 @@ struct Shared {
     refusals: AtomicU32,
     /// Whether the current generation had a record stored (it holds state at the broker).
     stored: std::sync::atomic::AtomicBool,
+    /// The current generation, readable without the lock on every delivery.
+    generation: AtomicU64,
     /// Where each new producer's context reports a loss of every broker.
     lost: std::sync::mpsc::Sender<()>,
 }
@@ -167,6 +169,7 @@ impl Shared {
         match self.create() {
             Ok(fresh) => {
                 *current = (generation + 1, fresh);
+                self.generation.store(generation + 1, Ordering::Relaxed);
                 self.refusals.store(0, Ordering::Relaxed);
                 self.stored.store(false, Ordering::Relaxed);
                 crate::metrics::REGISTRY
@@ -198,9 +201,14 @@ impl Shared {
     /// A record of `generation` was delivered (`None`) or failed with `error`.
     fn delivered(&self, generation: u64, error: Option<&KafkaError>) {
         match error {
+            // Every delivered record comes here: atomics only, no lock.
             None => {
-                self.refusals.store(0, Ordering::Relaxed);
-                if self.current().0 == generation {
+                if self.refusals.load(Ordering::Relaxed) != 0 {
+                    self.refusals.store(0, Ordering::Relaxed);
+                }
+                if !self.stored.load(Ordering::Relaxed)
+                    && self.generation.load(Ordering::Relaxed) == generation
+                {
                     self.stored.store(true, Ordering::Relaxed);
                 }
             }
@@ -208,7 +216,7 @@ impl Shared {
                 if self.recover().is_some() {
                     return;
                 }
-                if self.current().0 != generation {
+                if self.generation.load(Ordering::Relaxed) != generation {
                     return;
                 }
                 // A record that timed out makes librdkafka bump the producer's epoch with the
@@ -271,6 +279,7 @@ impl EventProducer {
             current: RwLock::new((0, producer)),
             refusals: AtomicU32::new(0),
             stored: std::sync::atomic::AtomicBool::new(false),
+            generation: AtomicU64::new(0),
             lost,
         });
         // Replaces the producer when it lost every broker, from a thread of its own: a

@@ -739,3 +739,69 @@ pub async fn listening(port: u16, what: &str) {
     })
     .await;
 }
+
+/// tansu's binary (`OTALEDGER_TEST_TANSU`, which scripts/test.sh sets, or cargo's), for the
+/// tests that start a Kafka-API broker of their own.
+///
+/// # Panics
+/// When there is none.
+#[must_use]
+pub fn tansu_binary() -> PathBuf {
+    std::env::var_os("OTALEDGER_TEST_TANSU")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin/tansu")))
+        .filter(|p| p.exists())
+        .expect("set OTALEDGER_TEST_TANSU to tansu's binary (scripts/test.sh does)")
+}
+
+/// A process a test started, stopped when the test ends, passing or not: asked with SIGTERM
+/// first when given `grace` (a graceful stop), killed after it.
+pub struct Reaped {
+    pub child: Child,
+    pub grace: Duration,
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if !self.grace.is_zero() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status();
+            let deadline = std::time::Instant::now() + self.grace;
+            while std::time::Instant::now() < deadline {
+                if matches!(self.child.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// curl's exit code and the HTTP status it printed for `args` (at most `max_time_s` seconds).
+///
+/// # Panics
+/// When curl cannot be run.
+#[must_use]
+pub fn curl_status(max_time_s: u32, args: &[&str]) -> (i32, String) {
+    let max_time = max_time_s.to_string();
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            &max_time,
+        ])
+        .args(args)
+        .output()
+        .expect("running curl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}

@@ -30,10 +30,7 @@ struct Broker {
 
 impl Broker {
     fn start(&mut self) {
-        let tansu = std::env::var_os("OTALEDGER_TEST_TANSU")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin/tansu")))
-            .expect("set OTALEDGER_TEST_TANSU (scripts/test.sh does)");
+        let tansu = otaledger_tests::tansu_binary();
         let url = format!("tcp://127.0.0.1:{}", self.port);
         self.child = Some(
             Command::new(tansu)
@@ -76,40 +73,15 @@ impl Drop for Broker {
     }
 }
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        std::thread::sleep(Duration::from_secs(2));
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The status of a heartbeat of `device` with `uptime` sent over HTTP with `token`.
 fn send_heartbeat(api: &str, device: &str, token: &str, uptime: i64) -> String {
     let body = format!(
         r#"{{"firmware_version":"1.0.0","uptime_s":{uptime},"cpu_pct":1,"mem_pct":1,"temperature_c":20}}"#
     );
-    let out = Command::new("curl")
-        .args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--max-time",
-            "20",
-        ])
-        .args(["-H", &format!("authorization: Bearer {token}")])
-        .args(["-H", "content-type: application/json", "-d", &body])
-        .arg(format!("http://{api}/v1/devices/{device}/heartbeats"))
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let auth = format!("authorization: Bearer {token}");
+    let url = format!("http://{api}/v1/devices/{device}/heartbeats");
+    let headers = ["-H", &auth, "-H", "content-type: application/json"];
+    otaledger_tests::curl_status(20, &[&headers[..], &["-d", &body, &url]].concat()).1
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -139,12 +111,10 @@ async fn ingest_and_projections_resume_by_themselves_after_the_broker_restarts()
         let producer = EventProducer::new(&cfg.kafka).unwrap();
         issue_token(&pool, &producer, "br-dev", Role::Device).await
     };
-    let _stack = Killed(spawn_command(
-        &cfg,
-        &["up"],
-        "broker-restart",
-        &dir.join("otaledger.log"),
-    ));
+    let _stack = otaledger_tests::Reaped {
+        child: spawn_command(&cfg, &["up"], "broker-restart", &dir.join("otaledger.log")),
+        grace: Duration::from_secs(5),
+    };
 
     // Sends heartbeats until one is answered 202 and the fleet view shows its uptime.
     let through = |uptime: i64, what: &'static str| {

@@ -4,34 +4,14 @@
 //! speaks plain HTTP, gets nothing); Mosquitto's TLS listener that scripts/services.sh adds
 //! admits a login over TLS and nothing in plain text.
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use otaledger_cli::components::{prepare, run, Component};
 use otaledger_ledger::shutdown::Shutdown;
-use otaledger_tests::{certificates, config, eventually, unique, Services};
-
-/// curl's exit code and the HTTP status it printed.
-fn curl(args: &[&str]) -> (i32, String) {
-    let out = Command::new("curl")
-        .args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--max-time",
-            "5",
-        ])
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
+use otaledger_tests::{
+    certificates, config, curl_status, eventually, tansu_binary, unique, Reaped, Services,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_serves_https_only_with_its_certificate() {
@@ -51,7 +31,7 @@ async fn the_api_serves_https_only_with_its_certificate() {
     let (code, status) = eventually(Duration::from_secs(30), "the API over HTTPS", || {
         let (ca, url) = (ca.clone(), https("/healthz"));
         async move {
-            let r = tokio::task::spawn_blocking(move || curl(&["--cacert", &ca, &url]))
+            let r = tokio::task::spawn_blocking(move || curl_status(5, &["--cacert", &ca, &url]))
                 .await
                 .ok()?;
             (r.0 == 0).then_some(r)
@@ -61,7 +41,7 @@ async fn the_api_serves_https_only_with_its_certificate() {
     assert_eq!((code, status.as_str()), (0, "200"));
     let blocking = |args: Vec<String>| async move {
         tokio::task::spawn_blocking(move || {
-            curl(&args.iter().map(String::as_str).collect::<Vec<_>>())
+            curl_status(5, &args.iter().map(String::as_str).collect::<Vec<_>>())
         })
         .await
         .unwrap()
@@ -337,25 +317,6 @@ async fn the_amqp_bridge_and_a_gateway_talk_over_tls() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The Kafka binary of scripts/services.sh, for a broker of this test's own.
-fn tansu_binary() -> PathBuf {
-    std::env::var_os("OTALEDGER_TEST_TANSU")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin/tansu")))
-        .filter(|p| p.exists())
-        .expect("set OTALEDGER_TEST_TANSU to tansu's binary (scripts/test.sh does)")
-}
-
-/// A process killed when the test ends, passing or not.
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Kafka over TLS (`kafka.security_protocol = "ssl"`, `ssl_ca_location`; ADR 0028): neither
 /// tansu nor this machine has a TLS Kafka listener, so the test puts TLS in front of a tansu of
 /// its own (rustls, terminating on the port that broker advertises, so every connection the
@@ -374,8 +335,8 @@ async fn the_ledger_is_reached_over_kafka_tls_with_its_ca_only() {
     let (ca, cert, key) = certificates(&dir.join("good"));
     let (other_ca, _, _) = certificates(&dir.join("other"));
     let (inner, outer) = (otaledger_tests::free_port(), otaledger_tests::free_port());
-    let _broker = Killed(
-        Command::new(tansu_binary())
+    let _broker = Reaped {
+        child: Command::new(tansu_binary())
             .args([
                 "broker",
                 "--listener-url",
@@ -390,7 +351,8 @@ async fn the_ledger_is_reached_over_kafka_tls_with_its_ca_only() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap(),
-    );
+        grace: Duration::ZERO,
+    };
     otaledger_tests::listening(inner, "tansu listening").await;
     // The TLS front: every connection on the advertised port, decrypted, to the broker.
     let acceptor = otaledger_api::tls::acceptor(&cert, &key).unwrap();
