@@ -9,7 +9,7 @@ use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use otaledger_domain::access::Role;
@@ -142,6 +142,18 @@ fn documented(method: &Method, path: &str) -> Option<Option<Role>> {
     )
 }
 
+/// Whether the document has `method` (HEAD as GET) on `path`.
+fn has_method(method: &Method, path: &str) -> bool {
+    let method = if method == Method::HEAD {
+        &Method::GET
+    } else {
+        method
+    };
+    REQUIRED
+        .get(path)
+        .is_some_and(|ops| ops.iter().any(|(m, _)| m == method))
+}
+
 /// The role a route needs; `None` for an open route.
 #[must_use]
 pub fn required_role(method: &Method, path: &str) -> Option<Role> {
@@ -185,12 +197,32 @@ fn has_body(req: &Request) -> bool {
         || req.body().size_hint().lower() > 0
 }
 
-fn is_json(req: &Request) -> bool {
+/// Routes whose body is raw bytes (an artifact upload), taken as `application/octet-stream`:
+/// a type no HTML form can send, so the reason for JSON-only holds for them too.
+const BINARY_BODIES: &[(Method, &str)] = &[(Method::POST, "/v1/artifacts")];
+
+fn media_type(req: &Request) -> Option<&str> {
     req.headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
-        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+        .map(str::trim)
+}
+
+fn is_json(req: &Request) -> bool {
+    let path = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(MatchedPath::as_str);
+    let binary = BINARY_BODIES
+        .iter()
+        .any(|(m, p)| m == req.method() && Some(*p) == path);
+    let wanted = if binary {
+        "application/octet-stream"
+    } else {
+        "application/json"
+    };
+    media_type(req).is_some_and(|m| m.eq_ignore_ascii_case(wanted))
 }
 
 /// The refusal of a request that is not GET and carries something other than JSON: a
@@ -201,9 +233,64 @@ fn not_json(req: &Request) -> Option<Response> {
         refused(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
-            "a request body must be application/json".into(),
+            "a request body must be application/json (an artifact upload: \
+             application/octet-stream)"
+                .into(),
         )
     })
+}
+
+/// Who presents the bearer token of `headers` (an otaledger token, or an OIDC token when an
+/// issuer is configured); the refusal (401, or 503 when the store cannot be asked) otherwise.
+/// The layer's first step, and the whole of it for a route that checks its caller itself (an
+/// artifact download, which a signed link opens too).
+pub(crate) async fn identify(s: &AppState, headers: &HeaderMap) -> Result<Holder, Response> {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    let Some(token) = presented else {
+        return Err(refused(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "this route needs a bearer token (Authorization: Bearer …)".into(),
+        ));
+    };
+    match (
+        &s.auth.oidc,
+        crate::oidc::OidcVerifier::looks_like_jwt(token),
+    ) {
+        (Some(oidc), true) => match oidc.verify(token) {
+            Ok(subject) => Ok(Holder {
+                token_id: subject.token_id,
+                name: subject.name,
+                role: subject.role,
+                scope: None,
+            }),
+            Err(reason) => Err(refused(StatusCode::UNAUTHORIZED, "unauthenticated", reason)),
+        },
+        _ => match s.auth.check(token).await {
+            Ok(Ok(holder)) => Ok(holder),
+            Ok(Err(why)) => {
+                let reason = match why {
+                    Refusal::Malformed => "the bearer token is not an otaledger token",
+                    Refusal::Unknown => "the bearer token is not known",
+                    Refusal::Revoked => "the bearer token was revoked",
+                    Refusal::Expired => "the bearer token has expired",
+                };
+                Err(refused(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthenticated",
+                    reason.into(),
+                ))
+            }
+            Err(e) => Err(e.into_response()),
+        },
+    }
 }
 
 /// The layer: authenticates and authorises a request for a secured route.
@@ -214,10 +301,12 @@ pub(crate) async fn authorize(State(s): State<AppState>, mut req: Request, next:
         // An open route that changes state (a device asking to be admitted, ADR 0032) takes
         // JSON only, like every other.
         Some(Some(None)) => {
-            return match not_json(&req) {
+            // A method the path does not have goes on to the router's 405.
+            let undocumented = path.is_some_and(|p| !has_method(req.method(), p));
+            return match not_json(&req).filter(|_| !undocumented) {
                 Some(refusal) => refusal,
                 None => next.run(req).await,
-            }
+            };
         }
         // Closed unless documented: a route added without `routes!` has no role in the
         // document, so no one may use it (and the route matrix test would not see it).
@@ -239,48 +328,9 @@ pub(crate) async fn authorize(State(s): State<AppState>, mut req: Request, next:
         });
         return next.run(req).await;
     }
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim);
-    let Some(token) = presented else {
-        return refused(
-            StatusCode::UNAUTHORIZED,
-            "unauthenticated",
-            "this route needs a bearer token (Authorization: Bearer …)".into(),
-        );
-    };
-    let holder = match (
-        &s.auth.oidc,
-        crate::oidc::OidcVerifier::looks_like_jwt(token),
-    ) {
-        (Some(oidc), true) => match oidc.verify(token) {
-            Ok(subject) => Holder {
-                token_id: subject.token_id,
-                name: subject.name,
-                role: subject.role,
-                scope: None,
-            },
-            Err(reason) => return refused(StatusCode::UNAUTHORIZED, "unauthenticated", reason),
-        },
-        _ => match s.auth.check(token).await {
-            Ok(Ok(holder)) => holder,
-            Ok(Err(why)) => {
-                let reason = match why {
-                    Refusal::Malformed => "the bearer token is not an otaledger token",
-                    Refusal::Unknown => "the bearer token is not known",
-                    Refusal::Revoked => "the bearer token was revoked",
-                    Refusal::Expired => "the bearer token has expired",
-                };
-                return refused(StatusCode::UNAUTHORIZED, "unauthenticated", reason.into());
-            }
-            Err(e) => return e.into_response(),
-        },
+    let holder = match identify(&s, req.headers()).await {
+        Ok(holder) => holder,
+        Err(refusal) => return refusal,
     };
     if !holder.role.allows(required) {
         let path = req
@@ -337,5 +387,9 @@ mod tests {
         assert_eq!(documented(&Method::DELETE, "/healthz"), Some(None));
         // A path not in the document: closed, not open.
         assert_eq!(documented(&Method::GET, "/v1/undocumented"), None);
+        assert!(has_method(&Method::HEAD, "/v1/artifacts/{sha256}"));
+        assert!(has_method(&Method::POST, "/v1/artifacts"));
+        assert!(!has_method(&Method::TRACE, "/v1/artifacts"));
+        assert!(!has_method(&Method::GET, "/v1/undocumented"));
     }
 }

@@ -2,6 +2,7 @@
 //! it. Errors are JSON `{ "error", "reason" }` and never expose internals.
 
 pub mod admission;
+pub mod artifacts;
 pub mod auth;
 mod body;
 pub mod device_lookup;
@@ -62,6 +63,8 @@ pub struct AppState {
     /// With `admission.pending` on, how many admission requests may wait (ADR 0032); `None`:
     /// the admission routes answer 404.
     pub admission_max_pending: Option<i64>,
+    /// The artifact store (ADR 0037); `None`: the artifact routes answer 404.
+    pub artifacts: Option<Arc<artifacts::Artifacts>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -96,6 +99,7 @@ impl AppState {
             mqtt_admin: None,
             rabbit_admin: None,
             admission_max_pending: None,
+            artifacts: None,
         })
     }
 
@@ -118,6 +122,17 @@ impl AppState {
     #[must_use]
     pub fn with_admission(mut self, max_pending: i64) -> Self {
         self.admission_max_pending = Some(max_pending);
+        self
+    }
+
+    /// Serves the artifact routes from `store`, uploads up to `max_bytes` (ADR 0037).
+    #[must_use]
+    pub fn with_artifacts(
+        mut self,
+        store: Arc<dyn otaledger_artifacts::Store>,
+        max_bytes: u64,
+    ) -> Self {
+        self.artifacts = Some(Arc::new(artifacts::Artifacts::new(store, max_bytes)));
         self
     }
 
@@ -153,6 +168,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .merge(ingest::routes())
         .merge(tokens::routes())
         .merge(admission::routes())
+        .merge(artifacts::routes())
         .merge(ops::routes())
 }
 

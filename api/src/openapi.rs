@@ -17,6 +17,7 @@ use utoipa::OpenApi;
         (name = "rollouts", description = "Rollout requests and their progress"),
         (name = "ingest", description = "Device reports over HTTP (as over MQTT and AMQP)"),
         (name = "access", description = "API tokens and device credentials (admin)"),
+        (name = "artifacts", description = "Firmware bytes by SHA-256: upload, download with ranges, signed links"),
         (name = "operations", description = "Health, readiness, metrics, this document"),
     )
 )]
@@ -25,12 +26,23 @@ pub(crate) struct ApiDoc;
 /// Declares the bearer scheme and, on every operation that names a role with it, the answers
 /// the authorisation layer gives: 401, 403, and 415 for a body that is not JSON.
 pub(crate) fn secure(doc: &mut utoipa::openapi::OpenApi) {
-    use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+    use utoipa::openapi::security::{ApiKey, ApiKeyValue, Http, HttpAuthScheme, SecurityScheme};
     use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
     let components = doc.components.get_or_insert_with(Default::default);
     components.add_security_scheme(
         crate::auth::SCHEME,
         SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+    );
+    // An artifact download checks its caller itself: a signed link (`expires` and `sig` in the
+    // query) or a bearer token of a commanded device, its gateway or an operator (ADR 0037).
+    components.add_security_scheme(
+        "download_link",
+        SecurityScheme::ApiKey(ApiKey::Query(ApiKeyValue::with_description(
+            "sig",
+            "A signed download link's signature, with its `expires`; or instead a bearer \
+             token of a device a running rollout commanded to install the artifact, of its \
+             gateway, or of an operator",
+        ))),
     );
     let error = |description: &str| {
         ResponseBuilder::new()
@@ -62,7 +74,10 @@ pub(crate) fn secure(doc: &mut utoipa::openapi::OpenApi) {
             if changes {
                 responses.insert(
                     "415".into(),
-                    error("A body that is not application/json").into(),
+                    error(
+                        "A body that is not application/json (an upload: application/octet-stream)",
+                    )
+                    .into(),
                 );
             }
         }

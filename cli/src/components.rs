@@ -275,6 +275,12 @@ async fn run_api(
         );
         state = state.with_admission(cfg.admission.max_pending);
     }
+    let dir = cfg.artifacts.dir();
+    let store = otaledger_artifacts::FsStore::open(&dir)
+        .await
+        .with_context(|| format!("opening the artifact store in {}", dir.display()))?;
+    tracing::info!(dir = %dir.display(), max_bytes = cfg.artifacts.max_bytes, "artifact store");
+    state = state.with_artifacts(std::sync::Arc::new(store), cfg.artifacts.max_bytes);
     let listener = tokio::net::TcpListener::bind(&cfg.http.listen).await?;
     let app = otaledger_api::app(state);
     let shutdown = async move { shutdown.wait().await };

@@ -112,6 +112,11 @@ enum Command {
         #[command(subcommand)]
         command: cmd::dead_letters::DeadLettersCommand,
     },
+    /// Firmware artifacts in the store: push a file (stored under its SHA-256) or list them.
+    Artifact {
+        #[command(subcommand)]
+        command: cmd::artifact::ArtifactCommand,
+    },
 }
 
 fn init_tracing(format: &str) {
@@ -183,5 +188,8 @@ async fn dispatch(command: Command, cfg: Config, shutdown: &Shutdown) -> anyhow:
         Command::DeadLetters { command } => cmd::dead_letters::run(&cfg, command)
             .await
             .context("dead-letters"),
+        Command::Artifact { command } => {
+            cmd::artifact::run(&cfg, command).await.context("artifact")
+        }
     }
 }

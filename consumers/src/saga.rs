@@ -662,32 +662,12 @@ impl Saga {
     }
 }
 
-/// The table that keeps the saga's key for command ids.
-const COMMAND_KEY_DDL: &str = "CREATE TABLE IF NOT EXISTS saga_command_key (
-    id  int PRIMARY KEY CHECK (id = 1),
-    key bytea NOT NULL CHECK (length(key) = 32)
-)";
-
-/// The saga's key for command ids (ADR 0027): made once per schema from the operating system's
-/// random source (two version-4 UUIDs) and kept in PostgreSQL, where every saga instance, and the
-/// same instance after a restart, finds it.
+/// The saga's key for command ids (ADR 0027), kept in PostgreSQL where every saga instance,
+/// and the same instance after a restart, finds it.
 async fn command_key(pool: &PgPool) -> Result<CommandKey> {
-    otaledger_ledger::db::create_if_missing(pool, COMMAND_KEY_DDL).await?;
-    let fresh = [Uuid::new_v4().into_bytes(), Uuid::new_v4().into_bytes()].concat();
-    sqlx::query(
-        "INSERT INTO saga_command_key (id, key) VALUES (1, $1) ON CONFLICT (id) DO NOTHING",
-    )
-    .bind(&fresh)
-    .execute(pool)
-    .await
-    .db("storing the command key")?;
-    let key: Vec<u8> = sqlx::query_scalar("SELECT key FROM saga_command_key WHERE id = 1")
-        .fetch_one(pool)
-        .await
-        .db("reading the command key")?;
-    let mut bytes = [0u8; 32];
-    bytes.copy_from_slice(&key);
-    Ok(CommandKey::new(bytes))
+    Ok(CommandKey::new(
+        otaledger_ledger::db::stored_secret(pool, "saga_command_key").await?,
+    ))
 }
 
 /// Dead-letters a routed install result whose command id was never issued to its device for

@@ -21,7 +21,7 @@ impl std::fmt::Debug for CommandKey {
 }
 
 /// HMAC-SHA256 (RFC 2104) of `message`, by the `hmac` crate (already built for sqlx's SCRAM).
-fn hmac_sha256(key: &[u8; 32], message: &[u8]) -> [u8; 32] {
+pub(crate) fn hmac_sha256(key: &[u8; 32], message: &[u8]) -> [u8; 32] {
     use hmac::Mac as _;
     // HMAC takes a key of any length, so this never fails.
     let Ok(mac) = hmac::Hmac::<Sha256>::new_from_slice(key) else {

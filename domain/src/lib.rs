@@ -3,10 +3,12 @@
 
 pub mod access;
 pub mod audit;
+pub mod byte_range;
 pub mod command_key;
 pub mod device_json;
 pub mod device_view;
 pub mod digest;
+pub mod download_link;
 pub mod events;
 pub mod ids;
 pub mod json_number;

@@ -324,6 +324,46 @@ pub struct Config {
     pub dispatcher: DispatcherConfig,
     pub oidc: OidcConfig,
     pub admission: AdmissionConfig,
+    pub artifacts: ArtifactsConfig,
+}
+
+/// The artifact store (ADR 0037).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ArtifactsConfig {
+    /// The directory of the local store; empty: `artifacts/` in the state directory
+    /// (`$OTALEDGER_STATE_DIR`, else `~/.cache/otaledger`). Every API instance must see the same
+    /// one.
+    pub dir: String,
+    /// The largest artifact an upload may store, in bytes.
+    pub max_bytes: u64,
+}
+
+impl Default for ArtifactsConfig {
+    fn default() -> Self {
+        ArtifactsConfig {
+            dir: String::new(),
+            max_bytes: 4 << 30,
+        }
+    }
+}
+
+impl ArtifactsConfig {
+    /// The store's directory, with the default resolved.
+    #[must_use]
+    pub fn dir(&self) -> std::path::PathBuf {
+        if !self.dir.is_empty() {
+            return self.dir.clone().into();
+        }
+        let state = std::env::var_os("OTALEDGER_STATE_DIR")
+            .map(std::path::PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("HOME")
+                    .map(|h| std::path::PathBuf::from(h).join(".cache/otaledger"))
+            })
+            .unwrap_or_else(|| ".".into());
+        state.join("artifacts")
+    }
 }
 
 /// Devices that were not provisioned asking to be admitted (ADR 0032). Off by default: the
@@ -502,6 +542,12 @@ pub const ENV_OVERRIDES: &[EnvOverride] = &[
         "true or false"
     ),
     number!("OTALEDGER_REBALANCE_MS", projector.rebalance_ms, "number"),
+    text!("OTALEDGER_ARTIFACTS_DIR", artifacts.dir),
+    number!(
+        "OTALEDGER_ARTIFACTS_MAX_BYTES",
+        artifacts.max_bytes,
+        "number of bytes"
+    ),
 ];
 
 impl Config {

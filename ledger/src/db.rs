@@ -78,6 +78,42 @@ pub async fn create_if_missing(pool: &PgPool, ddl: &str) -> Result<()> {
     tx.commit().await.db("committing table creation")
 }
 
+/// A 32-byte secret kept in the one row of `table` in the pool's schema (created when missing):
+/// made the first time from the operating system's random source (two version-4 UUIDs), then
+/// found by every process on the schema, and by the same one after a restart. The saga's key
+/// for command ids (ADR 0027) and the API's for download links (ADR 0037) live so.
+pub async fn stored_secret(pool: &PgPool, table: &'static str) -> Result<[u8; 32]> {
+    create_if_missing(
+        pool,
+        &format!(
+            "CREATE TABLE IF NOT EXISTS {table} (
+                 id  int PRIMARY KEY CHECK (id = 1),
+                 key bytea NOT NULL CHECK (length(key) = 32)
+             )"
+        ),
+    )
+    .await?;
+    let fresh = [
+        uuid::Uuid::new_v4().into_bytes(),
+        uuid::Uuid::new_v4().into_bytes(),
+    ]
+    .concat();
+    sqlx::query(&format!(
+        "INSERT INTO {table} (id, key) VALUES (1, $1) ON CONFLICT (id) DO NOTHING"
+    ))
+    .bind(&fresh)
+    .execute(pool)
+    .await
+    .db("storing a secret")?;
+    let key: Vec<u8> = sqlx::query_scalar(&format!("SELECT key FROM {table} WHERE id = 1"))
+        .fetch_one(pool)
+        .await
+        .db("reading a secret")?;
+    let mut bytes = [0u8; 32];
+    bytes.copy_from_slice(&key);
+    Ok(bytes)
+}
+
 /// A connection of its own (advisory locks live as long as it does).
 pub async fn connection(url: &str, schema: &str) -> Result<PgConnection> {
     PgConnection::connect_with(&options(url, schema)?)

@@ -64,22 +64,42 @@ pub async fn get(
     max_bytes: usize,
     within: Duration,
 ) -> Result<Bytes, GetError> {
+    let asked = Asked {
+        ca_pem,
+        headers: &[("accept", "application/json")],
+        max_bytes,
+        within,
+    };
+    fetch(url, &asked, &[200]).await
+}
+
+/// What a GET sends and how much it takes.
+#[derive(Debug, Clone, Copy)]
+pub struct Asked<'a> {
+    /// The CA an `https://` server's certificate must chain to (none: the system's roots).
+    pub ca_pem: Option<&'a str>,
+    /// Request headers (`authorization`, `range`, …).
+    pub headers: &'a [(&'a str, &'a str)],
+    /// The most body bytes taken: more is an error, not a truncation.
+    pub max_bytes: usize,
+    pub within: Duration,
+}
+
+/// The body of `GET url` with the request's headers, when the status is one of `ok` (a
+/// download resumed with `Range` takes 206); another status is [`GetError::Status`], a body past
+/// `asked.max_bytes` is [`GetError::Failed`].
+pub async fn fetch(url: &str, asked: &Asked<'_>, ok: &[u16]) -> Result<Bytes, GetError> {
     // A login in the URL never reaches an error (errors are logged).
     let shown = crate::config::redact_url(url);
-    tokio::time::timeout(within, get_now(url, &shown, ca_pem, max_bytes))
+    tokio::time::timeout(asked.within, get_now(url, &shown, asked, ok))
         .await
         .map_err(|_| GetError::TimedOut {
             url: shown.clone(),
-            within,
+            within: asked.within,
         })?
 }
 
-async fn get_now(
-    url: &str,
-    shown: &str,
-    ca_pem: Option<&str>,
-    max_bytes: usize,
-) -> Result<Bytes, GetError> {
+async fn get_now(url: &str, shown: &str, asked: &Asked<'_>, ok: &[u16]) -> Result<Bytes, GetError> {
     let bad = || GetError::BadUrl {
         url: shown.to_owned(),
     };
@@ -112,13 +132,13 @@ async fn get_now(
     if tls {
         let name = rustls_pki_types::ServerName::try_from(bare)
             .map_err(|e| failed(format!("the host is not a TLS server name: {e}")))?;
-        let stream = tokio_rustls::TlsConnector::from(tls_config(ca_pem))
+        let stream = tokio_rustls::TlsConnector::from(tls_config(asked.ca_pem))
             .connect(name, tcp)
             .await
             .map_err(|e| failed(format!("TLS: {e}")))?;
-        exchange(stream, &authority, &path, max_bytes, shown).await
+        exchange(stream, &authority, &path, asked, ok, shown).await
     } else {
-        exchange(tcp, &authority, &path, max_bytes, shown).await
+        exchange(tcp, &authority, &path, asked, ok, shown).await
     }
 }
 
@@ -126,7 +146,8 @@ async fn exchange<S>(
     stream: S,
     authority: &str,
     path: &str,
-    max_bytes: usize,
+    asked: &Asked<'_>,
+    ok: &[u16],
     url: &str,
 ) -> Result<Bytes, GetError>
 where
@@ -140,9 +161,11 @@ where
         .await
         .map_err(|e| failed(e.to_string()))?;
     let conn = tokio::spawn(conn);
-    let request = Request::get(path)
-        .header(hyper::header::HOST, authority)
-        .header(hyper::header::ACCEPT, "application/json")
+    let mut request = Request::get(path).header(hyper::header::HOST, authority);
+    for (name, value) in asked.headers {
+        request = request.header(*name, *value);
+    }
+    let request = request
         .body(Empty::<Bytes>::new())
         .map_err(|e| failed(e.to_string()))?;
     let response = sender
@@ -150,18 +173,20 @@ where
         .await
         .map_err(|e| failed(e.to_string()))?;
     let status = response.status();
+    if !ok.contains(&status.as_u16()) {
+        conn.abort();
+        return Err(GetError::Status {
+            url: url.to_owned(),
+            status: status.as_u16(),
+        });
+    }
+    let max_bytes = asked.max_bytes;
     let body = Limited::new(response.into_body(), max_bytes)
         .collect()
         .await
         .map_err(|e| failed(format!("reading the body (at most {max_bytes} bytes): {e}")))?
         .to_bytes();
     conn.abort();
-    if status != hyper::StatusCode::OK {
-        return Err(GetError::Status {
-            url: url.to_owned(),
-            status: status.as_u16(),
-        });
-    }
     Ok(body)
 }
 

@@ -328,3 +328,43 @@ pub async fn decisions(
     .await
     .db("listing rollout decisions")
 }
+
+/// Whether a rollout that is running or paused commanded `holder` to install the artifact with
+/// digest `sha256`: the device itself or, with `gateway`, a device attached to that gateway.
+/// Who may download an artifact (ADR 0037).
+pub async fn commanded_artifact(
+    pool: &PgPool,
+    sha256: &str,
+    holder: &str,
+    gateway: bool,
+) -> Result<bool> {
+    // Two statements, so each uses its index: (rollout_id, device_id) for a device, the
+    // attachments by gateway for a gateway.
+    let sql = if gateway {
+        "SELECT EXISTS (
+             SELECT 1
+             FROM rollouts r
+             JOIN device_gateways g ON g.gateway_id = $2
+             JOIN rollout_devices rd
+               ON rd.rollout_id = r.rollout_id AND rd.device_id = g.device_id
+             WHERE r.release->>'sha256' = $1
+               AND r.state IN ('RUNNING', 'PAUSED')
+               AND rd.command_id IS NOT NULL
+         )"
+    } else {
+        "SELECT EXISTS (
+             SELECT 1
+             FROM rollouts r
+             JOIN rollout_devices rd ON rd.rollout_id = r.rollout_id AND rd.device_id = $2
+             WHERE r.release->>'sha256' = $1
+               AND r.state IN ('RUNNING', 'PAUSED')
+               AND rd.command_id IS NOT NULL
+         )"
+    };
+    sqlx::query_scalar(sql)
+        .bind(sha256)
+        .bind(holder)
+        .fetch_one(pool)
+        .await
+        .db("checking who may download an artifact")
+}

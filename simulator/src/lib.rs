@@ -28,6 +28,7 @@ use otaledger_ledger::mqtt::COMMANDS_KIND;
 use otaledger_ledger::shutdown::ShutdownSignal;
 use otaledger_ledger::{AmqpContext, MqttContext};
 
+pub mod download;
 mod fleet;
 pub use fleet::*;
 

@@ -63,8 +63,15 @@ async fn the_server_keeps_the_contract_its_openapi_document_states() {
     let device = issue_token(&pool, &producer, "dev-contract", Role::Device).await;
     // Gateways it provisions are real RabbitMQ users, revoked again at the end.
     let rabbit = || otaledger_ledger::amqp_admin::RabbitAdmin::new(&cfg.amqp).unwrap();
+    // Uploads (octet-stream) and downloads are fuzzed against a real store too.
+    let store_dir = std::env::temp_dir().join(format!("{}-artifacts", cfg.database.schema));
+    let store = otaledger_artifacts::FsStore::open(&store_dir)
+        .await
+        .unwrap();
     let bare = otaledger_api::app(
-        otaledger_tests::app_state(&cfg, &pool, &producer).with_rabbit_admin(rabbit()),
+        otaledger_tests::app_state(&cfg, &pool, &producer)
+            .with_rabbit_admin(rabbit())
+            .with_artifacts(std::sync::Arc::new(store), 1 << 20),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -137,6 +144,7 @@ parameters = {{ "path.id" = "dev-contract" }}
             rabbit.remove_gateway(&t.name).await.unwrap();
         }
     }
+    let _ = std::fs::remove_dir_all(&store_dir);
     let report = String::from_utf8_lossy(&out.stdout);
     println!("{report}{}", String::from_utf8_lossy(&out.stderr));
     assert!(

@@ -1,6 +1,7 @@
 //! One module per command of `otaledger`.
 
 pub mod access;
+pub mod artifact;
 pub mod dead_letters;
 pub mod export;
 pub mod rebuild;

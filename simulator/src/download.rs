@@ -1,0 +1,227 @@
+//! Devices that check what they install (issue 18, item 5, before signed metadata): a device
+//! commanded to install a release downloads its `artifact_uri` with its own credential, or gets
+//! it from its gateway, which fetches each artifact once with the gateway's credential and keeps
+//! it by digest, a local update server for its devices. A download cut halfway resumes with
+//! `Range`. Bytes past the release's length are refused as they arrive (endless data), and the
+//! length and the SHA-256 are checked before anything is installed. A failed check is the
+//! reason a device reports `REJECTED`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use otaledger_domain::events::Release;
+use otaledger_ledger::http_get::{fetch, Asked};
+
+/// How long one request of a download may take.
+const WITHIN: Duration = Duration::from_secs(120);
+
+/// Who fetches an artifact for a device.
+#[derive(Debug, Clone, Copy)]
+pub enum Fetcher<'a> {
+    /// The device itself, with its credential.
+    Device { token: &'a str },
+    /// The device's gateway, with the gateway's credential, from its cache when it can.
+    Gateway { id: &'a str, token: &'a str },
+}
+
+/// An artifact a gateway keeps, fetched once even when its devices ask at once.
+type Cached = Arc<tokio::sync::OnceCell<Arc<Vec<u8>>>>;
+
+/// The downloads of a simulated fleet, and the gateways' caches.
+#[derive(Debug, Default)]
+pub struct Downloads {
+    /// The CA of an `https://` artifact URL (none: the system's roots).
+    ca_pem: Option<String>,
+    /// Cut every download halfway and resume it, as over a bad link.
+    cut: bool,
+    /// Each gateway's artifacts by digest, each fetched once even when asked for at once.
+    cache: Mutex<HashMap<(String, String), Cached>>,
+    pub stats: DownloadStats,
+}
+
+/// What the downloads did.
+#[derive(Debug, Default)]
+pub struct DownloadStats {
+    /// Bytes fetched from the artifact server.
+    pub origin_bytes: AtomicU64,
+    /// Artifacts a gateway served its device from its cache.
+    pub cache_hits: AtomicU64,
+    /// Bytes the cache hits did not fetch again.
+    pub bytes_saved: AtomicU64,
+    pub verified: AtomicU64,
+    pub rejected: AtomicU64,
+}
+
+impl Downloads {
+    #[must_use]
+    pub fn new(ca_pem: Option<String>, cut: bool) -> Self {
+        Downloads {
+            ca_pem,
+            cut,
+            ..Downloads::default()
+        }
+    }
+
+    /// Downloads the release's artifact as `fetcher` and checks it: `Err` with the reason a
+    /// device gives when it refuses to install.
+    ///
+    /// # Errors
+    /// The download failed, was longer than the release says, or its length or SHA-256 is not
+    /// the release's.
+    pub async fn verified(&self, release: &Release, fetcher: Fetcher<'_>) -> Result<(), String> {
+        let outcome = self.checked(release, fetcher).await;
+        let counter = if outcome.is_ok() {
+            &self.stats.verified
+        } else {
+            &self.stats.rejected
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        outcome
+    }
+
+    async fn checked(&self, release: &Release, fetcher: Fetcher<'_>) -> Result<(), String> {
+        let bytes = match fetcher {
+            Fetcher::Device { token } => Arc::new(self.download(release, token).await?),
+            Fetcher::Gateway { id, token } => self.through_gateway(release, id, token).await?,
+        };
+        check(release, &bytes)
+    }
+
+    async fn through_gateway(
+        &self,
+        release: &Release,
+        gateway: &str,
+        token: &str,
+    ) -> Result<Arc<Vec<u8>>, String> {
+        let cell = {
+            let mut cache = self
+                .cache
+                .lock()
+                .map_err(|_| "the gateway's cache is poisoned".to_owned())?;
+            Arc::clone(
+                cache
+                    .entry((gateway.to_owned(), release.sha256.clone()))
+                    .or_default(),
+            )
+        };
+        let mut fetched_here = false;
+        let bytes = cell
+            .get_or_try_init(|| async {
+                fetched_here = true;
+                let bytes = self.download(release, token).await?;
+                // Only what verifies is kept: a bad download is fetched again next time.
+                check(release, &bytes)?;
+                Ok::<_, String>(Arc::new(bytes))
+            })
+            .await?;
+        if !fetched_here {
+            self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .bytes_saved
+                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        }
+        Ok(Arc::clone(bytes))
+    }
+
+    /// The artifact's bytes, at most the release's length of them; cut halfway and resumed
+    /// with `Range` and `If-Range` when `cut` is set.
+    async fn download(&self, release: &Release, token: &str) -> Result<Vec<u8>, String> {
+        let length = usize::try_from(release.size_bytes)
+            .map_err(|_| format!("the release's length {} is not a size", release.size_bytes))?;
+        let auth = format!("Bearer {token}");
+        let etag = format!("\"{}\"", release.sha256);
+        let url = release.artifact_uri.as_str();
+        let get = |range: Option<String>, max_bytes: usize, ok: &'static [u16]| {
+            let auth = auth.clone();
+            let etag = etag.clone();
+            async move {
+                let mut headers = vec![("authorization", auth.as_str())];
+                if let Some(range) = &range {
+                    headers.push(("range", range.as_str()));
+                    headers.push(("if-range", etag.as_str()));
+                }
+                let asked = Asked {
+                    ca_pem: self.ca_pem.as_deref(),
+                    headers: &headers,
+                    max_bytes,
+                    within: WITHIN,
+                };
+                let body = fetch(url, &asked, ok)
+                    .await
+                    .map_err(|e| format!("download: {e}"))?;
+                self.stats
+                    .origin_bytes
+                    .fetch_add(body.len() as u64, Ordering::Relaxed);
+                Ok::<_, String>(body)
+            }
+        };
+        if !self.cut || length < 2 {
+            return Ok(get(None, length, &[200]).await?.to_vec());
+        }
+        let half = length / 2;
+        let mut bytes = get(Some(format!("bytes=0-{}", half - 1)), half, &[206])
+            .await?
+            .to_vec();
+        let rest = get(
+            Some(format!("bytes={}-", bytes.len())),
+            length - bytes.len(),
+            &[206],
+        )
+        .await?;
+        bytes.extend_from_slice(&rest);
+        Ok(bytes)
+    }
+}
+
+/// The checks a device makes before it installs: the release's length and SHA-256.
+fn check(release: &Release, bytes: &[u8]) -> Result<(), String> {
+    use sha2::Digest as _;
+    if i64::try_from(bytes.len()).ok() != Some(release.size_bytes) {
+        return Err(format!(
+            "the artifact has {} bytes, not the release's {}",
+            bytes.len(),
+            release.size_bytes
+        ));
+    }
+    let digest: String = sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    if !digest.eq_ignore_ascii_case(&release.sha256) {
+        return Err(format!(
+            "the artifact's SHA-256 is {digest}, not the release's {}",
+            release.sha256
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn release(bytes: &[u8]) -> Release {
+        use sha2::Digest as _;
+        Release {
+            version: "2.0.0".into(),
+            artifact_uri: "http://127.0.0.1:1/none".into(),
+            sha256: sha2::Sha256::digest(bytes)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+            size_bytes: i64::try_from(bytes.len()).unwrap_or(0),
+            signature: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_device_installs_only_the_releases_bytes() {
+        let r = release(b"firmware");
+        assert_eq!(check(&r, b"firmware"), Ok(()));
+        assert!(check(&r, b"firmwarE").unwrap_err().contains("SHA-256"));
+        assert!(check(&r, b"firmwar").unwrap_err().contains("7 bytes"));
+        assert!(check(&r, b"firmware!").unwrap_err().contains("9 bytes"));
+    }
+}
