@@ -61,6 +61,16 @@ if [ "$(head -1 "$CREDS" 2>/dev/null)" != "device_id,token,gateway_id" ] ||
      --from "$STATE_DIR/fleet-ids.csv" >"$CREDS.new")
   mv "$CREDS.new" "$CREDS"
 fi
+# A demo release in the artifact store (docs/adr/0037): 1 MiB made once. The simulated devices
+# download what a rollout names, through their gateways where they have one, and check its length
+# and SHA-256 before they install it (--download); a tampered artifact is reported REJECTED.
+DEMO="$STATE_DIR/demo-firmware-9.0.0.bin"
+[ -s "$DEMO" ] || head -c 1048576 /dev/urandom >"$DEMO"
+DIGEST=$("$OTALEDGER" --config otaledger.example.toml artifact push "$DEMO" |
+  python3 -c 'import json, sys; print(json.load(sys.stdin)["sha256"])')
+echo "a demo release, 1 MiB, is in the artifact store; roll it out to the gen3 elevators with"
+echo "  curl -H \"Authorization: Bearer \$OTALEDGER_TOKEN\" -H 'content-type: application/json' http://$LISTEN/v1/rollouts \\"
+echo "    -d '{\"release\": {\"version\": \"9.0.0\", \"artifact_uri\": \"/v1/artifacts/$DIGEST\", \"sha256\": \"$DIGEST\", \"size_bytes\": 1048576, \"signature\": \"demo\"}, \"selector\": {\"models\": [\"elevator-gen3\"]}}'"
 # A process that dies is started again, as the systemd unit (deploy/systemd) and the compose
 # file's restart policy do in production: components that fail are restarted inside the process,
 # but a crash (a segfault inside librdkafka, docs/adr/0035) takes every component with it.
@@ -70,7 +80,8 @@ trap 'stopping=1' INT TERM
 while :; do
   status=0
   "$OTALEDGER" --config otaledger.example.toml up --simulate --credentials "$CREDS" \
-    --gateway-credentials "$GW_CREDS" --devices "$DEVICES" --rate "${RATE:-500}" "$@" || status=$?
+    --gateway-credentials "$GW_CREDS" --devices "$DEVICES" --rate "${RATE:-500}" \
+    --download --artifact-server "http://$LISTEN" "$@" || status=$?
   if [ "$stopping" = 1 ] || [ "$status" = 0 ]; then exit "$status"; fi
   echo "otaledger exited with status $status; starting it again in 2 s (Ctrl-C stops)" >&2
   sleep 2

@@ -94,6 +94,51 @@ fn parse_digest(text: &str) -> Result<Sha256, ApiError> {
         .map_err(|e| ApiError::bad_request("invalid_parameter", format!("sha256: {e}")))
 }
 
+/// A rollout of an artifact in otaledger's store (`/v1/artifacts/<sha256>`) must name the
+/// release's digest and length, and the store must hold it: otherwise every device would refuse
+/// it. 409 with the reason when not; nothing to check for an artifact elsewhere.
+pub(crate) async fn check_release(
+    s: &AppState,
+    release: &otaledger_domain::events::Release,
+) -> Result<(), ApiError> {
+    let Some(named) = release
+        .artifact_uri
+        .strip_prefix(otaledger_domain::rollout_request::ARTIFACT_STORE_PATH)
+    else {
+        return Ok(());
+    };
+    let conflict = |reason: String| ApiError {
+        status: StatusCode::CONFLICT,
+        error: "artifact_mismatch",
+        reason,
+    };
+    if !named.eq_ignore_ascii_case(&release.sha256) {
+        return Err(conflict(format!(
+            "release.artifact_uri names artifact {named}, not the release's sha256 {}",
+            release.sha256
+        )));
+    }
+    let artifacts = s.artifacts.as_deref().ok_or_else(|| {
+        conflict("release.artifact_uri names otaledger's artifact store, which this API instance does not have".into())
+    })?;
+    let digest = parse_digest(named)?;
+    let length = artifacts
+        .store
+        .length(&digest)
+        .await
+        .map_err(|e| ApiError::unavailable(&e))?;
+    match length {
+        None => Err(conflict(format!(
+            "the artifact store holds no artifact {digest}: upload it first (POST /v1/artifacts)"
+        ))),
+        Some(n) if i64::try_from(n).ok() != Some(release.size_bytes) => Err(conflict(format!(
+            "artifact {digest} has {n} bytes, not the release's size_bytes {}",
+            release.size_bytes
+        ))),
+        Some(_) => Ok(()),
+    }
+}
+
 /// An artifact the store holds.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ArtifactOut {

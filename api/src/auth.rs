@@ -347,10 +347,6 @@ pub(crate) async fn authorize(State(s): State<AppState>, mut req: Request, next:
             ),
         );
     }
-    // Checked once the caller is known, so a stranger learns only that it needs a token.
-    if let Some(refusal) = not_json(&req) {
-        return refusal;
-    }
     if holder.scope.is_some() {
         let path = req
             .extensions()
@@ -360,6 +356,11 @@ pub(crate) async fn authorize(State(s): State<AppState>, mut req: Request, next:
             let refusal = crate::scope::fleet_wide(req.method(), path);
             return refused(refusal.status, refusal.error, refusal.reason);
         }
+    }
+    // Checked once the caller and its reach are known, so a stranger learns only that it needs
+    // a token, and a scoped token that the route is outside its scope.
+    if let Some(refusal) = not_json(&req) {
+        return refusal;
     }
     req.extensions_mut().insert(Principal {
         name: holder.name,

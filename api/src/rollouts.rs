@@ -80,6 +80,7 @@ async fn append(
         (status = 202, description = "The ledger holds the request", body = Accepted),
         (status = 400, description = "A bad request, naming the field", body = ErrorBody),
         (status = 403, description = "The selector selects nothing within the token's scope", body = ErrorBody),
+        (status = 409, description = "The release names an artifact of otaledger's store that it does not hold with the release's digest and length", body = ErrorBody),
         crate::Unavailable,
     ))]
 async fn create(
@@ -89,6 +90,7 @@ async fn create(
 ) -> Result<Response, ApiError> {
     let input: RolloutIn = crate::body::object(&body)?;
     let mut request = validate(input, &who.name)?;
+    crate::artifacts::check_release(&s, &request.release).await?;
     // A scoped token's rollout reaches only the devices within its scope.
     request.selector = crate::scope::narrow(&who, request.selector)?;
     append(

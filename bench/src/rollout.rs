@@ -310,6 +310,7 @@ async fn drive(
         mqtt: cfg.mqtt.clone(),
         amqp: cfg.amqp.clone(),
         behaviour: Behaviour::default(),
+        downloads: None,
     };
     let signal = sim_stop.signal();
     let sim = tokio::spawn(async move { simulator::run(sim_cfg, signal).await });

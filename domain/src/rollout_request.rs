@@ -153,7 +153,7 @@ impl Default for StrategyIn {
 pub enum RequestError {
     #[error("release.version: {0}")]
     Version(#[from] SemVerError),
-    #[error("release.artifact_uri: must be an https:// URI of at most {MAX_ARTIFACT_URI_LEN} characters")]
+    #[error("release.artifact_uri: must be an https:// URI of at most {MAX_ARTIFACT_URI_LEN} characters, or /v1/artifacts/<sha256> for otaledger's own artifact store")]
     ArtifactUri,
     #[error("release.sha256: {0}")]
     Sha256(#[from] Sha256Error),
@@ -226,7 +226,11 @@ fn range<T: PartialOrd + std::fmt::Display + Copy>(
     Ok(())
 }
 
-/// A release as requested, checked: a semantic version, an https artifact and its digest.
+/// An artifact URI of otaledger's own store: this prefix, then the release's SHA-256.
+pub const ARTIFACT_STORE_PATH: &str = "/v1/artifacts/";
+
+/// A release as requested, checked: a semantic version, an https artifact (or one of
+/// otaledger's store) and its digest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReleaseSpec {
     version: SemVer,
@@ -240,10 +244,16 @@ impl ReleaseSpec {
     /// Checks a release: version, artifact URI, digest, size and signature, in that order.
     pub fn parse(r: ReleaseIn) -> Result<Self, RequestError> {
         let version = SemVer::try_from(r.version)?;
-        if !r.artifact_uri.starts_with("https://")
-            || r.artifact_uri.chars().count() > MAX_ARTIFACT_URI_LEN
-            || r.artifact_uri.len() <= "https://".len()
-        {
+        // otaledger's own store, by digest: devices fetch it from the server they report to
+        // (ADR 0037; the API checks that the store holds the release's bytes).
+        let stored = r
+            .artifact_uri
+            .strip_prefix(ARTIFACT_STORE_PATH)
+            .map(Sha256::try_from);
+        let https = r.artifact_uri.starts_with("https://")
+            && r.artifact_uri.chars().count() <= MAX_ARTIFACT_URI_LEN
+            && r.artifact_uri.len() > "https://".len();
+        if !https && !matches!(stored, Some(Ok(_))) {
             return Err(RequestError::ArtifactUri);
         }
         let sha256 = Sha256::try_from(r.sha256)?;

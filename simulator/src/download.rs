@@ -12,10 +12,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use otaledger_domain::events::Release;
-use otaledger_ledger::http_get::{fetch, Asked};
+use otaledger_ledger::http_get::{fetch, Asked, GetError};
 
 /// How long one request of a download may take.
 const WITHIN: Duration = Duration::from_secs(120);
+/// How often a device tries a download that failed on the way (no answer, a refusal the
+/// server may lift, a server error), and the first pause between tries (doubled each time).
+/// A device commanded a moment ago may be refused until the server's view of the rollout has
+/// caught up with the command (ADR 0037).
+const TRIES: u32 = 6;
+const FIRST_PAUSE: Duration = Duration::from_millis(250);
 
 /// Who fetches an artifact for a device.
 #[derive(Debug, Clone, Copy)]
@@ -32,6 +38,9 @@ type Cached = Arc<tokio::sync::OnceCell<Arc<Vec<u8>>>>;
 /// The downloads of a simulated fleet, and the gateways' caches.
 #[derive(Debug, Default)]
 pub struct Downloads {
+    /// The server the devices report to (`http://host:port`), where a release's
+    /// `/v1/artifacts/<sha256>` is fetched from.
+    server: Option<String>,
     /// The CA of an `https://` artifact URL (none: the system's roots).
     ca_pem: Option<String>,
     /// Cut every download halfway and resume it, as over a bad link.
@@ -56,8 +65,9 @@ pub struct DownloadStats {
 
 impl Downloads {
     #[must_use]
-    pub fn new(ca_pem: Option<String>, cut: bool) -> Self {
+    pub fn new(server: Option<String>, ca_pem: Option<String>, cut: bool) -> Self {
         Downloads {
+            server: server.map(|s| s.trim_end_matches('/').to_owned()),
             ca_pem,
             cut,
             ..Downloads::default()
@@ -83,7 +93,7 @@ impl Downloads {
 
     async fn checked(&self, release: &Release, fetcher: Fetcher<'_>) -> Result<(), String> {
         let bytes = match fetcher {
-            Fetcher::Device { token } => Arc::new(self.download(release, token).await?),
+            Fetcher::Device { token } => Arc::new(self.download_retrying(release, token).await?),
             Fetcher::Gateway { id, token } => self.through_gateway(release, id, token).await?,
         };
         check(release, &bytes)
@@ -110,7 +120,7 @@ impl Downloads {
         let bytes = cell
             .get_or_try_init(|| async {
                 fetched_here = true;
-                let bytes = self.download(release, token).await?;
+                let bytes = self.download_retrying(release, token).await?;
                 // Only what verifies is kept: a bad download is fetched again next time.
                 check(release, &bytes)?;
                 Ok::<_, String>(Arc::new(bytes))
@@ -125,14 +135,43 @@ impl Downloads {
         Ok(Arc::clone(bytes))
     }
 
+    /// [`Self::download`], tried again with growing pauses while it fails on the way; bytes past
+    /// the release's length are refused at once.
+    async fn download_retrying(&self, release: &Release, token: &str) -> Result<Vec<u8>, String> {
+        let mut pause = FIRST_PAUSE;
+        let mut tries = 1;
+        loop {
+            match self.download(release, token).await {
+                Ok(bytes) => return Ok(bytes),
+                Err(e) if tries < TRIES && transient(&e) => {
+                    tracing::debug!(error = %e, tries, "download failed; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                    tries += 1;
+                }
+                Err(e) => return Err(format!("download: {e}")),
+            }
+        }
+    }
+
     /// The artifact's bytes, at most the release's length of them; cut halfway and resumed
     /// with `Range` and `If-Range` when `cut` is set.
-    async fn download(&self, release: &Release, token: &str) -> Result<Vec<u8>, String> {
-        let length = usize::try_from(release.size_bytes)
-            .map_err(|_| format!("the release's length {} is not a size", release.size_bytes))?;
+    async fn download(&self, release: &Release, token: &str) -> Result<Vec<u8>, GetError> {
+        let length = usize::try_from(release.size_bytes).map_err(|_| GetError::BadUrl {
+            url: format!("(a release of length {})", release.size_bytes),
+        })?;
         let auth = format!("Bearer {token}");
         let etag = format!("\"{}\"", release.sha256);
-        let url = release.artifact_uri.as_str();
+        let url = match (release.artifact_uri.starts_with('/'), &self.server) {
+            (false, _) => release.artifact_uri.clone(),
+            (true, Some(server)) => format!("{server}{}", release.artifact_uri),
+            (true, None) => {
+                return Err(GetError::BadUrl {
+                    url: format!("{} (no otaledger server configured)", release.artifact_uri),
+                })
+            }
+        };
+        let url = url.as_str();
         let get = |range: Option<String>, max_bytes: usize, ok: &'static [u16]| {
             let auth = auth.clone();
             let etag = etag.clone();
@@ -148,13 +187,11 @@ impl Downloads {
                     max_bytes,
                     within: WITHIN,
                 };
-                let body = fetch(url, &asked, ok)
-                    .await
-                    .map_err(|e| format!("download: {e}"))?;
+                let body = fetch(url, &asked, ok).await?;
                 self.stats
                     .origin_bytes
                     .fetch_add(body.len() as u64, Ordering::Relaxed);
-                Ok::<_, String>(body)
+                Ok::<_, GetError>(body)
             }
         };
         if !self.cut || length < 2 {
@@ -172,6 +209,17 @@ impl Downloads {
         .await?;
         bytes.extend_from_slice(&rest);
         Ok(bytes)
+    }
+}
+
+/// Whether a failed download may succeed if tried again: no answer, a refusal the server may
+/// lift (403 while its view catches up, 404, 429) or a server error; not bytes past the limit.
+fn transient(e: &GetError) -> bool {
+    match e {
+        GetError::Status { status, .. } => matches!(status, 403 | 404 | 408 | 429 | 500..=599),
+        GetError::Failed { error, .. } => !error.starts_with("reading the body"),
+        GetError::TimedOut { .. } => true,
+        GetError::BadUrl { .. } => false,
     }
 }
 
@@ -214,6 +262,29 @@ mod tests {
             size_bytes: i64::try_from(bytes.len()).unwrap_or(0),
             signature: String::new(),
         }
+    }
+
+    #[test]
+    fn only_failures_on_the_way_are_tried_again() {
+        let status = |status| GetError::Status {
+            url: "u".into(),
+            status,
+        };
+        let failed = |error: &str| GetError::Failed {
+            url: "u".into(),
+            error: error.into(),
+        };
+        for s in [403, 404, 408, 429, 500, 503, 599] {
+            assert!(transient(&status(s)), "{s}");
+        }
+        for s in [400, 401, 410, 416, 600] {
+            assert!(!transient(&status(s)), "{s}");
+        }
+        assert!(transient(&failed("connection refused")));
+        assert!(!transient(&failed(
+            "reading the body (at most 10 bytes): length limit exceeded"
+        )));
+        assert!(!transient(&GetError::BadUrl { url: "u".into() }));
     }
 
     #[test]

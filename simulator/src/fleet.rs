@@ -122,6 +122,10 @@ pub struct SimConfig {
     pub mqtt: MqttConfig,
     pub amqp: AmqpConfig,
     pub behaviour: Behaviour,
+    /// Devices download and check the artifact of an update before they install it (issue
+    /// 18): with their own credential, or through their gateway's cache. `None`: they install
+    /// at once, as a load generator does. Needs `credentials` (and `gateway_credentials`).
+    pub downloads: Option<std::sync::Arc<crate::download::Downloads>>,
 }
 
 impl Default for SimConfig {
@@ -140,6 +144,7 @@ impl Default for SimConfig {
             mqtt: MqttConfig::default(),
             amqp: AmqpConfig::default(),
             behaviour: Behaviour::default(),
+            downloads: None,
         }
     }
 }
@@ -156,6 +161,13 @@ pub struct SimStats {
     pub duplicate_commands: u64,
     /// Install results reported.
     pub results: u64,
+    /// Updates whose artifact downloaded and verified, and those refused (`REJECTED`).
+    pub downloads_verified: u64,
+    pub downloads_rejected: u64,
+    /// Bytes fetched from the artifact server, and what the gateways' caches saved.
+    pub origin_bytes: u64,
+    pub gateway_cache_hits: u64,
+    pub gateway_bytes_saved: u64,
 }
 
 /// Which devices an outcome rule hits: `[model:]version=share`, `*` for any.

@@ -351,6 +351,13 @@ struct CommandJson {
     target_version: Option<String>,
 }
 
+/// A download's verdict, back from its task: the install goes ahead, or the device refuses it.
+#[derive(Debug)]
+struct Checked {
+    due: Due,
+    verdict: std::result::Result<(), String>,
+}
+
 /// What a device does later (install latency).
 #[derive(Debug)]
 struct Due {
@@ -389,6 +396,8 @@ struct Sim<'a> {
     stats: SimStats,
     rng: SmallRng,
     started: tokio::time::Instant,
+    /// Where download tasks send their verdicts.
+    checked: mpsc::UnboundedSender<Checked>,
 }
 
 impl Sim<'_> {
@@ -433,7 +442,7 @@ impl Sim<'_> {
         match (c.kind.as_str(), c.release, c.target_version) {
             ("update", Some(release), _) => {
                 let d = &self.devices[i];
-                let v = release.version;
+                let v = release.version.clone();
                 let model = d.model.as_str();
                 if b.silent
                     .iter()
@@ -462,13 +471,17 @@ impl Sim<'_> {
                         "command_id": c.command_id, "phase": "DOWNLOADING", "percent": 0});
                     self.report(i, "install", body).await?;
                 }
-                self.due.push(Due {
+                let due = Due {
                     at: tokio::time::Instant::now() + Duration::from_millis(b.install_ms),
                     device: i,
                     command_id: c.command_id,
                     rollout_id: c.rollout_id,
                     report: outcome,
-                });
+                };
+                match &self.cfg.downloads {
+                    Some(downloads) => self.download(downloads, release, due),
+                    None => self.due.push(due),
+                }
             }
             ("rollback", _, target) => {
                 let back = target
@@ -497,6 +510,74 @@ impl Sim<'_> {
                 }
             }
             _ => tracing::warn!(kind = %c.kind, "simulator got an unknown command"),
+        }
+        Ok(())
+    }
+
+    /// Downloads and checks the release's artifact in a task of its own (the loop goes on); the
+    /// verdict comes back through `checked`.
+    fn download(
+        &self,
+        downloads: &std::sync::Arc<download::Downloads>,
+        release: Release,
+        due: Due,
+    ) {
+        let d = &self.devices[due.device];
+        let credential = match &d.gateway_id {
+            Some(gw) => self
+                .cfg
+                .gateway_credentials
+                .as_ref()
+                .and_then(|c| c.get(gw))
+                .map(|token| (Some(gw.clone()), token.clone())),
+            None => self
+                .cfg
+                .credentials
+                .as_ref()
+                .and_then(|c| c.get(&d.device_id))
+                .map(|token| (None, token.clone())),
+        };
+        let (downloads, tx) = (std::sync::Arc::clone(downloads), self.checked.clone());
+        tokio::spawn(async move {
+            let verdict = match &credential {
+                Some((Some(gw), token)) => {
+                    let via = download::Fetcher::Gateway { id: gw, token };
+                    downloads.verified(&release, via).await
+                }
+                Some((None, token)) => {
+                    downloads
+                        .verified(&release, download::Fetcher::Device { token })
+                        .await
+                }
+                None => Err("no credential to download the artifact with".to_owned()),
+            };
+            let _ = tx.send(Checked { due, verdict });
+        });
+    }
+
+    /// A download's verdict: install (after the install time), or report `REJECTED` with the
+    /// reason and keep the running version.
+    async fn checked(&mut self, c: Checked) -> Result<()> {
+        let Checked { mut due, verdict } = c;
+        match verdict {
+            Ok(()) => {
+                due.at = tokio::time::Instant::now()
+                    + Duration::from_millis(self.cfg.behaviour.install_ms);
+                self.due.push(due);
+            }
+            Err(reason) => {
+                let i = due.device;
+                self.life[i].busy = None;
+                tracing::warn!(device = %self.devices[i].device_id, %reason, "simulated device refused an update");
+                // The reason as a device would keep it: short.
+                let message: String = reason.chars().take(200).collect();
+                let body = json!({"kind": "result", "rollout_id": due.rollout_id,
+                    "command_id": due.command_id, "outcome": "REJECTED",
+                    "firmware_version": self.devices[i].firmware_version,
+                    "error_code": "E_VERIFY", "message": message});
+                self.report(i, "install", body).await?;
+                self.stats.results += 1;
+            }
         }
         Ok(())
     }
@@ -551,6 +632,7 @@ pub async fn run(cfg: SimConfig, mut shutdown: ShutdownSignal) -> Result<SimStat
         }
     }
     let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let (checked_tx, mut checked_rx) = mpsc::unbounded_channel::<Checked>();
     let links = mqtt_links(&cfg, &devices, &cmd_tx)?;
     let root = cfg.mqtt.topic_root.clone();
     subscribe_commands(&links, &devices, &root).await?;
@@ -578,6 +660,7 @@ pub async fn run(cfg: SimConfig, mut shutdown: ShutdownSignal) -> Result<SimStat
         stats: SimStats::default(),
         rng: SmallRng::seed_from_u64(cfg.seed ^ 0x5eed),
         started: tokio::time::Instant::now(),
+        checked: checked_tx,
     };
 
     // Registration first, as devices do when they boot.
@@ -602,6 +685,10 @@ pub async fn run(cfg: SimConfig, mut shutdown: ShutdownSignal) -> Result<SimStat
         tokio::select! {
             () = shutdown.wait() => break,
             _ = interval.tick() => {}
+            Some(checked) = checked_rx.recv() => {
+                sim.checked(checked).await?;
+                continue;
+            }
             Some(cmd) = cmd_rx.recv() => {
                 sim.command(&cmd).await?;
                 // Take every command already waiting before heartbeats get their turn.
@@ -653,7 +740,15 @@ pub async fn run(cfg: SimConfig, mut shutdown: ShutdownSignal) -> Result<SimStat
     for conn in &amqp.connections {
         let _ = conn.close(200, "simulation done".into()).await;
     }
-    let stats = sim.stats;
+    let mut stats = sim.stats;
+    if let Some(d) = &cfg.downloads {
+        let read = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        stats.downloads_verified = read(&d.stats.verified);
+        stats.downloads_rejected = read(&d.stats.rejected);
+        stats.origin_bytes = read(&d.stats.origin_bytes);
+        stats.gateway_cache_hits = read(&d.stats.cache_hits);
+        stats.gateway_bytes_saved = read(&d.stats.bytes_saved);
+    }
     tracing::info!(?stats, "simulation finished");
     Ok(stats)
 }

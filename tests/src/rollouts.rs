@@ -115,6 +115,7 @@ pub fn sim_config(cfg: &Config, devices: usize, prefix: &str, behaviour: Behavio
         mqtt: cfg.mqtt.clone(),
         amqp: cfg.amqp.clone(),
         behaviour,
+        downloads: None,
     }
 }
 

@@ -21,11 +21,15 @@ use otaledger_domain::access::Role;
 use otaledger_domain::digest::Sha256;
 use otaledger_domain::download_link::LinkKey;
 use otaledger_ledger::kafka::EventProducer;
+use otaledger_ledger::mqtt_admin::MqttAdmin;
 use otaledger_simulator::download::{Downloads, Fetcher};
-use otaledger_tests::rollouts::call_as;
+use otaledger_simulator::{self as simulator, Behaviour, DeviceCredentials, SimConfig};
+use otaledger_tests::rollouts::{
+    call, call_as, request_rollout, sim_config, start_sim, wait_fleet, wait_state,
+};
 use otaledger_tests::{
-    config, eventually, issue_token, migrated_test_pool, registered, spawn_components, unique,
-    Services,
+    as_client, config, eventually, issue_token, migrated_test_pool, mqtt_bridge_subscribed,
+    registered, spawn_components, unique, Services,
 };
 use serde_json::{json, Value};
 use tower::ServiceExt;
@@ -237,6 +241,32 @@ async fn artifacts_are_stored_once_and_downloaded_only_by_whom_a_rollout_command
         0,
         "refused uploads leave no part file"
     );
+
+    // A rollout of the store's artifact must name what the store holds.
+    let release = |uri: String, sha: &str, size: i64| {
+        json!({"release": {"version": "2.0.0", "artifact_uri": uri, "sha256": sha,
+                           "size_bytes": size, "signature": "s"},
+               "selector": {"device_ids": ["nobody"]}})
+    };
+    let unknown = "f".repeat(64);
+    for (body, why) in [
+        (
+            release(format!("/v1/artifacts/{unknown}"), &digest, 300_000),
+            "another digest",
+        ),
+        (
+            release(format!("/v1/artifacts/{unknown}"), &unknown, 300_000),
+            "not in the store",
+        ),
+        (
+            release(format!("/v1/artifacts/{digest}"), &digest, 299_999),
+            "another length",
+        ),
+    ] {
+        let (status, answer) = call_as(&app, &operator, "POST", "/v1/rollouts", Some(&body)).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{why}: {answer}");
+        assert_eq!(answer["error"], "artifact_mismatch", "{why}");
+    }
 
     // ---- downloads as an operator: whole, ranges, validators --------------------------------
     let uri = format!("/v1/artifacts/{digest}");
@@ -455,7 +485,7 @@ async fn artifacts_are_stored_once_and_downloaded_only_by_whom_a_rollout_command
         signature: String::new(),
     };
     // A download cut halfway resumes with Range and verifies.
-    let downloads = Downloads::new(None, true);
+    let downloads = Downloads::new(None, None, true);
     assert_eq!(
         downloads
             .verified(&release, Fetcher::Device { token: &d1_token })
@@ -487,7 +517,7 @@ async fn artifacts_are_stored_once_and_downloaded_only_by_whom_a_rollout_command
     let mut tampered = image.clone();
     tampered[150_000] ^= 0x01;
     std::fs::write(&stored, &tampered).unwrap();
-    let fresh = Downloads::new(None, false);
+    let fresh = Downloads::new(None, None, false);
     let hash = fresh
         .verified(&release, Fetcher::Device { token: &d1_token })
         .await
@@ -640,4 +670,181 @@ async fn artifacts_are_stored_once_and_downloaded_only_by_whom_a_rollout_command
     assert_eq!(fetched.body, b"pushed by a script");
     std::fs::remove_dir_all(&dir).unwrap();
     otaledger_tests::drop_schema(&Services::get().await, &cfg.database.schema).await;
+}
+
+/// `POST /v1/devices` for `device` (its MQTT login too); its credential.
+async fn provision(app: &axum::Router, device: &str) -> String {
+    let (status, body) = call(
+        app,
+        "POST",
+        "/v1/devices",
+        Some(&json!({"device_id": device})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body["token"].as_str().unwrap().to_owned()
+}
+
+/// Each device's state and reason in a rollout.
+async fn device_states(pool: &sqlx::PgPool, rollout: &str) -> Vec<(String, String)> {
+    sqlx::query_as("SELECT state, coalesce(reason, '') FROM rollout_devices WHERE rollout_id = $1")
+        .bind(rollout)
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_sends_real_bytes_that_every_device_checks_before_it_installs() {
+    let name = unique("artifact_rollout");
+    let cfg = config(&Services::get().await, &name);
+    prepare(&cfg).await.unwrap();
+    let pool = migrated_test_pool(&cfg, 4).await;
+    let producer = EventProducer::new(&cfg.kafka).unwrap();
+    let dir = std::env::temp_dir().join(&name);
+    let store = otaledger_artifacts::FsStore::open(&dir).await.unwrap();
+    let state = otaledger_tests::app_state(&cfg, &pool, &producer)
+        .with_mqtt_admin(MqttAdmin::connect(&cfg.mqtt).unwrap())
+        .with_artifacts(Arc::new(store), MAX);
+    // The devices download from a listening API, as from the quick start's.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(axum::serve(listener, otaledger_api::app(state.clone())).into_future());
+    let app = as_client(otaledger_api::app(state), pool.clone(), producer.clone()).await;
+    let (stack, _tasks) = spawn_components(
+        &cfg,
+        &[
+            Component::MqttBridge,
+            Component::Projector,
+            Component::Router,
+            Component::Saga,
+            Component::Dispatcher,
+            Component::RolloutProjector,
+        ],
+    );
+    mqtt_bridge_subscribed(&cfg).await;
+
+    let image: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+    let digest = sha256_of(&image);
+    let upload_req = Request::builder()
+        .method("POST")
+        .uri("/v1/artifacts")
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .body(Body::from(image.clone()))
+        .unwrap();
+    assert_eq!(send(&app, upload_req).await.status, StatusCode::CREATED);
+
+    let sim = SimConfig {
+        gateway_share: 0.0,
+        rate: 12.0,
+        ..sim_config(
+            &cfg,
+            6,
+            &format!("{name}-"),
+            Behaviour {
+                install_ms: 100,
+                ..Behaviour::default()
+            },
+        )
+    };
+    let mut credentials = DeviceCredentials::default();
+    let mut ids = Vec::new();
+    for d in simulator::fleet(&sim) {
+        let token = provision(&app, &d.device_id).await;
+        credentials.insert(d.device_id.clone(), token, None);
+        ids.push(d.device_id);
+    }
+    let downloads = Arc::new(Downloads::new(Some(base.clone()), None, true));
+    let mut device_sim = SimConfig {
+        credentials: Some(credentials),
+        downloads: Some(Arc::clone(&downloads)),
+        ..sim
+    };
+    device_sim.mqtt.username = None;
+    device_sim.mqtt.password = None;
+    let (sim_stop, sim_task) = start_sim(device_sim);
+    wait_fleet(&app, 6).await;
+
+    let rollout = |version: &str| {
+        json!({
+            "release": {"version": version, "artifact_uri": format!("/v1/artifacts/{digest}"),
+                        "sha256": digest, "size_bytes": 200_000, "signature": "unsigned-test"},
+            "selector": {"device_ids": ids},
+            "strategy": {"waves_pct": [100], "min_devices_for_verdict": 1,
+                         "rollback_policy": "none", "health_gate_window_s": 1}
+        })
+    };
+    let good = request_rollout(&app, &rollout("2.0.0")).await;
+    wait_state(&app, &good, &["COMPLETED"], Duration::from_secs(90)).await;
+    let states = device_states(&pool, &good).await;
+    assert_eq!(states.len(), 6);
+    assert!(states.iter().all(|(s, _)| s == "SUCCEEDED"), "{states:?}");
+    assert_eq!(
+        downloads.stats.verified.load(Relaxed),
+        6,
+        "each device checked the bytes"
+    );
+    assert_eq!(
+        downloads.stats.origin_bytes.load(Relaxed),
+        6 * 200_000,
+        "each download cut halfway and resumed, no byte fetched twice"
+    );
+
+    // One byte changed in the store: every device refuses the release, and says why.
+    let stored = dir.join("sha256").join(&digest[..2]).join(&digest);
+    let mut tampered = image.clone();
+    tampered[99_999] ^= 0x80;
+    std::fs::write(&stored, &tampered).unwrap();
+    let bad = request_rollout(&app, &rollout("3.0.0")).await;
+    wait_state(&app, &bad, &["ABORTED"], Duration::from_secs(90)).await;
+    eventually(Duration::from_secs(30), "every device's refusal", || {
+        let pool = pool.clone();
+        let bad = bad.clone();
+        async move {
+            let states = device_states(&pool, &bad).await;
+            states
+                .iter()
+                .all(|(s, _)| s == "REJECTED" || s == "CANCELLED")
+                .then_some(states)
+        }
+    })
+    .await;
+    let states = device_states(&pool, &bad).await;
+    assert!(states.iter().any(|(s, _)| s == "REJECTED"), "{states:?}");
+    sim_stop.trigger();
+    let stats = sim_task.await.unwrap();
+    assert!(stats.downloads_rejected >= 1, "{stats:?}");
+    // Each refusal says why, in the ledger.
+    let records = otaledger_tests::read_topic(&cfg.kafka, &cfg.kafka.topics().device_events).await;
+    let refusals: Vec<String> = otaledger_tests::decode_all(&records)
+        .into_iter()
+        .filter_map(|(_, e)| match e.payload {
+            otaledger_domain::Payload::InstallResult(r)
+                if r.outcome == otaledger_domain::events::InstallOutcome::Rejected =>
+            {
+                Some(r.message.unwrap_or_default())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        refusals.len(),
+        states.iter().filter(|(s, _)| s == "REJECTED").count(),
+        "{refusals:?}"
+    );
+    assert!(
+        refusals.iter().all(|m| m.contains("SHA-256")),
+        "{refusals:?}"
+    );
+    let (status, fleet) = call(&app, "GET", &format!("/v1/devices/{}", ids[0]), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        fleet["firmware_version"], "2.0.0",
+        "the tampered release was never installed"
+    );
+    stack.trigger();
+    for id in &ids {
+        let _ = call(&app, "DELETE", &format!("/v1/tokens/{id}"), None).await;
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -63,6 +63,7 @@ async fn every_simulated_device_reaches_the_api_with_the_right_fields() {
         mqtt: cfg.mqtt.clone(),
         amqp: cfg.amqp.clone(),
         behaviour: simulator::Behaviour::default(),
+        downloads: None,
     };
     let stats = simulator::run(sim.clone(), Shutdown::new().signal())
         .await

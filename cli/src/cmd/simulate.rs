@@ -63,6 +63,23 @@ pub struct SimArgs {
     /// Devices that install, then stop heartbeating (the health gate fails them).
     #[arg(long = "unhealthy", value_name = "RULE")]
     unhealthy: Vec<OutcomeRule>,
+    /// Devices download an update's artifact (its `artifact_uri`, e.g. otaledger's own
+    /// `/v1/artifacts/<sha256>`) with their credentials, or through their gateway, which
+    /// fetches it once and serves its devices from its cache, and check its length and SHA-256
+    /// before installing; a failed check is reported REJECTED with the reason. Needs
+    /// --credentials (and --gateway-credentials for devices behind gateways).
+    #[arg(long)]
+    download: bool,
+    /// With --download, the otaledger server devices fetch `/v1/artifacts/<sha256>` from.
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8080")]
+    artifact_server: String,
+    /// With --download, cut every download halfway and resume it with Range.
+    #[arg(long, requires = "download")]
+    cut_downloads: bool,
+    /// With --download, the CA an https:// artifact server's certificate must chain to
+    /// (default: the system's roots).
+    #[arg(long, value_name = "FILE", requires = "download")]
+    download_ca: Option<std::path::PathBuf>,
 }
 
 impl SimArgs {
@@ -77,6 +94,26 @@ impl SimArgs {
         };
         let credentials = read(&self.credentials, "device")?;
         let gateway_credentials = read(&self.gateway_credentials, "gateway")?;
+        let downloads = if self.download {
+            anyhow::ensure!(
+                credentials.is_some(),
+                "--download needs --credentials: devices download with their own credentials"
+            );
+            let ca = match &self.download_ca {
+                Some(path) => Some(
+                    std::fs::read_to_string(path)
+                        .with_context(|| format!("reading {}", path.display()))?,
+                ),
+                None => None,
+            };
+            Some(std::sync::Arc::new(simulator::download::Downloads::new(
+                Some(self.artifact_server.clone()),
+                ca,
+                self.cut_downloads,
+            )))
+        } else {
+            None
+        };
         Ok(SimConfig {
             devices: self.devices,
             rate: self.rate,
@@ -97,6 +134,7 @@ impl SimArgs {
                 silent: self.silent.clone(),
                 unhealthy: self.unhealthy.clone(),
             },
+            downloads,
         })
     }
 }
@@ -112,5 +150,15 @@ pub async fn run(sim: &SimArgs, cfg: &Config, shutdown: &Shutdown) -> anyhow::Re
         stats.duplicate_commands,
         stats.results
     );
+    if sim.download {
+        println!(
+            "downloads: {} verified, {} refused; {} bytes from the artifact server, {} gateway cache hits saving {} bytes",
+            stats.downloads_verified,
+            stats.downloads_rejected,
+            stats.origin_bytes,
+            stats.gateway_cache_hits,
+            stats.gateway_bytes_saved
+        );
+    }
     Ok(())
 }

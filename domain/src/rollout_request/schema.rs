@@ -58,7 +58,15 @@ impl PartialSchema for ReleaseIn {
                 ObjectBuilder::new()
                     .schema_type(Type::String)
                     .max_length(Some(MAX_ARTIFACT_URI_LEN))
-                    .pattern(Some(r"^https://[^\u0000]+$")),
+                    .pattern(Some(
+                        r"^(https://[^\u0000]+|/v1/artifacts/[0-9A-Fa-f]{64})$",
+                    ))
+                    .description(Some(
+                        "An https:// URI, or /v1/artifacts/<sha256> for otaledger's own \
+                         artifact store, which devices reach at the server they report to; that \
+                         artifact must be in the store, with the release's digest and length \
+                         (409 otherwise)",
+                    )),
             )
             .required("artifact_uri")
             .property("sha256", sha256())

@@ -193,7 +193,18 @@ fn artifact_uris_are_https_and_of_bounded_length() {
     let uri = |len: usize| format!("https://{}", "a".repeat(len - "https://".len()));
     accepted(|v| v["release"]["artifact_uri"] = json!("https://a"));
     accepted(|v| v["release"]["artifact_uri"] = json!(uri(2048)));
+    // otaledger's own store, by a digest, in either case (the API checks it is the release's).
+    accepted(|v| {
+        v["release"]["artifact_uri"] = json!(format!("/v1/artifacts/{}", "ab".repeat(32)));
+    });
+    accepted(|v| {
+        v["release"]["artifact_uri"] = json!(format!("/v1/artifacts/{}", "AB".repeat(32)));
+    });
     for bad in [
+        json!(format!("/v1/artifacts/{}", "ab".repeat(31))),
+        json!(format!("/v1/artifacts/{}z", "ab".repeat(31))),
+        json!("/v1/artifacts/"),
+        json!("/fw.bin"),
         json!("https://"),
         json!(uri(2049)),
         json!("http://a/fw.bin"),
@@ -205,7 +216,8 @@ fn artifact_uris_are_https_and_of_bounded_length() {
         assert_eq!(e, RequestError::ArtifactUri, "{bad}");
         assert_eq!(
             e.to_string(),
-            "release.artifact_uri: must be an https:// URI of at most 2048 characters"
+            "release.artifact_uri: must be an https:// URI of at most 2048 characters, or \
+             /v1/artifacts/<sha256> for otaledger's own artifact store"
         );
     }
 }
