@@ -20,6 +20,7 @@ use serde::Serialize;
 use otaledger_ledger::config::Config;
 
 pub mod api;
+mod download;
 pub mod lag;
 mod limits;
 pub mod mqtt_ingest;
@@ -51,6 +52,9 @@ pub enum Scenario {
     /// Device reports/s through Mosquitto and the MQTT bridge into the ledger, in plain text
     /// and over TLS (the cost of TLS on ingest).
     MqttIngest,
+    /// Artifact download throughput from the API against nginx serving the same file, and the
+    /// origin bytes of 1,000 devices downloading through 20 caching gateways.
+    Download,
     /// Every scenario above.
     All,
 }
@@ -79,6 +83,33 @@ pub struct BenchArgs {
     pub out: std::path::PathBuf,
     /// The `otaledger` binary the rollout scenario runs each component with, a process each.
     pub components: std::path::PathBuf,
+    pub download: DownloadSize,
+}
+
+/// The download scenario's sizes.
+#[derive(Debug, Clone)]
+pub struct DownloadSize {
+    /// The file downloaded again and again from the API and from nginx, and for how long each.
+    pub artifact_bytes: usize,
+    pub run: Duration,
+    /// The fleet behind caching gateways, and the release it downloads.
+    pub fleet_devices: usize,
+    pub gateways: usize,
+    pub release_bytes: usize,
+}
+
+impl DownloadSize {
+    /// The issue's figures: 1,000 devices, 20 gateways, a 10 MB release.
+    #[must_use]
+    pub fn issue(artifact_bytes: usize, run: Duration) -> Self {
+        DownloadSize {
+            artifact_bytes,
+            run,
+            fleet_devices: 1000,
+            gateways: 20,
+            release_bytes: 10_000_000,
+        }
+    }
 }
 
 impl BenchArgs {
@@ -105,6 +136,7 @@ impl BenchArgs {
                 mqtt_tls: None,
                 out,
                 components,
+                download: DownloadSize::issue(64 << 20, Duration::from_secs(5)),
             }
         } else {
             BenchArgs {
@@ -122,6 +154,7 @@ impl BenchArgs {
                 mqtt_tls: None,
                 out,
                 components,
+                download: DownloadSize::issue(256 << 20, Duration::from_secs(10)),
             }
         }
     }
@@ -306,7 +339,7 @@ pub async fn run(cfg: &Config, args: &BenchArgs) -> Result<Report, BoxError> {
     let mut b = prepare(cfg, args).await?;
     use Scenario as S;
     let wants = |of: &[Scenario]| args.scenario == S::All || of.contains(&args.scenario);
-    use scenarios::{api, ingest, lag, limits, mqtt, projection, rebuild, rollout};
+    use scenarios::{api, download, ingest, lag, limits, mqtt, projection, rebuild, rollout};
     if wants(&[S::Limits, S::Ingest, S::Projection]) {
         limits(&mut b).await?;
     }
@@ -330,6 +363,9 @@ pub async fn run(cfg: &Config, args: &BenchArgs) -> Result<Report, BoxError> {
     }
     if wants(&[S::MqttIngest]) {
         mqtt(&mut b).await?;
+    }
+    if wants(&[S::Download]) {
+        download(&mut b).await?;
     }
     finish(b).await
 }

@@ -555,3 +555,142 @@ pub(crate) async fn mqtt(b: &mut Ctx<'_>) -> Result<(), BoxError> {
     );
     Ok(())
 }
+
+/// Artifact downloads (issue 18, item 6): throughput of `GET /v1/artifacts/{sha256}` with an
+/// operator's token against nginx serving the same file over loopback, best of two runs on two
+/// connections each; then a fleet getting a release through caching gateways (1,000 devices, 20
+/// gateways, 10 MB at the quick and full sizes), against one copy per gateway from the origin.
+pub(crate) async fn download(b: &mut Ctx<'_>) -> Result<(), BoxError> {
+    use otaledger_artifacts::Store as _;
+    let Ctx {
+        args,
+        cfg: bench_cfg,
+        name,
+        report,
+        ..
+    } = b;
+    let size = &args.download;
+    let dir = std::env::temp_dir().join(format!("{name}-download"));
+    std::fs::create_dir_all(dir.join("www"))?;
+    let store = otaledger_artifacts::FsStore::open(dir.join("store")).await?;
+    let big = crate::download::artifact(size.artifact_bytes);
+    let stored = store.put(&mut &big[..], u64::MAX, None).await?;
+    std::fs::write(dir.join("www").join(stored.sha256.as_str()), &big)?;
+    drop(big);
+    let small = crate::download::artifact(size.release_bytes);
+    let release_stored = store.put(&mut &small[..], u64::MAX, None).await?;
+    drop(small);
+
+    let pool = otaledger_projections::migrations::migrated_pool(
+        &bench_cfg.database.url,
+        &bench_cfg.database.schema,
+        8,
+    )
+    .await?;
+    let producer = EventProducer::new(&bench_cfg.kafka)?;
+    let state = otaledger_api::AppState::new(
+        pool.clone(),
+        producer.clone(),
+        bench_cfg.kafka.clone(),
+        bench_cfg.offline_after(),
+    )?
+    .with_artifacts(std::sync::Arc::new(store), u64::MAX);
+    let token = otaledger_api::tokens::issue(
+        &pool,
+        &producer,
+        "bench-operator",
+        otaledger_domain::access::Role::Operator,
+        None,
+        "otaledger-bench",
+        None,
+    )
+    .await?
+    .token;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, otaledger_api::app(state)).await;
+    });
+    let nginx = crate::download::Nginx::start(&dir, &dir.join("www")).await?;
+    let api_path = format!("/v1/artifacts/{}", stored.sha256);
+    let nginx_path = format!("/{}", stored.sha256);
+    let run = size.run;
+    let (mut api, mut reference) = (0.0_f64, 0.0_f64);
+    for _ in 0..2 {
+        if let Some(n) = &nginx {
+            let r = crate::download::throughput(n.addr, &nginx_path, None, 2, run).await?;
+            reference = reference.max(r);
+        }
+        let r = crate::download::throughput(addr, &api_path, Some(&token), 2, run).await?;
+        api = api.max(r);
+    }
+    if nginx.is_some() {
+        report.add("download", "nginx, the same file", reference / 1e6, "MB/s");
+    } else {
+        println!("  (nginx is not installed: scripts/bench.sh installs Debian's)");
+    }
+    report.add("download", "artifact download (API)", api / 1e6, "MB/s");
+    report.ratio("artifact download (API)", "nginx, the same file");
+    drop(nginx);
+
+    // The fleet: each gateway fetches the release once through a signed link, for its devices.
+    let key = otaledger_domain::download_link::LinkKey::new(
+        otaledger_ledger::db::stored_secret(&pool, "api_download_link_key").await?,
+    );
+    let expires = otaledger_domain::time::now_micros() / 1_000_000 + 3600;
+    let sig = key.sign(&release_stored.sha256, expires);
+    let release = otaledger_domain::events::Release {
+        version: "2.0.0".into(),
+        artifact_uri: format!(
+            "http://{addr}/v1/artifacts/{}?expires={expires}&sig={sig}",
+            release_stored.sha256
+        ),
+        sha256: release_stored.sha256.as_str().to_owned(),
+        size_bytes: i64::try_from(size.release_bytes)?,
+        signature: String::new(),
+    };
+    let (devices, gateways) = (size.fleet_devices, size.gateways);
+    let fleet = crate::download::through_gateways(release, devices, gateways).await?;
+    if fleet.verified != devices as u64 {
+        return Err(format!(
+            "{} of {devices} devices verified the release",
+            fleet.verified
+        )
+        .into());
+    }
+    println!("  download    a fleet of {devices} devices behind {gateways} gateways, a release of {} bytes", size.release_bytes);
+    report.add(
+        "download",
+        "one copy per gateway",
+        (gateways * size.release_bytes) as f64 / 1e6,
+        "MB",
+    );
+    report.add(
+        "download",
+        "origin bytes, fleet via gateways",
+        fleet.origin_bytes as f64 / 1e6,
+        "MB",
+    );
+    report.ratio("origin bytes, fleet via gateways", "one copy per gateway");
+    report.add(
+        "download",
+        "gateway cache hits",
+        fleet.cache_hits as f64,
+        "hits",
+    );
+    report.add(
+        "download",
+        "bytes the caches saved",
+        fleet.bytes_saved as f64 / 1e6,
+        "MB",
+    );
+    report.add(
+        "download",
+        "fleet served and verified in",
+        fleet.elapsed.as_secs_f64() * 1000.0,
+        "ms",
+    );
+    server.abort();
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

@@ -33,6 +33,13 @@ async fn bench_all_reports_every_figure_and_writes_json() {
         }),
         out: out.clone(),
         components: otaledger_tests::binary(),
+        download: otaledger_bench::DownloadSize {
+            artifact_bytes: 1 << 20,
+            run: std::time::Duration::from_millis(300),
+            fleet_devices: 40,
+            gateways: 4,
+            release_bytes: 100_000,
+        },
     };
     let report = run(&cfg, &args).await.unwrap();
     let names: Vec<&str> = report.figures.iter().map(|f| f.name).collect();
@@ -63,6 +70,9 @@ async fn bench_all_reports_every_figure_and_writes_json() {
         "peak RSS, saga",
         "MQTT ingest, plain",
         "MQTT ingest, TLS",
+        "artifact download (API)",
+        "origin bytes, fleet via gateways",
+        "gateway cache hits",
     ] {
         let f = report
             .figures
@@ -78,6 +88,21 @@ async fn bench_all_reports_every_figure_and_writes_json() {
         .map(|f| f.value)
         .sum();
     assert_eq!(errors, 0.0, "every API request of the load answered 200");
+    // Each gateway fetched the release once; its other devices were served from its cache.
+    let figure = |name: &str| {
+        report
+            .figures
+            .iter()
+            .find(|f| f.name == name)
+            .unwrap()
+            .value
+    };
+    assert_eq!(
+        figure("origin bytes, fleet via gateways"),
+        0.4,
+        "4 x 100 kB"
+    );
+    assert_eq!(figure("gateway cache hits"), 36.0);
     // Each figure is printed against the machine's own limit.
     for (name, against) in [
         ("otaledger producer (Avro, acks=all)", "raw produce"),
