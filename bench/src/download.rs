@@ -98,7 +98,18 @@ pub(crate) struct Nginx {
 }
 
 impl Drop for Nginx {
+    /// SIGTERM, so the master stops its workers (a SIGKILL would leave them running), then
+    /// SIGKILL if it has not exited within five seconds.
     fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        for _ in 0..50 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -133,6 +144,7 @@ impl Nginx {
             .arg(&conf_path)
             .arg("-p")
             .arg(dir)
+            .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));

@@ -23,8 +23,8 @@ const WITHIN: Duration = Duration::from_secs(120);
 const TRIES: u32 = 6;
 const FIRST_PAUSE: Duration = Duration::from_millis(250);
 
-/// Who fetches an artifact for a device.
-#[derive(Debug, Clone, Copy)]
+/// Who fetches an artifact for a device. `Debug` never shows the credential.
+#[derive(Clone, Copy)]
 pub enum Fetcher<'a> {
     /// The device itself, with its credential.
     Device { token: &'a str },
@@ -35,8 +35,17 @@ pub enum Fetcher<'a> {
 /// An artifact a gateway keeps, fetched once even when its devices ask at once.
 type Cached = Arc<tokio::sync::OnceCell<Arc<Vec<u8>>>>;
 
+impl std::fmt::Debug for Fetcher<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fetcher::Device { .. } => f.write_str("Fetcher::Device(<credential>)"),
+            Fetcher::Gateway { id, .. } => write!(f, "Fetcher::Gateway({id}, <credential>)"),
+        }
+    }
+}
+
 /// The downloads of a simulated fleet, and the gateways' caches.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Downloads {
     /// The server the devices report to (`http://host:port`), where a release's
     /// `/v1/artifacts/<sha256>` is fetched from.
@@ -48,6 +57,17 @@ pub struct Downloads {
     /// Each gateway's artifacts by digest, each fetched once even when asked for at once.
     cache: Mutex<HashMap<(String, String), Cached>>,
     pub stats: DownloadStats,
+}
+
+impl std::fmt::Debug for Downloads {
+    /// The settings and counts, not the cached bytes.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Downloads")
+            .field("server", &self.server)
+            .field("cut", &self.cut)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What the downloads did.
@@ -285,6 +305,22 @@ mod tests {
             "reading the body (at most 10 bytes): length limit exceeded"
         )));
         assert!(!transient(&GetError::BadUrl { url: "u".into() }));
+    }
+
+    #[test]
+    fn a_fetcher_never_shows_its_credential() {
+        let shown = format!(
+            "{:?} {:?}",
+            Fetcher::Device {
+                token: "otl_secret"
+            },
+            Fetcher::Gateway {
+                id: "gw-1",
+                token: "otl_secret"
+            }
+        );
+        assert!(!shown.contains("otl_secret"), "{shown}");
+        assert!(shown.contains("gw-1"));
     }
 
     #[test]
