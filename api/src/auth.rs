@@ -197,9 +197,35 @@ fn has_body(req: &Request) -> bool {
         || req.body().size_hint().lower() > 0
 }
 
-/// Routes whose body is raw bytes (an artifact upload), taken as `application/octet-stream`:
-/// a type no HTML form can send, so the reason for JSON-only holds for them too.
-const BINARY_BODIES: &[(Method, &str)] = &[(Method::POST, "/v1/artifacts")];
+/// The media type each operation's body is documented with, by path and then method, read
+/// from the document as the roles are (an artifact upload: `application/octet-stream`). Never a
+/// type an HTML form can send (`application/x-www-form-urlencoded`, `multipart/form-data`,
+/// `text/plain`): such a route would be reachable by a cross-site form post, so its body is
+/// taken as JSON instead.
+static BODY_TYPES: LazyLock<HashMap<String, Vec<(Method, String)>>> = LazyLock::new(|| {
+    const FORM_TYPES: [&str; 3] = [
+        "application/x-www-form-urlencoded",
+        "multipart/form-data",
+        "text/plain",
+    ];
+    let doc = serde_json::to_value(crate::openapi()).unwrap_or_default();
+    let mut types: HashMap<String, Vec<(Method, String)>> = HashMap::new();
+    for (path, item) in doc["paths"].as_object().into_iter().flatten() {
+        for (method, op) in item.as_object().into_iter().flatten() {
+            let declared = op["requestBody"]["content"]
+                .as_object()
+                .and_then(|c| c.keys().next())
+                .filter(|t| !FORM_TYPES.contains(&t.as_str()));
+            if let (Some(t), Ok(m)) = (
+                declared,
+                Method::from_bytes(method.to_ascii_uppercase().as_bytes()),
+            ) {
+                types.entry(path.clone()).or_default().push((m, t.clone()));
+            }
+        }
+    }
+    types
+});
 
 fn media_type(req: &Request) -> Option<&str> {
     req.headers()
@@ -209,19 +235,15 @@ fn media_type(req: &Request) -> Option<&str> {
         .map(str::trim)
 }
 
+/// Whether the body's declared type is the one the operation documents (JSON by default).
 fn is_json(req: &Request) -> bool {
-    let path = req
+    let documented = req
         .extensions()
         .get::<MatchedPath>()
-        .map(MatchedPath::as_str);
-    let binary = BINARY_BODIES
-        .iter()
-        .any(|(m, p)| m == req.method() && Some(*p) == path);
-    let wanted = if binary {
-        "application/octet-stream"
-    } else {
-        "application/json"
-    };
+        .and_then(|p| BODY_TYPES.get(p.as_str()))
+        .and_then(|ops| ops.iter().find(|(m, _)| m == req.method()))
+        .map(|(_, t)| t.as_str());
+    let wanted = documented.unwrap_or("application/json");
     media_type(req).is_some_and(|m| m.eq_ignore_ascii_case(wanted))
 }
 
@@ -233,8 +255,8 @@ fn not_json(req: &Request) -> Option<Response> {
         refused(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
-            "a request body must be application/json (an artifact upload: \
-             application/octet-stream)"
+            "a request body must be of the type /openapi.json documents for the operation \
+             (application/json; an artifact upload: application/octet-stream)"
                 .into(),
         )
     })
@@ -392,5 +414,20 @@ mod tests {
         assert!(has_method(&Method::POST, "/v1/artifacts"));
         assert!(!has_method(&Method::TRACE, "/v1/artifacts"));
         assert!(!has_method(&Method::GET, "/v1/undocumented"));
+        // Body types come from the document: raw bytes for an upload, JSON elsewhere.
+        let body_type = |m: Method, p: &str| {
+            BODY_TYPES
+                .get(p)
+                .and_then(|ops| ops.iter().find(|(om, _)| *om == m))
+                .map(|(_, t)| t.clone())
+        };
+        assert_eq!(
+            body_type(Method::POST, "/v1/artifacts").as_deref(),
+            Some("application/octet-stream")
+        );
+        assert_eq!(
+            body_type(Method::POST, "/v1/rollouts").as_deref(),
+            Some("application/json")
+        );
     }
 }

@@ -27,6 +27,20 @@ pub async fn operator_request(app: &axum::Router, id: &str, action: &str, reason
     assert_eq!(status, StatusCode::ACCEPTED, "{uri}: {answer}");
 }
 
+/// Provisions `device` through `POST /v1/devices` (its MQTT login too, when the API has the
+/// broker's admin login); its credential.
+pub async fn provision(app: &axum::Router, device: &str) -> String {
+    let (status, body) = call(
+        app,
+        "POST",
+        "/v1/devices",
+        Some(&json!({"device_id": device})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body["token"].as_str().unwrap().to_owned()
+}
+
 /// `GET uri` against the API: the status and the JSON answer.
 pub async fn get(app: &axum::Router, uri: &str) -> (StatusCode, Value) {
     call(app, "GET", uri, None).await

@@ -25,7 +25,7 @@ use otaledger_ledger::mqtt_admin::MqttAdmin;
 use otaledger_simulator::download::{Downloads, Fetcher};
 use otaledger_simulator::{self as simulator, Behaviour, DeviceCredentials, SimConfig};
 use otaledger_tests::rollouts::{
-    call, call_as, request_rollout, sim_config, start_sim, wait_fleet, wait_state,
+    call, call_as, provision, request_rollout, sim_config, start_sim, wait_fleet, wait_state,
 };
 use otaledger_tests::{
     as_client, config, eventually, issue_token, migrated_test_pool, mqtt_bridge_subscribed,
@@ -95,18 +95,47 @@ fn sha256_of(bytes: &[u8]) -> String {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn artifacts_are_stored_once_and_downloaded_only_by_whom_a_rollout_commanded() {
-    let name = unique("artifacts");
+/// A test's namespace, its store in a directory of its own, and the API's state over both.
+struct Fixture {
+    name: String,
+    cfg: otaledger_ledger::config::Config,
+    pool: sqlx::PgPool,
+    producer: EventProducer,
+    dir: std::path::PathBuf,
+    state: otaledger_api::AppState,
+}
+
+async fn fixture(test: &str) -> Fixture {
+    let name = unique(test);
     let cfg = config(&Services::get().await, &name);
     prepare(&cfg).await.unwrap();
     let pool = migrated_test_pool(&cfg, 4).await;
     let producer = EventProducer::new(&cfg.kafka).unwrap();
     let dir = std::env::temp_dir().join(&name);
     let store = otaledger_artifacts::FsStore::open(&dir).await.unwrap();
-    let app = otaledger_api::app(
-        otaledger_tests::app_state(&cfg, &pool, &producer).with_artifacts(Arc::new(store), MAX),
-    );
+    let state =
+        otaledger_tests::app_state(&cfg, &pool, &producer).with_artifacts(Arc::new(store), MAX);
+    Fixture {
+        name,
+        cfg,
+        pool,
+        producer,
+        dir,
+        state,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn artifacts_are_stored_once_and_downloaded_only_by_whom_a_rollout_commanded() {
+    let Fixture {
+        name,
+        cfg,
+        pool,
+        producer,
+        dir,
+        state,
+    } = fixture("artifacts").await;
+    let app = otaledger_api::app(state);
     let operator = issue_token(&pool, &producer, "olga", Role::Operator).await;
     let viewer = issue_token(&pool, &producer, "vic", Role::Viewer).await;
     let (d1, d2) = (format!("{name}-d1"), format!("{name}-d2"));
@@ -672,19 +701,6 @@ async fn artifacts_are_stored_once_and_downloaded_only_by_whom_a_rollout_command
     otaledger_tests::drop_schema(&Services::get().await, &cfg.database.schema).await;
 }
 
-/// `POST /v1/devices` for `device` (its MQTT login too); its credential.
-async fn provision(app: &axum::Router, device: &str) -> String {
-    let (status, body) = call(
-        app,
-        "POST",
-        "/v1/devices",
-        Some(&json!({"device_id": device})),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    body["token"].as_str().unwrap().to_owned()
-}
-
 /// Each device's state and reason in a rollout.
 async fn device_states(pool: &sqlx::PgPool, rollout: &str) -> Vec<(String, String)> {
     sqlx::query_as("SELECT state, coalesce(reason, '') FROM rollout_devices WHERE rollout_id = $1")
@@ -696,16 +712,15 @@ async fn device_states(pool: &sqlx::PgPool, rollout: &str) -> Vec<(String, Strin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollout_sends_real_bytes_that_every_device_checks_before_it_installs() {
-    let name = unique("artifact_rollout");
-    let cfg = config(&Services::get().await, &name);
-    prepare(&cfg).await.unwrap();
-    let pool = migrated_test_pool(&cfg, 4).await;
-    let producer = EventProducer::new(&cfg.kafka).unwrap();
-    let dir = std::env::temp_dir().join(&name);
-    let store = otaledger_artifacts::FsStore::open(&dir).await.unwrap();
-    let state = otaledger_tests::app_state(&cfg, &pool, &producer)
-        .with_mqtt_admin(MqttAdmin::connect(&cfg.mqtt).unwrap())
-        .with_artifacts(Arc::new(store), MAX);
+    let Fixture {
+        name,
+        cfg,
+        pool,
+        producer,
+        dir,
+        state,
+    } = fixture("artifact_rollout").await;
+    let state = state.with_mqtt_admin(MqttAdmin::connect(&cfg.mqtt).unwrap());
     // The devices download from a listening API, as from the quick start's.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());

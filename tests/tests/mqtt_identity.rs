@@ -15,7 +15,7 @@ use otaledger_ledger::kafka::EventProducer;
 use otaledger_ledger::mqtt_admin::MqttAdmin;
 use otaledger_ledger::shutdown::Shutdown;
 use otaledger_simulator::{self as simulator, DeviceCredentials, SimConfig};
-use otaledger_tests::rollouts::{call, fleet_size, sim_config, wait_fleet};
+use otaledger_tests::rollouts::{call, fleet_size, provision, sim_config, wait_fleet};
 use otaledger_tests::{
     as_client, config, migrated_test_pool, mqtt_bridge_subscribed, spawn_components, unique,
     Services,
@@ -41,19 +41,6 @@ async fn setup(test: &str) -> (String, Config, axum::Router) {
         .with_mqtt_admin(MqttAdmin::connect(&cfg.mqtt).unwrap());
     let app = as_client(otaledger_api::app(state), pool, producer).await;
     (name, cfg, app)
-}
-
-/// Provisions `device` through `POST /v1/devices`; its credential.
-async fn provision(app: &axum::Router, device: &str) -> String {
-    let (status, body) = call(
-        app,
-        "POST",
-        "/v1/devices",
-        Some(&json!({"device_id": device})),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    body["token"].as_str().unwrap().to_owned()
 }
 
 async fn revoke(app: &axum::Router, device: &str) {
