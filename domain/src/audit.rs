@@ -476,6 +476,7 @@ mod tests {
             ),
             (
                 Payload::UpdateCommand(UpdateCommand {
+                    director: None,
                     command_id: id,
                     device_id: "d".into(),
                     rollout_id: "r".into(),
@@ -557,6 +558,7 @@ mod tests {
             at(
                 S,
                 Payload::UpdateRequested(UpdateRequested {
+                    catalogue: None,
                     rollout_id: "r".into(),
                     requested_by: "alice".into(),
                     release: release(),

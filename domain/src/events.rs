@@ -19,6 +19,8 @@ pub enum Stream {
     /// `ota.access-events`, keyed by token id (a device's attachment by device id): who was
     /// given or lost access, by whom.
     AccessEvents,
+    /// `ota.release-events`, keyed by release id: the release catalogue (ADR 0038).
+    ReleaseEvents,
 }
 
 /// Metadata every event carries. The schema fingerprint travels in the encoding itself.
@@ -304,6 +306,47 @@ pub struct UpdateRequested {
     pub release: Release,
     pub selector: TargetSelector,
     pub strategy: Strategy,
+    /// The catalogue release the rollout names (`None`: a release given in full, as before
+    /// the catalogue; its commands carry no director statement). Added in schema v2.
+    pub catalogue: Option<Box<CatalogueRelease>>,
+}
+
+/// What a rollout by catalogue release adds to its request: the release, the hardware
+/// revisions it was signed for (an empty list allows every revision), and whether devices on a
+/// newer version may be taken back to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogueRelease {
+    pub release_id: String,
+    pub hardware_revs: Vec<String>,
+    pub allow_downgrade: bool,
+}
+
+// ---- release events ------------------------------------------------------------------------
+
+/// A release entered the catalogue (as a draft): the image and whom it is for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseRegistered {
+    pub release_id: String,
+    pub version: String,
+    pub models: Vec<String>,
+    /// Empty: every hardware revision of those models.
+    pub hardware_revs: Vec<String>,
+    pub sha256: String,
+    pub length: i64,
+    pub notes: String,
+    pub registered_by: String,
+}
+
+/// A release moved draft → published (its signed targets metadata was verified and is
+/// version `targets_version` of the image repository) or → deprecated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseStateChanged {
+    pub release_id: String,
+    pub from: String,
+    pub to: String,
+    pub by: String,
+    pub targets_version: Option<i64>,
+    pub reason: Option<String>,
 }
 
 /// An API token or a device credential was issued. The secret is not in the ledger (only its
@@ -535,6 +578,9 @@ pub struct UpdateCommand {
     pub gateway_id: Option<String>,
     pub release: Release,
     pub deadline: Micros,
+    /// The director's signed statement for this device and target (`director::Statement`),
+    /// for rollouts of catalogue releases. Added in schema v2.
+    pub director: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -692,6 +738,8 @@ catalogue! {
     TokenRevoked(TokenRevoked) => "TokenRevoked", AccessEvents, token_id;
     DeviceAttached(DeviceAttached) => "DeviceAttached", AccessEvents, device_id;
     AdmissionDecided(AdmissionDecided) => "AdmissionDecided", AccessEvents, device_id;
+    ReleaseRegistered(ReleaseRegistered) => "ReleaseRegistered", ReleaseEvents, release_id;
+    ReleaseStateChanged(ReleaseStateChanged) => "ReleaseStateChanged", ReleaseEvents, release_id;
 }
 
 impl std::fmt::Display for EventType {

@@ -30,6 +30,14 @@ pub fn text(max: usize) -> ObjectBuilder {
         .pattern(Some(non_blank_pattern()))
 }
 
+/// A release id of the catalogue: a letter or digit, then letters, digits and `.` `_` `-`.
+#[must_use]
+pub fn release_id() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"))
+}
+
 /// Makes a schema also accept `null` (an `Option` that serde reads from `null`).
 #[must_use]
 pub fn or_null(schema: ObjectBuilder, ty: Type) -> ObjectBuilder {

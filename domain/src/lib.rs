@@ -14,12 +14,14 @@ pub mod ids;
 pub mod json_number;
 pub mod json_schema;
 pub mod rejection;
+pub mod release;
 pub mod rollout;
 pub mod rollout_request;
 mod serde_uuid;
 pub mod stable_hash;
 mod text;
 pub mod time;
+pub mod tuf;
 pub mod version;
 
 pub use events::{Event, EventMeta, EventType, Payload, Stream};

@@ -57,10 +57,28 @@ pub(crate) const ROLLBACK_POLICIES: [(&str, RollbackPolicy); 3] = [
 pub struct RolloutIn {
     /// Optional, for idempotent retries by the caller; a new UUID otherwise.
     pub rollout_id: Option<String>,
-    pub release: ReleaseIn,
+    /// The release in full; or `release_id`, which the API resolves from the catalogue into this.
+    /// Absent, not `null`, when not given (the document says exactly one of the two).
+    #[serde(default, deserialize_with = "present")]
+    pub release: Option<ReleaseIn>,
+    /// A published release of the catalogue (ADR 0038).
+    #[serde(default, deserialize_with = "present")]
+    pub release_id: Option<String>,
+    /// Lets devices on a newer version than the catalogue release be taken back to it.
+    #[serde(default)]
+    pub allow_downgrade: bool,
     pub selector: SelectorIn,
     #[serde(default)]
     pub strategy: StrategyIn,
+}
+
+/// A field that may be left out but, when given, is a value: `null` is refused.
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -151,6 +169,8 @@ impl Default for StrategyIn {
 /// Why a rollout request was refused. The message starts with the field's path.
 #[derive(Debug, Clone, PartialEq, Error)]
 pub enum RequestError {
+    #[error("release: give a release in full or a catalogue release_id, exactly one of them")]
+    NoRelease,
     #[error("release.version: {0}")]
     Version(#[from] SemVerError),
     #[error("release.artifact_uri: must be an https:// URI of at most {MAX_ARTIFACT_URI_LEN} characters, or /v1/artifacts/<sha256> for otaledger's own artifact store")]
@@ -188,6 +208,7 @@ impl RequestError {
     #[must_use]
     pub fn field(&self) -> &'static str {
         match self {
+            RequestError::NoRelease => "release",
             RequestError::Version(_) => "release.version",
             RequestError::ArtifactUri => "release.artifact_uri",
             RequestError::Sha256(_) => "release.sha256",
@@ -458,7 +479,7 @@ impl RolloutRequest {
     /// Checks a request: release, selector, strategy, rollout id, then the requester, who is
     /// `operator` when the request names nobody. A request without a rollout id gets a new UUID.
     pub fn parse(input: RolloutIn, operator: &str) -> Result<Self, RequestError> {
-        let release = ReleaseSpec::parse(input.release)?;
+        let release = ReleaseSpec::parse(input.release.ok_or(RequestError::NoRelease)?)?;
         let selector = parse_selector(input.selector)?;
         let strategy = parse_strategy(input.strategy)?;
         let rollout_id = match input.rollout_id {
@@ -514,6 +535,7 @@ impl From<RolloutRequest> for UpdateRequested {
             release: r.release.into(),
             selector: r.selector,
             strategy: r.strategy,
+            catalogue: None,
         }
     }
 }

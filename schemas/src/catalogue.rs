@@ -43,6 +43,10 @@ const FILES: &[(&str, &str)] = avsc![
     "TokenRevoked.v1.avsc",
     "DeviceAttached.v1.avsc",
     "AdmissionDecided.v1.avsc",
+    "UpdateRequested.v2.avsc",
+    "UpdateCommand.v2.avsc",
+    "ReleaseRegistered.v1.avsc",
+    "ReleaseStateChanged.v1.avsc",
 ];
 
 /// One schema version.

@@ -4,8 +4,9 @@ use apache_avro::{from_value, to_avro_datum, to_value, types::Value, write_avro_
 use otaledger_domain::events::{
     AdmissionDecided, CancelCommand, CommandDeliveryFailed, DeviceAttached, DeviceCommanded,
     DeviceOutcome, DeviceRegistered, DeviceReportRouted, DeviceTimedOut, DevicesJoined, Heartbeat,
-    InstallProgress, InstallResult, OperatorRequest, RollbackCommand, RolloutStateChanged,
-    ThresholdEvaluated, TokenIssued, TokenRevoked, UpdateCommand, UpdateRequested, WaveStarted,
+    InstallProgress, InstallResult, OperatorRequest, ReleaseRegistered, ReleaseStateChanged,
+    RollbackCommand, RolloutStateChanged, ThresholdEvaluated, TokenIssued, TokenRevoked,
+    UpdateCommand, UpdateRequested, WaveStarted,
 };
 use otaledger_domain::{Event, EventMeta, EventType, Payload};
 use serde::{Deserialize, Serialize};
@@ -174,6 +175,8 @@ dispatch! {
     TokenRevoked(TokenRevoked),
     DeviceAttached(DeviceAttached),
     AdmissionDecided(AdmissionDecided),
+    ReleaseRegistered(ReleaseRegistered),
+    ReleaseStateChanged(ReleaseStateChanged),
 }
 
 #[cfg(test)]

@@ -75,6 +75,11 @@ fn samples() -> Vec<Event> {
             message: None,
         }),
         Payload::UpdateRequested(UpdateRequested {
+            catalogue: Some(Box::new(CatalogueRelease {
+                release_id: "fw-2.0.0".into(),
+                hardware_revs: vec!["rev-2".into()],
+                allow_downgrade: true,
+            })),
             rollout_id: "r1".into(),
             requested_by: "ops".into(),
             release: release(),
@@ -199,6 +204,7 @@ fn samples() -> Vec<Event> {
             reason: "threshold".into(),
         }),
         Payload::UpdateCommand(UpdateCommand {
+            director: Some("{\"signed\":{}}".into()),
             command_id: cmd,
             device_id: "d1".into(),
             rollout_id: "r1".into(),
@@ -267,6 +273,24 @@ fn samples() -> Vec<Event> {
             accepted: true,
             decided_by: "admin".into(),
         }),
+        Payload::ReleaseRegistered(ReleaseRegistered {
+            release_id: "fw-2.0.0".into(),
+            version: "2.0.0".into(),
+            models: vec!["lift-x".into()],
+            hardware_revs: vec![],
+            sha256: "cd".repeat(32),
+            length: 1024,
+            notes: "notes".into(),
+            registered_by: "alice".into(),
+        }),
+        Payload::ReleaseStateChanged(ReleaseStateChanged {
+            release_id: "fw-2.0.0".into(),
+            from: "draft".into(),
+            to: "published".into(),
+            by: "bob".into(),
+            targets_version: Some(3),
+            reason: None,
+        }),
     ];
     payloads
         .into_iter()
@@ -322,6 +346,36 @@ fn a_v2_reader_reads_heartbeats_written_with_v1() {
     );
     assert_eq!(hb.health.temperature_c, 41.0);
     assert_eq!(decoded.event.meta, event.meta);
+}
+
+/// Version 1 of a type, its sample written with it, and that sample read back.
+fn written_with_v1(t: EventType) -> (Event, Event) {
+    let schemas = Schemas::get();
+    let v1 = schemas
+        .all()
+        .iter()
+        .find(|s| s.event_type == t && s.version == 1)
+        .unwrap();
+    assert_eq!(schemas.current(t).version, 2);
+    let event = samples().into_iter().find(|e| e.event_type() == t).unwrap();
+    let decoded = decode(&encode_with(&event, v1).unwrap()).unwrap();
+    assert_eq!(decoded.writer_version, 1);
+    (event, decoded.event)
+}
+
+#[test]
+fn requests_and_commands_written_before_the_catalogue_read_without_it() {
+    let (_, back) = written_with_v1(EventType::UpdateRequested);
+    let Payload::UpdateRequested(r) = back.payload else {
+        panic!("not a request")
+    };
+    assert_eq!(r.catalogue, None);
+    assert_eq!(r.release.version, "2.1.0");
+    let (_, back) = written_with_v1(EventType::UpdateCommand);
+    let Payload::UpdateCommand(c) = back.payload else {
+        panic!("not a command")
+    };
+    assert_eq!(c.director, None);
 }
 
 #[test]

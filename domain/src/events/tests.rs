@@ -7,7 +7,12 @@ fn names_round_trip_and_streams_are_assigned() {
     for t in EventType::ALL {
         assert_eq!(EventType::from_name(t.name()), Some(*t));
     }
-    assert_eq!(EventType::ALL.len(), 24);
+    assert_eq!(EventType::ALL.len(), 26);
+    assert_eq!(EventType::ReleaseRegistered.stream(), Stream::ReleaseEvents);
+    assert_eq!(
+        EventType::ReleaseStateChanged.stream(),
+        Stream::ReleaseEvents
+    );
     assert_eq!(EventType::Heartbeat.stream(), Stream::DeviceEvents);
     assert_eq!(
         EventType::ThresholdEvaluated.stream(),

@@ -29,6 +29,7 @@ fn strategy() -> Strategy {
 
 fn request(strategy: Strategy) -> UpdateRequested {
     UpdateRequested {
+        catalogue: None,
         rollout_id: "r1".into(),
         requested_by: "ops".into(),
         release: Release {

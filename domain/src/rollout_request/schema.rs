@@ -20,7 +20,7 @@ fn reference<T: ToSchema>() -> RefOr<Schema> {
 
 impl PartialSchema for RolloutIn {
     fn schema() -> RefOr<Schema> {
-        closed_object("A rollout: which release, to which devices, how.")
+        let object = closed_object("A rollout: which release, to which devices, how.")
             .property(
                 "rollout_id",
                 or_null(device_id(), Type::String).description(Some(
@@ -28,10 +28,49 @@ impl PartialSchema for RolloutIn {
                 )),
             )
             .property("release", reference::<ReleaseIn>())
-            .required("release")
+            .property(
+                "release_id",
+                crate::json_schema::release_id().description(Some(
+                    "A published release of the catalogue, instead of `release`: its artifact, \
+                     version and compatible models and hardware revisions come from the catalogue, \
+                     and its commands carry the director's signed statement.",
+                )),
+            )
+            .property(
+                "allow_downgrade",
+                ObjectBuilder::new()
+                    .schema_type(Type::Boolean)
+                    .default(Some(false.into()))
+                    .description(Some(
+                        "With `release_id`: also target devices on a newer version than the release",
+                    )),
+            )
             .property("selector", reference::<SelectorIn>())
             .required("selector")
-            .property("strategy", reference::<StrategyIn>())
+            .property("strategy", reference::<StrategyIn>());
+        // Exactly one of `release` and `release_id`; `allow_downgrade` only with the latter. A
+        // property that must be null here and an object or a string above cannot be present.
+        let absent = || ObjectBuilder::new().schema_type(Type::Null);
+        let one_release = utoipa::openapi::schema::OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .required("release")
+                    .property("release_id", absent())
+                    .property(
+                        "allow_downgrade",
+                        ObjectBuilder::new()
+                            .schema_type(Type::Boolean)
+                            .enum_values(Some([false])),
+                    ),
+            )
+            .item(
+                ObjectBuilder::new()
+                    .required("release_id")
+                    .property("release", absent()),
+            );
+        utoipa::openapi::schema::AllOfBuilder::new()
+            .item(object)
+            .item(one_release)
             .into()
     }
 }

@@ -73,6 +73,7 @@ fn a_good_request_becomes_the_event_with_defaults_filled_in() {
     assert_eq!(
         e,
         UpdateRequested {
+            catalogue: None,
             rollout_id: "r-1".into(),
             requested_by: "alice".into(),
             release: Release {
@@ -501,4 +502,27 @@ fn the_json_shape_is_strict() {
     assert_eq!(i.strategy.max_retries, 1);
     assert_eq!(i.strategy.max_in_flight, Strategy::default().max_in_flight);
     assert_eq!(i.rollout_id, None);
+}
+
+#[test]
+fn a_request_without_a_release_is_refused_naming_it() {
+    let e = refused(|v| {
+        v.as_object_mut().map(|o| o.remove("release"));
+    });
+    assert_eq!(e, RequestError::NoRelease);
+    assert_eq!(e.field(), "release");
+}
+
+#[test]
+fn a_release_or_release_id_given_as_null_is_refused() {
+    for field in ["release", "release_id"] {
+        let e = input_error(&with(|v| {
+            v[field] = Value::Null;
+        }));
+        assert!(e.contains("invalid type: null"), "{field}: {e}");
+    }
+    let r = input(&with(|v| {
+        v["release_id"] = "fw-1".into();
+    }));
+    assert_eq!(r.release_id.as_deref(), Some("fw-1"));
 }
