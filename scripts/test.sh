@@ -39,6 +39,8 @@ pip_install() {
 python3 -c 'import duckdb' 2>/dev/null || pip_install duckdb
 # The contract test fuzzes the API from its OpenAPI document with schemathesis (PyPI).
 python3 -c 'import schemathesis' 2>/dev/null || pip_install 'schemathesis>=4.3,<5'
+# python-tuf's ngclient: a TUF client no one here wrote verifies the image repository.
+python3 -c 'import tuf.ngclient, cryptography' 2>/dev/null || pip_install 'tuf>=5,<7' cryptography
 bash scripts/build-deps.sh
 cargo build --locked -p otaledger-cli
 if cargo nextest --version >/dev/null 2>&1; then

@@ -68,9 +68,54 @@ DEMO="$STATE_DIR/demo-firmware-9.0.0.bin"
 [ -s "$DEMO" ] || head -c 1048576 /dev/urandom >"$DEMO"
 DIGEST=$("$OTALEDGER" --config otaledger.example.toml artifact push "$DEMO" |
   python3 -c 'import json, sys; print(json.load(sys.stdin)["sha256"])')
-echo "a demo release, 1 MiB, is in the artifact store; roll it out to the gen3 elevators with"
-echo "  curl -H \"Authorization: Bearer \$OTALEDGER_TOKEN\" -H 'content-type: application/json' http://$LISTEN/v1/rollouts \\"
-echo "    -d '{\"release\": {\"version\": \"9.0.0\", \"artifact_uri\": \"/v1/artifacts/$DIGEST\", \"sha256\": \"$DIGEST\", \"size_bytes\": 1048576, \"signature\": \"demo\"}, \"selector\": {\"models\": [\"elevator-gen3\"]}}'"
+# The image repository (docs/adr/0038). Its offline keys are made once in $KEYS (on a real fleet
+# they stay off the server): the root key, the release key, and the first root, which names the
+# server's online key. The simulated devices are provisioned with that root and the director's
+# key, and check every update's director statement and signed metadata before they download it.
+KEYS="$STATE_DIR/tuf-keys"
+SERVER_KEYS="$STATE_DIR/server-keys.json"
+"$OTALEDGER" --config otaledger.example.toml keys server >"$SERVER_KEYS"
+# A root made for another server key (the database was dropped since) is set aside.
+if [ -s "$KEYS/1.root.json" ] && ! python3 - "$KEYS/1.root.json" "$SERVER_KEYS" <<'PY'
+import json, sys
+root, keys = (json.load(open(p)) for p in sys.argv[1:3])
+sys.exit(root["signed"]["roles"]["snapshot"]["keyids"] != [keys["online"]["keyid"]])
+PY
+then
+  mv "$KEYS" "$KEYS.old-$(date +%s)"
+fi
+[ -s "$KEYS/1.root.json" ] ||
+  "$OTALEDGER" --config otaledger.example.toml keys generate --dir "$KEYS" --server-keys "$SERVER_KEYS"
+# Once the API answers: install the root, register the demo release, sign its targets with the
+# release key and publish it; then say how to roll it out.
+publish_demo() {
+  local base="http://$LISTEN" work="$STATE_DIR/release-work"
+  mkdir -p "$work"
+  until curl -sf "$base/readyz" >/dev/null 2>&1; do sleep 1; done
+  api() { curl -sS -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' "$@"; }
+  if [ "$(api -o /dev/null -w '%{http_code}' "$base/v1/tuf/1.root.json")" != 200 ]; then
+    api -X POST "$base/v1/tuf/root" --data-binary @"$KEYS/1.root.json" >/dev/null
+  fi
+  if [ "$(api -o /dev/null -w '%{http_code}' "$base/v1/releases/demo-9.0.0")" = 404 ]; then
+    api -X POST "$base/v1/releases" -d "{\"release_id\": \"demo-9.0.0\", \"version\": \"9.0.0\",
+      \"models\": [\"elevator-gen2\", \"elevator-gen3\", \"escalator-e1\", \"press-p500\", \"conveyor-c7\"],
+      \"sha256\": \"$DIGEST\", \"length\": 1048576, \"notes\": \"the quick start's demo release\"}" >/dev/null
+  fi
+  api "$base/v1/releases/demo-9.0.0" >"$work/release.json"
+  if grep -q '"state":"draft"' "$work/release.json"; then
+    local current=()
+    if api -f "$base/v1/tuf/targets.json" >"$work/current.json" 2>/dev/null; then
+      current=(--current "$work/current.json")
+    fi
+    "$OTALEDGER" --config otaledger.example.toml release sign --release "$work/release.json" --keys "$KEYS" "${current[@]}" \
+      >"$work/signed.json" 2>/dev/null
+    api -X POST "$base/v1/releases/demo-9.0.0/publish" --data-binary @"$work/signed.json" >/dev/null
+  fi
+  echo "release demo-9.0.0 (1 MiB, signed offline) is published; roll it out to the gen3 elevators with"
+  echo "  curl -H \"Authorization: Bearer \$OTALEDGER_TOKEN\" -H 'content-type: application/json' $base/v1/rollouts \\"
+  echo "    -d '{\"release_id\": \"demo-9.0.0\", \"selector\": {\"models\": [\"elevator-gen3\"]}}'"
+}
+publish_demo &
 # A process that dies is started again, as the systemd unit (deploy/systemd) and the compose
 # file's restart policy do in production: components that fail are restarted inside the process,
 # but a crash (a segfault inside librdkafka, docs/adr/0035) takes every component with it.
@@ -81,7 +126,8 @@ while :; do
   status=0
   "$OTALEDGER" --config otaledger.example.toml up --simulate --credentials "$CREDS" \
     --gateway-credentials "$GW_CREDS" --devices "$DEVICES" --rate "${RATE:-500}" \
-    --download --artifact-server "http://$LISTEN" "$@" || status=$?
+    --download --artifact-server "http://$LISTEN" \
+    --tuf-root "$KEYS/1.root.json" --director-key "$SERVER_KEYS" "$@" || status=$?
   if [ "$stopping" = 1 ] || [ "$status" = 0 ]; then exit "$status"; fi
   echo "otaledger exited with status $status; starting it again in 2 s (Ctrl-C stops)" >&2
   sleep 2

@@ -319,7 +319,7 @@ struct DigestPath {
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-struct LinkQuery {
+pub(crate) struct LinkQuery {
     /// When the link expires, in seconds since the epoch.
     expires: Option<i64>,
     /// The link's signature (64 hexadecimal digits).
@@ -395,9 +395,19 @@ async fn download(
     Params(q): Params<LinkQuery>,
     headers: HeaderMap,
 ) -> Result<Response, Response> {
-    let artifacts = enabled(&s).map_err(IntoResponse::into_response)?;
-    let artifact = parse_digest(&sha256).map_err(IntoResponse::into_response)?;
-    may_download(&s, artifacts, &artifact, &q, &headers).await?;
+    serve(&s, &sha256, &q, &headers).await
+}
+
+/// Serves artifact `sha256` to whoever may download it (also as a TUF target).
+pub(crate) async fn serve(
+    s: &AppState,
+    sha256: &str,
+    q: &LinkQuery,
+    headers: &HeaderMap,
+) -> Result<Response, Response> {
+    let artifacts = enabled(s).map_err(IntoResponse::into_response)?;
+    let artifact = parse_digest(sha256).map_err(IntoResponse::into_response)?;
+    may_download(s, artifacts, &artifact, q, headers).await?;
     let Some(length) = artifacts
         .store
         .length(&artifact)

@@ -14,12 +14,14 @@ mod openapi;
 mod ops;
 pub use ops::metrics_routes;
 mod params;
+pub mod releases;
 mod rollout_views;
 pub mod rollouts;
 pub mod scope;
 pub mod summary_cache;
 pub mod tls;
 pub mod tokens;
+pub mod tuf;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -169,6 +171,8 @@ fn routes() -> OpenApiRouter<AppState> {
         .merge(tokens::routes())
         .merge(admission::routes())
         .merge(artifacts::routes())
+        .merge(releases::routes())
+        .merge(tuf::routes())
         .merge(ops::routes())
 }
 

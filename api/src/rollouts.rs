@@ -7,7 +7,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use otaledger_domain::events::{OperatorRequest, UpdateRequested};
+use otaledger_domain::events::{CatalogueRelease, OperatorRequest, UpdateRequested};
 use otaledger_domain::ids::new_trace_id;
 use otaledger_domain::rollout_request::RolloutRequest;
 pub use otaledger_domain::rollout_request::{
@@ -80,7 +80,7 @@ async fn append(
         (status = 202, description = "The ledger holds the request", body = Accepted),
         (status = 400, description = "A bad request, naming the field", body = ErrorBody),
         (status = 403, description = "The selector selects nothing within the token's scope", body = ErrorBody),
-        (status = 409, description = "The release names an artifact of otaledger's store that it does not hold with the release's digest and length", body = ErrorBody),
+        (status = 409, description = "The release names an artifact of otaledger's store that it does not hold with the release's digest and length, or the catalogue release is unknown or not published", body = ErrorBody),
         crate::Unavailable,
     ))]
 async fn create(
@@ -88,8 +88,19 @@ async fn create(
     Extension(who): Extension<Principal>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let input: RolloutIn = crate::body::object(&body)?;
+    let mut input: RolloutIn = crate::body::object(&body)?;
+    let catalogue = match input.release_id.take() {
+        Some(id) => Some(from_catalogue(&s, &mut input, &id).await?),
+        None if input.allow_downgrade => {
+            return Err(bad(
+                "allow_downgrade",
+                "applies to a rollout by release_id only",
+            ))
+        }
+        None => None,
+    };
     let mut request = validate(input, &who.name)?;
+    request.catalogue = catalogue.map(Box::new);
     crate::artifacts::check_release(&s, &request.release).await?;
     // A scoped token's rollout reaches only the devices within its scope.
     request.selector = crate::scope::narrow(&who, request.selector)?;
@@ -99,6 +110,52 @@ async fn create(
         Payload::UpdateRequested(request),
     )
     .await
+}
+
+/// Fills a rollout by catalogue release in: the published release's artifact and version, and
+/// its compatible models (narrowed to the request's, if it names some).
+async fn from_catalogue(
+    s: &AppState,
+    input: &mut RolloutIn,
+    release_id: &str,
+) -> Result<CatalogueRelease, ApiError> {
+    if input.release.is_some() {
+        return Err(bad(
+            "release",
+            "give a release in full or a release_id, not both",
+        ));
+    }
+    if !otaledger_domain::release::is_release_id(release_id) {
+        return Err(bad("release_id", "not a release id"));
+    }
+    let row = crate::releases::published(s, release_id).await?;
+    let models = otaledger_domain::release::compatible_models(&row.models, &input.selector.models);
+    if models.is_empty() {
+        return Err(bad(
+            "selector.models",
+            format!(
+                "release {release_id} is for {:?}, none of the models selected",
+                row.models
+            ),
+        ));
+    }
+    input.selector.models = models;
+    input.release = Some(ReleaseIn {
+        version: row.version.clone(),
+        artifact_uri: format!(
+            "{}{}",
+            otaledger_domain::rollout_request::ARTIFACT_STORE_PATH,
+            row.sha256
+        ),
+        sha256: row.sha256.clone(),
+        size_bytes: row.length,
+        signature: format!("tuf:targets.v{}", row.targets_version.unwrap_or(0)),
+    });
+    Ok(CatalogueRelease {
+        release_id: row.release_id,
+        hardware_revs: row.hardware_revs,
+        allow_downgrade: input.allow_downgrade,
+    })
 }
 
 /// Why an operator pauses, resumes or aborts.

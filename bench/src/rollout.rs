@@ -174,6 +174,7 @@ pub async fn dispatch_only(cfg: &Config, n: usize) -> Result<(f64, f64, f64), Bo
         let e = Event::new(
             command_id,
             Payload::UpdateCommand(UpdateCommand {
+                director: None,
                 command_id,
                 device_id: format!("dd-{i:07}"),
                 rollout_id: "bench-dispatch".into(),
@@ -339,6 +340,7 @@ async fn drive(
     let rollout_id = format!("bench-{}", &new_event_id().simple().to_string()[..8]);
     let request = Event::at(
         Payload::UpdateRequested(UpdateRequested {
+            catalogue: None,
             rollout_id: rollout_id.clone(),
             requested_by: "bench".into(),
             release: release(),

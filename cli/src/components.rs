@@ -281,6 +281,13 @@ async fn run_api(
         .with_context(|| format!("opening the artifact store in {}", dir.display()))?;
     tracing::info!(dir = %dir.display(), max_bytes = cfg.artifacts.max_bytes, "artifact store");
     state = state.with_artifacts(std::sync::Arc::new(store), cfg.artifacts.max_bytes);
+    // The image repository's timestamp is re-signed before it expires (ADR 0038).
+    let refresher = tokio::spawn(otaledger_api::tuf::refresher(
+        state.pool.clone(),
+        std::time::Duration::from_secs(60),
+        shutdown.clone(),
+    ));
+    let _refresher = AbortOnDrop(refresher);
     let listener = tokio::net::TcpListener::bind(&cfg.http.listen).await?;
     let app = otaledger_api::app(state);
     let shutdown = async move { shutdown.wait().await };
@@ -301,6 +308,15 @@ async fn run_api(
     tracing::info!(listen = %listener.local_addr()?, "API listening (HTTPS)");
     otaledger_api::tls::serve(listener, acceptor, app, shutdown).await?;
     Ok(())
+}
+
+/// Stops a task when the component that started it ends (also by an error or a panic).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Serves `/metrics` and `/healthz` on `http.metrics_listen` until shutdown, for a process

@@ -117,6 +117,17 @@ enum Command {
         #[command(subcommand)]
         command: cmd::artifact::ArtifactCommand,
     },
+    /// The image repository's offline keys (TUF, ADR 0038): generate them and the first root,
+    /// rotate the root key. Run where the keys are kept, not on the server.
+    Keys {
+        #[command(subcommand)]
+        command: cmd::keys::KeysCommand,
+    },
+    /// Releases: sign the targets metadata that publishes one, with the offline release key.
+    Release {
+        #[command(subcommand)]
+        command: cmd::keys::ReleaseCommand,
+    },
 }
 
 fn init_tracing(format: &str) {
@@ -191,5 +202,7 @@ async fn dispatch(command: Command, cfg: Config, shutdown: &Shutdown) -> anyhow:
         Command::Artifact { command } => {
             cmd::artifact::run(&cfg, command).await.context("artifact")
         }
+        Command::Keys { command } => cmd::keys::keys(&cfg, command).await.context("keys"),
+        Command::Release { command } => cmd::keys::release(command).context("release"),
     }
 }

@@ -82,10 +82,14 @@ struct Outgoing<'e> {
 fn outgoing(p: &Positioned) -> Option<Outgoing<'_>> {
     // What each kind adds to the fields every command carries.
     let (kind, extra) = match &p.event.payload {
-        Payload::UpdateCommand(c) => (
-            "update",
-            json!({"release": c.release, "deadline_ms": c.deadline / 1000}),
-        ),
+        Payload::UpdateCommand(c) => {
+            let mut extra = json!({"release": c.release, "deadline_ms": c.deadline / 1000});
+            // The director's signed statement (ADR 0038), as signed: the device checks it.
+            if let (Some(statement), Some(o)) = (&c.director, extra.as_object_mut()) {
+                o.insert("director".into(), json!(statement));
+            }
+            ("update", extra)
+        }
         Payload::RollbackCommand(c) => ("rollback", json!({"target_version": c.target_version})),
         Payload::CancelCommand(c) => ("cancel", json!({"reason": c.reason})),
         _ => return None,

@@ -22,6 +22,8 @@ pub enum Error {
         context: &'static str,
         source: lapin::Error,
     },
+    #[error("the director's key: {0}")]
+    DirectorKey(#[from] otaledger_domain::tuf::TufError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

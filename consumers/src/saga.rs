@@ -24,6 +24,8 @@ use otaledger_domain::events::{
 use otaledger_domain::ids::new_event_id;
 use otaledger_domain::rollout::{Input, Rollout, Target};
 use otaledger_domain::time::{now_micros, Micros};
+use otaledger_domain::tuf::director::{DirectedTarget, Statement};
+use otaledger_domain::tuf::SigningKey;
 use otaledger_domain::Event;
 use otaledger_ledger::config::KafkaConfig;
 use otaledger_ledger::dead_letters::{dead_letter_for, Origin, Rejection};
@@ -32,7 +34,7 @@ use otaledger_ledger::metrics::{Counter, Gauge, Histogram, REGISTRY};
 use otaledger_ledger::reader::{dead_letter_undecodable, Body, LedgerReader, Start};
 use otaledger_ledger::reset::check_positions;
 use otaledger_ledger::shutdown::ShutdownSignal;
-use otaledger_projections::targets;
+use otaledger_projections::{releases, targets};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -92,6 +94,11 @@ pub struct Saga {
     gateways: HashMap<String, Option<String>>,
     /// The key command ids are derived with (ADR 0027), loaded when the saga starts.
     command_key: CommandKey,
+    /// Model of each device, from target resolution: the hardware id of its director
+    /// statements.
+    models: HashMap<String, String>,
+    /// The director's key (ADR 0038), loaded when the saga starts.
+    director: Option<SigningKey>,
     metrics: Metrics,
 }
 
@@ -167,6 +174,8 @@ impl Saga {
             emitted: HashSet::new(),
             gateways: HashMap::new(),
             command_key: CommandKey::default(),
+            models: HashMap::new(),
+            director: None,
             metrics,
         }
     }
@@ -175,6 +184,9 @@ impl Saga {
     pub async fn run(mut self, mut shutdown: ShutdownSignal) -> Result<()> {
         let cfg = self.cfg.clone();
         self.command_key = command_key(&self.pool).await?;
+        self.director = Some(SigningKey::from_seed(
+            otaledger_ledger::db::stored_secret(&self.pool, "director_key").await?,
+        )?);
         let (mut ownership, reader) = otaledger_ledger::runner::join_partitions(
             &self.pool,
             &cfg.kafka,
@@ -545,10 +557,27 @@ impl Saga {
         else {
             return Ok(Vec::new());
         };
-        let rows = targets::select(&self.pool, &req.selector, &req.release.version, since).await?;
+        let revs = req
+            .catalogue
+            .as_ref()
+            .map_or(&[][..], |c| c.hardware_revs.as_slice());
+        let rows =
+            targets::select(&self.pool, &req.selector, &req.release.version, since, revs).await?;
+        let downgrade = req.catalogue.as_ref().map(|c| c.allow_downgrade);
         let mut targets = Vec::with_capacity(rows.len());
         for c in rows {
+            // A catalogue release goes only forward unless the rollout says otherwise.
+            if downgrade.is_some_and(|allow| {
+                !otaledger_domain::release::allowed(
+                    &c.firmware_version,
+                    &req.release.version,
+                    allow,
+                )
+            }) {
+                continue;
+            }
             self.gateways.insert(c.device_id.clone(), c.gateway_id);
+            self.models.insert(c.device_id.clone(), c.model);
             targets.push(Target {
                 device_id: c.device_id,
                 firmware_version: c.firmware_version,
@@ -585,7 +614,7 @@ impl Saga {
         // devices drop as repeats. The other order lost commands: the decision said "commanded"
         // and nothing was ever sent (seen when a kill landed between the two topics' writes).
         let mut decisions: Vec<Event> = Vec::new();
-        let mut commands: Vec<Pending> = Vec::new();
+        let mut commands: Vec<(Payload, String)> = Vec::new();
         let mut n = 0;
         for (rollout_id, events, trace) in batches {
             for payload in events {
@@ -603,15 +632,20 @@ impl Saga {
                 decisions.push(Event::at(payload, now, now, trace.clone()));
                 n += 1;
                 if let Some(cmd) = command {
-                    // The command id is the command event's id: dispatcher and devices
-                    // de-duplicate on it.
-                    let cmd_event = Event::new(command_id(&cmd), cmd, now, now, trace.clone());
-                    commands.push(self.producer.enqueue(&cmd_event).await?);
-                    self.metrics.commands.inc();
+                    commands.push((cmd, trace.clone()));
                 }
             }
         }
-        for p in commands {
+        self.sign_statements(&mut commands).await?;
+        let mut sent: Vec<Pending> = Vec::with_capacity(commands.len());
+        for (cmd, trace) in commands {
+            // The command id is the command event's id: dispatcher and devices de-duplicate
+            // on it.
+            let cmd_event = Event::new(command_id(&cmd), cmd, now, now, trace);
+            sent.push(self.producer.enqueue(&cmd_event).await?);
+            self.metrics.commands.inc();
+        }
+        for p in sent {
             p.acked().await?;
         }
         let mut pending: Vec<Pending> = Vec::with_capacity(decisions.len());
@@ -626,6 +660,73 @@ impl Saga {
         Ok(n)
     }
 
+    /// Adds the director's signed statement to each update command of a catalogue release
+    /// (ADR 0038): this device (its model as hardware id), this target, the next number of the
+    /// director's counter, valid until the command's deadline. One round trip numbers them all.
+    async fn sign_statements(&mut self, commands: &mut [(Payload, String)]) -> Result<()> {
+        let mut wanted: Vec<usize> = Vec::new();
+        for (i, (p, _)) in commands.iter().enumerate() {
+            if let Payload::UpdateCommand(c) = p {
+                let catalogue = self
+                    .rollouts
+                    .get(&c.rollout_id)
+                    .and_then(|e| e.rollout.request.as_ref())
+                    .is_some_and(|r| r.catalogue.is_some());
+                if catalogue {
+                    wanted.push(i);
+                }
+            }
+        }
+        let Some(key) = self.director.as_ref() else {
+            return Ok(());
+        };
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let missing: Vec<String> = wanted
+            .iter()
+            .filter_map(|i| match &commands[*i].0 {
+                Payload::UpdateCommand(c) if !self.models.contains_key(&c.device_id) => {
+                    Some(c.device_id.clone())
+                }
+                _ => None,
+            })
+            .collect();
+        if !missing.is_empty() {
+            for (id, model, _) in releases::hardware(&self.pool, &missing).await? {
+                self.models.insert(id, model);
+            }
+        }
+        let counters = releases::director_counters(&self.pool, wanted.len()).await?;
+        for (i, counter) in wanted.into_iter().zip(counters) {
+            let Payload::UpdateCommand(c) = &mut commands[i].0 else {
+                continue;
+            };
+            let Some(release_id) = self
+                .rollouts
+                .get(&c.rollout_id)
+                .and_then(|e| e.rollout.request.as_ref())
+                .and_then(|r| r.catalogue.as_ref())
+                .map(|cat| cat.release_id.clone())
+            else {
+                continue;
+            };
+            let statement = Statement {
+                device_id: c.device_id.clone(),
+                target: DirectedTarget {
+                    name: release_id,
+                    length: u64::try_from(c.release.size_bytes).unwrap_or(0),
+                    sha256: c.release.sha256.clone(),
+                    hardware_id: self.models.get(&c.device_id).cloned().unwrap_or_default(),
+                },
+                counter: u64::try_from(counter).unwrap_or(0),
+                expires: c.deadline.div_euclid(1_000_000),
+            };
+            c.director = Some(statement.sign(key));
+        }
+        Ok(())
+    }
+
     fn command_for(&self, rollout_id: &str, c: &DeviceCommanded) -> Option<Payload> {
         let entry = self.rollouts.get(rollout_id)?;
         let req = entry.rollout.request.as_ref()?;
@@ -638,6 +739,7 @@ impl Saga {
                 gateway_id,
                 release: req.release.clone(),
                 deadline: c.deadline,
+                director: None,
             }),
             CommandKind::Rollback => Payload::RollbackCommand(RollbackCommand {
                 command_id: c.command_id,

@@ -94,6 +94,7 @@ pub struct Topics {
     pub rollout_events: String,
     pub device_commands: String,
     pub access_events: String,
+    pub release_events: String,
     pub dead_letters: String,
 }
 
@@ -105,6 +106,7 @@ impl Topics {
             rollout_events: format!("{prefix}ota.rollout-events"),
             device_commands: format!("{prefix}ota.device-commands"),
             access_events: format!("{prefix}ota.access-events"),
+            release_events: format!("{prefix}ota.release-events"),
             dead_letters: format!("{prefix}ota.dead-letters"),
         }
     }
@@ -116,16 +118,18 @@ impl Topics {
             Stream::RolloutEvents => &self.rollout_events,
             Stream::DeviceCommands => &self.device_commands,
             Stream::AccessEvents => &self.access_events,
+            Stream::ReleaseEvents => &self.release_events,
         }
     }
 
     #[must_use]
-    pub fn all(&self) -> [&str; 5] {
+    pub fn all(&self) -> [&str; 6] {
         [
             &self.device_events,
             &self.rollout_events,
             &self.device_commands,
             &self.access_events,
+            &self.release_events,
             &self.dead_letters,
         ]
     }

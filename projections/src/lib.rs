@@ -35,6 +35,7 @@ pub mod history;
 pub mod migrations;
 pub mod projector;
 pub mod rebuild;
+pub mod releases;
 mod rollout_fold;
 pub mod rollouts;
 pub mod targets;

@@ -47,6 +47,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "admission_requests",
         include_str!("../migrations/0009_admission_requests.sql"),
     ),
+    (
+        10,
+        "releases",
+        include_str!("../migrations/0010_releases.sql"),
+    ),
 ];
 
 /// A pool on `schema` (created when missing) with every migration applied: where each process

@@ -449,6 +449,7 @@ mod tests {
             })
         };
         let request = UpdateRequested {
+            catalogue: None,
             rollout_id: "r1".into(),
             requested_by: "alice".into(),
             release: Release {

@@ -1,4 +1,5 @@
-//! Devices that check what they install (issue 18, item 5, before signed metadata): a device
+//! Devices that check what they install (issue 18, item 5; with provisioned trust, the
+//! director's statement and the image metadata first, `trust.rs`): a device
 //! commanded to install a release downloads its `artifact_uri` with its own credential, or gets
 //! it from its gateway, which fetches each artifact once with the gateway's credential and keeps
 //! it by digest, a local update server for its devices. A download cut halfway resumes with
@@ -56,6 +57,9 @@ pub struct Downloads {
     cut: bool,
     /// Each gateway's artifacts by digest, each fetched once even when asked for at once.
     cache: Mutex<HashMap<(String, String), Cached>>,
+    /// What the devices were provisioned with to check director statements and image
+    /// metadata (ADR 0038); `None`: they check length and hash only.
+    trust: Option<crate::trust::Trust>,
     pub stats: DownloadStats,
 }
 
@@ -92,6 +96,41 @@ impl Downloads {
             cut,
             ..Downloads::default()
         }
+    }
+
+    /// Devices that also check the director's statement and the image repository.
+    #[must_use]
+    pub fn with_trust(mut self, trust: crate::trust::Trust) -> Self {
+        self.trust = Some(trust);
+        self
+    }
+
+    /// With provisioned trust, checks the command's director statement and the image metadata
+    /// first; then [`Self::verified`].
+    ///
+    /// # Errors
+    /// The reason the device refuses the update.
+    pub async fn installable(
+        &self,
+        release: &Release,
+        fetcher: Fetcher<'_>,
+        device: &crate::trust::Device<'_>,
+        statement: Option<&str>,
+    ) -> Result<(), String> {
+        if let Some(trust) = &self.trust {
+            let checked = match self.server.as_deref() {
+                Some(server) => trust
+                    .check(server, self.ca_pem.as_deref(), device, release, statement)
+                    .await
+                    .map(|_| ()),
+                None => Err("no otaledger server to read the image repository from".into()),
+            };
+            if let Err(e) = checked {
+                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                return Err(e);
+            }
+        }
+        self.verified(release, fetcher).await
     }
 
     /// Downloads the release's artifact as `fetcher` and checks it: `Err` with the reason a

@@ -30,6 +30,7 @@ use otaledger_ledger::{AmqpContext, MqttContext};
 
 pub mod download;
 mod fleet;
+pub mod trust;
 pub use fleet::*;
 
 /// What stops a simulated fleet.
@@ -349,6 +350,9 @@ struct CommandJson {
     rollout_id: String,
     release: Option<Release>,
     target_version: Option<String>,
+    /// The director's signed statement (catalogue releases).
+    #[serde(default)]
+    director: Option<String>,
 }
 
 /// A download's verdict, back from its task: the install goes ahead, or the device refuses it.
@@ -479,7 +483,7 @@ impl Sim<'_> {
                     report: outcome,
                 };
                 match &self.cfg.downloads {
-                    Some(downloads) => self.download(downloads, release, due),
+                    Some(downloads) => self.download(downloads, release, c.director, due),
                     None => self.due.push(due),
                 }
             }
@@ -520,9 +524,12 @@ impl Sim<'_> {
         &self,
         downloads: &std::sync::Arc<download::Downloads>,
         release: Release,
+        statement: Option<String>,
         due: Due,
     ) {
         let d = &self.devices[due.device];
+        let (device_id, model, rev) =
+            (d.device_id.clone(), d.model.clone(), d.hardware_rev.clone());
         let credential = match &d.gateway_id {
             Some(gw) => self
                 .cfg
@@ -539,14 +546,23 @@ impl Sim<'_> {
         };
         let (downloads, tx) = (std::sync::Arc::clone(downloads), self.checked.clone());
         tokio::spawn(async move {
+            let device = trust::Device {
+                device_id: &device_id,
+                model: &model,
+                hardware_rev: rev.as_deref(),
+            };
+            let statement = statement.as_deref();
             let verdict = match &credential {
                 Some((Some(gw), token)) => {
                     let via = download::Fetcher::Gateway { id: gw, token };
-                    downloads.verified(&release, via).await
+                    downloads
+                        .installable(&release, via, &device, statement)
+                        .await
                 }
                 Some((None, token)) => {
+                    let via = download::Fetcher::Device { token };
                     downloads
-                        .verified(&release, download::Fetcher::Device { token })
+                        .installable(&release, via, &device, statement)
                         .await
                 }
                 None => Err("no credential to download the artifact with".to_owned()),

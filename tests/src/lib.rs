@@ -3,6 +3,7 @@
 //! run components in-process or as `otaledger` processes, and to read topics back.
 
 pub mod rollouts;
+pub mod store;
 
 use std::collections::BTreeMap;
 use std::future::Future;

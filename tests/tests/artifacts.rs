@@ -16,20 +16,20 @@ use axum::http::{header, Request, StatusCode};
 use std::sync::atomic::Ordering::Relaxed;
 
 use http_body_util::BodyExt as _;
-use otaledger_cli::components::{prepare, Component};
+use otaledger_cli::components::Component;
 use otaledger_domain::access::Role;
 use otaledger_domain::digest::Sha256;
 use otaledger_domain::download_link::LinkKey;
-use otaledger_ledger::kafka::EventProducer;
 use otaledger_ledger::mqtt_admin::MqttAdmin;
 use otaledger_simulator::download::{Downloads, Fetcher};
-use otaledger_simulator::{self as simulator, Behaviour, DeviceCredentials, SimConfig};
+use otaledger_simulator::{Behaviour, SimConfig};
 use otaledger_tests::rollouts::{
-    call, call_as, provision, request_rollout, sim_config, start_sim, wait_fleet, wait_state,
+    call, call_as, request_rollout, sim_config, start_sim, wait_fleet, wait_state,
 };
+use otaledger_tests::store::{fixture, listen, provision_fleet, Fixture, ROLLOUT_STACK};
 use otaledger_tests::{
-    as_client, config, eventually, issue_token, migrated_test_pool, mqtt_bridge_subscribed,
-    registered, spawn_components, unique, Services,
+    as_client, eventually, issue_token, mqtt_bridge_subscribed, registered, spawn_components,
+    Services,
 };
 use serde_json::{json, Value};
 use tower::ServiceExt;
@@ -95,36 +95,6 @@ fn sha256_of(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// A test's namespace, its store in a directory of its own, and the API's state over both.
-struct Fixture {
-    name: String,
-    cfg: otaledger_ledger::config::Config,
-    pool: sqlx::PgPool,
-    producer: EventProducer,
-    dir: std::path::PathBuf,
-    state: otaledger_api::AppState,
-}
-
-async fn fixture(test: &str) -> Fixture {
-    let name = unique(test);
-    let cfg = config(&Services::get().await, &name);
-    prepare(&cfg).await.unwrap();
-    let pool = migrated_test_pool(&cfg, 4).await;
-    let producer = EventProducer::new(&cfg.kafka).unwrap();
-    let dir = std::env::temp_dir().join(&name);
-    let store = otaledger_artifacts::FsStore::open(&dir).await.unwrap();
-    let state =
-        otaledger_tests::app_state(&cfg, &pool, &producer).with_artifacts(Arc::new(store), MAX);
-    Fixture {
-        name,
-        cfg,
-        pool,
-        producer,
-        dir,
-        state,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn artifacts_are_stored_once_and_downloaded_only_by_whom_a_rollout_commanded() {
     let Fixture {
@@ -134,7 +104,7 @@ async fn artifacts_are_stored_once_and_downloaded_only_by_whom_a_rollout_command
         producer,
         dir,
         state,
-    } = fixture("artifacts").await;
+    } = fixture("artifacts", MAX).await;
     let app = otaledger_api::app(state);
     let operator = issue_token(&pool, &producer, "olga", Role::Operator).await;
     let viewer = issue_token(&pool, &producer, "vic", Role::Viewer).await;
@@ -719,24 +689,12 @@ async fn a_rollout_sends_real_bytes_that_every_device_checks_before_it_installs(
         producer,
         dir,
         state,
-    } = fixture("artifact_rollout").await;
+    } = fixture("artifact_rollout", MAX).await;
     let state = state.with_mqtt_admin(MqttAdmin::connect(&cfg.mqtt).unwrap());
     // The devices download from a listening API, as from the quick start's.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(axum::serve(listener, otaledger_api::app(state.clone())).into_future());
+    let base = listen(state.clone()).await;
     let app = as_client(otaledger_api::app(state), pool.clone(), producer.clone()).await;
-    let (stack, _tasks) = spawn_components(
-        &cfg,
-        &[
-            Component::MqttBridge,
-            Component::Projector,
-            Component::Router,
-            Component::Saga,
-            Component::Dispatcher,
-            Component::RolloutProjector,
-        ],
-    );
+    let (stack, _tasks) = spawn_components(&cfg, &ROLLOUT_STACK);
     mqtt_bridge_subscribed(&cfg).await;
 
     let image: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
@@ -762,13 +720,7 @@ async fn a_rollout_sends_real_bytes_that_every_device_checks_before_it_installs(
             },
         )
     };
-    let mut credentials = DeviceCredentials::default();
-    let mut ids = Vec::new();
-    for d in simulator::fleet(&sim) {
-        let token = provision(&app, &d.device_id).await;
-        credentials.insert(d.device_id.clone(), token, None);
-        ids.push(d.device_id);
-    }
+    let (credentials, ids) = provision_fleet(&app, &sim).await;
     let downloads = Arc::new(Downloads::new(Some(base.clone()), None, true));
     let mut device_sim = SimConfig {
         credentials: Some(credentials),

@@ -133,10 +133,17 @@ async fn every_route_refuses_who_may_not_use_it_and_serves_who_may() {
         // open by design: a device with no credential yet asks to be admitted and claims the
         // credential an admin accepted it for (ADR 0032; off unless configured). A download
         // checks its caller itself, a bearer token or a signed link (ADR 0037;
-        // tests/tests/artifacts.rs tries it).
+        // tests/tests/artifacts.rs tries it), as does a TUF target's (the same bytes). TUF
+        // metadata is signed and public by design (ADR 0038).
         let open_by_design = (method == "POST"
             && ["/v1/admission/requests", "/v1/admission/claim"].contains(&path.as_str()))
-            || (method == "GET" && path == "/v1/artifacts/{sha256}");
+            || (method == "GET"
+                && [
+                    "/v1/artifacts/{sha256}",
+                    "/v1/tuf/{file}",
+                    "/v1/tuf/targets/{file}",
+                ]
+                .contains(&path.as_str()));
         if path.starts_with("/v1/") && !open_by_design {
             assert!(required.is_some(), "{method} {path} is open");
         }

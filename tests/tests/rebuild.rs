@@ -59,6 +59,7 @@ fn rollout(at: i64) -> Vec<Event> {
         event(
             at,
             Payload::UpdateRequested(UpdateRequested {
+                catalogue: None,
                 rollout_id: "r-rebuild".into(),
                 requested_by: "ops".into(),
                 release: Release {

@@ -4,6 +4,7 @@ pub mod access;
 pub mod artifact;
 pub mod dead_letters;
 pub mod export;
+pub mod keys;
 pub mod rebuild;
 pub mod replay;
 pub mod simulate;

@@ -80,6 +80,17 @@ pub struct SimArgs {
     /// (default: the system's roots).
     #[arg(long, value_name = "FILE", requires = "download")]
     download_ca: Option<std::path::PathBuf>,
+    /// With --download, the image repository's root the devices are provisioned with (a root
+    /// metadata file, such as `1.root.json` from `otaledger keys generate`). With
+    /// --director-key, a device installs an update only if the command's director statement and
+    /// the repository's signed metadata check out (ADR 0038), and reports REJECTED with the
+    /// reason otherwise.
+    #[arg(long, value_name = "FILE", requires_all = ["download", "director_key"])]
+    tuf_root: Option<std::path::PathBuf>,
+    /// With --tuf-root, the director's public key the devices are provisioned with: the
+    /// answer of `GET /v1/tuf/keys` (its `director.key` is taken) or the key object alone.
+    #[arg(long, value_name = "FILE", requires = "tuf_root")]
+    director_key: Option<std::path::PathBuf>,
 }
 
 impl SimArgs {
@@ -106,11 +117,30 @@ impl SimArgs {
                 ),
                 None => None,
             };
-            Some(std::sync::Arc::new(simulator::download::Downloads::new(
+            let mut downloads = simulator::download::Downloads::new(
                 Some(self.artifact_server.clone()),
                 ca,
                 self.cut_downloads,
-            )))
+            );
+            if let (Some(root), Some(key)) = (&self.tuf_root, &self.director_key) {
+                let root =
+                    std::fs::read(root).with_context(|| format!("reading {}", root.display()))?;
+                let text = std::fs::read_to_string(key)
+                    .with_context(|| format!("reading {}", key.display()))?;
+                let key: serde_json::Value = serde_json::from_str(&text).with_context(|| {
+                    format!(
+                        "reading {}",
+                        self.director_key
+                            .as_ref()
+                            .map_or(String::new(), |p| p.display().to_string())
+                    )
+                })?;
+                let key = key.pointer("/director/key").cloned().unwrap_or(key);
+                let trust =
+                    simulator::trust::Trust::new(&root, &key).map_err(anyhow::Error::msg)?;
+                downloads = downloads.with_trust(trust);
+            }
+            Some(std::sync::Arc::new(downloads))
         } else {
             None
         };
