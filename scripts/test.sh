@@ -41,6 +41,8 @@ python3 -c 'import duckdb' 2>/dev/null || pip_install duckdb
 python3 -c 'import schemathesis' 2>/dev/null || pip_install 'schemathesis>=4.3,<5'
 # python-tuf's ngclient: a TUF client no one here wrote verifies the image repository.
 python3 -c 'import tuf.ngclient, cryptography' 2>/dev/null || pip_install 'tuf>=5,<7' cryptography
+# moto's S3 server: the S3-compatible artifact store is tested against a real S3 API.
+python3 -c 'import moto.server' 2>/dev/null || pip_install 'moto[server]>=5,<6'
 bash scripts/build-deps.sh
 cargo build --locked -p otaledger-cli
 if cargo nextest --version >/dev/null 2>&1; then

@@ -4,6 +4,7 @@
 //! digest), and the same bytes stored twice are kept once.
 
 mod fs;
+mod s3;
 
 use std::io;
 
@@ -11,6 +12,7 @@ use otaledger_domain::digest::Sha256;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 pub use fs::FsStore;
+pub use s3::{S3Settings, S3Store};
 
 /// What the store refused or failed at.
 #[derive(Debug, thiserror::Error)]

@@ -275,12 +275,8 @@ async fn run_api(
         );
         state = state.with_admission(cfg.admission.max_pending);
     }
-    let dir = cfg.artifacts.dir();
-    let store = otaledger_artifacts::FsStore::open(&dir)
-        .await
-        .with_context(|| format!("opening the artifact store in {}", dir.display()))?;
-    tracing::info!(dir = %dir.display(), max_bytes = cfg.artifacts.max_bytes, "artifact store");
-    state = state.with_artifacts(std::sync::Arc::new(store), cfg.artifacts.max_bytes);
+    let store = open_artifact_store(&cfg.artifacts).await?;
+    state = state.with_artifacts(store, cfg.artifacts.max_bytes);
     // The image repository's timestamp is re-signed before it expires (ADR 0038).
     let refresher = tokio::spawn(otaledger_api::tuf::refresher(
         state.pool.clone(),
@@ -308,6 +304,37 @@ async fn run_api(
     tracing::info!(listen = %listener.local_addr()?, "API listening (HTTPS)");
     otaledger_api::tls::serve(listener, acceptor, app, shutdown).await?;
     Ok(())
+}
+
+/// The artifact store the configuration names: an S3-compatible bucket when `s3_bucket` is
+/// set, the local directory otherwise (ADR 0037).
+///
+/// # Errors
+/// The directory cannot be opened, or the S3 settings make no client.
+pub async fn open_artifact_store(
+    a: &otaledger_ledger::config::ArtifactsConfig,
+) -> anyhow::Result<std::sync::Arc<dyn otaledger_artifacts::Store>> {
+    if !a.s3_bucket.is_empty() {
+        let settings = otaledger_artifacts::S3Settings {
+            bucket: a.s3_bucket.clone(),
+            endpoint: a.s3_endpoint.clone(),
+            region: a.s3_region.clone(),
+            prefix: a.s3_prefix.clone(),
+            access_key_id: a.s3_access_key_id.clone(),
+            secret_access_key: a.s3_secret_access_key.clone(),
+            allow_http: a.s3_allow_http,
+        };
+        let store =
+            otaledger_artifacts::S3Store::new(&settings).context("the S3 artifact store")?;
+        tracing::info!(bucket = %a.s3_bucket, endpoint = %a.s3_endpoint, prefix = %a.s3_prefix, max_bytes = a.max_bytes, "artifact store (S3)");
+        return Ok(std::sync::Arc::new(store));
+    }
+    let dir = a.dir();
+    let store = otaledger_artifacts::FsStore::open(&dir)
+        .await
+        .with_context(|| format!("opening the artifact store in {}", dir.display()))?;
+    tracing::info!(dir = %dir.display(), max_bytes = a.max_bytes, "artifact store");
+    Ok(std::sync::Arc::new(store))
 }
 
 /// Stops a task when the component that started it ends (also by an error or a panic).

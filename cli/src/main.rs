@@ -162,7 +162,8 @@ async fn main() -> ExitCode {
     };
     let shutdown = Shutdown::new();
     shutdown.trigger_on_signals();
-    match dispatch(cli.command, cfg, &shutdown).await {
+    // Boxed: the commands' futures together are large, and this runs once per process.
+    match Box::pin(dispatch(cli.command, cfg, &shutdown)).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "otaledger failed");

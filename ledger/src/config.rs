@@ -331,8 +331,9 @@ pub struct Config {
     pub artifacts: ArtifactsConfig,
 }
 
-/// The artifact store (ADR 0037).
-#[derive(Debug, Clone, Deserialize)]
+/// The artifact store (ADR 0037): the local filesystem, or an S3-compatible bucket when
+/// `s3_bucket` is set.
+#[derive(Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ArtifactsConfig {
     /// The directory of the local store; empty: `artifacts/` in the state directory
@@ -341,6 +342,38 @@ pub struct ArtifactsConfig {
     pub dir: String,
     /// The largest artifact an upload may store, in bytes.
     pub max_bytes: u64,
+    /// An S3-compatible bucket instead of the directory (empty: the directory).
+    pub s3_bucket: String,
+    /// The S3 endpoint (empty: AWS's for the region), e.g. `http://127.0.0.1:9000`.
+    pub s3_endpoint: String,
+    pub s3_region: String,
+    /// A prefix for every key in the bucket (e.g. `otaledger/`).
+    pub s3_prefix: String,
+    /// Empty: the usual AWS sources (environment, instance profile).
+    pub s3_access_key_id: String,
+    pub s3_secret_access_key: Option<String>,
+    /// Allows an `http://` endpoint (a local S3-compatible server); off, only HTTPS.
+    pub s3_allow_http: bool,
+}
+
+impl std::fmt::Debug for ArtifactsConfig {
+    /// The secret key is never shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArtifactsConfig")
+            .field("dir", &self.dir)
+            .field("max_bytes", &self.max_bytes)
+            .field("s3_bucket", &self.s3_bucket)
+            .field("s3_endpoint", &self.s3_endpoint)
+            .field("s3_region", &self.s3_region)
+            .field("s3_prefix", &self.s3_prefix)
+            .field("s3_access_key_id", &self.s3_access_key_id)
+            .field(
+                "s3_secret_access_key",
+                &self.s3_secret_access_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("s3_allow_http", &self.s3_allow_http)
+            .finish()
+    }
 }
 
 impl Default for ArtifactsConfig {
@@ -348,6 +381,13 @@ impl Default for ArtifactsConfig {
         ArtifactsConfig {
             dir: String::new(),
             max_bytes: 4 << 30,
+            s3_bucket: String::new(),
+            s3_endpoint: String::new(),
+            s3_region: "us-east-1".into(),
+            s3_prefix: String::new(),
+            s3_access_key_id: String::new(),
+            s3_secret_access_key: None,
+            s3_allow_http: false,
         }
     }
 }
@@ -551,6 +591,23 @@ pub const ENV_OVERRIDES: &[EnvOverride] = &[
         "OTALEDGER_ARTIFACTS_MAX_BYTES",
         artifacts.max_bytes,
         "number of bytes"
+    ),
+    text!("OTALEDGER_ARTIFACTS_S3_BUCKET", artifacts.s3_bucket),
+    text!("OTALEDGER_ARTIFACTS_S3_ENDPOINT", artifacts.s3_endpoint),
+    text!("OTALEDGER_ARTIFACTS_S3_REGION", artifacts.s3_region),
+    text!("OTALEDGER_ARTIFACTS_S3_PREFIX", artifacts.s3_prefix),
+    text!(
+        "OTALEDGER_ARTIFACTS_S3_ACCESS_KEY_ID",
+        artifacts.s3_access_key_id
+    ),
+    text!(
+        "OTALEDGER_ARTIFACTS_S3_SECRET_ACCESS_KEY",
+        artifacts.s3_secret_access_key
+    ),
+    number!(
+        "OTALEDGER_ARTIFACTS_S3_ALLOW_HTTP",
+        artifacts.s3_allow_http,
+        "true or false"
     ),
 ];
 

@@ -1,12 +1,12 @@
 //! `otaledger artifact push|list`: firmware into and out of the artifact store (ADR 0037),
-//! where the configuration says it is, for scripts that run beside it; elsewhere,
+//! where the configuration says it is (a directory or an S3 bucket), for scripts; elsewhere,
 //! `POST /v1/artifacts` with an operator token does the same over HTTP.
 
 use std::io::Write as _;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use otaledger_artifacts::{FsStore, Store as _};
+
 use otaledger_domain::digest::Sha256;
 use otaledger_ledger::config::Config;
 
@@ -25,10 +25,7 @@ pub enum ArtifactCommand {
 }
 
 pub async fn run(cfg: &Config, command: ArtifactCommand) -> anyhow::Result<()> {
-    let dir = cfg.artifacts.dir();
-    let store = FsStore::open(&dir)
-        .await
-        .with_context(|| format!("opening the artifact store in {}", dir.display()))?;
+    let store = otaledger_cli::components::open_artifact_store(&cfg.artifacts).await?;
     let mut out = std::io::stdout().lock();
     match command {
         ArtifactCommand::Push { file, sha256 } => {
