@@ -88,40 +88,50 @@ fi
   "$OTALEDGER" --config otaledger.example.toml keys generate --dir "$KEYS" --server-keys "$SERVER_KEYS"
 # Once the API answers: install the root, register the demo release, sign its targets with the
 # release key and publish it; then say how to roll it out.
+# (Run in the background under `||`, where `set -e` does not apply: each step says if it failed.)
 publish_demo() {
   local base="http://$LISTEN" work="$STATE_DIR/release-work"
   mkdir -p "$work"
   until curl -sf "$base/readyz" >/dev/null 2>&1; do sleep 1; done
-  api() { curl -sS -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' "$@"; }
-  if [ "$(api -o /dev/null -w '%{http_code}' "$base/v1/tuf/1.root.json")" != 200 ]; then
-    api -X POST "$base/v1/tuf/root" --data-binary @"$KEYS/1.root.json" >/dev/null
+  api() { curl -sSf -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' "$@"; }
+  # The root the server has must be this one; a server without one gets it.
+  if ! curl -sf "$base/v1/tuf/1.root.json" -o "$work/served-root.json"; then
+    api -X POST "$base/v1/tuf/root" --data-binary @"$KEYS/1.root.json" >/dev/null || return 1
+  elif ! python3 -c 'import json, sys; a, b = (json.load(open(p)) for p in sys.argv[1:3]); sys.exit(a != b)' \
+         "$work/served-root.json" "$KEYS/1.root.json"; then
+    echo "the server has another image repository root than $KEYS/1.root.json: not publishing the demo release" >&2
+    return 1
   fi
-  if [ "$(api -o /dev/null -w '%{http_code}' "$base/v1/releases/demo-9.0.0")" = 404 ]; then
+  if ! api "$base/v1/releases/demo-9.0.0" >"$work/release.json" 2>/dev/null; then
     api -X POST "$base/v1/releases" -d "{\"release_id\": \"demo-9.0.0\", \"version\": \"9.0.0\",
       \"models\": [\"elevator-gen2\", \"elevator-gen3\", \"escalator-e1\", \"press-p500\", \"conveyor-c7\"],
-      \"sha256\": \"$DIGEST\", \"length\": 1048576, \"notes\": \"the quick start's demo release\"}" >/dev/null
+      \"sha256\": \"$DIGEST\", \"length\": 1048576, \"notes\": \"the quick start's demo release\"}" \
+      >"$work/release.json" || return 1
   fi
-  api "$base/v1/releases/demo-9.0.0" >"$work/release.json"
-  if grep -q '"state":"draft"' "$work/release.json"; then
+  if [ "$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["state"])' "$work/release.json")" = draft ]; then
     local current=()
-    if api -f "$base/v1/tuf/targets.json" >"$work/current.json" 2>/dev/null; then
+    if curl -sf "$base/v1/tuf/targets.json" -o "$work/current.json"; then
       current=(--current "$work/current.json")
     fi
-    "$OTALEDGER" --config otaledger.example.toml release sign --release "$work/release.json" --keys "$KEYS" "${current[@]}" \
-      >"$work/signed.json" 2>/dev/null
-    api -X POST "$base/v1/releases/demo-9.0.0/publish" --data-binary @"$work/signed.json" >/dev/null
+    "$OTALEDGER" --config otaledger.example.toml release sign --release "$work/release.json" \
+      --keys "$KEYS" ${current[@]+"${current[@]}"} >"$work/signed.json" || return 1
+    api -X POST "$base/v1/releases/demo-9.0.0/publish" --data-binary @"$work/signed.json" \
+      >/dev/null || return 1
   fi
   echo "release demo-9.0.0 (1 MiB, signed offline) is published; roll it out to the gen3 elevators with"
   echo "  curl -H \"Authorization: Bearer \$OTALEDGER_TOKEN\" -H 'content-type: application/json' $base/v1/rollouts \\"
   echo "    -d '{\"release_id\": \"demo-9.0.0\", \"selector\": {\"models\": [\"elevator-gen3\"]}}'"
 }
-publish_demo &
+publish_demo || echo "the demo release was not published (see above)" >&2 &
+PUBLISHER=$!
 # A process that dies is started again, as the systemd unit (deploy/systemd) and the compose
 # file's restart policy do in production: components that fail are restarted inside the process,
 # but a crash (a segfault inside librdkafka, docs/adr/0035) takes every component with it.
 # Ctrl-C or SIGTERM stops it gracefully and ends the loop.
 stopping=0
 trap 'stopping=1' INT TERM
+# The publisher waits for the API; it goes when the quick start does.
+trap 'kill "$PUBLISHER" 2>/dev/null || true' EXIT
 while :; do
   status=0
   "$OTALEDGER" --config otaledger.example.toml up --simulate --credentials "$CREDS" \

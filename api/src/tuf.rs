@@ -34,6 +34,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(target))
         .routes(routes!(keys))
         .routes(routes!(put_root))
+        .routes(routes!(renew_targets))
 }
 
 /// The server's online key (snapshot, timestamp) and the director's key, from secrets every
@@ -126,7 +127,10 @@ pub(crate) async fn sign_online(
 /// instance each minute; the repository's lock makes one of them do it.
 pub async fn refresh(pool: &PgPool, key: &SigningKey, now: i64) -> Result<bool, ApiError> {
     let mut tx = pool.begin().await.map_err(|e| ApiError::unavailable(&e))?;
-    releases::lock_repository(&mut tx).await?;
+    // Another instance (or a publish) holds the repository: it signs; this one waits a minute.
+    if !releases::try_lock_repository(&mut tx).await? {
+        return Ok(false);
+    }
     let due = |f: &Option<MetadataFile>, life: i64| {
         f.as_ref()
             .is_some_and(|f| f.expires_at.timestamp() - now < life / 2)
@@ -367,7 +371,7 @@ impl utoipa::PartialSchema for SignedIn {
 }
 impl utoipa::ToSchema for SignedIn {}
 
-/// What installing a root answers.
+/// What installing a root or renewing the targets answers: the version now current.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RootOut {
     pub version: i64,
@@ -419,6 +423,67 @@ async fn put_root(
     releases::put(&mut tx, "root", &file).await?;
     tx.commit().await.map_err(|e| ApiError::unavailable(&e))?;
     tracing::info!(version, by = %who.name, "installed a TUF root");
+    Ok((StatusCode::CREATED, Json(RootOut { version })).into_response())
+}
+
+/// Renew the targets metadata before it expires: the same targets, the next version, signed
+/// offline with the release keys (`otaledger release renew`). Then a new snapshot and timestamp.
+#[utoipa::path(post, path = "/v1/tuf/targets", operation_id = "renewTufTargets", security(("token" = ["approver"])), tag = "releases",
+    request_body(content = SignedIn, content_type = "application/json", description = "Signed TUF targets metadata"),
+    responses(
+        (status = 201, description = "Installed", body = RootOut),
+        (status = 400, description = "Not TUF targets metadata", body = ErrorBody),
+        (status = 409, description = "No targets to renew yet", body = ErrorBody),
+        (status = 422, description = "It does not verify, or lists other targets", body = ErrorBody),
+        crate::Unavailable,
+    ))]
+async fn renew_targets(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let offered = Signed::parse(&body)
+        .map_err(|e| refused(StatusCode::BAD_REQUEST, "invalid_metadata", &e))?;
+    let online = online_key(&s.pool).await?;
+    let now = otaledger_domain::time::now_micros() / 1_000_000;
+    let mut tx = s
+        .pool
+        .begin()
+        .await
+        .map_err(|e| ApiError::unavailable(&e))?;
+    releases::lock_repository(&mut tx).await?;
+    let nothing = || ApiError {
+        status: StatusCode::CONFLICT,
+        error: "no_targets",
+        reason: "the repository has no targets to renew yet: publish a release".into(),
+    };
+    let root = current_root(&mut tx).await?.ok_or_else(nothing)?;
+    let file = releases::latest(&mut tx, "targets")
+        .await?
+        .ok_or_else(nothing)?;
+    let current = Signed::parse(&file.body).map_err(|e| ApiError::unavailable(&e))?;
+    let listed = otaledger_domain::tuf::metadata::targets_of(&current.signed)
+        .map_err(|e| ApiError::unavailable(&e))?;
+    let version = otaledger_domain::release::check_renewal(
+        &offered,
+        &root,
+        (u64::try_from(file.version).unwrap_or(0), &listed),
+        now,
+    )
+    .map_err(|e| refused(StatusCode::UNPROCESSABLE_ENTITY, "unverified", &e))?;
+    let h = offered
+        .header("targets")
+        .map_err(|e| ApiError::unavailable(&e))?;
+    let version = i64::try_from(version).unwrap_or(i64::MAX);
+    let renewed = MetadataFile {
+        version,
+        body: offered.to_bytes(),
+        expires_at: at(h.expires),
+    };
+    releases::put(&mut tx, "targets", &renewed).await?;
+    sign_online(&mut tx, &online, now, true).await?;
+    tx.commit().await.map_err(|e| ApiError::unavailable(&e))?;
+    tracing::info!(version, by = %who.name, "renewed the targets metadata");
     Ok((StatusCode::CREATED, Json(RootOut { version })).into_response())
 }
 

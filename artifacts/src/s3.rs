@@ -127,25 +127,29 @@ impl Store for S3Store {
                 });
             }
         }
-        writer.shutdown().await.map_err(|source| StoreError::Io {
-            context: "completing the upload",
-            source,
-        })?;
+        if let Err(source) = writer.shutdown().await {
+            let _ = writer.abort().await;
+            return Err(StoreError::Io {
+                context: "completing the upload",
+                source,
+            });
+        }
         let dest = self.key(&sha256);
         let created = match self.store.head(&dest).await {
-            Ok(_) => false,
-            Err(object_store::Error::NotFound { .. }) => {
-                self.store
-                    .copy(&part, &dest)
-                    .await
-                    .map_err(failed("moving the upload into place"))?;
-                true
-            }
-            Err(e) => return Err(failed("looking for the artifact")(e)),
+            Ok(_) => Ok(false),
+            Err(object_store::Error::NotFound { .. }) => self
+                .store
+                .copy(&part, &dest)
+                .await
+                .map(|()| true)
+                .map_err(failed("moving the upload into place")),
+            Err(e) => Err(failed("looking for the artifact")(e)),
         };
+        // The part goes whether or not it was moved into place.
         if let Err(e) = self.store.delete(&part).await {
             tracing::warn!(error = %e, part = %part, "could not delete an upload's part");
         }
+        let created = created?;
         Ok(Stored {
             sha256,
             length,

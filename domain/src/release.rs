@@ -228,16 +228,66 @@ pub fn check_targets(
             )))
         }
     }
-    if let Some((_, before)) = current {
-        if let Some(gone) = before
-            .values()
-            .find(|t| listed.get(&t.name) != Some(t) && t.name != want.name)
-        {
-            return Err(TufError::Mismatch(format!(
-                "target {} of the current targets metadata is missing or changed",
-                gone.name
-            )));
+    let before = current.map(|(_, b)| b);
+    if before.is_some_and(|b| b.contains_key(&want.name)) {
+        return Err(TufError::Mismatch(format!(
+            "target {} is listed already: a published image is never replaced",
+            want.name
+        )));
+    }
+    for t in listed.values() {
+        match before.and_then(|b| b.get(&t.name)) {
+            _ if t.name == want.name => {}
+            Some(was) if was == t => {}
+            Some(_) => {
+                return Err(TufError::Mismatch(format!(
+                    "target {} of the current targets metadata is changed",
+                    t.name
+                )))
+            }
+            None => {
+                return Err(TufError::Mismatch(format!(
+                    "target {} is neither listed already nor the release being published",
+                    t.name
+                )))
+            }
         }
+    }
+    if let Some(gone) = before.and_then(|b| b.values().find(|t| !listed.contains_key(&t.name))) {
+        return Err(TufError::Mismatch(format!(
+            "target {} of the current targets metadata is missing",
+            gone.name
+        )));
+    }
+    Ok(h.version)
+}
+
+/// Checks targets metadata offered to renew the current one before it expires: signed like any
+/// targets, the next version, fresh, and listing exactly the current targets.
+///
+/// # Errors
+/// The first check that fails.
+pub fn check_renewal(
+    offered: &Signed,
+    root: &Root,
+    current: (u64, &BTreeMap<String, Target>),
+    now: i64,
+) -> Result<u64, TufError> {
+    let h = offered.header("targets")?;
+    offered.verify(root, "targets")?;
+    offered.check_fresh("targets", now)?;
+    if h.version != current.0 + 1 {
+        return Err(TufError::Version {
+            role: "targets".into(),
+            got: h.version,
+            expected: (current.0 + 1).to_string(),
+        });
+    }
+    if targets_of(&offered.signed)? != *current.1 {
+        return Err(TufError::Mismatch(
+            "a renewal lists exactly the current targets (a new release is published instead)"
+                .into(),
+        ));
     }
     Ok(h.version)
 }
@@ -257,15 +307,19 @@ pub fn compatible_models(release: &[String], requested: &[String]) -> Vec<String
 }
 
 /// Whether a device on `current` may be given `release` (its version): an upgrade, a device
-/// whose version is unknown or unparsable, or anything when downgrades are allowed.
+/// that never reported a version, or anything when downgrades are allowed. A version that does
+/// not parse is not known to be older, so it needs `allow_downgrade` too.
 #[must_use]
 pub fn allowed(current: &str, release: &str, allow_downgrade: bool) -> bool {
     if allow_downgrade {
         return true;
     }
+    if current.is_empty() {
+        return true;
+    }
     match (SemVer::try_from(current), SemVer::try_from(release)) {
         (Ok(c), Ok(r)) => c < r,
-        _ => true,
+        _ => false,
     }
 }
 

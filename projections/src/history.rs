@@ -425,8 +425,15 @@ fn parse_cursor(c: &str) -> Option<((i64, i32), i64)> {
     if parts.next().is_some() {
         return None;
     }
-    Some(((part(t, 18)?, part(p, 9)?), part(o, 18)?))
+    // Before PostgreSQL's earliest time (4713 BC) is the same place as that time: a cursor
+    // the pattern allows must not become a query PostgreSQL refuses.
+    let t = part::<i64>(t, 18)?.max(PG_EARLIEST_MICROS);
+    Some(((t, part(p, 9)?), part(o, 18)?))
 }
+
+/// PostgreSQL's earliest `timestamptz`, 4713-11-24 00:00:00 UTC (4714 BC), in microseconds
+/// since the epoch.
+const PG_EARLIEST_MICROS: i64 = -210_866_803_200_000_000;
 
 /// The cursor that continues after `e`.
 #[must_use]
@@ -497,6 +504,15 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    #[test]
+    fn a_cursor_before_postgres_time_reads_from_its_start() {
+        assert_eq!(
+            parse_cursor("-816831278377946779.462850008.4127"),
+            Some(((PG_EARLIEST_MICROS, 462_850_008), 4127))
+        );
+        assert_eq!(parse_cursor("-5.1.2"), Some(((-5, 1), 2)));
     }
 
     #[test]

@@ -129,6 +129,14 @@ pub async fn lock_repository(conn: &mut PgConnection) -> Result<()> {
     Ok(())
 }
 
+/// As [`lock_repository`], but without waiting: false when another transaction holds it.
+pub async fn try_lock_repository(conn: &mut PgConnection) -> Result<bool> {
+    sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtext('otaledger.tuf_metadata'))")
+        .fetch_one(conn)
+        .await
+        .db("trying the image repository's lock")
+}
+
 /// A metadata file as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MetadataFile {

@@ -29,6 +29,9 @@ pub struct Trust {
     director: PublicKey,
     /// The highest director statement number each device accepted.
     counters: Mutex<HashMap<String, u64>>,
+    /// The highest timestamp, snapshot and targets versions seen: older ones, even validly
+    /// signed, are a rollback of the repository.
+    versions: Mutex<[u64; 3]>,
 }
 
 impl std::fmt::Debug for Trust {
@@ -64,6 +67,7 @@ impl Trust {
             root: Mutex::new(parsed),
             director,
             counters: Mutex::new(HashMap::new()),
+            versions: Mutex::new([0; 3]),
         })
     }
 
@@ -116,11 +120,55 @@ impl Trust {
         trust
             .check_image(&root, &timestamp, &snapshot, &targets, &st, now)
             .map_err(|e| format!("image repository: {e}"))?;
-        if let Ok(mut c) = self.counters.lock() {
-            let n = c.entry(device.device_id.to_owned()).or_default();
-            *n = (*n).max(st.counter);
+        self.no_older(&timestamp, &snapshot, &targets)?;
+        // Checked again where it is raised: two deliveries of one statement checked at once
+        // must not both pass.
+        let mut counters = self
+            .counters
+            .lock()
+            .map_err(|_| "the device's counters are poisoned".to_owned())?;
+        let n = counters.entry(device.device_id.to_owned()).or_default();
+        if st.counter <= *n {
+            return Err(format!(
+                "director: director statement number {} is not above {}, the last accepted (a replay)",
+                st.counter, *n
+            ));
         }
+        *n = st.counter;
         Ok(st)
+    }
+
+    /// Refuses metadata older than what was seen before, then remembers the newest.
+    fn no_older(
+        &self,
+        timestamp: &Signed,
+        snapshot: &Signed,
+        targets: &Signed,
+    ) -> Result<(), String> {
+        let version =
+            |m: &Signed, role| m.header(role).map(|h| h.version).map_err(|e| e.to_string());
+        let now = [
+            version(timestamp, "timestamp")?,
+            version(snapshot, "snapshot")?,
+            version(targets, "targets")?,
+        ];
+        let mut seen = self
+            .versions
+            .lock()
+            .map_err(|_| "the device's versions are poisoned".to_owned())?;
+        for ((role, got), was) in ["timestamp", "snapshot", "targets"]
+            .iter()
+            .zip(now)
+            .zip(*seen)
+        {
+            if got < was {
+                return Err(format!(
+                    "image repository: {role} version {got} is older than {was}, seen before (a rollback)"
+                ));
+            }
+        }
+        *seen = now;
+        Ok(())
     }
 
     /// Follows the repository's roots from the one the fleet trusts: each next version must
@@ -140,7 +188,7 @@ impl Trust {
                 Err(e) if e.ends_with("answered 404") => break,
                 Err(e) => return Err(e),
             };
-            root = Root::accept(Some(&root), &next, now).map_err(|e| format!("root: {e}"))?;
+            root = Root::next(Some(&root), &next).map_err(|e| format!("root: {e}"))?;
         }
         if root.expires <= now {
             return Err(format!("root: version {} has expired", root.version));

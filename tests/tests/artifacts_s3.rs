@@ -106,7 +106,7 @@ async fn read_all(s: &S3Store, d: &Sha256, start: u64, len: u64) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_s3_bucket_keeps_artifacts_by_digest_once_and_whole() {
-    let (s3, _settings, _moto) = store("s3_store").await;
+    let (s3, settings, _moto) = store("s3_store").await;
     // Larger than one multipart part (object_store's buffered writer uploads 10 MiB parts).
     let image: Vec<u8> = (0..12_000_000u32).map(|i| (i % 249) as u8).collect();
     let digest = digest_of(&image);
@@ -128,7 +128,8 @@ async fn an_s3_bucket_keeps_artifacts_by_digest_once_and_whole() {
     );
     assert_eq!(read_all(&s3, &digest, 5, 0).await, b"");
 
-    // Refused: another digest than named, or past the limit; nothing is kept for either.
+    // Refused: another digest than named, or past the limit (a multipart upload past its
+    // first part too); nothing is kept for either, under a digest or as a part.
     let other = b"other bytes".to_vec();
     let wrong = s3
         .put(&mut other.as_slice(), 1 << 30, Some(&digest_of(b"x")))
@@ -137,15 +138,47 @@ async fn an_s3_bucket_keeps_artifacts_by_digest_once_and_whole() {
     assert!(matches!(wrong, StoreError::Mismatch { .. }), "{wrong}");
     let large = s3.put(&mut other.as_slice(), 10, None).await.unwrap_err();
     assert!(matches!(large, StoreError::TooLarge { max: 10 }), "{large}");
+    let long = s3
+        .put(&mut image.as_slice(), 11_000_000, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(long, StoreError::TooLarge { .. }), "{long}");
+    assert_eq!(s3.list().await.unwrap(), vec![(digest.clone(), 12_000_000)]);
+    assert_eq!(
+        keys(&settings, "otaledger/incoming/"),
+        Vec::<String>::new(),
+        "no part left"
+    );
     assert!(
         s3.put(&mut other.as_slice(), 11, None).await.is_ok(),
         "exactly the limit"
     );
-    assert_eq!(s3.length(&digest_of(b"x")).await.unwrap(), None);
-    let listed = s3.list().await.unwrap();
     let mut want = vec![(digest.clone(), 12_000_000), (digest_of(&other), 11)];
     want.sort();
-    assert_eq!(listed, want, "only whole artifacts, under their digests");
+    assert_eq!(
+        s3.list().await.unwrap(),
+        want,
+        "only whole artifacts, under their digests"
+    );
+    assert_eq!(keys(&settings, "otaledger/incoming/"), Vec::<String>::new());
+    assert_eq!(keys(&settings, "otaledger/sha256/").len(), 2);
+}
+
+/// The keys under `prefix`, as the bucket lists them (ListObjectsV2, read by hand).
+fn keys(s: &S3Settings, prefix: &str) -> Vec<String> {
+    let out = Command::new("curl")
+        .args([
+            "-sf",
+            &format!("{}/{}?list-type=2&prefix={prefix}", s.endpoint, s.bucket),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let xml = String::from_utf8_lossy(&out.stdout).into_owned();
+    xml.split("<Key>")
+        .skip(1)
+        .filter_map(|k| k.split_once("</Key>").map(|(k, _)| k.to_owned()))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -334,6 +334,31 @@ async fn only_releases_signed_offline_publish_and_python_tuf_verifies_them() {
         "a release that does not verify stays a draft"
     );
     write_json(&dir.join("release.json"), &release);
+    // The offline signer refuses to sign again "current" targets its key did not sign: a
+    // server cannot slip a target of its own under the release key.
+    write_json(&dir.join("planted.json"), &by_online_key);
+    let planted = otaledger_tests::otaledger_command(
+        &cfg,
+        &[
+            "release",
+            "sign",
+            "--release",
+            dir.join("release.json").to_str().unwrap(),
+            "--keys",
+            keys_dir.to_str().unwrap(),
+            "--current",
+            dir.join("planted.json").to_str().unwrap(),
+        ],
+        "cli",
+    )
+    .output()
+    .unwrap();
+    assert!(!planted.status.success());
+    assert!(
+        String::from_utf8_lossy(&planted.stderr).contains("is not signed by this release key"),
+        "{}",
+        String::from_utf8_lossy(&planted.stderr)
+    );
     let signed = cli(
         &cfg,
         &[
@@ -493,6 +518,52 @@ async fn only_releases_signed_offline_publish_and_python_tuf_verifies_them() {
         &base,
         id,
         &dir.join("fetched4").join(id),
+        &operator,
+    )
+    .unwrap_or_else(|e| panic!("python-tuf: {e}"));
+    assert!(said.contains("root version 2"), "{said}");
+
+    // ---- the targets are renewed before they expire: the same targets, by the release key --
+    let (_, current) = call(&app, "GET", "/v1/tuf/targets.json", None).await;
+    let current_file = dir.join("current.json");
+    write_json(&current_file, &current);
+    let renew = [
+        "release",
+        "renew",
+        "--current",
+        current_file.to_str().unwrap(),
+        "--keys",
+        keys_dir.to_str().unwrap(),
+    ];
+    let renewed: Value = serde_json::from_slice(&cli(&cfg, &renew)).unwrap();
+    let (status, v) = call(&app, "POST", "/v1/tuf/targets", Some(&renewed)).await;
+    assert_eq!(
+        (status, v["version"].as_i64()),
+        (StatusCode::CREATED, Some(2)),
+        "{v}"
+    );
+    let (status, v) = call(&app, "POST", "/v1/tuf/targets", Some(&renewed)).await;
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "the same version again: {v}"
+    );
+    let mut grown = renewed.clone();
+    grown["signed"]["version"] = json!(3);
+    grown["signed"]["targets"]["planted"] = grown["signed"]["targets"][id].clone();
+    let grown =
+        serde_json::to_value(Signed::sign(grown["signed"].clone(), &[&targets_key])).unwrap();
+    let (status, v) = call(&app, "POST", "/v1/tuf/targets", Some(&grown)).await;
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "a renewal adds nothing: {v}"
+    );
+    let said = python_tuf(
+        &root_file,
+        &base,
+        id,
+        &dir.join("fetched5").join(id),
         &operator,
     )
     .unwrap_or_else(|e| panic!("python-tuf: {e}"));
@@ -739,9 +810,33 @@ async fn a_catalogue_rollout_reaches_only_devices_that_verify_its_statements() {
     let back = request_rollout(&app, &json!({"release_id": "fw-7.5.0", "allow_downgrade": true, "selector": {"device_ids": ids[..6]}, "strategy": strategy})).await;
     wait_state(&app, &back, &["COMPLETED"], Duration::from_secs(90)).await;
     assert_eq!(device_states(&pool, &back).await.len(), 6);
+    assert_eq!(downloads.stats.rejected.load(Relaxed), 0);
+    // A release given in full carries no director statement: these devices refuse it, and
+    // say why in the ledger.
+    let unsigned = request_rollout(&app, &json!({
+        "release": {"version": "9.9.9", "artifact_uri": format!("/v1/artifacts/{}", sha256_of(&new_image)),
+                    "sha256": sha256_of(&new_image), "size_bytes": new_image.len(), "signature": "none"},
+        "selector": {"device_ids": ids[6..]}, "strategy": strategy})).await;
+    wait_state(&app, &unsigned, &["ABORTED"], Duration::from_secs(90)).await;
     sim_stop.trigger();
     let stats = sim_task.await.unwrap();
-    assert_eq!(stats.downloads_rejected, 0, "{stats:?}");
+    assert!(stats.downloads_rejected >= 1, "{stats:?}");
+    let refusals: Vec<String> =
+        decode_all(&read_topic(&cfg.kafka, &cfg.kafka.topics().device_events).await)
+            .into_iter()
+            .filter_map(|(_, e)| match e.payload {
+                Payload::InstallResult(r)
+                    if r.outcome == otaledger_domain::events::InstallOutcome::Rejected =>
+                {
+                    r.message
+                }
+                _ => None,
+            })
+            .collect();
+    assert!(
+        !refusals.is_empty() && refusals.iter().all(|m| m.contains("no director statement")),
+        "{refusals:?}"
+    );
 
     // ---- the device's checks against the real repository, with real statements ------------
     let commands = decode_all(&read_topic(&cfg.kafka, &cfg.kafka.topics().device_commands).await);
@@ -812,7 +907,7 @@ async fn a_catalogue_rollout_reaches_only_devices_that_verify_its_statements() {
         .check(&base, None, &me, &new_release, Some(&new_statement))
         .await
         .unwrap_err();
-    assert!(forged.contains("director"), "{forged}");
+    assert!(forged.contains("valid signature"), "{forged}");
     // Another model: the statement names this device's model as its hardware.
     let statement = otaledger_domain::tuf::director::Statement::verify(
         &new_statement,
@@ -828,16 +923,25 @@ async fn a_catalogue_rollout_reaches_only_devices_that_verify_its_statements() {
         director: otaledger_domain::tuf::PublicKey::from_tuf(&keys["director"]["key"]).unwrap(),
         last_counter: 0,
     };
-    assert!(other_model
+    let refused = other_model
         .check_statement(&new_statement, statement.expires - 1)
-        .is_err());
-    // An expired statement (the command's deadline passed) is refused.
-    assert!(DeviceTrust {
+        .unwrap_err();
+    assert!(refused.to_string().contains("hardware"), "{refused}");
+    // An expired statement (the command's deadline passed) is refused, at the second.
+    let own_model = DeviceTrust {
         hardware_id: d0.model.clone(),
         ..other_model
-    }
-    .check_statement(&new_statement, statement.expires)
-    .is_err());
+    };
+    assert!(own_model
+        .check_statement(&new_statement, statement.expires - 1)
+        .is_ok());
+    let expired = own_model
+        .check_statement(&new_statement, statement.expires)
+        .unwrap_err();
+    assert!(
+        matches!(expired, otaledger_domain::tuf::TufError::Expired { .. }),
+        "{expired}"
+    );
     stack.trigger();
     for id in &ids {
         let _ = call(&app, "DELETE", &format!("/v1/tokens/{id}"), None).await;

@@ -66,6 +66,17 @@ pub enum ReleaseCommand {
         #[arg(long, default_value_t = 90)]
         days: i64,
     },
+    /// Renew the current targets before they expire: the same targets, the next version,
+    /// signed with the release key. Print it, for `POST /v1/tuf/targets`.
+    Renew {
+        /// The repository's current targets (`GET /v1/tuf/targets.json`), which this key signed.
+        #[arg(long, value_name = "FILE")]
+        current: PathBuf,
+        #[arg(long, value_name = "DIR")]
+        keys: PathBuf,
+        #[arg(long, default_value_t = 90)]
+        days: i64,
+    },
 }
 
 fn now() -> i64 {
@@ -208,13 +219,64 @@ fn keys_of(root: &Root, role: &str) -> Vec<PublicKey> {
         .collect()
 }
 
+/// The targets in `path`, once this release key is found to have signed them: what the server
+/// says is current is signed again here only if this key signed it, so that a server cannot
+/// slip a target of its own under the release key. Their version and targets.
+fn signed_by(path: &Path, key: &SigningKey) -> anyhow::Result<(u64, Vec<Target>)> {
+    let m = Signed::parse(&read(path)?)?;
+    let h = m.header("targets")?;
+    let id = key.public().key_id();
+    let bytes = otaledger_domain::tuf::metadata::canonical(&m.signed);
+    anyhow::ensure!(
+        !bytes.is_empty(),
+        "{} is not canonical JSON (a float)",
+        path.display()
+    );
+    anyhow::ensure!(
+        m.signatures
+            .iter()
+            .any(|s| s.keyid == id && key.public().verifies(&bytes, &s.sig)),
+        "{} is not signed by this release key ({id}): refusing to sign it again",
+        path.display()
+    );
+    Ok((h.version, targets_of(&m.signed)?.into_values().collect()))
+}
+
+fn print_signed(signed: &Signed, version: u64, list: &[Target]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    for t in list {
+        eprintln!("  {} {} bytes sha256 {}", t.name, t.length, t.sha256);
+    }
+    std::io::stdout().write_all(&pretty(signed)?)?;
+    eprintln!(
+        "signed targets version {version} with {} target(s)",
+        list.len()
+    );
+    Ok(())
+}
+
 pub fn release(command: ReleaseCommand) -> anyhow::Result<()> {
-    let ReleaseCommand::Sign {
-        release,
-        current,
-        keys,
-        days,
-    } = command;
+    let (release, current, keys, days) = match command {
+        ReleaseCommand::Renew {
+            current,
+            keys,
+            days,
+        } => {
+            let key = read_key(&keys.join("targets.key"))?;
+            let (version, list) = signed_by(&current, &key)?;
+            let signed = Signed::sign(
+                targets_json(version + 1, now() + days * DAY, &list),
+                &[&key],
+            );
+            return print_signed(&signed, version + 1, &list);
+        }
+        ReleaseCommand::Sign {
+            release,
+            current,
+            keys,
+            days,
+        } => (release, current, keys, days),
+    };
     let r: otaledger_domain::events::ReleaseRegistered = {
         let v: serde_json::Value =
             serde_json::from_slice(&read(&release)?).context("the release is JSON")?;
@@ -223,25 +285,18 @@ pub fn release(command: ReleaseCommand) -> anyhow::Result<()> {
     let key = read_key(&keys.join("targets.key"))?;
     let (version, mut list): (u64, Vec<Target>) = match &current {
         Some(path) => {
-            let m = Signed::parse(&read(path)?)?;
-            let h = m.header("targets")?;
-            (
-                h.version + 1,
-                targets_of(&m.signed)?.into_values().collect(),
-            )
+            let (v, list) = signed_by(path, &key)?;
+            (v + 1, list)
         }
         None => (1, Vec::new()),
     };
     let target = otaledger_domain::release::target(&r);
-    list.retain(|t| t.name != target.name);
+    anyhow::ensure!(
+        list.iter().all(|t| t.name != target.name),
+        "target {} is listed already: a published image is never replaced",
+        target.name
+    );
     list.push(target);
     let signed = Signed::sign(targets_json(version, now() + days * DAY, &list), &[&key]);
-    use std::io::Write as _;
-    std::io::stdout().write_all(&pretty(&signed)?)?;
-    eprintln!(
-        "signed targets version {version} with {} target(s), release {} included",
-        list.len(),
-        r.release_id
-    );
-    Ok(())
+    print_signed(&signed, version, &list)
 }

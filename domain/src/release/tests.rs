@@ -257,3 +257,28 @@ fn a_length_may_be_written_as_a_whole_float() {
         .is_err()
     );
 }
+
+#[test]
+fn a_renewal_re_signs_exactly_the_current_targets() {
+    let repo = repo();
+    let a = reg("fw-1").parse("x").unwrap_or_else(|e| panic!("{e}"));
+    let b = reg("fw-2").parse("x").unwrap_or_else(|e| panic!("{e}"));
+    let current: BTreeMap<String, Target> = [(a.release_id.clone(), target(&a))].into();
+    let sign =
+        |ts: &[Target], v| Signed::sign(targets_json(v, NOW + 100, ts), &[&repo.targets_key]);
+    assert_eq!(
+        check_renewal(&sign(&[target(&a)], 4), &repo.root, (3, &current), NOW),
+        Ok(4)
+    );
+    assert!(check_renewal(&sign(&[target(&a)], 3), &repo.root, (3, &current), NOW).is_err());
+    assert!(check_renewal(
+        &sign(&[target(&a), target(&b)], 4),
+        &repo.root,
+        (3, &current),
+        NOW
+    )
+    .is_err());
+    assert!(check_renewal(&sign(&[], 4), &repo.root, (3, &current), NOW).is_err());
+    let by_other = Signed::sign(targets_json(4, NOW + 100, &[target(&a)]), &[&key(3)]);
+    assert!(check_renewal(&by_other, &repo.root, (3, &current), NOW).is_err());
+}

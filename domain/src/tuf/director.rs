@@ -65,10 +65,11 @@ impl Statement {
         let m = Signed::parse(text.as_bytes())?;
         let bytes = super::metadata::canonical(&m.signed);
         let id = director.key_id();
-        if !m
-            .signatures
-            .iter()
-            .any(|s| s.keyid == id && director.verifies(&bytes, &s.sig))
+        if bytes.is_empty()
+            || !m
+                .signatures
+                .iter()
+                .any(|s| s.keyid == id && director.verifies(&bytes, &s.sig))
         {
             return Err(TufError::Threshold {
                 role: "director".into(),

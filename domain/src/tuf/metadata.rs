@@ -13,7 +13,8 @@ pub const SPEC_VERSION: &str = "1.0.31";
 /// The top-level roles, in the order root names them.
 pub const ROLES: [&str; 4] = ["root", "targets", "snapshot", "timestamp"];
 
-/// OLPC canonical JSON, the bytes TUF signs.
+/// OLPC canonical JSON, the bytes TUF signs; empty for a document with a float, which it
+/// cannot write ([`Signed::sign`] signs no such document and [`Signed::verify`] accepts none).
 #[must_use]
 pub fn canonical(v: &Value) -> Vec<u8> {
     let mut out = Vec::new();
@@ -50,10 +51,12 @@ pub struct Header {
 }
 
 impl Signed {
-    /// `signed`, signed by each of `keys`.
+    /// `signed`, signed by each of `keys`; by none when it has a float, which canonical JSON
+    /// cannot write (no key ever signs the empty bytes [`canonical`] gives it).
     #[must_use]
     pub fn sign(signed: Value, keys: &[&SigningKey]) -> Self {
         let bytes = canonical(&signed);
+        let keys = if bytes.is_empty() { &[][..] } else { keys };
         Signed {
             signatures: keys
                 .iter()
@@ -115,6 +118,9 @@ impl Signed {
             return Err(malformed("root", format!("no {role} role")));
         };
         let bytes = canonical(&self.signed);
+        if bytes.is_empty() {
+            return Err(malformed("metadata", "not canonical JSON (a float)"));
+        }
         let mut counted = BTreeSet::new();
         for s in &self.signatures {
             if counted.contains(&s.keyid) || !rk.keyids.contains(&s.keyid) {
@@ -215,7 +221,13 @@ impl Root {
             .and_then(Value::as_object)
             .ok_or_else(|| malformed("root", "no keys"))?
         {
-            keys.insert(id.clone(), PublicKey::from_tuf(k)?);
+            let key = PublicKey::from_tuf(k)?;
+            // An id is its key's: two ids for one key would let one holder meet a threshold
+            // of two, and a role could name an id whose key is another.
+            if *id != key.key_id() {
+                return Err(malformed("root", format!("key id {id} is not its key's")));
+            }
+            keys.insert(id.clone(), key);
         }
         let mut roles = BTreeMap::new();
         for role in ROLES {
@@ -262,6 +274,18 @@ impl Root {
     /// # Errors
     /// The first check that fails.
     pub fn accept(current: Option<&Root>, new: &Signed, now: i64) -> Result<Root, TufError> {
+        let root = Root::next(current, new)?;
+        new.check_fresh("root", now)?;
+        Ok(root)
+    }
+
+    /// As [`Root::accept`] without the expiry: a client following a chain of roots checks the
+    /// expiry of the last one only (TUF 5.3), so a device away for longer than a root's life
+    /// still catches up.
+    ///
+    /// # Errors
+    /// The first check that fails.
+    pub fn next(current: Option<&Root>, new: &Signed) -> Result<Root, TufError> {
         let root = Root::parse(new)?;
         let expected = current.map_or(1, |c| c.version + 1);
         if root.version != expected {
@@ -275,7 +299,6 @@ impl Root {
             new.verify(c, "root")?;
         }
         new.verify(&root, "root")?;
-        new.check_fresh("root", now)?;
         Ok(root)
     }
 

@@ -140,6 +140,74 @@ fn a_threshold_counts_distinct_keys() {
 }
 
 #[test]
+fn a_key_id_must_be_its_keys_and_one_key_cannot_count_twice() {
+    let (r1, t, o) = (key(1), key(3), key(4));
+    let mut body = Root::build(
+        1,
+        NOW + DAY,
+        (&[r1.public()], 1),
+        (&[t.public()], 1),
+        o.public(),
+    );
+    // The same key under a second id, and the root role asking for both: one holder, two votes.
+    let alias = "0".repeat(64);
+    body["keys"][&alias] = r1.public().to_tuf();
+    body["roles"]["root"] = json!({"keyids": [r1.public().key_id(), alias], "threshold": 2});
+    let twice = Signed::sign(body, &[&r1]);
+    let mut both = twice.clone();
+    both.signatures.push(super::metadata::Signature {
+        keyid: "0".repeat(64),
+        sig: twice.signatures[0].sig.clone(),
+    });
+    assert!(matches!(
+        Root::accept(None, &both, NOW),
+        Err(TufError::Malformed { .. })
+    ));
+}
+
+#[test]
+fn a_float_is_not_canonical_and_signs_nothing() {
+    let t = key(2);
+    let with_float = json!({"_type": "targets", "custom": {"x": 0.5}});
+    assert!(Signed::sign(with_float.clone(), &[&t])
+        .signatures
+        .is_empty());
+    // A signature over the empty bytes, as a careless signer would make it, verifies nothing.
+    let (r, o) = (key(1), key(3));
+    let root = Root::accept(None, &root_v1(&r, &t, &o), NOW).unwrap_or_else(|e| panic!("{e}"));
+    let forged = Signed {
+        signed: with_float,
+        signatures: vec![super::metadata::Signature {
+            keyid: t.public().key_id(),
+            sig: t.sign(b""),
+        }],
+    };
+    assert!(matches!(
+        forged.verify(&root, "targets"),
+        Err(TufError::Malformed { .. })
+    ));
+}
+
+#[test]
+fn a_chain_of_roots_checks_the_expiry_of_the_last_only() {
+    let (r, t, o, r2) = (key(1), key(2), key(3), key(4));
+    let v1 = Root::accept(None, &root_v1(&r, &t, &o), NOW).unwrap_or_else(|e| panic!("{e}"));
+    let expired = Root::build(
+        2,
+        NOW - 1,
+        (&[r2.public()], 1),
+        (&[t.public()], 1),
+        o.public(),
+    );
+    let v2 = Signed::sign(expired, &[&r, &r2]);
+    assert!(matches!(
+        Root::accept(Some(&v1), &v2, NOW),
+        Err(TufError::Expired { .. })
+    ));
+    assert_eq!(Root::next(Some(&v1), &v2).map(|r| r.version), Ok(2));
+}
+
+#[test]
 fn altered_targets_no_longer_verify() {
     let (r, t, o) = (key(1), key(2), key(3));
     let root = Root::accept(None, &root_v1(&r, &t, &o), NOW).unwrap_or_else(|e| panic!("{e}"));
