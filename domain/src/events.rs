@@ -555,6 +555,11 @@ pub struct DeviceReportRouted {
     pub source_event_id: Uuid,
     pub source_partition: i32,
     pub source_offset: i64,
+    /// A result's error code and message as the device reported them (why it refused or
+    /// failed), so the decision can say why. Added in schema v2 (last: fields are written in
+    /// the schema's order).
+    pub error_code: Option<String>,
+    pub message: Option<String>,
 }
 
 /// Devices that joined the fleet while the rollout ran and match its selector, added to the

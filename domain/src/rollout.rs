@@ -117,6 +117,8 @@ pub enum Input {
     /// An install result from a device of this rollout.
     Result {
         now: Micros,
+        /// What the device said of it (`error_code: message`), for the decision's reason.
+        detail: Option<String>,
         device_id: String,
         command_id: Option<Uuid>,
         outcome: InstallOutcome,
@@ -146,6 +148,16 @@ impl Input {
             ReportKind::Progress => None,
             ReportKind::Result => r.outcome.map(|outcome| Input::Result {
                 now,
+                detail: match (&r.error_code, &r.message) {
+                    (None, None) => None,
+                    (code, message) => Some(
+                        [code.as_deref(), message.as_deref()]
+                            .into_iter()
+                            .flatten()
+                            .collect::<Vec<_>>()
+                            .join(": "),
+                    ),
+                },
                 device_id: r.device_id.clone(),
                 command_id: r.command_id,
                 outcome,

@@ -47,6 +47,7 @@ const FILES: &[(&str, &str)] = avsc![
     "UpdateCommand.v2.avsc",
     "ReleaseRegistered.v1.avsc",
     "ReleaseStateChanged.v1.avsc",
+    "DeviceReportRouted.v2.avsc",
 ];
 
 /// One schema version.

@@ -151,6 +151,8 @@ fn samples() -> Vec<Event> {
             phase: None,
             outcome: Some(InstallOutcome::Succeeded),
             firmware_version: Some("2.0.0".into()),
+            error_code: None,
+            message: None,
             source_event_id: Uuid::from_u128(99),
             source_partition: 3,
             source_offset: 1_234,
@@ -163,6 +165,8 @@ fn samples() -> Vec<Event> {
             phase: Some(InstallPhase::Downloading),
             outcome: None,
             firmware_version: None,
+            error_code: Some("E_VERIFY".into()),
+            message: Some("the SHA-256 differs".into()),
             source_event_id: Uuid::from_u128(98),
             source_partition: 0,
             source_offset: 0,
@@ -376,6 +380,11 @@ fn requests_and_commands_written_before_the_catalogue_read_without_it() {
         panic!("not a command")
     };
     assert_eq!(c.director, None);
+    let (_, back) = written_with_v1(EventType::DeviceReportRouted);
+    let Payload::DeviceReportRouted(r) = back.payload else {
+        panic!("not a routed report")
+    };
+    assert_eq!((r.error_code, r.message), (None, None));
 }
 
 #[test]

@@ -818,6 +818,21 @@ async fn a_catalogue_rollout_reaches_only_devices_that_verify_its_statements() {
                     "sha256": sha256_of(&new_image), "size_bytes": new_image.len(), "signature": "none"},
         "selector": {"device_ids": ids[6..]}, "strategy": strategy})).await;
     wait_state(&app, &unsigned, &["ABORTED"], Duration::from_secs(90)).await;
+    // The rollout's view says why, in the device's words.
+    let reasons: Vec<String> = sqlx::query_scalar(
+        "SELECT coalesce(reason, '') FROM rollout_devices WHERE rollout_id = $1 AND state = 'REJECTED'",
+    )
+    .bind(&unsigned)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(
+        !reasons.is_empty()
+            && reasons
+                .iter()
+                .all(|r| r.contains("E_VERIFY: the update command carries no director statement")),
+        "{reasons:?}"
+    );
     sim_stop.trigger();
     let stats = sim_task.await.unwrap();
     assert!(stats.downloads_rejected >= 1, "{stats:?}");

@@ -241,6 +241,7 @@ impl Decisions<'_> {
         device_id: &str,
         command_id: Option<Uuid>,
         outcome: InstallOutcome,
+        detail: Option<&str>,
     ) {
         let Some(dev) = self.rollout.devices.get(device_id).cloned() else {
             return;
@@ -294,14 +295,17 @@ impl Decisions<'_> {
                 format!("device reported {outcome:?}"),
                 None,
             ),
-            InstallOutcome::Failed => (
-                DeviceRolloutState::Failed,
-                format!("device reported {outcome:?}"),
-                None,
-            ),
-            InstallOutcome::Rejected => (
-                DeviceRolloutState::Rejected,
-                format!("device reported {outcome:?}"),
+            // Why, in the device's words, when it said.
+            InstallOutcome::Failed | InstallOutcome::Rejected => (
+                if outcome == InstallOutcome::Failed {
+                    DeviceRolloutState::Failed
+                } else {
+                    DeviceRolloutState::Rejected
+                },
+                match detail {
+                    Some(d) => format!("device reported {outcome:?}: {d}"),
+                    None => format!("device reported {outcome:?}"),
+                },
                 None,
             ),
             InstallOutcome::RolledBack => (
@@ -514,11 +518,12 @@ impl Decisions<'_> {
             }
             Input::Result {
                 now,
+                detail,
                 device_id,
                 command_id,
                 outcome,
             } => {
-                self.result(now, &device_id, command_id, outcome);
+                self.result(now, &device_id, command_id, outcome, detail.as_deref());
                 self.fill_window(now);
                 self.evaluate(now);
             }

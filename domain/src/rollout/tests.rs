@@ -88,6 +88,7 @@ fn verdicts(events: &[Payload]) -> Vec<(Verdict, String)> {
 
 fn result(r: &Rollout, device: &str, outcome: InstallOutcome, now: Micros) -> Input {
     Input::Result {
+        detail: None,
         now,
         device_id: device.into(),
         command_id: r.devices[device].command_id,
@@ -296,6 +297,7 @@ fn given_a_silent_device_when_its_deadline_passes_then_it_is_retried_after_backo
     assert_eq!(r.devices["d000"].state, DeviceRolloutState::TimedOut);
     // A result for the first, superseded command changes nothing.
     let stale = Input::Result {
+        detail: None,
         now: 1231 * S,
         device_id: "d000".into(),
         command_id: Some(CommandKey::default().derive("r1", "d000", CommandKind::Update, 1)),
@@ -359,6 +361,7 @@ fn given_a_window_of_two_when_results_arrive_then_commands_follow_at_that_pace()
     assert_eq!(next, vec!["d002"]);
     // A duplicate of the same result is ignored.
     let dup = Input::Result {
+        detail: None,
         now: S,
         device_id: "d000".into(),
         command_id: r.devices["d000"].command_id,
@@ -632,6 +635,7 @@ fn an_abort_rolls_back_installed_devices_including_those_still_verifying() {
     let (r, events) = when(
         &r,
         Input::Result {
+            detail: None,
             now: 3 * S,
             device_id: "d000".into(),
             command_id: Some(rb),
@@ -654,6 +658,7 @@ fn given_a_commanded_device_when_a_result_names_no_command_or_another_then_nothi
         let (after, events) = when(
             &r,
             Input::Result {
+                detail: None,
                 now: 1,
                 device_id: device.clone(),
                 command_id: forged,

@@ -69,6 +69,7 @@ fn a_cancelled_install_is_recorded_against_the_cancel_command() {
     let cancel = r.devices["d001"].follow_up.expect("a cancel went out");
     assert_eq!(cancel.0, CommandKind::Cancel);
     let answer = |outcome| Input::Result {
+        detail: None,
         now: 3 * S,
         device_id: "d001".into(),
         command_id: Some(cancel.1),
@@ -120,6 +121,7 @@ fn a_device_told_to_roll_back_is_not_told_twice() {
     let (r, events) = operator_abort(&r);
     assert_eq!(devices(&events, CommandKind::Rollback), vec!["d000"]);
     let again = Input::Result {
+        detail: None,
         now: 3 * S,
         device_id: "d000".into(),
         command_id: update,

@@ -18,6 +18,8 @@ fn routed(
         phase,
         outcome: None,
         firmware_version: None,
+        error_code: None,
+        message: None,
         source_event_id: Uuid::nil(),
         source_partition: 0,
         source_offset: 0,
@@ -45,6 +47,7 @@ fn routed_reports_stand_for_results_and_heartbeats_but_progress_for_no_input() {
     assert_eq!(
         Input::from_report(7, &report),
         Some(Input::Result {
+            detail: None,
             now: 7,
             device_id: "d1".into(),
             command_id: cid,
@@ -177,4 +180,37 @@ fn only_a_next_wave_verdict_awaits_a_wave() {
         assert_eq!(r.clone().apply(&verdict(v)).awaiting_wave, None, "{v:?}");
     }
     assert_eq!(r.apply(&verdict(Verdict::NextWave)).awaiting_wave, Some(1));
+}
+
+#[test]
+fn a_refusal_says_why_in_the_devices_words() {
+    let cid = Some(Uuid::from_u128(5));
+    let mut report = routed("d1", ReportKind::Result, None, cid);
+    report.outcome = Some(InstallOutcome::Rejected);
+    report.error_code = Some("E_VERIFY".into());
+    report.message = Some("director: a replay".into());
+    let Some(Input::Result { detail, .. }) = Input::from_report(7, &report) else {
+        panic!("a result");
+    };
+    assert_eq!(detail.as_deref(), Some("E_VERIFY: director: a replay"));
+    report.error_code = None;
+    let Some(Input::Result { detail, .. }) = Input::from_report(7, &report) else {
+        panic!("a result");
+    };
+    assert_eq!(detail.as_deref(), Some("director: a replay"));
+    // The decision carries it.
+    let r = running(2, 10, 0);
+    let report = Input::Result {
+        detail: Some("E_VERIFY: director: a replay".into()),
+        now: 5 * S,
+        device_id: "d000".into(),
+        command_id: r.devices["d000"].command_id,
+        outcome: InstallOutcome::Rejected,
+    };
+    let (_, events) = when(&r, report);
+    assert!(
+        events.iter().any(|e| matches!(e, Payload::DeviceOutcome(o)
+            if o.reason == "device reported Rejected: E_VERIFY: director: a replay")),
+        "{events:?}"
+    );
 }
