@@ -29,6 +29,7 @@ use otaledger_domain::tuf::SigningKey;
 use otaledger_domain::Event;
 use otaledger_ledger::config::KafkaConfig;
 use otaledger_ledger::dead_letters::{dead_letter_for, Origin, Rejection};
+use otaledger_ledger::fence::Writer;
 use otaledger_ledger::kafka::{EventProducer, Pending};
 use otaledger_ledger::metrics::{Counter, Gauge, Histogram, REGISTRY};
 use otaledger_ledger::reader::{dead_letter_undecodable, Body, LedgerReader, Start};
@@ -67,6 +68,8 @@ const FOLD_PATIENCE: Duration = Duration::from_secs(60);
 
 struct Entry {
     rollout: Rollout,
+    /// Its partition of the topic: its decisions are stamped with that partition's epoch.
+    partition: i32,
     /// When its first wave started: devices first seen after this are joiners.
     started_at: Option<Micros>,
     next_join_check: Instant,
@@ -99,6 +102,8 @@ pub struct Saga {
     models: HashMap<String, String>,
     /// The director's key (ADR 0038), loaded when the saga starts.
     director: Option<SigningKey>,
+    /// The epoch each owned partition is held with, whose fence was appended (ADR 0039).
+    epochs: BTreeMap<i32, i64>,
     metrics: Metrics,
 }
 
@@ -176,6 +181,7 @@ impl Saga {
             command_key: CommandKey::default(),
             models: HashMap::new(),
             director: None,
+            epochs: BTreeMap::new(),
             metrics,
         }
     }
@@ -287,11 +293,11 @@ impl Saga {
                     if self.emitted.remove(&event.meta.event_id) {
                         continue;
                     }
-                    self.fold(&rollout_id, &event);
+                    self.fold(&rollout_id, partition, &event);
                     continue;
                 }
                 // Inputs evolve state too (the request, routed progress).
-                self.fold(&rollout_id, &event);
+                self.fold(&rollout_id, partition, &event);
                 if offset >= owned.next_offset {
                     inputs.push(Some(Record {
                         partition,
@@ -339,16 +345,24 @@ impl Saga {
             &stored.collect(),
         )
         .await?;
+        let markers = self.fence(ownership).await?;
         reader.assign(ownership.owned().keys().map(|p| Start {
             topic: 0,
             partition: *p,
             next: 0,
             end: None,
+            fences: otaledger_ledger::fence::Fences::default(),
         }))?;
         // The watermarks only make the fold wait for a slow first fetch; without them the quiet
         // period decides alone, so a broker too slow to answer is no reason to stop.
         if let Err(e) = reader.aim_at_watermarks().await {
             tracing::warn!(error = %e, "no high watermarks to fold to; relying on the quiet period");
+        }
+        // Nothing is decided before the fold has read past this owner's own fences: whatever an
+        // older owner appended before them is in the state, whatever it appends after them is
+        // read by nobody.
+        for (p, offset) in markers {
+            reader.aim_past(0, p, offset);
         }
         self.metrics
             .rollouts
@@ -356,12 +370,56 @@ impl Saga {
         Ok(())
     }
 
-    fn fold(&mut self, rollout_id: &str, event: &Event) {
+    /// Appends this owner's fence (ADR 0039) for each partition held with a new epoch: to the
+    /// partition itself, and to every partition of the commands topic, which its commands may
+    /// reach. Returns the offset of each partition's own marker.
+    async fn fence(&mut self, ownership: &Ownership) -> Result<BTreeMap<i32, i64>> {
+        self.epochs
+            .retain(|p, e| ownership.owned().get(p).is_some_and(|o| o.epoch == *e));
+        let fresh: Vec<(i32, i64)> = ownership
+            .owned()
+            .iter()
+            .filter(|(p, _)| !self.epochs.contains_key(p))
+            .map(|(p, o)| (*p, o.epoch))
+            .collect();
+        if fresh.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let commands = self.producer.topics().device_commands.clone();
+        let command_partitions = otaledger_ledger::kafka::wait_for_topic(
+            &self.cfg.kafka,
+            &commands,
+            Duration::from_secs(60),
+        )
+        .await?;
+        let mut own = Vec::with_capacity(fresh.len());
+        let mut others = Vec::new();
+        for (p, epoch) in &fresh {
+            let writer = Writer::saga(*p, *epoch);
+            own.push((*p, self.producer.fence(&self.cfg.topic, *p, &writer).await?));
+            for q in 0..command_partitions {
+                others.push(self.producer.fence(&commands, q, &writer).await?);
+            }
+        }
+        let mut markers = BTreeMap::new();
+        for (p, pending) in own {
+            markers.insert(p, pending.acked().await?.offset);
+        }
+        for pending in others {
+            pending.acked().await?;
+        }
+        tracing::info!(fences = ?fresh, "saga fences appended: an older owner's later records are read by nobody");
+        self.epochs.extend(fresh);
+        Ok(markers)
+    }
+
+    fn fold(&mut self, rollout_id: &str, partition: i32, event: &Event) {
         let entry = self
             .rollouts
             .entry(rollout_id.to_owned())
             .or_insert_with(|| Entry {
                 rollout: Rollout::keyed(self.command_key.clone()),
+                partition,
                 started_at: None,
                 next_join_check: Instant::now(),
             });
@@ -382,7 +440,11 @@ impl Saga {
             return Ok(true);
         }
         let mut tx = self.pool.begin().await.db("beginning saga offsets")?;
-        if !ownership.store_offsets(&mut tx, next).await? {
+        // The saga folds from offset 0 whenever it takes a partition, so it keeps no fences.
+        if !ownership
+            .store_offsets(&mut tx, next, &BTreeMap::new())
+            .await?
+        {
             tx.rollback().await.db("rolling back fenced offsets")?;
             return Ok(false);
         }
@@ -613,10 +675,11 @@ impl Saga {
         // ids (derived from rollout, device, kind and attempt), which the dispatcher and the
         // devices drop as repeats. The other order lost commands: the decision said "commanded"
         // and nothing was ever sent (seen when a kill landed between the two topics' writes).
-        let mut decisions: Vec<Event> = Vec::new();
-        let mut commands: Vec<(Payload, String)> = Vec::new();
+        let mut decisions: Vec<(Event, Option<Writer>)> = Vec::new();
+        let mut commands: Vec<(Payload, String, Option<Writer>)> = Vec::new();
         let mut n = 0;
         for (rollout_id, events, trace) in batches {
+            let writer = self.writer(&rollout_id);
             for payload in events {
                 if let Payload::WaveStarted(w) = &payload {
                     if let Some(e) = self.rollouts.get_mut(&rollout_id) {
@@ -629,29 +692,33 @@ impl Saga {
                     Payload::DeviceCommanded(c) => self.command_for(&rollout_id, c),
                     _ => None,
                 };
-                decisions.push(Event::at(payload, now, now, trace.clone()));
+                decisions.push((Event::at(payload, now, now, trace.clone()), writer.clone()));
                 n += 1;
                 if let Some(cmd) = command {
-                    commands.push((cmd, trace.clone()));
+                    commands.push((cmd, trace.clone(), writer.clone()));
                 }
             }
         }
         self.sign_statements(&mut commands).await?;
         let mut sent: Vec<Pending> = Vec::with_capacity(commands.len());
-        for (cmd, trace) in commands {
+        for (cmd, trace, writer) in commands {
             // The command id is the command event's id: dispatcher and devices de-duplicate
             // on it.
             let cmd_event = Event::new(command_id(&cmd), cmd, now, now, trace);
-            sent.push(self.producer.enqueue(&cmd_event).await?);
+            sent.push(
+                self.producer
+                    .enqueue_as(&cmd_event, writer.as_ref())
+                    .await?,
+            );
             self.metrics.commands.inc();
         }
         for p in sent {
             p.acked().await?;
         }
         let mut pending: Vec<Pending> = Vec::with_capacity(decisions.len());
-        for event in &decisions {
+        for (event, writer) in &decisions {
             self.emitted.insert(event.meta.event_id);
-            pending.push(self.producer.enqueue(event).await?);
+            pending.push(self.producer.enqueue_as(event, writer.as_ref()).await?);
         }
         for p in pending {
             p.acked().await?;
@@ -663,9 +730,12 @@ impl Saga {
     /// Adds the director's signed statement to each update command of a catalogue release
     /// (ADR 0038): this device (its model as hardware id), this target, the next number of the
     /// director's counter, valid until the command's deadline. One round trip numbers them all.
-    async fn sign_statements(&mut self, commands: &mut [(Payload, String)]) -> Result<()> {
+    async fn sign_statements(
+        &mut self,
+        commands: &mut [(Payload, String, Option<Writer>)],
+    ) -> Result<()> {
         let mut wanted: Vec<usize> = Vec::new();
-        for (i, (p, _)) in commands.iter().enumerate() {
+        for (i, (p, _, _)) in commands.iter().enumerate() {
             if let Payload::UpdateCommand(c) = p {
                 let catalogue = self
                     .rollouts
@@ -725,6 +795,13 @@ impl Saga {
             c.director = Some(statement.sign(key));
         }
         Ok(())
+    }
+
+    /// The stamp of a rollout's decisions and commands: its partition and the epoch this saga
+    /// holds it with (ADR 0039).
+    fn writer(&self, rollout_id: &str) -> Option<Writer> {
+        let p = self.rollouts.get(rollout_id)?.partition;
+        Some(Writer::saga(p, *self.epochs.get(&p)?))
     }
 
     fn command_for(&self, rollout_id: &str, c: &DeviceCommanded) -> Option<Payload> {

@@ -130,6 +130,16 @@ pub fn keepalives(within: Duration) -> (u64, u64, u64) {
     ((s / 2).max(1), (s / 4).max(1), 2)
 }
 
+/// How long a lock connection may stay silent before PostgreSQL ends it, and its locks with
+/// it (ADR 0039): the rebalance interval, one second at least. The owner renews it four times
+/// as often from a task of its own ([`crate::ownership::Ownership`]), so a process that is
+/// busy keeps its locks and one that is frozen (SIGSTOP, a hung host whose kernel still answers
+/// keepalives) loses them.
+#[must_use]
+pub fn lease(within: Duration) -> Duration {
+    within.max(Duration::from_secs(1))
+}
+
 /// A connection for advisory locks, which live as long as it does. PostgreSQL probes it with
 /// TCP keepalives, so the locks of a host that died or was cut off (no FIN or RST ever comes)
 /// are released within about `detect_within` (the rebalance interval, ADR 0001), not after the
@@ -141,10 +151,12 @@ pub async fn lock_connection(
 ) -> Result<PgConnection> {
     let (idle, interval, count) = keepalives(detect_within);
     let (idle, interval, count) = (idle.to_string(), interval.to_string(), count.to_string());
+    let lease = lease(detect_within).as_millis().to_string();
     let opts = options(url, schema)?.options([
         ("tcp_keepalives_idle", idle.as_str()),
         ("tcp_keepalives_interval", interval.as_str()),
         ("tcp_keepalives_count", count.as_str()),
+        ("idle_session_timeout", lease.as_str()),
     ]);
     PgConnection::connect_with(&opts).await.db("connecting")
 }
@@ -164,5 +176,15 @@ mod tests {
             let (idle, interval, count) = keepalives(Duration::from_secs(s));
             assert!(idle + interval * count <= s, "{s}");
         }
+    }
+
+    #[test]
+    fn a_lease_is_the_rebalance_interval_and_a_second_at_least() {
+        assert_eq!(lease(Duration::from_secs(2)), Duration::from_secs(2));
+        assert_eq!(
+            lease(Duration::from_millis(1500)),
+            Duration::from_millis(1500)
+        );
+        assert_eq!(lease(Duration::from_millis(999)), Duration::from_secs(1));
     }
 }

@@ -16,7 +16,22 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 
 use crate::config::{KafkaConfig, Topics};
+use crate::fence::{self, Writer};
 use crate::{Error, KafkaContext, Result};
+
+/// Adds a fenced writer's scope and epoch to a record's headers (ADR 0039).
+fn stamp(headers: OwnedHeaders, w: &Writer) -> OwnedHeaders {
+    let epoch = w.epoch.to_string();
+    headers
+        .insert(Header {
+            key: fence::WRITER,
+            value: Some(w.scope.as_str()),
+        })
+        .insert(Header {
+            key: fence::WRITER_EPOCH,
+            value: Some(epoch.as_str()),
+        })
+}
 
 /// Where a record landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -329,6 +344,12 @@ impl EventProducer {
     /// Encodes and enqueues one event; await [`Pending::acked`] before telling the sender.
     /// Records of one key are delivered in enqueue order (idempotent producer).
     pub async fn enqueue(&self, event: &Event) -> Result<Pending> {
+        self.enqueue_as(event, None).await
+    }
+
+    /// As [`EventProducer::enqueue`], stamped with a fenced writer's scope and epoch
+    /// (ADR 0039) when one is given.
+    pub async fn enqueue_as(&self, event: &Event, writer: Option<&Writer>) -> Result<Pending> {
         let bytes = otaledger_schemas::encode(event)?;
         let fingerprint = format!("{:016x}", otaledger_schemas::fingerprint_of(&bytes)?);
         let event_id = event.meta.event_id.hyphenated().to_string();
@@ -353,9 +374,28 @@ impl EventProducer {
                 key: "content-type",
                 value: Some("application/vnd.apache.avro+binary"),
             });
+        let headers = match writer {
+            Some(w) => stamp(headers, w),
+            None => headers,
+        };
         let topic = self.topics.for_stream(event.event_type().stream());
         self.send_raw(topic, event.key().as_bytes(), &bytes, headers)
             .await
+    }
+
+    /// Appends `writer`'s fence marker to one partition (ADR 0039): from it on, readers of
+    /// that partition drop the records of the writer's scope stamped with an older epoch.
+    pub async fn fence(&self, topic: &str, partition: i32, writer: &Writer) -> Result<Pending> {
+        let headers = stamp(OwnedHeaders::new_with_capacity(3), writer).insert(Header {
+            key: fence::FENCE,
+            value: Some(""),
+        });
+        let record = FutureRecord::to(topic)
+            .partition(partition)
+            .key(writer.scope.as_bytes())
+            .payload(&[][..])
+            .headers(headers);
+        self.send_record(record).await
     }
 
     /// Enqueues a raw record, waiting while librdkafka's queue is full.
@@ -366,10 +406,14 @@ impl EventProducer {
         payload: &[u8],
         headers: OwnedHeaders,
     ) -> Result<Pending> {
-        let mut record = FutureRecord::to(topic)
+        let record = FutureRecord::to(topic)
             .key(key)
             .payload(payload)
             .headers(headers);
+        self.send_record(record).await
+    }
+
+    async fn send_record(&self, mut record: FutureRecord<'_, [u8], [u8]>) -> Result<Pending> {
         let (generation, producer) = self.shared.current();
         loop {
             match producer.send_result(record) {
@@ -378,9 +422,9 @@ impl EventProducer {
                     record = r;
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
-                Err((e, _)) => {
+                Err((e, r)) => {
                     self.shared.recover();
-                    return Err(e).kafka(format!("enqueueing to {topic}"));
+                    return Err(e).kafka(format!("enqueueing to {}", r.topic));
                 }
             }
         }

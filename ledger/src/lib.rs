@@ -13,6 +13,7 @@ pub mod amqp_admin;
 pub mod config;
 pub mod db;
 pub mod dead_letters;
+pub mod fence;
 pub mod http_get;
 pub mod kafka;
 pub mod metrics;

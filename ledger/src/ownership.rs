@@ -8,9 +8,13 @@
 //! an instance that lost its lock without noticing can never overwrite the new owner's work.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 
+use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool};
 
+use crate::fence::Fences;
 use crate::{DbContext, Result};
 
 /// Created in the consumer's schema on start.
@@ -23,17 +27,24 @@ CREATE TABLE IF NOT EXISTS consumer_offsets (
     epoch       bigint      NOT NULL,
     owner       text        NOT NULL,
     updated_at  timestamptz NOT NULL DEFAULT now(),
+    fences      jsonb       NOT NULL DEFAULT '{}',
     PRIMARY KEY (consumer, topic, partition)
 )";
+
+/// Tables made before ADR 0039 gain the fences read up to `next_offset`.
+const FENCES_DDL: &str =
+    "ALTER TABLE consumer_offsets ADD COLUMN IF NOT EXISTS fences jsonb NOT NULL DEFAULT '{}'";
 
 /// The member lock's second key; partition locks use the partition number.
 const MEMBER_KEY: i32 = i32::MAX;
 
 /// What an owner knows about a partition it holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Owned {
     pub epoch: i64,
     pub next_offset: i64,
+    /// The writers' fences in force at `next_offset` (ADR 0039).
+    pub fences: Fences,
 }
 
 /// A stable 31-bit key for (schema, consumer, topic): FNV-1a, the same in every process.
@@ -46,7 +57,9 @@ pub fn lock_key(schema: &str, consumer: &str, topic: &str) -> i32 {
 #[derive(Debug)]
 pub struct Ownership {
     pool: PgPool,
-    lock_conn: PgConnection,
+    /// Shared with the task that renews its lease ([`crate::db::lease`]).
+    lock_conn: Arc<tokio::sync::Mutex<PgConnection>>,
+    renewer: tokio::task::JoinHandle<()>,
     consumer: String,
     topic: String,
     member: String,
@@ -57,9 +70,14 @@ pub struct Ownership {
 
 impl Ownership {
     /// Joins as a member. `lock_conn` must be a connection of its own: the locks live with it.
+    /// A task touches it every quarter of `lease` (the connection's `idle_session_timeout`,
+    /// [`crate::db::lock_connection`]): while this process runs its locks stay; once it stops
+    /// running, PostgreSQL ends the connection and the locks go with it.
+    #[allow(clippy::too_many_arguments)]
     pub async fn join(
         pool: PgPool,
         mut lock_conn: PgConnection,
+        lease: Duration,
         schema: &str,
         consumer: &str,
         topic: &str,
@@ -67,6 +85,7 @@ impl Ownership {
         partitions: i32,
     ) -> Result<Self> {
         crate::db::create_if_missing(&pool, OFFSETS_DDL).await?;
+        crate::db::create_if_missing(&pool, FENCES_DDL).await?;
         let key = lock_key(schema, consumer, topic);
         sqlx::query("SELECT pg_advisory_lock_shared($1, $2)")
             .bind(key)
@@ -74,9 +93,12 @@ impl Ownership {
             .execute(&mut lock_conn)
             .await
             .db("taking the member lock")?;
+        let lock_conn = Arc::new(tokio::sync::Mutex::new(lock_conn));
+        let renewer = tokio::spawn(renew(Arc::downgrade(&lock_conn), lease / 4));
         Ok(Ownership {
             pool,
             lock_conn,
+            renewer,
             consumer: consumer.to_owned(),
             topic: topic.to_owned(),
             member: member.to_owned(),
@@ -105,7 +127,7 @@ impl Ownership {
         )
         .bind(i64::from(self.key))
         .bind(i64::from(MEMBER_KEY))
-        .fetch_one(&mut self.lock_conn)
+        .fetch_one(&mut *self.lock_conn.lock().await)
         .await
         .db("counting members")
     }
@@ -147,18 +169,18 @@ impl Ownership {
         let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
             .bind(self.key)
             .bind(partition)
-            .fetch_one(&mut self.lock_conn)
+            .fetch_one(&mut *self.lock_conn.lock().await)
             .await
             .db("trying a partition lock")?;
         if !got {
             return Ok(false);
         }
-        let (next_offset, epoch): (i64, i64) = sqlx::query_as(
+        let (next_offset, epoch, Json(fences)): (i64, i64, Json<Fences>) = sqlx::query_as(
             "INSERT INTO consumer_offsets (consumer, topic, partition, next_offset, epoch, owner)
              VALUES ($1, $2, $3, 0, 1, $4)
              ON CONFLICT (consumer, topic, partition) DO UPDATE
                 SET epoch = consumer_offsets.epoch + 1, owner = EXCLUDED.owner, updated_at = now()
-             RETURNING next_offset, epoch",
+             RETURNING next_offset, epoch, fences",
         )
         .bind(&self.consumer)
         .bind(&self.topic)
@@ -167,7 +189,14 @@ impl Ownership {
         .fetch_one(&self.pool)
         .await
         .db("claiming a partition")?;
-        self.owned.insert(partition, Owned { epoch, next_offset });
+        self.owned.insert(
+            partition,
+            Owned {
+                epoch,
+                next_offset,
+                fences,
+            },
+        );
         Ok(true)
     }
 
@@ -177,7 +206,7 @@ impl Ownership {
         sqlx::query("SELECT pg_advisory_unlock($1, $2)")
             .bind(self.key)
             .bind(partition)
-            .execute(&mut self.lock_conn)
+            .execute(&mut *self.lock_conn.lock().await)
             .await
             .db("releasing a partition lock")?;
         Ok(())
@@ -194,14 +223,18 @@ impl Ownership {
 
     /// Stores the next offsets of the given partitions inside the caller's transaction, if and
     /// only if this member still holds each partition's epoch. Returns false when fenced.
+    /// `fences` holds the writers' fences read up to those offsets, for the partitions that
+    /// have any (ADR 0039); the others keep theirs.
     pub async fn store_offsets(
         &self,
         tx: &mut PgConnection,
         next: &BTreeMap<i32, i64>,
+        fences: &BTreeMap<i32, Fences>,
     ) -> Result<bool> {
         let mut parts = Vec::with_capacity(next.len());
         let mut offsets = Vec::with_capacity(next.len());
         let mut epochs = Vec::with_capacity(next.len());
+        let mut fenced = Vec::with_capacity(next.len());
         for (p, o) in next {
             let Some(owned) = self.owned.get(p) else {
                 return Ok(false);
@@ -209,10 +242,13 @@ impl Ownership {
             parts.push(*p);
             offsets.push(*o);
             epochs.push(owned.epoch);
+            fenced.push(Json(fences.get(p).unwrap_or(&owned.fences)));
         }
         let updated = sqlx::query(
-            "UPDATE consumer_offsets c SET next_offset = v.next_offset, updated_at = now()
-             FROM UNNEST($3::int[], $4::bigint[], $5::bigint[]) AS v(partition, next_offset, epoch)
+            "UPDATE consumer_offsets c
+                SET next_offset = v.next_offset, fences = v.fences, updated_at = now()
+             FROM UNNEST($3::int[], $4::bigint[], $5::bigint[], $6::jsonb[])
+                AS v(partition, next_offset, epoch, fences)
              WHERE c.consumer = $1 AND c.topic = $2 AND c.partition = v.partition AND c.epoch = v.epoch",
         )
         .bind(&self.consumer)
@@ -220,11 +256,34 @@ impl Ownership {
         .bind(&parts)
         .bind(&offsets)
         .bind(&epochs)
+        .bind(&fenced)
         .execute(&mut *tx)
         .await
         .db("storing offsets")?
         .rows_affected();
         Ok(updated == parts.len() as u64)
+    }
+}
+
+impl Drop for Ownership {
+    fn drop(&mut self) {
+        self.renewer.abort();
+    }
+}
+
+/// Touches the lock connection every `every` until the ownership is gone or the connection
+/// fails (the owner's next call then reports it).
+async fn renew(conn: std::sync::Weak<tokio::sync::Mutex<PgConnection>>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(conn) = conn.upgrade() else { return };
+        let mut conn = conn.lock().await;
+        if let Err(e) = sqlx::query("SELECT 1").execute(&mut *conn).await {
+            tracing::warn!(error = %e, "the lock connection failed: its locks are gone");
+            return;
+        }
     }
 }
 

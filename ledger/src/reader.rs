@@ -23,7 +23,9 @@ use rdkafka::TopicPartitionList;
 
 use crate::config::KafkaConfig;
 use crate::dead_letters::{dead_letter_for, Origin, Rejection};
+use crate::fence::{Fences, Stamp, Verdict};
 use crate::kafka::{client_config, resume_from, wait_for_topic, EventProducer};
+use crate::metrics::{Counter, REGISTRY};
 use crate::{KafkaContext, Result};
 
 /// Records from this many on are decoded on two threads: decoding is the largest part of
@@ -107,6 +109,9 @@ pub struct Batch {
     pub records: Vec<Record>,
     /// The read stopped at `batch_max`: more is probably waiting.
     pub full: bool,
+    /// Per partition read in this batch whose fences are not empty, its fences after the
+    /// batch: what a consumer stores with the batch's offsets (ADR 0039).
+    pub fences: BTreeMap<(usize, i32), Fences>,
 }
 
 impl Batch {
@@ -122,7 +127,7 @@ impl Batch {
 }
 
 /// Where reading a partition starts and (optionally) ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Start {
     pub topic: usize,
     pub partition: i32,
@@ -130,15 +135,18 @@ pub struct Start {
     pub next: i64,
     /// Records at or past this offset are not handed on (exclusive).
     pub end: Option<i64>,
+    /// The fences in force at `next` (stored with the offset; empty from the start).
+    pub fences: Fences,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Cursor {
     next: i64,
     end: Option<i64>,
     /// Reading is complete once `next` reaches it: the end, or the high watermark seen when
     /// reading began ([`LedgerReader::assign_to_watermarks`]).
     target: Option<i64>,
+    fences: Fences,
 }
 
 /// Reads ledger topics with `assign()`, hands each record on once, decoded.
@@ -150,6 +158,10 @@ pub struct LedgerReader {
     /// Set while the read in flight has its first record and gathers the rest (so never while
     /// a read waits for its first record).
     receiving: AtomicBool,
+    /// Records of a fenced writer's old epoch, dropped (ADR 0039).
+    stale: Counter,
+    /// Whether fences are kept (always, but for [`LedgerReader::unfenced`]).
+    fenced: bool,
 }
 
 impl std::fmt::Debug for LedgerReader {
@@ -190,10 +202,25 @@ impl LedgerReader {
         Ok(LedgerReader {
             consumer,
             kafka: kafka.clone(),
-            cfg,
             cursors: Mutex::new(HashMap::new()),
             receiving: AtomicBool::new(false),
+            stale: REGISTRY.counter(
+                "otaledger_ledger_stale_records_total",
+                "Records of a fenced writer (a saga that lost its partition) appended after the \
+                 new owner's fence, and therefore read by nobody (ADR 0039)",
+                &[("reader", &cfg.label)],
+            ),
+            fenced: true,
+            cfg,
         })
+    }
+
+    /// A reader that hands on every record as stored, fence markers and stale records
+    /// included (ADR 0039): for showing what a fenced writer appended, never for folding.
+    #[must_use]
+    pub fn unfenced(mut self) -> Self {
+        self.fenced = false;
+        self
     }
 
     #[must_use]
@@ -222,6 +249,7 @@ impl LedgerReader {
                     next: s.next,
                     end: s.end,
                     target: s.end,
+                    fences: s.fences,
                 },
             );
         }
@@ -241,6 +269,7 @@ impl LedgerReader {
                     partition,
                     next: next(topic, partition),
                     end: None,
+                    fences: Fences::default(),
                 });
             }
         }
@@ -265,6 +294,15 @@ impl LedgerReader {
             }
         }
         Ok(())
+    }
+
+    /// Reading is not complete before `partition` of `topic` is read past `offset` (a record
+    /// the caller appended itself, such as its fence marker: a broker may report a lower high
+    /// watermark than what it acknowledged).
+    pub fn aim_past(&self, topic: usize, partition: i32, offset: i64) {
+        if let Some(c) = self.lock().get_mut(&(topic, partition)) {
+            c.target = Some(c.target.map_or(offset + 1, |t| t.max(offset + 1)));
+        }
     }
 
     /// Whether every assigned partition with a target (an end, or the high watermark seen when
@@ -313,9 +351,23 @@ impl LedgerReader {
             }
         }
         let full = raw.received >= self.cfg.batch_max;
+        let fences = {
+            let cursors = self.lock();
+            raw.touched
+                .iter()
+                .filter_map(|k| {
+                    let c = cursors.get(k)?;
+                    (!c.fences.is_empty()).then(|| (*k, c.fences.clone()))
+                })
+                .collect()
+        };
         let records = raw.finish().await;
         self.receiving.store(false, Ordering::Relaxed);
-        Batch { records, full }
+        Batch {
+            records,
+            full,
+            fences,
+        }
     }
 
     /// Reads until [`LedgerReader::caught_up`] and nothing new arrived for `idle`, handing each
@@ -369,6 +421,28 @@ impl LedgerReader {
                 return; // a repeat, fetched early on purpose, or past the end
             }
             c.next = offset + 1;
+            raw.touched.insert((topic, partition));
+            if !self.fenced {
+                drop(cursors);
+                raw.push(topic, &m);
+                return;
+            }
+            let stamp = m.headers().map_or(Stamp::None, |hs| {
+                Stamp::from_headers(hs.iter().map(|h| (h.key, h.value.unwrap_or_default())))
+            });
+            match c.fences.judge(&stamp) {
+                Verdict::Read => {}
+                Verdict::Marker => return,
+                Verdict::Stale => {
+                    self.stale.inc();
+                    if let Stamp::Record(w) = &stamp {
+                        tracing::warn!(reader = %self.cfg.label, topic = %m.topic(), partition, offset,
+                            writer = %w.scope, epoch = w.epoch,
+                            "a record of a fenced writer's old epoch: not read (ADR 0039)");
+                    }
+                    return;
+                }
+            }
         }
         raw.push(topic, &m);
     }
@@ -446,6 +520,8 @@ struct RawBatch {
     items: Vec<(usize, i32, i64, usize, usize)>,
     /// Headers per item, kept only for raw reads.
     headers: Vec<Vec<(String, String)>>,
+    /// Partitions with a record consumed (handed on or not).
+    touched: std::collections::BTreeSet<(usize, i32)>,
 }
 
 impl RawBatch {
@@ -456,6 +532,7 @@ impl RawBatch {
             bytes: Vec::new(),
             items: Vec::new(),
             headers: Vec::new(),
+            touched: std::collections::BTreeSet::new(),
         }
     }
 
@@ -659,6 +736,7 @@ mod tests {
                 record(0, 2, 0),
             ],
             full: false,
+            fences: BTreeMap::new(),
         };
         assert_eq!(batch.next_offsets(0), BTreeMap::from([(1, 7), (2, 1)]));
         assert_eq!(batch.next_offsets(1), BTreeMap::from([(1, 10)]));

@@ -13,6 +13,7 @@ use otaledger_domain::Event;
 use sqlx::{PgConnection, PgPool};
 
 use crate::config::KafkaConfig;
+use crate::fence::Fences;
 use crate::kafka::{wait_for_topic, EventProducer};
 use crate::metrics::REGISTRY;
 use crate::ownership::Ownership;
@@ -363,6 +364,9 @@ impl<P: Projection> Runner<P> {
         for (p, n) in &pending.next {
             if let Some(o) = ownership.owned_mut().get_mut(p) {
                 o.next_offset = *n;
+                if let Some(f) = pending.fences.get(p) {
+                    o.fences.clone_from(f);
+                }
             }
         }
         // Reading without folding ends where the refused transaction ended.
@@ -441,7 +445,10 @@ impl<P: Projection> Runner<P> {
         let mut tx = self.pool.begin().await.db("beginning batch")?;
         let events = &turn.pending.events;
         let refused = apply_leaving_out(&mut self.projection, &mut tx, events).await?;
-        if !ownership.store_offsets(&mut tx, &turn.pending.next).await? {
+        if !ownership
+            .store_offsets(&mut tx, &turn.pending.next, &turn.pending.fences)
+            .await?
+        {
             tx.rollback().await.db("rolling back fenced batch")?;
             return self.give_up(reader, ownership, turn).await;
         }
@@ -472,6 +479,9 @@ impl<P: Projection> Runner<P> {
             pending
                 .next
                 .insert(r.position.partition, r.position.offset + 1);
+        }
+        for ((_, p), f) in batch.fences {
+            pending.fences.insert(p, f);
         }
         // Dead letters must be safe in Kafka before the offsets that skip them are stored.
         let (topic, consumer) = (&self.cfg.topic, &self.cfg.consumer);
@@ -529,6 +539,8 @@ enum Read {
 struct Pending {
     /// Per partition, the offset after the last record read.
     next: BTreeMap<i32, i64>,
+    /// Per partition with any, the writers' fences read so far (ADR 0039).
+    fences: BTreeMap<i32, Fences>,
     /// Events of a projection that does not fold (or that reads without folding).
     events: Vec<Positioned>,
     /// Whether the projection folded events of this transaction (not kept in `events`).
@@ -575,7 +587,10 @@ async fn commit<P: Projection>(
         projection.ownership_changed();
         return Ok(Commit::Refused(e));
     }
-    if !ownership.store_offsets(&mut tx, &pending.next).await? {
+    if !ownership
+        .store_offsets(&mut tx, &pending.next, &pending.fences)
+        .await?
+    {
         tx.rollback().await.db("rolling back fenced batch")?;
         return Ok(Commit::Fenced);
     }
@@ -649,6 +664,7 @@ pub async fn join_partitions(
     let ownership = Ownership::join(
         pool.clone(),
         lock_conn,
+        db::lease(rebalance_every),
         schema,
         consumer,
         topic,
@@ -679,6 +695,7 @@ async fn assign(reader: &LedgerReader, cfg: &RunnerConfig, ownership: &Ownership
         partition: *p,
         next: o.next_offset,
         end: cfg.stop_at.as_ref().map(|s| s.get(p).copied().unwrap_or(0)),
+        fences: o.fences.clone(),
     }))
 }
 

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use otaledger_domain::time::Micros;
 use otaledger_ledger::config::KafkaConfig;
+use otaledger_ledger::fence::Fences;
 use otaledger_ledger::kafka::EventProducer;
 use otaledger_ledger::reader::{Body, Decode, LedgerReader, ReaderConfig, Start};
 use otaledger_ledger::shutdown::Shutdown;
@@ -326,11 +327,12 @@ pub async fn build_shadow(
     create_indexes(&pool, deferred).await?;
     if shared {
         sqlx::query(
-            "INSERT INTO consumer_offsets (consumer, topic, partition, next_offset, epoch, owner)
-             SELECT 'history', topic, partition, next_offset, epoch, owner
+            "INSERT INTO consumer_offsets
+                (consumer, topic, partition, next_offset, epoch, owner, fences)
+             SELECT 'history', topic, partition, next_offset, epoch, owner, fences
              FROM consumer_offsets WHERE consumer = 'projector'
              ON CONFLICT (consumer, topic, partition) DO UPDATE
-                SET next_offset = EXCLUDED.next_offset",
+                SET next_offset = EXCLUDED.next_offset, fences = EXCLUDED.fences",
         )
         .execute(&pool)
         .await
@@ -670,6 +672,7 @@ async fn keys_between(
             partition: *p,
             next: from.get(p).copied().unwrap_or(0),
             end: Some(*end),
+            fences: Fences::default(),
         })
         .filter(|s| s.end.is_some_and(|e| e > s.next))
         .collect();

@@ -178,6 +178,17 @@ pub async fn wait_state(app: &axum::Router, id: &str, states: &[&str], timeout: 
     .await
 }
 
+/// Waits until rollout `id` has stopped: completed, aborted, paused or rolled back.
+pub async fn wait_over(app: &axum::Router, id: &str, timeout: Duration) -> Value {
+    wait_state(
+        app,
+        id,
+        &["COMPLETED", "ABORTED", "PAUSED", "ROLLED_BACK"],
+        timeout,
+    )
+    .await
+}
+
 pub async fn rollout_events(cfg: &Config) -> Vec<Event> {
     let records = read_topic(&cfg.kafka, &cfg.kafka.topics().rollout_events).await;
     decode_all(&records).into_iter().map(|(_, e)| e).collect()

@@ -307,6 +307,7 @@ async fn lock_connections_ask_postgresql_to_probe_them() {
         "tcp_keepalives_idle",
         "tcp_keepalives_interval",
         "tcp_keepalives_count",
+        "idle_session_timeout",
     ] {
         let v: String = sqlx::query_scalar(&format!("SHOW {setting}"))
             .fetch_one(&mut conn)
@@ -314,5 +315,5 @@ async fn lock_connections_ask_postgresql_to_probe_them() {
             .unwrap();
         shown.push(v);
     }
-    assert_eq!(shown, ["4", "2", "2"]);
+    assert_eq!(shown, ["4", "2", "2", "8s"]);
 }

@@ -75,13 +75,7 @@ async fn the_saga_and_the_dispatcher_killed_mid_rollout_lose_nothing_and_repeat_
     saga.kill();
     let saga = spawn_process(&cfg, "saga", "saga-3", &logs.join("saga-3.log"));
 
-    let done = wait_state(
-        &app,
-        &id,
-        &["COMPLETED", "ABORTED", "PAUSED", "ROLLED_BACK"],
-        Duration::from_secs(180),
-    )
-    .await;
+    let done = wait_over(&app, &id, Duration::from_secs(180)).await;
     assert_eq!(done["state"], "COMPLETED", "{done}");
     assert_eq!(done["states"]["SUCCEEDED"], 400, "{done}");
     let events = rollout_events(&cfg).await;
