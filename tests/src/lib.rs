@@ -2,6 +2,7 @@
 //! namespace per test (topic prefix, PostgreSQL schema, MQTT topic root, AMQP queue), helpers to
 //! run components in-process or as `otaledger` processes, and to read topics back.
 
+pub mod broker;
 pub mod rollouts;
 pub mod store;
 

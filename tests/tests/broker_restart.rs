@@ -10,68 +10,15 @@
 //! each ended with every record refused for good: librdkafka's epoch bump panicked tansu's
 //! SQLite storage, lite.rs:503.)
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use otaledger_cli::components::prepare;
 use otaledger_domain::access::Role;
 use otaledger_ledger::kafka::EventProducer;
+use otaledger_tests::broker::Broker;
 use otaledger_tests::{
     config, eventually, issue_token, migrated_test_pool, spawn_command, unique, Services,
 };
-
-/// tansu on `port`, storing in `dir`; killed with the test.
-struct Broker {
-    dir: PathBuf,
-    port: u16,
-    child: Option<Child>,
-}
-
-impl Broker {
-    fn start(&mut self) {
-        let tansu = otaledger_tests::tansu_binary();
-        let url = format!("tcp://127.0.0.1:{}", self.port);
-        self.child = Some(
-            Command::new(tansu)
-                .args([
-                    "broker",
-                    "--listener-url",
-                    &url,
-                    "--advertised-listener-url",
-                    &url,
-                ])
-                .args(["--storage-engine", "sqlite://ledger.db"])
-                .current_dir(&self.dir)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
-    }
-
-    fn signal(&self, signal: &str) {
-        let pid = self.child.as_ref().unwrap().id().to_string();
-        assert!(Command::new("kill")
-            .args([signal, &pid])
-            .status()
-            .unwrap()
-            .success());
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 /// The status of a heartbeat of `device` with `uptime` sent over HTTP with `token`.
 fn send_heartbeat(api: &str, device: &str, token: &str, uptime: i64) -> String {
@@ -89,11 +36,7 @@ async fn ingest_and_projections_resume_by_themselves_after_the_broker_restarts()
     let name = unique("broker_restart");
     let dir = std::env::temp_dir().join(&name);
     std::fs::create_dir_all(&dir).unwrap();
-    let mut broker = Broker {
-        dir: dir.clone(),
-        port: otaledger_tests::free_port(),
-        child: None,
-    };
+    let mut broker = Broker::new(dir.clone(), "sqlite://ledger.db");
     broker.start();
     let port = broker.port;
     otaledger_tests::listening(port, "the broker listening").await;

@@ -1,0 +1,106 @@
+//! A Kafka-API broker of a test's own (tansu), for the tests that stop, freeze or restart it
+//! without disturbing the shared one.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+/// tansu on `port`, storing in `dir` with `storage` (`sqlite://ledger.db`, `memory://tansu/`);
+/// killed with the test.
+pub struct Broker {
+    pub dir: PathBuf,
+    pub port: u16,
+    pub storage: String,
+    child: Option<Child>,
+}
+
+impl Broker {
+    /// A broker on a free port, storing in `dir` (created), not started yet.
+    ///
+    /// # Panics
+    /// When `dir` cannot be created.
+    #[must_use]
+    pub fn new(dir: PathBuf, storage: &str) -> Self {
+        std::fs::create_dir_all(&dir).expect("the broker's directory");
+        Broker {
+            dir,
+            port: crate::free_port(),
+            storage: storage.to_owned(),
+            child: None,
+        }
+    }
+
+    /// Its address for `kafka.brokers`.
+    #[must_use]
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Starts it (again, on the same storage).
+    ///
+    /// # Panics
+    /// When tansu cannot be started.
+    pub fn start(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        self.child = Some(
+            Command::new(crate::tansu_binary())
+                .args([
+                    "broker",
+                    "--listener-url",
+                    &url,
+                    "--advertised-listener-url",
+                    &url,
+                ])
+                .args(["--storage-engine", &self.storage])
+                .current_dir(&self.dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("starting tansu"),
+        );
+    }
+
+    /// Sends it `signal` (`-STOP`, `-CONT`).
+    ///
+    /// # Panics
+    /// When it is not running or the signal cannot be sent.
+    pub fn signal(&self, signal: &str) {
+        let pid = self
+            .child
+            .as_ref()
+            .expect("a running broker")
+            .id()
+            .to_string();
+        assert!(Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .expect("kill")
+            .success());
+    }
+
+    /// Kills it (SIGKILL) and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        // A frozen broker is thawed first, so that the kill is not left pending.
+        if self.child.is_some() {
+            let _ = Command::new("kill")
+                .args([
+                    "-CONT",
+                    &self
+                        .child
+                        .as_ref()
+                        .map(|c| c.id().to_string())
+                        .unwrap_or_default(),
+                ])
+                .status();
+        }
+        self.kill();
+    }
+}
