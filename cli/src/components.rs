@@ -153,15 +153,19 @@ pub async fn run(
     let result = match component {
         Component::Api => run_api(&cfg, producer.clone(), shutdown).await,
         Component::Projector => run_projector(&cfg, producer.clone(), shutdown).await,
-        Component::MqttBridge => {
-            otaledger_producers::mqtt_bridge::run(cfg.mqtt.clone(), producer.clone(), shutdown)
-                .await
-                .map_err(Into::into)
-        }
+        Component::MqttBridge => otaledger_producers::mqtt_bridge::run(
+            cfg.mqtt.clone(),
+            &cfg.ingest,
+            producer.clone(),
+            shutdown,
+        )
+        .await
+        .map_err(Into::into),
         Component::AmqpBridge => {
             let pool = migrated_pool(&cfg).await?;
             otaledger_producers::amqp_bridge::run(
                 cfg.amqp.clone(),
+                &cfg.ingest,
                 producer.clone(),
                 pool,
                 shutdown,

@@ -329,6 +329,36 @@ pub struct Config {
     pub oidc: OidcConfig,
     pub admission: AdmissionConfig,
     pub artifacts: ArtifactsConfig,
+    pub ingest: IngestConfig,
+}
+
+/// What the bridges hold and admit (ADR 0040): a budget of bytes and messages read but not yet
+/// acknowledged by Kafka, per bridge, and a rate per device.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Payload bytes a bridge holds between reading a message and Kafka's acknowledgement. Over
+    /// it, QoS 0 messages are dropped (and counted), and a QoS 1 message or an AMQP delivery
+    /// waits, unread, with the broker.
+    pub budget_bytes: u64,
+    /// Messages the MQTT bridge holds so (kept below the MQTT client's request queue of 10,000,
+    /// which the acknowledgements of held messages go through).
+    pub budget_messages: u32,
+    /// Messages a second one device may send on average; 0: no limit.
+    pub device_rate_per_s: f64,
+    /// Messages one device may send at once, above its rate.
+    pub device_burst: u32,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            budget_bytes: 32 * 1024 * 1024,
+            budget_messages: 5_000,
+            device_rate_per_s: 10.0,
+            device_burst: 30,
+        }
+    }
 }
 
 /// The artifact store (ADR 0037): the local filesystem, or an S3-compatible bucket when
@@ -586,6 +616,26 @@ pub const ENV_OVERRIDES: &[EnvOverride] = &[
         "true or false"
     ),
     number!("OTALEDGER_REBALANCE_MS", projector.rebalance_ms, "number"),
+    number!(
+        "OTALEDGER_INGEST_BUDGET_BYTES",
+        ingest.budget_bytes,
+        "number of bytes"
+    ),
+    number!(
+        "OTALEDGER_INGEST_BUDGET_MESSAGES",
+        ingest.budget_messages,
+        "number of messages"
+    ),
+    number!(
+        "OTALEDGER_INGEST_DEVICE_RATE_PER_S",
+        ingest.device_rate_per_s,
+        "number of messages a second"
+    ),
+    number!(
+        "OTALEDGER_INGEST_DEVICE_BURST",
+        ingest.device_burst,
+        "number of messages"
+    ),
     text!("OTALEDGER_ARTIFACTS_DIR", artifacts.dir),
     number!(
         "OTALEDGER_ARTIFACTS_MAX_BYTES",

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod mqtt;
 pub mod mqtt_admin;
 pub mod ownership;
+pub mod rate_limit;
 pub mod reader;
 pub mod reset;
 pub mod runner;

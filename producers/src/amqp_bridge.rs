@@ -7,6 +7,13 @@
 //! gateway; or from otaledger's own AMQP login (a component relaying, like a load generator).
 //! Anything else is dead-lettered `unauthorized` and counted. A report's gateway is the
 //! batch's, whatever the report says: a device moves between gateways only by provisioning.
+//!
+//! Bounded (ADR 0040): deliveries read but not yet acknowledged take their bytes from the
+//! bridge's budget, and over it the bridge stops reading. RabbitMQ has no prefetch in bytes
+//! (it ignores `prefetch_size`), so the bridge sets the channel's prefetch count from the
+//! budget and the largest delivery it saw lately. Each report's device is held to its rate.
+
+use std::time::Instant;
 
 use futures_util::StreamExt;
 use lapin::message::Delivery;
@@ -15,19 +22,27 @@ use lapin::types::FieldTable;
 use otaledger_domain::ids::new_trace_id;
 use tokio::sync::mpsc;
 
-use otaledger_domain::device_json::{device_message_from_value, parse_gateway_batch, MessageKind};
+use otaledger_domain::device_json::{
+    device_message_from_value, parse_gateway_batch, MessageKind, MAX_GATEWAY_PAYLOAD,
+};
 use otaledger_ledger::amqp::{connect, declare_reports_queue, AmqpConfig};
+use otaledger_ledger::config::IngestConfig;
 use otaledger_ledger::dead_letters::{dead_letter, Origin, Rejection};
 use otaledger_ledger::kafka::{EventProducer, Pending};
 use otaledger_ledger::metrics::{self, REGISTRY};
+use otaledger_ledger::rate_limit::{DeviceLimits, Verdict};
 use otaledger_ledger::shutdown::ShutdownSignal;
 use otaledger_ledger::AmqpContext;
 use sqlx::PgPool;
 
+use crate::budget::{Budget, Share};
 use crate::{Error, Result};
 
 static AMQP_INGESTED: std::sync::LazyLock<metrics::Counter> =
     std::sync::LazyLock::new(|| metrics::ingested("amqp"));
+
+static RATE_LIMITED: std::sync::LazyLock<metrics::Counter> =
+    std::sync::LazyLock::new(|| crate::rate_limited("amqp"));
 
 static UNAUTHORIZED: std::sync::LazyLock<metrics::Counter> = std::sync::LazyLock::new(|| {
     REGISTRY.counter(
@@ -51,11 +66,65 @@ enum Authority {
 struct InFlight {
     pending: Vec<Pending>,
     delivery: Delivery,
+    /// Given back once RabbitMQ has the acknowledgement.
+    _share: Share,
+}
+
+/// The prefetch count that keeps `prefetch` deliveries of `largest` bytes within the byte
+/// budget: RabbitMQ's prefetch in messages standing in for the prefetch in bytes it lacks.
+fn prefetch_for(budget_bytes: u64, largest: usize, most: u16) -> u16 {
+    let largest = u64::try_from(largest.max(1)).unwrap_or(u64::MAX);
+    u16::try_from((budget_bytes / largest).clamp(1, u64::from(most.max(1)))).unwrap_or(most)
+}
+
+/// Deliveries seen before the prefetch may rise again.
+const PREFETCH_WINDOW: u32 = 32;
+
+/// The channel's prefetch count, lowered at once when a larger delivery arrives and raised at
+/// most once a window of deliveries, when the window's largest allows twice as many.
+struct Prefetch {
+    budget_bytes: u64,
+    most: u16,
+    now: u16,
+    window_largest: usize,
+    seen: u32,
+}
+
+impl Prefetch {
+    /// Until a delivery shows otherwise, deliveries are assumed as large as a batch may be.
+    fn new(budget_bytes: u64, most: u16) -> Self {
+        Prefetch {
+            budget_bytes,
+            most,
+            now: prefetch_for(budget_bytes, MAX_GATEWAY_PAYLOAD, most),
+            window_largest: 0,
+            seen: 0,
+        }
+    }
+
+    /// The new prefetch count after a delivery of `len` bytes, if it changes.
+    fn after(&mut self, len: usize) -> Option<u16> {
+        self.window_largest = self.window_largest.max(len);
+        self.seen += 1;
+        let allowed = prefetch_for(self.budget_bytes, self.window_largest, self.most);
+        let lower = allowed < self.now;
+        let raise = self.seen >= PREFETCH_WINDOW && allowed >= self.now.saturating_mul(2);
+        let change = (lower || raise).then_some(allowed);
+        if self.seen >= PREFETCH_WINDOW {
+            self.seen = 0;
+            self.window_largest = 0;
+        }
+        if let Some(n) = change {
+            self.now = n;
+        }
+        change
+    }
 }
 
 /// Runs the bridge until shutdown.
 pub async fn run(
     cfg: AmqpConfig,
+    ingest: &IngestConfig,
     producer: EventProducer,
     pool: PgPool,
     mut shutdown: ShutdownSignal,
@@ -63,10 +132,26 @@ pub async fn run(
     let conn = connect(&cfg).await?;
     let channel = conn.create_channel().await.amqp("opening channel")?;
     declare_reports_queue(&channel, &cfg).await?;
+    // Global: the channel's one consumer, and a change applies to it at once.
+    let qos = BasicQosOptions { global: true };
+    let mut prefetch = Prefetch::new(ingest.budget_bytes, cfg.prefetch);
     channel
-        .basic_qos(cfg.prefetch, BasicQosOptions::default())
+        .basic_qos(prefetch.now, qos)
         .await
         .amqp("setting prefetch")?;
+    let budget = Budget::new("amqp", ingest.budget_bytes, u32::from(cfg.prefetch));
+    let held_back = REGISTRY.counter(
+        "otaledger_bridge_held_back_total",
+        "Times a bridge stopped reading until Kafka acknowledged what it holds",
+        &[("bridge", "amqp")],
+    );
+    let prefetch_gauge = REGISTRY.gauge(
+        "otaledger_amqp_prefetch",
+        "The AMQP bridge's prefetch count, set from its byte budget",
+        &[],
+    );
+    prefetch_gauge.set(i64::from(prefetch.now));
+    let mut limits = DeviceLimits::new(ingest.device_rate_per_s, ingest.device_burst);
     let mut consumer = channel
         .basic_consume(
             cfg.reports_queue.as_str().into(),
@@ -102,7 +187,22 @@ pub async fn run(
             }
         };
         batches.inc();
-        let pending = match handle(&cfg, &producer, &pool, &delivery).await {
+        let len = delivery.data.len();
+        if let Some(n) = prefetch.after(len) {
+            channel.basic_qos(n, qos).await.amqp("setting prefetch")?;
+            prefetch_gauge.set(i64::from(n));
+        }
+        let share = match budget.try_take(len) {
+            Some(share) => share,
+            None => {
+                held_back.inc();
+                tokio::select! {
+                    () = shutdown.wait() => break,
+                    share = budget.take(len) => share,
+                }
+            }
+        };
+        let pending = match handle(&cfg, &producer, &pool, &delivery, &mut limits).await {
             Ok(p) => p,
             Err(e) => {
                 let _ = delivery
@@ -115,7 +215,12 @@ pub async fn run(
                 break;
             }
         };
-        if tx.send(InFlight { pending, delivery }).await.is_err() {
+        let in_flight = InFlight {
+            pending,
+            delivery,
+            _share: share,
+        };
+        if tx.send(in_flight).await.is_err() {
             failure = Some(Error::Stopped("the AMQP acker stopped"));
             break;
         }
@@ -164,6 +269,7 @@ async fn handle(
     producer: &EventProducer,
     pool: &PgPool,
     delivery: &Delivery,
+    limits: &mut DeviceLimits,
 ) -> Result<Vec<Pending>> {
     let origin = Origin {
         source: "amqp",
@@ -193,19 +299,36 @@ async fn handle(
             )),
             Authority::Refused(why) => Some(why.clone()),
         };
-        let parsed = match (refused, MessageKind::from_name(&report.kind)) {
-            (Some(why), _) => {
+        let kind = MessageKind::from_name(&report.kind);
+        let verdict = match (&refused, kind) {
+            (None, Some(kind)) => limits.judge(
+                &report.device_id,
+                Instant::now(),
+                kind == MessageKind::Install,
+            ),
+            _ => Verdict::Admit,
+        };
+        let parsed = match (refused, kind, verdict) {
+            (Some(why), _, _) => {
                 UNAUTHORIZED.inc();
                 Err((Rejection::new("unauthorized", why), Some(report.data)))
             }
-            (None, None) => Err((
+            (None, Some(_), Verdict::Refuse { report: refused }) => {
+                RATE_LIMITED.inc();
+                let Some(refused) = refused else { continue };
+                Err((
+                    crate::rate_limited_rejection(&report.device_id, refused),
+                    Some(report.data),
+                ))
+            }
+            (None, None, _) => Err((
                 Rejection::new(
                     "unknown_kind",
                     format!("unknown report kind {:?}", report.kind),
                 ),
                 None,
             )),
-            (None, Some(kind)) => {
+            (None, Some(kind), Verdict::Admit) => {
                 let mut data = report.data;
                 // A report's gateway is the batch's, whatever the report says.
                 if let (MessageKind::Heartbeat | MessageKind::Register, Some(obj)) =
@@ -247,7 +370,12 @@ async fn handle(
 }
 
 async fn ack_when_in_kafka(mut rx: mpsc::Receiver<InFlight>) -> Result<()> {
-    while let Some(InFlight { pending, delivery }) = rx.recv().await {
+    while let Some(InFlight {
+        pending,
+        delivery,
+        _share: share,
+    }) = rx.recv().await
+    {
         for p in pending {
             if let Err(e) = p.acked().await {
                 let _ = delivery
@@ -263,6 +391,54 @@ async fn ack_when_in_kafka(mut rx: mpsc::Receiver<InFlight>) -> Result<()> {
             .ack(BasicAckOptions::default())
             .await
             .amqp("acknowledging delivery")?;
+        // Given back only now: until RabbitMQ has the acknowledgement, it counts.
+        drop(share);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: usize = 1024 * 1024;
+
+    #[test]
+    fn the_prefetch_keeps_the_largest_deliveries_within_the_budget() {
+        assert_eq!(prefetch_for(32 << 20, 8 * MIB, 256), 4);
+        assert_eq!(prefetch_for(32 << 20, 8 * MIB + 1, 256), 3);
+        assert_eq!(
+            prefetch_for(32 << 20, 100, 256),
+            256,
+            "at most amqp.prefetch"
+        );
+        assert_eq!(prefetch_for(1, 8 * MIB, 256), 1, "at least one");
+        assert_eq!(prefetch_for(32 << 20, 0, 256), 256);
+    }
+
+    #[test]
+    fn it_starts_low_lowers_at_once_and_rises_once_a_window() {
+        let mut p = Prefetch::new(32 << 20, 256);
+        assert_eq!(p.now, 4, "as if every batch were 8 MiB");
+        for i in 1..PREFETCH_WINDOW {
+            assert_eq!(p.after(1024), None, "delivery {i}: not before a window");
+        }
+        assert_eq!(p.after(1024), Some(256), "a window of 1 KiB deliveries");
+        assert_eq!(p.after(MIB), Some(32), "a larger one lowers it at once");
+        assert_eq!(p.after(MIB), None);
+        for _ in 2..PREFETCH_WINDOW {
+            p.after(20 * 1024);
+        }
+        // The window's largest (1 MiB) allows 32, no more than now: no change.
+        assert_eq!(p.now, 32);
+        for _ in 1..PREFETCH_WINDOW {
+            p.after(600 * 1024);
+        }
+        // 600 KiB allows 54: less than twice 32, kept.
+        assert_eq!(p.after(600 * 1024), None);
+        for _ in 1..PREFETCH_WINDOW {
+            p.after(500 * 1024);
+        }
+        assert_eq!(p.after(500 * 1024), Some(65), "65 >= 2 x 32");
+    }
 }

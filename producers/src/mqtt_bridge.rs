@@ -3,33 +3,69 @@
 //! PUBACK) only after Kafka acknowledged the event, or its dead letter.
 //!
 //! Messages are processed and acknowledged in arrival order, with Kafka writes pipelined: the
-//! bridge keeps reading while earlier records are still in flight.
+//! bridge keeps reading while earlier records are still in flight, within its budget (ADR 0040):
+//! over it, a QoS 0 message is dropped and counted, and a QoS 1 message waits for Kafka's
+//! acknowledgements to give some back, while the broker keeps the rest of the queue. Each
+//! device is held to its rate; what is over it is refused and counted (dead-lettered
+//! `rate_limited` once a second per device).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use otaledger_domain::ids::new_trace_id;
 use rumqttc::{AsyncClient, Event as MqttEvent, EventLoop, Packet, Publish, QoS};
 use tokio::sync::mpsc;
 
 use otaledger_domain::device_json::{parse_device_message, MessageKind};
+use otaledger_ledger::config::IngestConfig;
 use otaledger_ledger::dead_letters::{dead_letter, Origin, Rejection};
 use otaledger_ledger::kafka::{EventProducer, Pending};
 use otaledger_ledger::metrics::{self, REGISTRY};
 use otaledger_ledger::mqtt::{MqttConfig, COMMANDS_KIND};
+use otaledger_ledger::rate_limit::{DeviceLimits, Verdict};
 use otaledger_ledger::shutdown::ShutdownSignal;
 use otaledger_ledger::MqttContext;
 
+use crate::budget::{Budget, Share};
 use crate::{Error, Result};
 
 struct InFlight {
-    /// `None` for the dispatcher's own command messages, which the bridge only acknowledges.
+    /// `None` for the dispatcher's own command messages, which the bridge only acknowledges,
+    /// and for what it refused without a dead letter.
     pending: Option<Pending>,
     publish: Publish,
+    /// Given back once the broker has the acknowledgement.
+    _share: Share,
+}
+
+/// What the bridge counts of what it did not ingest.
+struct Refusals {
+    over_budget: otaledger_ledger::metrics::Counter,
+    held_back: otaledger_ledger::metrics::Counter,
+    rate_limited: otaledger_ledger::metrics::Counter,
+}
+
+impl Refusals {
+    fn new() -> Self {
+        Refusals {
+            over_budget: REGISTRY.counter(
+                "otaledger_bridge_dropped_total",
+                "QoS 0 messages a bridge dropped because its budget was full",
+                &[("bridge", "mqtt")],
+            ),
+            held_back: REGISTRY.counter(
+                "otaledger_bridge_held_back_total",
+                "Times a bridge stopped reading until Kafka acknowledged what it holds",
+                &[("bridge", "mqtt")],
+            ),
+            rate_limited: crate::rate_limited("mqtt"),
+        }
+    }
 }
 
 /// Runs the bridge until shutdown.
 pub async fn run(
     cfg: MqttConfig,
+    ingest: &IngestConfig,
     producer: EventProducer,
     mut shutdown: ShutdownSignal,
 ) -> Result<()> {
@@ -38,11 +74,19 @@ pub async fn run(
     opts.set_manual_acks(true);
     opts.set_inflight(1000);
     let (client, mut eventloop) = AsyncClient::new(opts, 10_000);
-    // Unbounded on purpose: the loop that feeds it also drives the MQTT connection, and the acker
-    // that drains it needs that connection to send PUBACKs. With a bounded queue a burst filled
-    // it, the loop stopped polling, the acker's PUBACK requests filled the client's queue, and
-    // both waited on each other (seen at 80,000 registrations in one burst). The broker's queue
-    // and Kafka's acknowledgements bound what is in flight.
+    // The channel is unbounded, the budget bounds it. The loop that feeds it also drives the
+    // MQTT connection, and the acker that drains it needs that connection to send PUBACKs: when
+    // the loop waits for the budget, the acker's PUBACK requests wait in the client's request
+    // queue (10,000). A budget of fewer messages than that never fills it, so the acker never
+    // waits on the loop that waits on it (seen, with a bounded channel instead, at 80,000
+    // registrations in one burst).
+    let budget = Budget::new(
+        "mqtt",
+        ingest.budget_bytes,
+        ingest.budget_messages.min(MAX_BUDGET_MESSAGES),
+    );
+    let mut limits = DeviceLimits::new(ingest.device_rate_per_s, ingest.device_burst);
+    let refusals = Refusals::new();
     let (tx, rx) = mpsc::unbounded_channel::<InFlight>();
     let acker = tokio::spawn(ack_in_order(client.clone(), rx));
     let received = REGISTRY.counter(
@@ -76,12 +120,33 @@ pub async fn run(
             Ok(MqttEvent::Incoming(Packet::SubAck(_))) => subscribed.set(1),
             Ok(MqttEvent::Incoming(Packet::Publish(publish))) => {
                 received.inc();
-                match handle(&cfg, &producer, &publish).await {
+                let len = publish.payload.len();
+                let share = match budget.try_take(len) {
+                    Some(share) => share,
+                    None if publish.qos == QoS::AtMostOnce => {
+                        // Nobody will send it again, and nobody was promised it.
+                        refusals.over_budget.inc();
+                        continue;
+                    }
+                    None => {
+                        refusals.held_back.inc();
+                        tokio::select! {
+                            () = shutdown.wait() => break,
+                            share = budget.take(len) => share,
+                        }
+                    }
+                };
+                match handle(&cfg, &producer, &publish, &mut limits, &refusals).await {
                     Ok((pending, good)) => {
                         if good {
                             ingested.inc();
                         }
-                        if tx.send(InFlight { pending, publish }).is_err() {
+                        let in_flight = InFlight {
+                            pending,
+                            publish,
+                            _share: share,
+                        };
+                        if tx.send(in_flight).is_err() {
                             failure = Some(Error::Stopped("the MQTT acker stopped"));
                             break;
                         }
@@ -113,6 +178,9 @@ pub async fn run(
     Ok(())
 }
 
+/// Below the MQTT client's request queue (`AsyncClient::new(_, 10_000)`), see `run`.
+const MAX_BUDGET_MESSAGES: u32 = 9_000;
+
 async fn drain(eventloop: &mut EventLoop) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while tokio::time::Instant::now() < deadline {
@@ -130,6 +198,8 @@ async fn handle(
     cfg: &MqttConfig,
     producer: &EventProducer,
     publish: &Publish,
+    limits: &mut DeviceLimits,
+    refusals: &Refusals,
 ) -> Result<(Option<Pending>, bool)> {
     if cfg
         .route(&publish.topic)
@@ -154,8 +224,21 @@ async fn handle(
                 device,
                 Rejection::new("unknown_topic", format!("unknown message kind {kind:?}")),
             )),
-            Some(kind) => parse_device_message(kind, device, &publish.payload, &new_trace_id())
-                .map_err(|r| (device, r)),
+            Some(kind) => {
+                match limits.judge(device, Instant::now(), kind == MessageKind::Install) {
+                    Verdict::Admit => {
+                        parse_device_message(kind, device, &publish.payload, &new_trace_id())
+                            .map_err(|r| (device, r))
+                    }
+                    Verdict::Refuse { report } => {
+                        refusals.rate_limited.inc();
+                        let Some(refused) = report else {
+                            return Ok((None, false));
+                        };
+                        Err((device, crate::rate_limited_rejection(device, refused)))
+                    }
+                }
+            }
         },
     };
     match parsed {
@@ -188,13 +271,20 @@ async fn ack_in_order(
     client: AsyncClient,
     mut rx: mpsc::UnboundedReceiver<InFlight>,
 ) -> Result<()> {
-    while let Some(InFlight { pending, publish }) = rx.recv().await {
+    while let Some(InFlight {
+        pending,
+        publish,
+        _share: share,
+    }) = rx.recv().await
+    {
         // Not acknowledging leaves the message with the broker, which redelivers it to the
         // persistent session after a reconnect.
         if let Some(pending) = pending {
             pending.acked().await?;
         }
         client.ack(&publish).await.mqtt("acknowledging")?;
+        // Given back only now: until the acknowledgement is with the client, it counts.
+        drop(share);
     }
     Ok(())
 }
