@@ -161,6 +161,8 @@ pub struct SimStats {
     pub duplicate_commands: u64,
     /// Install results reported.
     pub results: u64,
+    /// Heartbeats sent (each with an uptime above its device's last).
+    pub heartbeats: u64,
     /// Updates whose artifact downloaded and verified, and those refused (`REJECTED`).
     pub downloads_verified: u64,
     pub downloads_rejected: u64,

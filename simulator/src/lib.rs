@@ -386,6 +386,9 @@ struct Life {
     silent: bool,
     /// The update command being executed.
     busy: Option<Uuid>,
+    /// The uptime of its last heartbeat: each heartbeat's is higher, so (device, uptime)
+    /// names one heartbeat, and a test can tell a lost one from a repeated one.
+    uptime: u64,
 }
 
 struct Sim<'a> {
@@ -424,9 +427,12 @@ impl Sim<'_> {
         if self.life[i].silent {
             return Ok(());
         }
-        let uptime = self.started.elapsed().as_secs() + 3600;
+        let uptime = (self.started.elapsed().as_secs() + 3600).max(self.life[i].uptime + 1);
+        self.life[i].uptime = uptime;
         let body = heartbeat_json(&self.devices[i], &mut self.rng, uptime);
-        self.report(i, "heartbeat", body).await
+        self.report(i, "heartbeat", body).await?;
+        self.stats.heartbeats += 1;
+        Ok(())
     }
 
     async fn command(&mut self, body: &[u8]) -> Result<()> {
