@@ -5,7 +5,8 @@
 //! id as routing key (persistent, publisher confirms, `mandatory`: a returned message is a
 //! delivery failure). Failures are retried with backoff and each one is recorded as a
 //! `CommandDeliveryFailed` event; after the last attempt the command also goes to the dead
-//! letters, so nothing is lost. Commands already dispatched (by command id, in
+//! letters, so nothing is lost. An MQTT broker that is down is waited for instead: its failure
+//! is no command's. Commands already dispatched (by command id, in
 //! `dispatched_commands`, written with the offsets) are never sent again; a crash between the
 //! broker's acknowledgement and the commit sends a command again, which devices de-duplicate.
 
@@ -27,6 +28,9 @@ use otaledger_ledger::mqtt::{MqttConfig, COMMANDS_KIND};
 use serde_json::json;
 use sqlx::PgConnection;
 use uuid::Uuid;
+
+/// The longest wait between two tries of an MQTT broker that is down.
+const MAX_BROKER_WAIT: Duration = Duration::from_secs(5);
 
 use otaledger_ledger::runner::{Positioned, Projection};
 use otaledger_ledger::DbContext;
@@ -347,10 +351,10 @@ impl Dispatcher {
                         sent.extend(pending_mqtt.drain(..).map(|c| (c, "mqtt")));
                     }
                     Err(why) => {
+                        // The broker (or the way to it) failed, not these commands: they are
+                        // not given up, see below.
                         self.failed_mqtt.add(pending_mqtt.len() as u64);
-                        for c in &pending_mqtt {
-                            self.record_failure(c, "mqtt", attempt, &why, last).await?;
-                        }
+                        tracing::warn!(commands = pending_mqtt.len(), attempt, error = %why, "MQTT broker unavailable");
                     }
                 }
             }
@@ -378,6 +382,25 @@ impl Dispatcher {
             if !last {
                 tokio::time::sleep(backoff).await;
                 backoff *= 2;
+            }
+        }
+        // An MQTT failure is the broker's: a publish is never refused for its content (MQTT
+        // 3.1.1 has no negative acknowledgement). Commands are not given up on a broker that
+        // restarts; the partition waits for it, and the commands stay in the ledger meanwhile.
+        let mut wait = self.cfg.backoff.max(Duration::from_millis(100));
+        while !pending_mqtt.is_empty() {
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(MAX_BROKER_WAIT);
+            let (link, root) = (&mut self.mqtt, &self.cfg.mqtt.topic_root);
+            match Self::send_mqtt(link, root, &pending_mqtt).await {
+                Ok(()) => {
+                    self.delivered_mqtt.add(pending_mqtt.len() as u64);
+                    sent.extend(pending_mqtt.drain(..).map(|c| (c, "mqtt")));
+                }
+                Err(why) => {
+                    self.failed_mqtt.add(pending_mqtt.len() as u64);
+                    tracing::warn!(commands = pending_mqtt.len(), error = %why, retry_in = ?wait, "MQTT broker still unavailable; the commands wait for it");
+                }
             }
         }
         let until_sent = started.elapsed();

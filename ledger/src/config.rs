@@ -300,7 +300,8 @@ impl Default for SagaConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DispatcherConfig {
-    /// Delivery attempts per command before it is given up and dead-lettered.
+    /// Delivery attempts per gateway (AMQP) command before it is given up and dead-lettered;
+    /// an MQTT broker that is down is waited for instead.
     pub attempts: i32,
     /// Backoff before the second attempt; doubled after each.
     pub backoff_ms: u64,
