@@ -70,6 +70,8 @@ struct MqttLink {
     client: AsyncClient,
     acked: Arc<AtomicU64>,
     sent: u64,
+    /// Its options, to end its session when the simulation ends.
+    opts: rumqttc::MqttOptions,
 }
 
 /// The MQTT connections and which one each device reporting directly uses.
@@ -132,7 +134,11 @@ fn mqtt_links(
         }
     }
     let mut links = Vec::new();
-    for opts in logins {
+    for mut opts in logins {
+        // A persistent session, as a device that must not miss a command keeps: the broker
+        // holds its subscriptions and queues its commands while it is away or restarting.
+        opts.set_clean_session(false);
+        let kept = opts.clone();
         let (client, mut eventloop) = AsyncClient::new(opts, 10_000);
         let acked = Arc::new(AtomicU64::new(0));
         let counter = acked.clone();
@@ -159,6 +165,7 @@ fn mqtt_links(
             client,
             acked,
             sent: 0,
+            opts: kept,
         });
     }
     Ok(Links {
@@ -759,6 +766,15 @@ pub async fn run(cfg: SimConfig, mut shutdown: ShutdownSignal) -> Result<SimStat
         }
         let _ = link.client.disconnect().await;
     }
+    let ends: Vec<_> = sim
+        .links
+        .all
+        .iter()
+        .map(|l| tokio::spawn(end_session(l.opts.clone())))
+        .collect();
+    for end in ends {
+        let _ = end.await;
+    }
     for conn in &amqp.connections {
         let _ = conn.close(200, "simulation done".into()).await;
     }
@@ -773,6 +789,25 @@ pub async fn run(cfg: SimConfig, mut shutdown: ShutdownSignal) -> Result<SimStat
     }
     tracing::info!(?stats, "simulation finished");
     Ok(stats)
+}
+
+/// Ends a link's persistent session (a clean connect, then a disconnect), so the broker does not
+/// keep queueing commands for a fleet that is gone.
+async fn end_session(mut opts: rumqttc::MqttOptions) {
+    opts.set_clean_session(true);
+    let (client, mut eventloop) = AsyncClient::new(opts, 10);
+    let ended = async {
+        loop {
+            match eventloop.poll().await {
+                Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
+                    let _ = client.disconnect().await;
+                }
+                Ok(MqttEvent::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), ended).await;
 }
 
 #[allow(clippy::too_many_arguments)]
