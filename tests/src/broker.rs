@@ -86,6 +86,21 @@ impl Broker {
     }
 }
 
+/// A namespace of the test's own (topics, schema, MQTT root, queues) on a memory broker of its
+/// own, started: the configuration, and the broker to freeze or stop.
+///
+/// # Panics
+/// When the broker does not start.
+pub async fn own_namespace(test: &str) -> (otaledger_ledger::config::Config, Broker) {
+    let name = crate::unique(test);
+    let mut broker = Broker::new(std::env::temp_dir().join(&name), "memory://tansu/");
+    broker.start();
+    crate::listening(broker.port, "the test's broker").await;
+    let mut cfg = crate::config(&crate::Services::get().await, &name);
+    cfg.kafka.brokers = broker.address();
+    (cfg, broker)
+}
+
 impl Drop for Broker {
     fn drop(&mut self) {
         // A frozen broker is thawed first, so that the kill is not left pending.

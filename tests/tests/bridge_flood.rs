@@ -14,7 +14,7 @@ use otaledger_bench::process::ComponentProcess;
 use otaledger_cli::components::{prepare, Component};
 use otaledger_domain::Payload;
 use otaledger_ledger::config::Config;
-use otaledger_tests::broker::Broker;
+use otaledger_tests::broker::{own_namespace, Broker};
 use otaledger_tests::{binary, config, eventually, read_topic, unique, Services};
 use rumqttc::{AsyncClient, Event, Outgoing, Packet, QoS};
 use serde_json::json;
@@ -49,12 +49,7 @@ async fn heartbeats(cfg: &Config, prefix: &str) -> BTreeSet<(String, i64)> {
 
 /// A namespace on a broker of the test's own; the bridge's budget is [`BUDGET`].
 async fn setup(test: &str) -> (Config, Broker) {
-    let name = unique(test);
-    let mut broker = Broker::new(std::env::temp_dir().join(&name), "memory://tansu/");
-    broker.start();
-    otaledger_tests::listening(broker.port, "the test's broker").await;
-    let mut cfg = config(&Services::get().await, &name);
-    cfg.kafka.brokers = broker.address();
+    let (mut cfg, broker) = own_namespace(test).await;
     cfg.kafka.partitions = 2;
     // Nothing may time out while the broker is frozen: a failed record would stop the bridge.
     cfg.kafka.message_timeout_ms = 600_000;
