@@ -202,7 +202,12 @@ pub async fn run(
                 backoff: Duration::from_millis(cfg.dispatcher.backoff_ms),
                 commands_topic: topic.clone(),
             };
-            let dispatcher = Dispatcher::connect(dc, producer.clone(), &cfg.member()).await?;
+            let mut waiting = shutdown.clone();
+            let Some(dispatcher) =
+                Dispatcher::connect(dc, producer.clone(), &cfg.member(), &mut waiting).await?
+            else {
+                return Ok(());
+            };
             let rc = runner_config(&cfg, "dispatcher", topic);
             Runner::new(rc, dispatcher, producer.clone(), pool)
                 .run(shutdown)

@@ -20,7 +20,7 @@ use otaledger_domain::events::{CommandDeliveryFailed, Payload};
 use otaledger_domain::ids::derived_event_id;
 use otaledger_domain::time::now_micros;
 use otaledger_domain::Event;
-use otaledger_ledger::amqp::{connect, declare_commands_exchange, AmqpConfig};
+use otaledger_ledger::amqp::{connect_when_up, declare_commands_exchange, AmqpConfig};
 use otaledger_ledger::dead_letters::{dead_letter, Origin, Rejection};
 use otaledger_ledger::kafka::EventProducer;
 use otaledger_ledger::metrics::{Counter, REGISTRY};
@@ -117,12 +117,14 @@ fn outgoing(p: &Positioned) -> Option<Outgoing<'_>> {
 }
 
 impl Dispatcher {
-    /// Connects to both brokers and declares the commands exchange.
+    /// Connects to both brokers and declares the commands exchange, waiting for a RabbitMQ
+    /// that is down; `None` when shutdown comes first.
     pub async fn connect(
         cfg: DispatcherConfig,
         producer: EventProducer,
         member: &str,
-    ) -> Result<Self> {
+        shutdown: &mut otaledger_ledger::shutdown::ShutdownSignal,
+    ) -> Result<Option<Self>> {
         // Unique per process and instance: two dispatchers sharing an id would take the session
         // from each other forever (seen with a stray process of the same member name, and with
         // two dispatchers one after the other in one bench process). Commands need no
@@ -134,7 +136,9 @@ impl Dispatcher {
             INSTANCE.fetch_add(1, Ordering::Relaxed)
         );
         let mqtt = MqttPublisher::new(cfg.mqtt.clone(), client_id);
-        let conn = connect(&cfg.amqp).await?;
+        let Some(conn) = connect_when_up(&cfg.amqp, shutdown).await? else {
+            return Ok(None);
+        };
         let amqp = conn
             .create_channel()
             .await
@@ -146,7 +150,7 @@ impl Dispatcher {
         let c = |channel: &str, help: &'static str, name: &'static str| {
             REGISTRY.counter(name, help, &[("channel", channel)])
         };
-        Ok(Dispatcher {
+        Ok(Some(Dispatcher {
             cfg,
             producer,
             mqtt,
@@ -172,7 +176,7 @@ impl Dispatcher {
                 "Failed command delivery attempts",
                 "otaledger_command_delivery_failures_total",
             ),
-        })
+        }))
     }
 
     /// Publishes to devices over MQTT and waits for the broker's PUBACKs.

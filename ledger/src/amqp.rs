@@ -112,6 +112,34 @@ pub async fn connect(cfg: &AmqpConfig) -> Result<Connection> {
         .amqp("connecting over TLS")
 }
 
+/// Connects as [`connect`] does, waiting for a broker that is down or restarting (a doubling
+/// wait of up to 5 s, each failure logged) instead of failing: a component started while
+/// RabbitMQ restarts would otherwise exit, be restarted and exit again, as fast as its service
+/// manager allows. What waiting cannot mend (a login refused, a protocol error) fails at once.
+/// `None` when shutdown comes first.
+pub async fn connect_when_up(
+    cfg: &AmqpConfig,
+    shutdown: &mut crate::shutdown::ShutdownSignal,
+) -> Result<Option<Connection>> {
+    let mut wait = std::time::Duration::from_millis(250);
+    loop {
+        match connect(cfg).await {
+            Ok(conn) => return Ok(Some(conn)),
+            Err(Error::Amqp { source, .. })
+                if matches!(source.kind(), lapin::ErrorKind::IOError(_)) =>
+            {
+                tracing::warn!(error = %source, retry_in = ?wait, "RabbitMQ unreachable; waiting for it");
+            }
+            Err(e) => return Err(e),
+        }
+        tokio::select! {
+            () = shutdown.wait() => return Ok(None),
+            () = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(std::time::Duration::from_secs(5));
+    }
+}
+
 /// Declares the durable reports queue and the fanout exchange of the same name bound to it,
 /// which gateways publish to (idempotent).
 pub async fn declare_reports_queue(channel: &lapin::Channel, cfg: &AmqpConfig) -> Result<()> {

@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use otaledger_domain::device_json::{
     device_message_from_value, parse_gateway_batch, MessageKind, MAX_GATEWAY_PAYLOAD,
 };
-use otaledger_ledger::amqp::{connect, declare_reports_queue, AmqpConfig};
+use otaledger_ledger::amqp::{connect_when_up, declare_reports_queue, AmqpConfig};
 use otaledger_ledger::config::IngestConfig;
 use otaledger_ledger::dead_letters::{dead_letter, Origin, Rejection};
 use otaledger_ledger::kafka::{EventProducer, Pending};
@@ -129,7 +129,9 @@ pub async fn run(
     pool: PgPool,
     mut shutdown: ShutdownSignal,
 ) -> Result<()> {
-    let conn = connect(&cfg).await?;
+    let Some(conn) = connect_when_up(&cfg, &mut shutdown).await? else {
+        return Ok(());
+    };
     let channel = conn.create_channel().await.amqp("opening channel")?;
     declare_reports_queue(&channel, &cfg).await?;
     // Global: the channel's one consumer, and a change applies to it at once.
