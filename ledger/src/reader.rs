@@ -422,14 +422,12 @@ impl LedgerReader {
             }
             c.next = offset + 1;
             raw.touched.insert((topic, partition));
-            if !self.fenced {
-                drop(cursors);
-                raw.push(topic, &m);
-                return;
-            }
-            let stamp = m.headers().map_or(Stamp::None, |hs| {
-                Stamp::from_headers(hs.iter().map(|h| (h.key, h.value.unwrap_or_default())))
-            });
+            let stamp = match (self.fenced, m.headers()) {
+                (true, Some(hs)) => {
+                    Stamp::from_headers(hs.iter().map(|h| (h.key, h.value.unwrap_or_default())))
+                }
+                _ => Stamp::None,
+            };
             match c.fences.judge(&stamp) {
                 Verdict::Read => {}
                 Verdict::Marker => return,

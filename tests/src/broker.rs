@@ -104,16 +104,9 @@ pub async fn own_namespace(test: &str) -> (otaledger_ledger::config::Config, Bro
 impl Drop for Broker {
     fn drop(&mut self) {
         // A frozen broker is thawed first, so that the kill is not left pending.
-        if self.child.is_some() {
+        if let Some(c) = &self.child {
             let _ = Command::new("kill")
-                .args([
-                    "-CONT",
-                    &self
-                        .child
-                        .as_ref()
-                        .map(|c| c.id().to_string())
-                        .unwrap_or_default(),
-                ])
+                .args(["-CONT", &c.id().to_string()])
                 .status();
         }
         self.kill();
