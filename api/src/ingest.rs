@@ -1,6 +1,6 @@
 //! HTTP ingest: `POST /v1/devices/{id}/heartbeats` (and `/registrations`, `/install-reports`)
 //! answers 202 only after Kafka acknowledged the event; bad input gets a 4xx JSON reason and a
-//! dead letter.
+//! dead letter; a device over its rate gets 429 (ADR 0040).
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -19,6 +19,7 @@ use otaledger_domain::device_json::{
 use otaledger_ledger::dead_letters::{dead_letter, Origin};
 use otaledger_ledger::kafka::EventProducer;
 use otaledger_ledger::metrics;
+use otaledger_ledger::rate_limit::{self, DeviceLimits, Verdict};
 
 use crate::auth::Principal;
 use crate::params::DeviceIdPath;
@@ -26,6 +27,15 @@ use crate::{ApiError, ErrorBody};
 
 static HTTP_INGESTED: std::sync::LazyLock<metrics::Counter> =
     std::sync::LazyLock::new(|| metrics::ingested("http"));
+static HTTP_RATE_LIMITED: std::sync::LazyLock<metrics::Counter> =
+    std::sync::LazyLock::new(|| rate_limit::refused_counter("http"));
+
+/// What the ingest routes need: the producer, and the devices' rates when they are limited.
+#[derive(Clone)]
+pub(crate) struct Ingest {
+    pub(crate) producer: EventProducer,
+    pub(crate) rates: Option<std::sync::Arc<std::sync::Mutex<DeviceLimits>>>,
+}
 
 /// Where the ledger holds a device's event.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -58,10 +68,11 @@ macro_rules! report_route {
                 (status = 202, description = "The ledger holds the event", body = Accepted),
                 (status = 400, description = "Refused and dead-lettered, with the reason", body = ErrorBody),
                 (status = 413, description = "Over the device payload limit", body = ErrorBody),
+                (status = 429, description = "The device sent over its rate (`ingest.device_rate_per_s`); send again after `Retry-After` seconds", body = ErrorBody),
                 (status = 503, description = "The ledger is unavailable", body = ErrorBody),
             ))]
         async fn $name(
-            s: State<EventProducer>,
+            s: State<Ingest>,
             who: Extension<Principal>,
             id: Path<String>,
             h: HeaderMap,
@@ -88,7 +99,7 @@ report_route!(
 async fn receive(
     kind: MessageKind,
     what: &'static str,
-    s: State<EventProducer>,
+    State(s): State<Ingest>,
     who: &Principal,
     id: Path<String>,
     h: HeaderMap,
@@ -113,7 +124,56 @@ async fn receive(
             reason: rejection.body_text(),
         }
     })?;
-    ingest(kind, what, s, id, &h, body).await
+    if let Some(refused) = over_rate(&s, &id.0, what, &body).await? {
+        return Ok(refused);
+    }
+    ingest(kind, what, State(s.producer), id, &h, body).await
+}
+
+/// The 429 answer when the device is over its rate, after dead-lettering the refusal when it
+/// is due (the first of a device, then one a second, as the bridges do); `None` within it.
+async fn over_rate(
+    s: &Ingest,
+    device: &str,
+    what: &str,
+    body: &Bytes,
+) -> Result<Option<Response>, ApiError> {
+    let Some(rates) = &s.rates else {
+        return Ok(None);
+    };
+    // The device is told and sends again, so an install result is not dead-lettered each time.
+    let verdict = rates
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .judge(device, std::time::Instant::now(), false);
+    let Verdict::Refuse { report } = verdict else {
+        return Ok(None);
+    };
+    HTTP_RATE_LIMITED.inc();
+    let rejection = rate_limit::rejection(device, report.unwrap_or(1));
+    if report.is_some() {
+        let channel = format!("/v1/devices/{device}/{what}");
+        let origin = Origin {
+            source: "http",
+            channel: &channel,
+            partition: None,
+            offset: None,
+        };
+        // Enqueued, not awaited: a flood must not wait on Kafka for its refusals.
+        let _ = dead_letter(&s.producer, &origin, device.as_bytes(), body, &rejection).await;
+    }
+    let mut response = ApiError {
+        status: StatusCode::TOO_MANY_REQUESTS,
+        error: rejection.reason,
+        reason: format!(
+            "device {device:?} sent over its rate (ingest.device_rate_per_s); send again later"
+        ),
+    }
+    .into_response();
+    response
+        .headers_mut()
+        .insert(axum::http::header::RETRY_AFTER, 1.into());
+    Ok(Some(response))
 }
 
 /// A W3C `traceparent` carries the caller's trace id; otherwise a new one starts here.

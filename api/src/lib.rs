@@ -33,6 +33,7 @@ use axum::Router;
 use otaledger_ledger::config::KafkaConfig;
 use otaledger_ledger::kafka::EventProducer;
 use otaledger_ledger::metrics::REGISTRY;
+use otaledger_ledger::rate_limit::DeviceLimits;
 use otaledger_ledger::KafkaContext;
 use rdkafka::consumer::BaseConsumer;
 use sqlx::PgPool;
@@ -67,6 +68,8 @@ pub struct AppState {
     pub admission_max_pending: Option<i64>,
     /// The artifact store (ADR 0037); `None`: the artifact routes answer 404.
     pub artifacts: Option<Arc<artifacts::Artifacts>>,
+    /// Each device's rate on HTTP ingest (ADR 0040); `None`: no limit.
+    pub device_rates: Option<Arc<std::sync::Mutex<DeviceLimits>>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -102,6 +105,7 @@ impl AppState {
             rabbit_admin: None,
             admission_max_pending: None,
             artifacts: None,
+            device_rates: None,
         })
     }
 
@@ -138,6 +142,15 @@ impl AppState {
         self
     }
 
+    /// Refuses a device's reports over HTTP (429) beyond `rate_per_s` a second on average
+    /// and `burst` at once, as the bridges do (ADR 0040); a rate of 0 sets no limit.
+    #[must_use]
+    pub fn with_device_rate(mut self, rate_per_s: f64, burst: u32) -> Self {
+        self.device_rates = (rate_per_s > 0.0)
+            .then(|| Arc::new(std::sync::Mutex::new(DeviceLimits::new(rate_per_s, burst))));
+        self
+    }
+
     /// Also accepts OIDC bearer tokens (ADR 0030).
     #[must_use]
     pub fn with_oidc(mut self, verifier: oidc::OidcVerifier) -> Self {
@@ -158,6 +171,15 @@ impl AppState {
 impl FromRef<AppState> for EventProducer {
     fn from_ref(state: &AppState) -> EventProducer {
         state.producer.clone()
+    }
+}
+
+impl FromRef<AppState> for ingest::Ingest {
+    fn from_ref(state: &AppState) -> ingest::Ingest {
+        ingest::Ingest {
+            producer: state.producer.clone(),
+            rates: state.device_rates.clone(),
+        }
     }
 }
 

@@ -285,7 +285,9 @@ async fn run_api(
         state = state.with_admission(cfg.admission.max_pending);
     }
     let store = open_artifact_store(&cfg.artifacts).await?;
-    state = state.with_artifacts(store, cfg.artifacts.max_bytes);
+    state = state
+        .with_artifacts(store, cfg.artifacts.max_bytes)
+        .with_device_rate(cfg.ingest.device_rate_per_s, cfg.ingest.device_burst);
     // The image repository's timestamp is re-signed before it expires (ADR 0038).
     let refresher = tokio::spawn(otaledger_api::tuf::refresher(
         state.pool.clone(),

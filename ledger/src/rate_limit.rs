@@ -7,7 +7,7 @@
 //! since the last one. A dead letter per refused message would let the flood through to Kafka
 //! in another form. Install results are the exception, see [`DeviceLimits::judge`].
 //!
-//! Pure: the caller passes the time, so the tests need no clock.
+//! [`DeviceLimits`] is pure: the caller passes the time, so the tests need no clock.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -118,6 +118,29 @@ impl DeviceLimits {
             b.refused_unreported > 0 || b.tokens + idle * rate < burst
         });
     }
+}
+
+/// Messages refused because their device was over its rate, by entrance (`mqtt`, `amqp`,
+/// `http`).
+#[must_use]
+pub fn refused_counter(source: &str) -> crate::metrics::Counter {
+    crate::metrics::REGISTRY.counter(
+        "otaledger_rate_limited_total",
+        "Device messages refused because their device sent over its rate",
+        &[("source", source)],
+    )
+}
+
+/// The dead letter's reason for `refused` messages of `device` over its rate.
+#[must_use]
+pub fn rejection(device: &str, refused: u64) -> crate::dead_letters::Rejection {
+    crate::dead_letters::Rejection::new(
+        "rate_limited",
+        format!(
+            "device {device:?} sent over its rate (ingest.device_rate_per_s); {refused} of its \
+             messages refused since the last such dead letter, this one included"
+        ),
+    )
 }
 
 #[cfg(test)]

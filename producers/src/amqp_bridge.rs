@@ -42,7 +42,7 @@ static AMQP_INGESTED: std::sync::LazyLock<metrics::Counter> =
     std::sync::LazyLock::new(|| metrics::ingested("amqp"));
 
 static RATE_LIMITED: std::sync::LazyLock<metrics::Counter> =
-    std::sync::LazyLock::new(|| crate::rate_limited("amqp"));
+    std::sync::LazyLock::new(|| otaledger_ledger::rate_limit::refused_counter("amqp"));
 
 static UNAUTHORIZED: std::sync::LazyLock<metrics::Counter> = std::sync::LazyLock::new(|| {
     REGISTRY.counter(
@@ -319,7 +319,7 @@ async fn handle(
                 RATE_LIMITED.inc();
                 let Some(refused) = refused else { continue };
                 Err((
-                    crate::rate_limited_rejection(&report.device_id, refused),
+                    otaledger_ledger::rate_limit::rejection(&report.device_id, refused),
                     Some(report.data),
                 ))
             }

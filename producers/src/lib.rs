@@ -26,23 +26,3 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// Messages refused because their device was over its rate, by entrance.
-fn rate_limited(source: &str) -> otaledger_ledger::metrics::Counter {
-    otaledger_ledger::metrics::REGISTRY.counter(
-        "otaledger_rate_limited_total",
-        "Device messages refused because their device sent over its rate",
-        &[("source", source)],
-    )
-}
-
-/// The dead letter's reason for `refused` messages of `device` over its rate.
-fn rate_limited_rejection(device: &str, refused: u64) -> otaledger_ledger::dead_letters::Rejection {
-    otaledger_ledger::dead_letters::Rejection::new(
-        "rate_limited",
-        format!(
-            "device {device:?} sent over its rate (ingest.device_rate_per_s); {refused} of its \
-             messages refused since the last such dead letter, this one included"
-        ),
-    )
-}

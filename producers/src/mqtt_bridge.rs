@@ -57,7 +57,7 @@ impl Refusals {
                 "Times a bridge stopped reading until Kafka acknowledged what it holds",
                 &[("bridge", "mqtt")],
             ),
-            rate_limited: crate::rate_limited("mqtt"),
+            rate_limited: otaledger_ledger::rate_limit::refused_counter("mqtt"),
         }
     }
 }
@@ -235,7 +235,10 @@ async fn handle(
                         let Some(refused) = report else {
                             return Ok((None, false));
                         };
-                        Err((device, crate::rate_limited_rejection(device, refused)))
+                        Err((
+                            device,
+                            otaledger_ledger::rate_limit::rejection(device, refused),
+                        ))
                     }
                 }
             }

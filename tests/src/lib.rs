@@ -286,6 +286,7 @@ pub fn app_state(
         cfg.offline_after(),
     )
     .expect("the API's state")
+    .with_device_rate(cfg.ingest.device_rate_per_s, cfg.ingest.device_burst)
 }
 
 /// Issues a token directly through the credential store (and the ledger), as `otaledger token

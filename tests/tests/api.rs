@@ -276,6 +276,84 @@ async fn bad_parameters_get_400_with_a_reason() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_ingest_answers_429_to_a_device_over_its_rate_and_not_to_the_others() {
+    let services = Services::get().await;
+    let mut cfg = config(&services, &unique("api_rate"));
+    cfg.ingest.device_rate_per_s = 1.0;
+    cfg.ingest.device_burst = 3;
+    ensure_topics(&cfg.kafka).await.unwrap();
+    let app = otaledger_tests::api_app(&cfg).await;
+    let heartbeat = |uptime: i64| {
+        format!(
+            r#"{{"firmware_version":"1.0.0","uptime_s":{uptime},"cpu_pct":1,"mem_pct":1,"temperature_c":20}}"#
+        )
+    };
+    let send = |device: &'static str, uptime: i64| {
+        let (app, body) = (app.clone(), heartbeat(uptime));
+        async move {
+            let req = Request::builder()
+                .method("POST")
+                .uri(format!("/v1/devices/{device}/heartbeats"))
+                .header("content-type", "application/json")
+                .body(Body::from(body))
+                .unwrap();
+            let resp = app.oneshot(req).await.unwrap();
+            let (status, retry) = (resp.status(), resp.headers().get("retry-after").cloned());
+            let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+            (
+                status,
+                retry,
+                serde_json::from_slice::<Value>(&bytes).unwrap(),
+            )
+        }
+    };
+    // The burst passes; the fourth at once is over the rate (one a second): 429, told when to
+    // come back, and a JSON reason. The next ones too, within the second.
+    for uptime in 0..3 {
+        assert_eq!(send("noisy", uptime).await.0, StatusCode::ACCEPTED);
+    }
+    let (status, retry, body) = send("noisy", 3).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(retry.unwrap(), "1");
+    assert_eq!(body["error"], "rate_limited");
+    assert!(body["reason"].as_str().unwrap().contains("noisy"));
+    for uptime in 4..10 {
+        assert_eq!(send("noisy", uptime).await.0, StatusCode::TOO_MANY_REQUESTS);
+    }
+    // Another device is not held back by it.
+    for uptime in 0..3 {
+        assert_eq!(send("calm", uptime).await.0, StatusCode::ACCEPTED);
+    }
+    // A second later the noisy device has a token again.
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    assert_eq!(send("noisy", 10).await.0, StatusCode::ACCEPTED);
+
+    // Counted, and dead-lettered sparingly: the first refusal only (the rest within a second).
+    let metrics = otaledger_ledger::metrics::REGISTRY.render();
+    let refused: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("otaledger_rate_limited_total{source=\"http\"} "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(refused, 7.0);
+    let dead = read_topic(&cfg.kafka, &cfg.kafka.topics().dead_letters).await;
+    let limited: Vec<_> = dead
+        .iter()
+        .filter(|r| r.headers.get("dlq-reason").map(String::as_str) == Some("rate_limited"))
+        .collect();
+    assert_eq!(limited.len(), 1);
+    assert_eq!(limited[0].key, b"noisy");
+    let records = read_topic(&cfg.kafka, &cfg.kafka.topics().device_events).await;
+    let noisy = records.iter().filter(|r| r.key == b"noisy").count();
+    assert_eq!(
+        noisy, 4,
+        "the burst and the one after the pause, nothing refused"
+    );
+    otaledger_tests::drop_schema(&services, &cfg.database.schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_ingest_answers_202_after_kafka_and_dead_letters_bad_bodies() {
     let f = fixture("api_ingest").await;
     let (status, body, _) = call(
