@@ -404,6 +404,11 @@ pub async fn supervise(components: Vec<Component>, cfg: Config, shutdown: &Shutd
                 let started = tokio::time::Instant::now();
                 match run(c, cfg.clone(), signal.clone()).await {
                     Ok(()) if signal.is_triggered() => break,
+                    // A component that shutdown interrupted mid-wait (nothing committed).
+                    Err(e) if signal.is_triggered() => {
+                        tracing::info!(component = c.name(), reason = format!("{e:#}"), "stopped");
+                        break;
+                    }
                     Ok(()) => tracing::warn!(component = c.name(), "component stopped; restarting"),
                     Err(e) if ledger_reset(&e).is_some() => {
                         // Not transient: every restart would find the same ledger (ADR 0023).

@@ -57,6 +57,8 @@ pub struct DispatcherConfig {
 
 pub struct Dispatcher {
     cfg: DispatcherConfig,
+    /// Ends the wait for an MQTT broker that is down.
+    shutdown: otaledger_ledger::shutdown::ShutdownSignal,
     producer: EventProducer,
     mqtt: MqttPublisher,
     amqp: lapin::Channel,
@@ -136,6 +138,7 @@ impl Dispatcher {
             INSTANCE.fetch_add(1, Ordering::Relaxed)
         );
         let mqtt = MqttPublisher::new(cfg.mqtt.clone(), client_id);
+        let stopping = shutdown.clone();
         let Some(conn) = connect_when_up(&cfg.amqp, shutdown).await? else {
             return Ok(None);
         };
@@ -152,6 +155,7 @@ impl Dispatcher {
         };
         Ok(Some(Dispatcher {
             cfg,
+            shutdown: stopping,
             producer,
             mqtt,
             amqp,
@@ -393,7 +397,13 @@ impl Dispatcher {
         // restarts; the partition waits for it, and the commands stay in the ledger meanwhile.
         let mut wait = self.cfg.backoff.max(Duration::from_millis(100));
         while !pending_mqtt.is_empty() {
-            tokio::time::sleep(wait).await;
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                // Not committed: the batch's commands are sent at the next start.
+                () = self.shutdown.wait() => {
+                    return Err(Error::Stopped("shutdown while the MQTT broker was down"));
+                }
+            }
             wait = (wait * 2).min(MAX_BROKER_WAIT);
             let (link, root) = (&mut self.mqtt, &self.cfg.mqtt.topic_root);
             match Self::send_mqtt(link, root, &pending_mqtt).await {

@@ -24,6 +24,10 @@ pub enum Error {
     },
     #[error("the director's key: {0}")]
     DirectorKey(#[from] otaledger_domain::tuf::TufError),
+    /// Shutdown came while a batch waited (for a broker that is down): it is not committed,
+    /// and is read again at the next start.
+    #[error("stopped: {0}")]
+    Stopped(&'static str),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

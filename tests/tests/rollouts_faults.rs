@@ -179,6 +179,70 @@ async fn an_unroutable_gateway_command_is_retried_reported_and_dead_lettered() {
     stack.trigger();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dispatcher_waiting_for_a_down_mqtt_broker_stops_at_shutdown_and_keeps_the_command() {
+    let services = Services::get().await;
+    let name = unique("dispatch_shutdown");
+    let mut cfg = config(&services, &name);
+    // An MQTT broker that is down: nothing listens there.
+    cfg.mqtt.port = otaledger_tests::free_port();
+    cfg.dispatcher.backoff_ms = 50;
+    ensure_topics(&cfg.kafka).await.unwrap();
+    let producer = otaledger_ledger::kafka::EventProducer::new(&cfg.kafka).unwrap();
+    let command_id = uuid::Uuid::from_u128(0xd0d0);
+    let cmd = Event::new(
+        command_id,
+        Payload::CancelCommand(otaledger_domain::events::CancelCommand {
+            command_id,
+            device_id: "d-direct".into(),
+            rollout_id: "r-1".into(),
+            gateway_id: None,
+            reason: "test".into(),
+        }),
+        1,
+        1,
+        "t",
+    );
+    producer.append(&cmd).await.unwrap();
+    let stop = otaledger_ledger::shutdown::Shutdown::new();
+    let dispatcher = tokio::spawn(otaledger_cli::components::run(
+        Component::Dispatcher,
+        cfg.clone(),
+        stop.signal(),
+    ));
+    // The dispatcher holds the command and waits for the broker: it tried at least twice.
+    let pool = otaledger_tests::test_pool(&cfg, 1).await;
+    let failures = || {
+        let text = otaledger_ledger::metrics::REGISTRY.render();
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix("otaledger_command_delivery_failures_total{channel=\"mqtt\"} ")
+            })
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    eventually(
+        Duration::from_secs(60),
+        "the broker tried twice",
+        || async { (failures() >= 2.0).then_some(()) },
+    )
+    .await;
+    stop.trigger();
+    // It stops instead of waiting for the broker for ever (a hang fails here), with nothing
+    // recorded as sent: the command goes out at the next start.
+    let stopped = tokio::time::timeout(Duration::from_secs(60), dispatcher)
+        .await
+        .expect("the dispatcher stopped at shutdown")
+        .unwrap();
+    let error = format!("{:#}", stopped.unwrap_err());
+    assert!(error.contains("MQTT broker was down"), "{error}");
+    let sent: i64 = sqlx::query_scalar("SELECT count(*) FROM dispatched_commands")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(sent, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_operator_abort_cancels_devices_in_flight_and_rolls_back_the_updated_ones() {
     let (cfg, app, stack) = start_stack("rollout_abort", true).await;
