@@ -6,12 +6,11 @@ set -euo pipefail
 
 STATE_DIR="${OTALEDGER_STATE_DIR:-$HOME/.cache/otaledger}"
 KAFKA_PORT="${OTALEDGER_KAFKA_PORT:-9092}"
-# tansu's storage: memory unless OTALEDGER_TANSU_STORAGE asks for another, e.g. sqlite://ledger.db
-# (durable, under $STATE_DIR/tansu-$KAFKA_PORT). SQLite is not the default: on this machine tansu
-# 0.6 could not carry the whole stack on it (metadata requests timed out with the broker at 90 %
-# of a core) and its storage panicked after unclean restarts (docs/adr/0036). The test suite
-# runs on a memory broker of its own (port 9093).
-TANSU_STORAGE="${OTALEDGER_TANSU_STORAGE:-memory://tansu/}"
+# tansu's storage: durable by default, SQLite in $STATE_DIR/tansu-$KAFKA_PORT/ledger.db, so a
+# restart of the broker keeps the ledger (docs/adr/0043; the quick start's configuration asks its
+# readers for 100 ms fetch waits, which this storage needs). OTALEDGER_TANSU_STORAGE=memory://tansu/
+# asks for memory (faster, forgets on restart): the test suite's broker on 9093 and the benchmarks.
+TANSU_STORAGE="${OTALEDGER_TANSU_STORAGE:-sqlite://ledger.db}"
 TANSU_DIR="$STATE_DIR/tansu-$KAFKA_PORT"
 mkdir -p "$STATE_DIR" "$TANSU_DIR"
 
@@ -243,11 +242,26 @@ if ! port_open "$KAFKA_PORT"; then
   fi
   TANSU=$(command -v tansu || echo "$HOME/.cargo/bin/tansu")
   log "starting tansu on 127.0.0.1:$KAFKA_PORT ($TANSU_STORAGE)"
-  (cd "$TANSU_DIR" && nohup "$TANSU" broker \
-      --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-      --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-      --storage-engine "$TANSU_STORAGE" >"$TANSU_DIR/tansu.log" 2>&1 &
-   echo $! >"$TANSU_DIR/tansu.pid")
+  # Started again a second after it exits, as a service manager would (on durable storage the
+  # ledger survives; in memory the consumers then stop with ADR 0023's reset error). tansu.pid is
+  # the broker's; tansu-loop.pid the loop's (kill it first to stop the broker for good).
+  (cd "$TANSU_DIR" && nohup setsid bash -c '
+      echo $$ >tansu-loop.pid
+      while :; do
+        "$0" broker --listener-url "tcp://127.0.0.1:$1" --advertised-listener-url "tcp://127.0.0.1:$1" \
+          --storage-engine "$2" >>tansu.log 2>&1 &
+        echo $! >tansu.pid
+        wait $!
+        echo "[services] tansu exited ($?); starting it again in 1 s" >>tansu.log
+        sleep 1
+      done' "$TANSU" "$KAFKA_PORT" "$TANSU_STORAGE" >/dev/null 2>&1 &)
   wait_port "$KAFKA_PORT" tansu
 fi
+# tansu 0.6's SQLite storage has no index on its record headers; without one every fetched
+# record scans them all (docs/adr/0043). Added once the broker made its tables; idempotent.
+case "$TANSU_STORAGE" in
+  sqlite://*)
+    python3 "$SCRIPTS/tansu-sqlite-index.py" "$TANSU_DIR/${TANSU_STORAGE#sqlite://}" 10 ||
+      log "warning: could not index tansu's SQLite headers; fetches will slow as the ledger grows" ;;
+esac
 log "PostgreSQL :5432, RabbitMQ :5672 (TLS :5671, management :15672), Mosquitto :1883 (TLS :8883) and Kafka :$KAFKA_PORT are up"

@@ -278,9 +278,10 @@ impl EventProducer {
         settings
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            // Batches of 10 ms, not 2: tansu lists every stored batch of a partition on each
-            // fetch, so small batches made consumers fall behind as topics grew (ADR 0016).
-            .set("linger.ms", "10")
+            // Batches of 10 ms by default, not 2: tansu lists every stored batch of a
+            // partition on each fetch, so small batches made consumers fall behind as topics
+            // grew (ADR 0016); on its SQLite storage 100 ms (ADR 0043).
+            .set("linger.ms", cfg.linger_ms.to_string())
             .set("batch.num.messages", "10000")
             .set("queue.buffering.max.messages", "500000")
             .set("queue.buffering.max.kbytes", "1048576")

@@ -183,7 +183,7 @@ pub fn consumer_config(kafka: &KafkaConfig, label: &str) -> rdkafka::ClientConfi
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("queued.min.messages", "200000")
-        .set("fetch.wait.max.ms", "10")
+        .set("fetch.wait.max.ms", kafka.fetch_wait_max_ms.to_string())
         // librdkafka postpones a partition's next fetch by a second when its local queue is
         // over the thresholds, and by half a second after a fetch error. Either left a live
         // projector idle, then flooded (60 s at 21,600 events/s: 4-13 pauses of over 0.3 s,

@@ -59,6 +59,28 @@ impl Broker {
         );
     }
 
+    /// Waits until it listens, and on SQLite adds the index its storage lacks, as
+    /// `scripts/services.sh` does (ADR 0043).
+    ///
+    /// # Panics
+    /// When it does not listen within 20 s or the index cannot be added.
+    pub async fn ready(&self) {
+        crate::listening(self.port, "the test's broker").await;
+        if let Some(file) = self.storage.strip_prefix("sqlite://") {
+            let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../scripts/tansu-sqlite-index.py");
+            let db = self.dir.join(file);
+            let indexed = db.clone();
+            let status = tokio::task::spawn_blocking(move || {
+                Command::new("python3").arg(script).arg(indexed).status()
+            })
+            .await
+            .expect("the indexing task")
+            .expect("python3");
+            assert!(status.success(), "indexing {}", db.display());
+        }
+    }
+
     /// Sends it `signal` (`-STOP`, `-CONT`).
     ///
     /// # Panics
@@ -92,10 +114,22 @@ impl Broker {
 /// # Panics
 /// When the broker does not start.
 pub async fn own_namespace(test: &str) -> (otaledger_ledger::config::Config, Broker) {
+    own_namespace_on(test, "memory://tansu/").await
+}
+
+/// [`own_namespace`] on a broker storing with `storage` (`sqlite://ledger.db`: durable, so
+/// the test may kill and restart it).
+///
+/// # Panics
+/// When the broker does not start.
+pub async fn own_namespace_on(
+    test: &str,
+    storage: &str,
+) -> (otaledger_ledger::config::Config, Broker) {
     let name = crate::unique(test);
-    let mut broker = Broker::new(std::env::temp_dir().join(&name), "memory://tansu/");
+    let mut broker = Broker::new(std::env::temp_dir().join(&name), storage);
     broker.start();
-    crate::listening(broker.port, "the test's broker").await;
+    broker.ready().await;
     let mut cfg = crate::config(&crate::Services::get().await, &name);
     cfg.kafka.brokers = broker.address();
     (cfg, broker)

@@ -39,7 +39,7 @@ async fn ingest_and_projections_resume_by_themselves_after_the_broker_restarts()
     let mut broker = Broker::new(dir.clone(), "sqlite://ledger.db");
     broker.start();
     let port = broker.port;
-    otaledger_tests::listening(port, "the broker listening").await;
+    broker.ready().await;
 
     let mut cfg = config(&Services::get().await, &name);
     cfg.kafka.brokers = format!("127.0.0.1:{port}");

@@ -7,9 +7,9 @@
 //! - a restart of PostgreSQL (`pg_ctlcluster … restart -m fast`: every connection cut);
 //! - a restart of RabbitMQ (`rabbitmqctl stop_app`, `start_app`);
 //! - a restart of Mosquitto (SIGTERM and start, as a service manager does);
-//! - the Kafka-API broker frozen (SIGSTOP) for 10 s. The test's broker keeps the ledger in
-//!   memory, so a restart would erase it (that is detected, ADR 0023, but not survivable);
-//!   a durable broker is blocked with issue 17 item 1 (ADR 0036).
+//! - the Kafka-API broker, durable (tansu on SQLite, as the quick start runs it, ADR 0043),
+//!   killed (SIGKILL) and started again on the same storage, and later frozen (SIGSTOP) for
+//!   10 s. (The soak runs on a memory broker: it kills components, not the broker.)
 //!
 //! Afterwards: the rollout's verdict is an undisturbed run's (every device succeeded), every
 //! heartbeat the simulator sent (it waits until its broker acknowledged each) is in the ledger,
@@ -32,7 +32,7 @@ use otaledger_cli::components::{prepare, Component};
 use otaledger_domain::Payload;
 use otaledger_ledger::config::Config;
 use otaledger_simulator::Behaviour;
-use otaledger_tests::broker::{own_namespace, Broker};
+use otaledger_tests::broker::{own_namespace_on, Broker};
 use otaledger_tests::rollouts::*;
 use otaledger_tests::{api_app, decode_all, eventually, otaledger_command, read_topic};
 use serde_json::json;
@@ -279,10 +279,16 @@ impl Drop for ServicesBack {
     }
 }
 
-/// The stack on a Kafka-API broker of the test's own, every component supervised.
-async fn stack(test: &str) -> (Config, axum::Router, Broker, Supervisor, PathBuf) {
-    let (mut cfg, broker) = own_namespace(test).await;
+/// The stack on a Kafka-API broker of the test's own storing with `storage`, every component
+/// supervised.
+async fn stack(test: &str, storage: &str) -> (Config, axum::Router, Broker, Supervisor, PathBuf) {
+    let (mut cfg, broker) = own_namespace_on(test, storage).await;
     cfg.kafka.partitions = 4;
+    if storage.starts_with("sqlite") {
+        // As the quick start's configuration does on its durable broker (ADR 0043).
+        cfg.kafka.fetch_wait_max_ms = 250;
+        cfg.kafka.linger_ms = 100;
+    }
     prepare(&cfg).await.unwrap();
     let app = api_app(&cfg).await;
     let logs = broker.dir.join("logs");
@@ -390,7 +396,7 @@ async fn dump(cfg: &Config, app: &axum::Router, id: &str, logs: &Path) -> String
 async fn a_rollout_survives_every_service_restarted_and_every_component_killed() {
     let _serial = SERIAL.lock().await;
     let _back = ServicesBack;
-    let (cfg, app, broker, supervisor, logs) = stack("faults").await;
+    let (cfg, app, mut broker, supervisor, logs) = stack("faults", "sqlite://ledger.db").await;
     let devices = 5_000;
     let (sim_stop, sim, mut dice, seed) = fleet(&cfg, devices, "fs-", 3_000).await;
     let started = Instant::now();
@@ -409,9 +415,11 @@ async fn a_rollout_survives_every_service_restarted_and_every_component_killed()
     enum Fault {
         Kill(Component),
         Restart(Service),
+        RestartBroker,
         FreezeBroker,
     }
     let mut faults: Vec<Fault> = vec![
+        Fault::RestartBroker,
         Fault::Restart(Service::Postgres),
         Fault::Restart(Service::RabbitMq),
         Fault::Restart(Service::Mosquitto),
@@ -434,6 +442,13 @@ async fn a_rollout_survives_every_service_restarted_and_every_component_killed()
                     .await
                     .unwrap();
                 format!("restart {s:?}")
+            }
+            Fault::RestartBroker => {
+                broker.kill();
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                broker.start();
+                broker.ready().await;
+                "SIGKILL broker, restart on its storage".to_owned()
             }
             Fault::FreezeBroker => {
                 broker.signal("-STOP");
@@ -520,7 +535,7 @@ async fn a_rollout_survives_every_service_restarted_and_every_component_killed()
 async fn a_soak_of_rollouts_in_a_row_with_kills_never_hangs() {
     let _serial = SERIAL.lock().await;
     let _back = ServicesBack;
-    let (cfg, app, _broker, supervisor, logs) = stack("soak").await;
+    let (cfg, app, _broker, supervisor, logs) = stack("soak", "memory://tansu/").await;
     let devices = 300;
     let (sim_stop, sim, mut dice, seed) = fleet(&cfg, devices, "sk-", 200).await;
     let rounds = 20;
