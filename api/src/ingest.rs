@@ -153,14 +153,15 @@ async fn over_rate(
     let rejection = rate_limit::rejection(device, report.unwrap_or(1));
     if report.is_some() {
         let channel = format!("/v1/devices/{device}/{what}");
-        let origin = Origin {
-            source: "http",
-            channel: &channel,
-            partition: None,
-            offset: None,
-        };
         // Enqueued, not awaited: a flood must not wait on Kafka for its refusals.
-        let _ = dead_letter(&s.producer, &origin, device.as_bytes(), body, &rejection).await;
+        let _ = dead_letter(
+            &s.producer,
+            &http_origin(&channel),
+            device.as_bytes(),
+            body,
+            &rejection,
+        )
+        .await;
     }
     let mut response = ApiError {
         status: StatusCode::TOO_MANY_REQUESTS,
@@ -174,6 +175,16 @@ async fn over_rate(
         .headers_mut()
         .insert(axum::http::header::RETRY_AFTER, 1.into());
     Ok(Some(response))
+}
+
+/// Where an HTTP report's dead letter came from: the route it was sent to.
+fn http_origin(channel: &str) -> Origin<'_> {
+    Origin {
+        source: "http",
+        channel,
+        partition: None,
+        offset: None,
+    }
 }
 
 /// A W3C `traceparent` carries the caller's trace id; otherwise a new one starts here.
@@ -210,12 +221,7 @@ async fn ingest(
         }
         Err(rejection) => {
             let channel = format!("/v1/devices/{device_id}/{what}");
-            let origin = Origin {
-                source: "http",
-                channel: &channel,
-                partition: None,
-                offset: None,
-            };
+            let origin = http_origin(&channel);
             let pending = dead_letter(&producer, &origin, device_id.as_bytes(), &body, &rejection)
                 .await
                 .map_err(|e| ApiError::unavailable(&e))?;
