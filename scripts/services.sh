@@ -7,9 +7,10 @@ set -euo pipefail
 STATE_DIR="${OTALEDGER_STATE_DIR:-$HOME/.cache/otaledger}"
 KAFKA_PORT="${OTALEDGER_KAFKA_PORT:-9092}"
 # tansu's storage: durable by default, SQLite in $STATE_DIR/tansu-$KAFKA_PORT/ledger.db, so a
-# restart of the broker keeps the ledger (docs/adr/0043; the quick start's configuration asks its
-# readers for 100 ms fetch waits, which this storage needs). OTALEDGER_TANSU_STORAGE=memory://tansu/
-# asks for memory (faster, forgets on restart): the test suite's broker on 9093 and the benchmarks.
+# restart of the broker keeps the ledger (docs/adr/0043; the quick start's configuration asks for
+# 250 ms fetch waits and 100 ms batches, which this storage needs). OTALEDGER_TANSU_STORAGE=
+# memory://tansu/ asks for memory (faster, forgets on restart): the tests' broker on 9093 and the
+# benchmarks' on 9094.
 TANSU_STORAGE="${OTALEDGER_TANSU_STORAGE:-sqlite://ledger.db}"
 TANSU_DIR="$STATE_DIR/tansu-$KAFKA_PORT"
 mkdir -p "$STATE_DIR" "$TANSU_DIR"
@@ -235,7 +236,13 @@ if ! port_open 1883; then
 fi
 
 # tansu (Kafka API)
-if ! port_open "$KAFKA_PORT"; then
+loop_alive() { [ -s "$TANSU_DIR/tansu-loop.pid" ] && kill -0 "$(cat "$TANSU_DIR/tansu-loop.pid")" 2>/dev/null; }
+STARTED_TANSU=0
+if ! port_open "$KAFKA_PORT" && loop_alive; then
+  # Our loop is between two runs of the broker (or the broker is starting): wait for it.
+  log "tansu on :$KAFKA_PORT is being started again by its loop; waiting"
+  wait_port "$KAFKA_PORT" tansu
+elif ! port_open "$KAFKA_PORT"; then
   if ! command -v tansu >/dev/null && [ ! -x "$HOME/.cargo/bin/tansu" ]; then
     log "installing tansu with cargo (about 10 minutes, once per machine)"
     cargo install tansu --locked --features dynostore,postgres,libsql >&2
@@ -255,13 +262,24 @@ if ! port_open "$KAFKA_PORT"; then
         echo "[services] tansu exited ($?); starting it again in 1 s" >>tansu.log
         sleep 1
       done' "$TANSU" "$KAFKA_PORT" "$TANSU_STORAGE" >/dev/null 2>&1 &)
-  wait_port "$KAFKA_PORT" tansu
+  STARTED_TANSU=1
+  if ! wait_port "$KAFKA_PORT" tansu; then
+    loop_alive && kill "$(cat "$TANSU_DIR/tansu-loop.pid")" 2>/dev/null
+    kill "$(cat "$TANSU_DIR/tansu.pid" 2>/dev/null)" 2>/dev/null || true
+    exit 1
+  fi
 fi
 # tansu 0.6's SQLite storage has no index on its record headers; without one every fetched
 # record scans them all (docs/adr/0043). Added once the broker made its tables; idempotent.
 case "$TANSU_STORAGE" in
   sqlite://*)
-    python3 "$SCRIPTS/tansu-sqlite-index.py" "$TANSU_DIR/${TANSU_STORAGE#sqlite://}" 10 ||
-      log "warning: could not index tansu's SQLite headers; fetches will slow as the ledger grows" ;;
+    DB="${TANSU_STORAGE#sqlite://}"
+    case "$DB" in /*) ;; *) DB="$TANSU_DIR/$DB" ;; esac
+    if [ -e "$DB" ]; then
+      python3 "$SCRIPTS/tansu-sqlite-index.py" "$DB" 10 ||
+        log "warning: could not index tansu's SQLite headers; fetches will slow as the ledger grows"
+    elif [ "$STARTED_TANSU" = 0 ]; then
+      log "warning: a broker already listens on :$KAFKA_PORT and $DB does not exist: it is not this script's durable tansu (stop it to get one)"
+    fi ;;
 esac
 log "PostgreSQL :5432, RabbitMQ :5672 (TLS :5671, management :15672), Mosquitto :1883 (TLS :8883) and Kafka :$KAFKA_PORT are up"

@@ -17,7 +17,8 @@ path = sys.argv[1]
 deadline = time.monotonic() + float(sys.argv[2] if len(sys.argv) > 2 else 30)
 while True:
     try:
-        db = sqlite3.connect(path, timeout=30)
+        # Read-write, never create: a missing file is not a ledger to index.
+        db = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=30)
         if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'header'").fetchone():
             db.execute("CREATE INDEX IF NOT EXISTS otaledger_header_record ON header (topition, offset_id)")
             db.commit()

@@ -142,10 +142,13 @@ async fn over_rate(
         return Ok(None);
     };
     // The device is told and sends again, so an install result is not dead-lettered each time.
-    let verdict = rates
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .judge(device, std::time::Instant::now(), false);
+    let (verdict, retry_after) = {
+        let mut limits = rates
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let verdict = limits.judge(device, std::time::Instant::now(), false);
+        (verdict, limits.retry_after_s())
+    };
     let Verdict::Refuse { report } = verdict else {
         return Ok(None);
     };
@@ -173,7 +176,7 @@ async fn over_rate(
     .into_response();
     response
         .headers_mut()
-        .insert(axum::http::header::RETRY_AFTER, 1.into());
+        .insert(axum::http::header::RETRY_AFTER, retry_after.into());
     Ok(Some(response))
 }
 

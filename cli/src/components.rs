@@ -391,6 +391,21 @@ pub fn ledger_reset(e: &anyhow::Error) -> Option<&otaledger_ledger::Error> {
     ledger.is_ledger_reset().then_some(ledger)
 }
 
+/// Whether `e` is a component's stop at shutdown while it waited (nothing was committed), not
+/// a failure.
+#[must_use]
+pub fn interrupted(e: &anyhow::Error) -> bool {
+    // The runner carries a projection's error in `otaledger_ledger::Error::Apply`.
+    let apply = match e.downcast_ref::<otaledger_ledger::Error>() {
+        Some(otaledger_ledger::Error::Apply(inner)) => inner.downcast_ref(),
+        _ => None,
+    };
+    matches!(
+        apply.or_else(|| e.downcast_ref::<otaledger_consumers::Error>()),
+        Some(otaledger_consumers::Error::Stopped(_))
+    )
+}
+
 /// Runs components together, restarting any that fails (with backoff) until shutdown; a
 /// ledger reset stops a component for good.
 pub async fn supervise(components: Vec<Component>, cfg: Config, shutdown: &Shutdown) {
@@ -405,7 +420,7 @@ pub async fn supervise(components: Vec<Component>, cfg: Config, shutdown: &Shutd
                 match run(c, cfg.clone(), signal.clone()).await {
                     Ok(()) if signal.is_triggered() => break,
                     // A component that shutdown interrupted mid-wait (nothing committed).
-                    Err(e) if signal.is_triggered() => {
+                    Err(e) if signal.is_triggered() && interrupted(&e) => {
                         tracing::info!(component = c.name(), reason = format!("{e:#}"), "stopped");
                         break;
                     }

@@ -96,6 +96,17 @@ impl DeviceLimits {
         }
     }
 
+    /// Whole seconds until a device that was just refused has a token again (at least 1): what
+    /// an HTTP client is told to wait (`Retry-After`).
+    #[must_use]
+    pub fn retry_after_s(&self) -> u64 {
+        if self.rate_per_s <= 0.0 {
+            return 1;
+        }
+        // Saturating float-to-int: a tiny rate gives a long wait, never a wrap.
+        ((1.0 / self.rate_per_s).ceil() as u64).max(1)
+    }
+
     /// How many devices have a bucket (for the memory it takes).
     #[must_use]
     pub fn tracked(&self) -> usize {
@@ -211,6 +222,14 @@ mod tests {
         assert_eq!(l.judge("d", t, false), Verdict::Refuse { report: Some(1) });
         assert_eq!(l.judge("d", t, false), Verdict::Refuse { report: None });
         assert_eq!(l.judge("d", t, true), Verdict::Refuse { report: Some(2) });
+    }
+
+    #[test]
+    fn a_refused_device_is_told_when_a_token_is_back() {
+        assert_eq!(DeviceLimits::new(10.0, 1).retry_after_s(), 1);
+        assert_eq!(DeviceLimits::new(1.0, 1).retry_after_s(), 1);
+        assert_eq!(DeviceLimits::new(0.5, 1).retry_after_s(), 2);
+        assert_eq!(DeviceLimits::new(0.3, 1).retry_after_s(), 4);
     }
 
     #[test]

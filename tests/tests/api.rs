@@ -279,7 +279,8 @@ async fn bad_parameters_get_400_with_a_reason() {
 async fn http_ingest_answers_429_to_a_device_over_its_rate_and_not_to_the_others() {
     let services = Services::get().await;
     let mut cfg = config(&services, &unique("api_rate"));
-    cfg.ingest.device_rate_per_s = 1.0;
+    // A token every 2 s: the burst's three requests have 2 s to pass before one is back.
+    cfg.ingest.device_rate_per_s = 0.5;
     cfg.ingest.device_burst = 3;
     ensure_topics(&cfg.kafka).await.unwrap();
     let app = otaledger_tests::api_app(&cfg).await;
@@ -307,14 +308,14 @@ async fn http_ingest_answers_429_to_a_device_over_its_rate_and_not_to_the_others
             )
         }
     };
-    // The burst passes; the fourth at once is over the rate (one a second): 429, told when to
-    // come back, and a JSON reason. The next ones too, within the second.
+    // The burst passes; the fourth at once is over the rate: 429, told when to come back (2 s),
+    // and a JSON reason. The next ones too, before a token is back.
     for uptime in 0..3 {
         assert_eq!(send("noisy", uptime).await.0, StatusCode::ACCEPTED);
     }
     let (status, retry, body) = send("noisy", 3).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
-    assert_eq!(retry.unwrap(), "1");
+    assert_eq!(retry.unwrap(), "2");
     assert_eq!(body["error"], "rate_limited");
     assert!(body["reason"].as_str().unwrap().contains("noisy"));
     for uptime in 4..10 {
@@ -324,11 +325,12 @@ async fn http_ingest_answers_429_to_a_device_over_its_rate_and_not_to_the_others
     for uptime in 0..3 {
         assert_eq!(send("calm", uptime).await.0, StatusCode::ACCEPTED);
     }
-    // A second later the noisy device has a token again.
-    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    // Two seconds later the noisy device has a token again.
+    tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
     assert_eq!(send("noisy", 10).await.0, StatusCode::ACCEPTED);
 
-    // Counted, and dead-lettered sparingly: the first refusal only (the rest within a second).
+    // Counted, and dead-lettered sparingly: the first refusal only (the rest within a second of
+    // it).
     let metrics = otaledger_ledger::metrics::REGISTRY.render();
     let refused: f64 = metrics
         .lines()

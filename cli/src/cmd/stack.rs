@@ -41,7 +41,14 @@ pub async fn run(cfg: Config, component: Component, shutdown: &Shutdown) -> anyh
     } else {
         components::serve_metrics(&cfg, shutdown.signal()).await?
     };
-    let result = components::run(component, cfg, shutdown.signal()).await;
+    let result = match components::run(component, cfg, shutdown.signal()).await {
+        // Stopped by SIGTERM while it waited (for a broker that is down): a clean stop.
+        Err(e) if components::interrupted(&e) => {
+            tracing::info!(reason = format!("{e:#}"), "stopped");
+            Ok(())
+        }
+        other => other,
+    };
     shutdown.trigger();
     if let Some(m) = metrics {
         let _ = m.await;
