@@ -120,9 +120,12 @@ pub async fn set_state(
 }
 
 /// Serialises changes of the image repository across API instances for the transaction: two
-/// publishers (or a publisher and the timestamp refresher) must not sign the same version.
+/// publishers (or a publisher and the timestamp refresher) must not sign the same version. The
+/// lock is the schema's: ledgers in other schemas of the database (tenants, tests) have their
+/// own repository and must not wait on it (a shared key made one test's refresh skip while
+/// another test published).
 pub async fn lock_repository(conn: &mut PgConnection) -> Result<()> {
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('otaledger.tuf_metadata'))")
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.tuf_metadata'))")
         .execute(conn)
         .await
         .db("locking the image repository")?;
@@ -131,10 +134,12 @@ pub async fn lock_repository(conn: &mut PgConnection) -> Result<()> {
 
 /// As [`lock_repository`], but without waiting: false when another transaction holds it.
 pub async fn try_lock_repository(conn: &mut PgConnection) -> Result<bool> {
-    sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtext('otaledger.tuf_metadata'))")
-        .fetch_one(conn)
-        .await
-        .db("trying the image repository's lock")
+    sqlx::query_scalar(
+        "SELECT pg_try_advisory_xact_lock(hashtext(current_schema() || '.tuf_metadata'))",
+    )
+    .fetch_one(conn)
+    .await
+    .db("trying the image repository's lock")
 }
 
 /// A metadata file as stored.
