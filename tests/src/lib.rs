@@ -521,7 +521,14 @@ pub async fn read_topic(kafka: &KafkaConfig, topic: &str) -> Vec<Record> {
         ReaderConfig::tool("tests-reader", vec![topic.to_owned()], Decode::Raw),
     )
     .expect("reader");
-    reader.assign_to_watermarks(|_, _| 0).await.expect("assign");
+    // The shared test broker, loaded by a parallel run, sometimes answers metadata late: a few
+    // tries before the test fails on it.
+    let mut tries = 0;
+    while let Err(e) = reader.assign_to_watermarks(|_, _| 0).await {
+        tries += 1;
+        assert!(tries < 5, "assign: {e:?}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
     let mut out = Vec::new();
     let read = reader.read_to_end(Duration::from_secs(1), |batch| {
         for r in batch.records {
