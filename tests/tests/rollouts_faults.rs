@@ -111,6 +111,24 @@ async fn the_saga_and_the_dispatcher_killed_mid_rollout_lose_nothing_and_repeat_
     stack.trigger();
 }
 
+/// A command for the dispatcher alone (no rollout waits on it): cancel `command_id` on `device`,
+/// through `gateway` when it has one.
+fn cancel_command(command_id: uuid::Uuid, device: &str, gateway: Option<&str>) -> Event {
+    Event::new(
+        command_id,
+        Payload::CancelCommand(otaledger_domain::events::CancelCommand {
+            command_id,
+            device_id: device.into(),
+            rollout_id: "r-1".into(),
+            gateway_id: gateway.map(Into::into),
+            reason: "test".into(),
+        }),
+        1,
+        1,
+        "t",
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unroutable_gateway_command_is_retried_reported_and_dead_lettered() {
     let services = Services::get().await;
@@ -122,18 +140,10 @@ async fn an_unroutable_gateway_command_is_retried_reported_and_dead_lettered() {
     let (stack, _handles) = spawn_components(&cfg, &[Component::Dispatcher]);
     let producer = otaledger_ledger::kafka::EventProducer::new(&cfg.kafka).unwrap();
     let command_id = uuid::Uuid::from_u128(0xfeed);
-    let cmd = Event::new(
+    let cmd = cancel_command(
         command_id,
-        Payload::CancelCommand(otaledger_domain::events::CancelCommand {
-            command_id,
-            device_id: "d-behind-nowhere".into(),
-            rollout_id: "r-1".into(),
-            gateway_id: Some("gw-that-does-not-exist".into()),
-            reason: "test".into(),
-        }),
-        1,
-        1,
-        "t",
+        "d-behind-nowhere",
+        Some("gw-that-does-not-exist"),
     );
     producer.append(&cmd).await.unwrap();
     let failures = eventually(
@@ -190,19 +200,7 @@ async fn a_dispatcher_waiting_for_a_down_mqtt_broker_stops_at_shutdown_and_keeps
     ensure_topics(&cfg.kafka).await.unwrap();
     let producer = otaledger_ledger::kafka::EventProducer::new(&cfg.kafka).unwrap();
     let command_id = uuid::Uuid::from_u128(0xd0d0);
-    let cmd = Event::new(
-        command_id,
-        Payload::CancelCommand(otaledger_domain::events::CancelCommand {
-            command_id,
-            device_id: "d-direct".into(),
-            rollout_id: "r-1".into(),
-            gateway_id: None,
-            reason: "test".into(),
-        }),
-        1,
-        1,
-        "t",
-    );
+    let cmd = cancel_command(command_id, "d-direct", None);
     producer.append(&cmd).await.unwrap();
     let stop = otaledger_ledger::shutdown::Shutdown::new();
     let dispatcher = tokio::spawn(otaledger_cli::components::run(
